@@ -1,0 +1,31 @@
+"""sgdtune: which batch size should I train with, and why?
+
+The Python API for notebooks and scripts; the CLI is a thin layer over it. Names are
+resolved on first use so that `import sgdtune` stays quick.
+"""
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_experiment": "sgdtune.config",
+    "ExperimentConfig": "sgdtune.config",
+    "ConfigError": "sgdtune.config",
+    "run_study": "sgdtune.study",
+    "train": "sgdtune.train",
+    "TrainConfig": "sgdtune.train",
+    "TrainResult": "sgdtune.train",
+    "EpochMetrics": "sgdtune.train",
+    "load_data": "sgdtune.data",
+    "DataConfig": "sgdtune.data",
+    "write_report": "sgdtune.report",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sgdtune' has no attribute {name!r}")

@@ -1,0 +1,226 @@
+"""The experiment schema: a TOML file plus overrides, validated once, frozen.
+
+Every rule lives in a pydantic field or validator, so a bad file and a bad flag get the
+same message: the field, what is allowed, and what was given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .data import DataConfig
+from .model import ModelConfig
+from .train import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_EXPERIMENT = "batch_tradeoff.toml"
+SEARCHABLE = {
+    "batch_size": int,
+    "lr": float,
+    "epochs": int,
+    "updates": int,
+    "examples": int,
+    "momentum": float,
+    "weight_decay": float,
+    "warmup_epochs": float,
+}
+OBJECTIVES = {"val_acc": "maximize", "compute_time_s": "minimize"}
+
+
+class ConfigError(ValueError):
+    """Bad user input: one message naming the field, what is allowed and what was given."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamRange(_Strict):
+    """One searched parameter: a range (low..high, optionally log or stepped) or choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+    choices: tuple[float, ...] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "ParamRange":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs low and high (or choices)")
+        if self.low > self.high:
+            raise ValueError(f"low must be <= high; got low={self.low}, high={self.high} (a reversed range)")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0; got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("a log range cannot have a step")
+        return self
+
+    def values(self) -> tuple[float, ...]:
+        """The two ends, or every choice: what must each be a valid TrainConfig value."""
+        return self.choices if self.choices is not None else (self.low, self.high)
+
+
+class SamplerConfig(_Strict):
+    name: Literal["tpe", "random", "grid", "cmaes", "gp"] = "tpe"
+    n_startup_trials: int = Field(default=10, ge=0, description="random trials before modelling (tpe, gp, cmaes)")
+
+
+class PrunerConfig(_Strict):
+    name: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(default=5, ge=0, description="trials before the median pruner acts")
+    n_warmup_steps: int = Field(default=2, ge=0, description="epochs before a trial may be pruned")
+
+
+class ExperimentConfig(_Strict):
+    """One study: what to train, what to search, how to search and where to store it."""
+
+    name: str = Field(default="batch_tradeoff", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    seed: int = Field(default=0, ge=0)
+    n_trials: int = Field(default=20, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N | mps")
+    objectives: tuple[Literal["val_acc", "compute_time_s"], ...] = Field(default=("val_acc",), min_length=1, max_length=2)
+    storage: str | None = Field(default=None, description="Optuna storage URL; default: mlruns/optuna.journal")
+    tracking_uri: str | None = Field(default=None, description="MLflow URI; default: sqlite:///mlruns/mlflow.db")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    search: dict[str, ParamRange] = Field(default_factory=dict)
+    sampler: SamplerConfig = SamplerConfig()
+    pruner: PrunerConfig = PrunerConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+            raise ValueError(f"must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; got {device!r}")
+        return device
+
+    @model_validator(mode="after")
+    def _search_fits_the_trainer(self) -> "ExperimentConfig":
+        for key, rng in self.search.items():
+            if key not in SEARCHABLE:
+                raise ValueError(f"search.{key}: cannot be searched; searchable: {', '.join(SEARCHABLE)}")
+            if self.sampler.name == "grid" and rng.choices is None and rng.step is None:
+                raise ValueError(f"search.{key}: the grid sampler needs choices (or a step); got a continuous range")
+            for value in rng.values():
+                cast = SEARCHABLE[key](value)
+                if SEARCHABLE[key] is int and cast != value:
+                    raise ValueError(f"search.{key}: must be whole numbers; got {value}")
+                _validate_as(TrainConfig, {**self.train.model_dump(exclude={"model"}), key: cast}, f"search.{key}")
+        budget = self.train.budget
+        if getattr(self.train, budget) is None and budget not in self.search:
+            raise ValueError(f"train.{budget}: must be set (or searched) when budget = {budget!r}; got nothing")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives: must not repeat; got {list(self.objectives)}")
+        return self
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    def trial_config(self, params: dict[str, Any], seed: int) -> TrainConfig:
+        """The TrainConfig of one trial: the fixed [train] values, the suggested ones, its seed."""
+        fixed = self.train.model_dump(exclude={"model", "seed"})
+        return TrainConfig(**{**fixed, **params}, seed=seed, model=self.model)
+
+
+def _validate_as(model: type[BaseModel], values: dict, where: str):
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        raise ValueError(format_validation_error(e, prefix=where.rsplit(".", 1)[0])) from None
+
+
+def format_validation_error(error: ValidationError, prefix: str = "", source: str = "") -> str:
+    """One line per problem: 'field: what is allowed; got X'."""
+    lines, seen = [], set()
+    for err in error.errors(include_url=False):
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        if err["loc"][:1] in seen:  # one message per field: the first says what matters
+            continue
+        seen.add(err["loc"][:1])
+        kind, ctx, given = err["type"], err.get("ctx", {}), err.get("input")
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(loc.rsplit(".", 1)[0] if "." in loc else "")
+            rule = f"unknown key; allowed keys here: {', '.join(allowed)}"
+        elif kind == "literal_error":
+            rule = f"must be one of {ctx.get('expected')}"
+        elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+            op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+            limit = ctx.get("ge", ctx.get("gt", ctx.get("le", ctx.get("lt"))))
+            rule = f"must be {op} {limit}"
+        elif kind == "value_error":
+            # Model-level rules already name their field ("search.lr: ..."); field-level ones don't.
+            msg = str(ctx.get("error", err["msg"]))
+            names_field = msg.split(" ", 1)[0].endswith(":")
+            lines.append(msg if names_field or not loc else f"{loc}: {msg}")
+            continue
+        else:
+            rule = err["msg"][0].lower() + err["msg"][1:]
+        lines.append(f"{loc}: {rule}; got {given!r}")
+    text = "\n".join(lines)
+    return f"{source}: {text}" if source else text
+
+
+def _allowed_keys(section: str) -> list[str]:
+    model: Any = ExperimentConfig
+    for part in filter(None, section.split(".")):
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return sorted(ParamRange.model_fields) if model is not ParamRange else []
+        model = field.annotation
+        if part == "search":
+            model = ParamRange
+    names = sorted(getattr(model, "model_fields", {}))
+    return [n for n in names if not (model is TrainConfig and n in ("model", "seed"))]
+
+
+def default_experiment_path() -> Path:
+    """experiments/batch_tradeoff.toml in the working directory, else beside the package."""
+    here = Path("experiments") / DEFAULT_EXPERIMENT
+    if here.is_file():
+        return here
+    return Path(__file__).resolve().parent.parent / "experiments" / DEFAULT_EXPERIMENT
+
+
+def load_experiment(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
+    """Read a TOML experiment, apply top-level overrides (None = keep), validate.
+
+    Raises ConfigError with one message naming the field, the rule and the value given.
+    """
+    path = Path(path) if path is not None else default_experiment_path()
+    if not path.is_file():
+        raise ConfigError(f"experiment: no such file: {str(path)!r}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    if "train" in raw and isinstance(raw["train"], dict) and ("seed" in raw["train"] or "model" in raw["train"]):
+        bad = "seed" if "seed" in raw["train"] else "model"
+        raise ConfigError(f"{path}: train.{bad}: unknown key; set it at the top level ({bad} = ...) or in [{bad}]")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source=str(path))) from None
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

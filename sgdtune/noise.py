@@ -1,0 +1,169 @@
+"""Noise in SGD: loss noise, gradient noise scale, noise temperature, the S(B) fit.
+
+Pure functions over tensors and numbers; formulas and sources in SCIENCE.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+
+def loss_noise(batch_losses: torch.Tensor) -> float:
+    """Standard deviation of an epoch's mini-batch losses around their local trend.
+
+    Uses the mean square successive difference (von Neumann): for losses x_t = trend_t + e_t
+    with a slowly moving trend, E[(x_{t+1} - x_t)^2] = 2 Var(e), so the downward trend of
+    training is not counted as noise. One batch per epoch (full-batch GD) gives 0.
+    """
+    if batch_losses.numel() < 2:
+        return 0.0
+    diffs = torch.diff(batch_losses.double())
+    return math.sqrt(float(diffs.square().mean()) / 2.0)
+
+
+@dataclass(frozen=True)
+class GradientStats:
+    """Unbiased estimates on one probe batch of b examples at fixed parameters."""
+
+    trace_cov: float  # tr(Sigma): per-example gradient covariance trace
+    grad_sq_norm: float  # |G|^2: squared norm of the true gradient
+    probe_size: int
+
+    @property
+    def simple_noise_scale(self) -> float:
+        """B_simple = tr(Sigma) / |G|^2 (examples); inf when |G|^2 <= 0."""
+        return self.trace_cov / self.grad_sq_norm if self.grad_sq_norm > 0 else math.inf
+
+
+def gradient_stats_from_per_example(per_example_grads) -> GradientStats:
+    """tr(Sigma) and |G|^2 from per-example gradients: one (b, ...) tensor or a list of them.
+
+    tr(Sigma) = sum_i |g_i - g_mean|^2 / (b - 1) = (sum_i |g_i|^2 - b |g_mean|^2) / (b - 1);
+    |G|^2 = |g_mean|^2 - tr(Sigma) / b, unbiased because E|g_mean|^2 = |G|^2 + tr(Sigma) / b.
+    Works tensor by tensor (no concatenated copy); sums per tensor, totals in Python floats.
+    """
+    grads = [per_example_grads] if isinstance(per_example_grads, torch.Tensor) else list(per_example_grads)
+    b = grads[0].shape[0]
+    if b < 2:
+        raise ValueError(f"the probe needs at least 2 examples; got {b}")
+    sum_sq = sum(float(g.square().sum()) for g in grads)
+    mean_sq = sum(float(g.mean(dim=0).square().sum()) for g in grads)
+    trace_cov = (sum_sq - b * mean_sq) / (b - 1)
+    return GradientStats(trace_cov, mean_sq - trace_cov / b, b)
+
+
+def gradient_stats_two_batches(
+    small_sq_norm: float, small_size: int, big_sq_norm: float, big_size: int
+) -> GradientStats:
+    """McCandlish et al. (2018, appendix A) estimators from two batch sizes.
+
+    |G|^2 = (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
+    tr(Sigma) = (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big)
+    """
+    if not small_size < big_size:
+        raise ValueError(f"small_size must be < big_size; got {small_size} and {big_size}")
+    grad_sq_norm = (big_size * big_sq_norm - small_size * small_sq_norm) / (big_size - small_size)
+    trace_cov = (small_sq_norm - big_sq_norm) / (1.0 / small_size - 1.0 / big_size)
+    return GradientStats(trace_cov, grad_sq_norm, big_size)
+
+
+def per_example_gradients(
+    model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor
+) -> list[torch.Tensor]:
+    """Per-example gradients of loss_fn(model(x_i), y_i), one (b, *param.shape) tensor per
+    parameter, via torch.func (no per-example Python loop)."""
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = {k: b.detach() for k, b in model.named_buffers()}
+
+    def example_loss(p, xi, yi):
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    return list(vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, y).values())
+
+
+class NoiseScaleMeter:
+    """Gradient noise scale B_simple on a fixed probe set, smoothed by an EMA.
+
+    The EMA runs over tr(Sigma) and |G|^2 separately and divides at the end (SCIENCE.md),
+    since the ratio of noisy estimates is biased and |G|^2 alone can dip below 0.
+    """
+
+    def __init__(self, x_probe: torch.Tensor, y_probe: torch.Tensor, loss_fn, decay: float = 0.9):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1); got {decay}")
+        self.x_probe, self.y_probe, self.loss_fn, self.decay = x_probe, y_probe, loss_fn, decay
+        self._trace = self._grad_sq = None
+
+    def measure(self, model: nn.Module) -> GradientStats:
+        was_training = model.training
+        model.eval()  # no dropout noise in the probe
+        try:
+            stats = gradient_stats_from_per_example(
+                per_example_gradients(model, self.loss_fn, self.x_probe, self.y_probe)
+            )
+        finally:
+            model.train(was_training)
+        if self._trace is None:
+            self._trace, self._grad_sq = stats.trace_cov, stats.grad_sq_norm
+        else:
+            d = self.decay
+            self._trace = d * self._trace + (1 - d) * stats.trace_cov
+            self._grad_sq = d * self._grad_sq + (1 - d) * stats.grad_sq_norm
+        return stats
+
+    @property
+    def value(self) -> float | None:
+        """Smoothed B_simple in examples; None before the first measurement or when |G|^2 <= 0."""
+        if self._trace is None or self._grad_sq <= 0:
+            return None
+        return self._trace / self._grad_sq
+
+
+def noise_temperature(lr: float, n_train: int, batch_size: int, momentum: float = 0.0) -> float:
+    """SGD noise temperature g = lr (N/B - 1) / (1 - m) (Smith & Le 2018); 0 for full batch."""
+    b = min(batch_size, n_train)
+    return lr * (n_train / b - 1.0) / (1.0 - momentum)
+
+
+def steps_model(batch_size: np.ndarray, s_min: float, b_crit: float) -> np.ndarray:
+    """S(B) = S_min (1 + B_crit / B): updates needed at batch size B (McCandlish et al.)."""
+    return s_min * (1.0 + b_crit / np.asarray(batch_size, dtype=float))
+
+
+@dataclass(frozen=True)
+class StepsFit:
+    s_min: float  # updates needed with an infinite batch
+    b_crit: float  # critical batch size (examples)
+    e_min: float  # examples needed with B -> 0: S_min * B_crit
+
+
+def fit_steps_to_target(batch_sizes, updates) -> StepsFit:
+    """Least-squares fit of S = S_min (1 + B_crit / B) to updates-to-target per batch size.
+
+    S is linear in 1/B with intercept S_min and slope S_min B_crit = E_min, so an
+    ordinary least-squares line in (1/B, S) gives both; errors are relative, so each point
+    is weighted by 1/S (a 10% miss at S = 10 counts as much as one at S = 10,000).
+    """
+    b = np.asarray(batch_sizes, dtype=float)
+    s = np.asarray(updates, dtype=float)
+    if b.size < 2 or np.unique(b).size < 2:
+        raise ValueError(f"the S(B) fit needs at least 2 distinct batch sizes; got {sorted(set(b.tolist()))}")
+    w = 1.0 / s
+    design = np.stack([np.ones_like(b), 1.0 / b], axis=1) * w[:, None]
+    (s_min, e_min), *_ = np.linalg.lstsq(design, s * w, rcond=None)
+    if s_min <= 0 or e_min <= 0:
+        raise ValueError(f"the S(B) fit gave non-positive S_min={s_min:.3g}, E_min={e_min:.3g}")
+    return StepsFit(float(s_min), float(e_min / s_min), float(e_min))
+
+
+def loglog_slope(x, y) -> float:
+    """Slope of log(y) against log(x) by least squares (e.g. loss noise vs batch size)."""
+    lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
+    return float(np.polyfit(lx, ly, 1)[0])

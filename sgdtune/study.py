@@ -1,0 +1,564 @@
+"""Run an Optuna study whose every trial is an MLflow run: `python -m sgdtune.study`.
+
+Sampler, pruner and storage come from Optuna; the objective hands each trial's epochs to
+tracking.py (MLflow) and to trial.report/should_prune. Names: DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from . import __version__
+from .config import ConfigError, ExperimentConfig, file_sha256, load_experiment
+from .data import DataError, Dataset, load_data
+from .model import describe_model
+from .noise import fit_steps_to_target, loglog_slope
+from .space import grid, suggest
+from .timing import describe_device
+from .tracking import Tracker, default_artifact_location, default_tracking_uri, redact_url, ui_url
+from .train import BatchPlan, Diverged, EpochMetrics, history_summary, train
+
+MLRUNS = Path("mlruns")
+FAIL_KIND = "fail_kind"  # trial user attribute: "diverged" counts as finished, "interrupted" does not
+EXIT_BAD_INPUT = 2
+
+
+# -- the parts Optuna provides ------------------------------------------------------------
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from several integers (study seed, trial number, ...), stable across runs."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def make_sampler(config: ExperimentConfig, seed: int) -> optuna.samplers.BaseSampler:
+    s = config.sampler
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(grid(config.search), seed=seed)
+    if s.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials, warn_independent_sampling=False)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True)
+
+
+def make_pruner(config: ExperimentConfig) -> optuna.pruners.BasePruner:
+    p = config.pruner
+    if p.name == "none" or len(config.objectives) > 1:  # Optuna prunes single-objective studies only
+        return optuna.pruners.NopPruner()
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.n_warmup_steps))
+    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+
+
+def default_storage_url(root: Path = MLRUNS) -> str:
+    return str(root / "optuna.journal")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """A SQLAlchemy URL (sqlite://, postgresql://, ...) or a journal file path.
+
+    The journal file is the embedded default: Optuna recommends it for several worker
+    processes on one machine, where SQLite meets 'database is locked'.
+    """
+    if "://" in url:
+        return optuna.storages.RDBStorage(url)
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
+    return optuna.storages.JournalStorage(backend)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: must be one of 'auto', 'cpu' on this machine (no CUDA); got {name!r}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: must be one of 'auto', 'cpu' on this machine (no MPS); got {name!r}")
+    return torch.device(name)
+
+
+def counts_as_finished(trial: FrozenTrial) -> bool:
+    """Complete, pruned, or failed by its own divergence; not a crash or a Ctrl-C."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(FAIL_KIND) == "diverged"
+
+
+def n_finished(study: optuna.Study) -> int:
+    return sum(counts_as_finished(t) for t in study.get_trials(deepcopy=False))
+
+
+# -- one trial ----------------------------------------------------------------------------
+
+
+@dataclass
+class Objective:
+    """Trains one trial and records it in MLflow and Optuna."""
+
+    config: ExperimentConfig
+    data: Dataset
+    tracker: Tracker | None
+    parent_run_id: str | None
+    device_tag: str
+    progress: "Progress | None" = None
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        params = suggest(trial, self.config.search)
+        train_config = self.config.trial_config(params, seed=derive_seed(self.config.seed, trial.number))
+        plan = BatchPlan.of(self.data.n_train, train_config)
+        run_id = None
+        if self.tracker is not None:
+            run_id = self.tracker.start_trial_run(
+                self.parent_run_id,
+                trial.number,
+                params=self.run_params(train_config, plan),
+                tags={"sgdtune.device": self.device_tag, "sgdtune.trial_state": "RUNNING"},
+            )
+            trial.set_user_attr("mlflow_run_id", run_id)
+        if self.progress:
+            self.progress.trial_started(trial.number, train_config, plan)
+
+        history: list[EpochMetrics] = []
+        prune = len(self.config.objectives) == 1 and self.config.pruner.name != "none"
+
+        def on_epoch(m: EpochMetrics) -> None:
+            history.append(m)
+            if run_id:
+                self.tracker.log_epoch(run_id, m.as_dict(), step=m.epoch)
+            if self.progress:
+                self.progress.epoch_done(m, plan.epochs)
+            if prune:
+                trial.report(m.val_acc, m.epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"val_acc {m.val_acc:.4f} at epoch {m.epoch}")
+
+        try:
+            result = train(train_config, self.data, on_epoch)
+        except optuna.TrialPruned:
+            self._end(trial, run_id, "PRUNED", history_summary(history))
+            raise
+        except Diverged as e:
+            trial.set_user_attr(FAIL_KIND, "diverged")
+            trial.set_user_attr("fail_reason", str(e))
+            trial.set_user_attr("failed_at_update", e.update)
+            self._end(trial, run_id, "FAIL", {**history_summary(history), "failed_at_update": e.update}, str(e))
+            raise
+        except BaseException as e:  # Ctrl-C, a bug in a user's model: the run must not stay RUNNING
+            reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            trial.set_user_attr(FAIL_KIND, "interrupted" if isinstance(e, KeyboardInterrupt) else "error")
+            trial.set_user_attr("fail_reason", reason)
+            self._end(trial, run_id, "FAIL", history_summary(history), reason)
+            raise
+
+        summary = result.summary()
+        self._end(trial, run_id, "COMPLETE", summary)
+        values = [summary["final_val_acc"] if o == "val_acc" else summary[o] for o in self.config.objectives]
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def run_params(self, tc, plan: BatchPlan) -> dict[str, Any]:
+        """Every param of a child run, with the same names in every trial (DESIGN.md)."""
+        scaled = tc.lr_scaling != "none"
+        return {
+            "batch_size": tc.batch_size,
+            "lr": tc.effective_lr,
+            "lr_base": tc.lr if scaled else None,
+            "lr_scaling": tc.lr_scaling,
+            "base_batch_size": tc.base_batch_size if scaled else None,
+            "warmup_epochs": tc.warmup_epochs,
+            "budget": tc.budget,
+            tc.budget: tc.budget_size,
+            "optimizer": tc.optimizer,
+            "momentum": tc.momentum,
+            "weight_decay": tc.weight_decay,
+            "dataset": self.data.name,
+            "n_train": self.data.n_train,
+            "n_val": self.data.n_val,
+            "model": describe_model(tc.model, self.data.n_features, self.data.n_classes),
+            "seed": tc.seed,
+            "iterations_per_epoch": plan.iterations_per_epoch,
+            "total_updates": plan.total_updates,
+            "target_val_acc": tc.target_val_acc,
+        }
+
+    def _end(self, trial: optuna.Trial, run_id: str | None, state: str, summary: dict, reason: str | None = None) -> None:
+        trial.set_user_attr("summary", summary)
+        if run_id:
+            self.tracker.end_trial_run(run_id, state, summary, fail_reason=reason)
+        if self.progress:
+            self.progress.trial_done(trial.number, state, summary)
+
+
+# -- the console ----------------------------------------------------------------------------
+
+
+class Progress:
+    """Live display: trials done, best so far, the running trial's epoch."""
+
+    def __init__(self, n_trials: int, done: int, best: float | None):
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self.best = best
+        self.bar = RichProgress(
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            transient=False,
+        )
+        self.task = self.bar.add_task("trials", total=n_trials, completed=done, status=self._best())
+
+    def _best(self) -> str:
+        return f"best val_acc {self.best:.4f}" if self.best is not None else ""
+
+    def trial_started(self, number: int, tc, plan: BatchPlan) -> None:
+        self.current = f"trial {number}: B={tc.batch_size} lr={tc.effective_lr:.3g} {tc.budget}={tc.budget_size}"
+        self.bar.update(self.task, status=f"{self._best()}  {self.current}")
+
+    def epoch_done(self, m: EpochMetrics, epochs: int) -> None:
+        self.bar.update(self.task, status=f"{self._best()}  {self.current} epoch {m.epoch}/{epochs} val_acc {m.val_acc:.3f}")
+
+    def trial_done(self, number: int, state: str, summary: dict) -> None:
+        acc = summary.get("final_val_acc")
+        if state == "COMPLETE" and acc is not None and (self.best is None or acc > self.best):
+            self.best = acc
+        self.bar.update(self.task, advance=1, status=self._best())
+
+
+# -- the study --------------------------------------------------------------------------------
+
+
+def _stop_when_done(n_trials: int):
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if n_finished(study) >= n_trials:
+            study.stop()
+
+    return callback
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    import mlflow
+    import sklearn
+
+    return {
+        "sgdtune": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "mlflow": mlflow.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def run_study(
+    config: ExperimentConfig,
+    *,
+    experiment_path: str | Path | None = None,
+    command: str | None = None,
+    track: bool = True,
+    show_progress: bool = False,
+    mlruns: str | Path = MLRUNS,
+) -> optuna.Study:
+    """Run (or resume) the study until it has config.n_trials finished trials.
+
+    The study's user attributes say where its MLflow runs are (mlflow_experiment_id,
+    mlflow_parent_run_id, tracking_uri with any password masked).
+    """
+    device = resolve_device(config.device)
+    data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
+    storage_url, tracking_uri = locations(config, mlruns)
+    storage = open_storage(storage_url)
+
+    existing = optuna.load_study(study_name=config.name, storage=storage) if _study_exists(storage, config.name) else None
+    n_existing = len(existing.get_trials(deepcopy=False)) if existing else 0
+    # A resumed study gets a fresh sampler stream, not a replay of the first trials' draws.
+    sampler = make_sampler(config, derive_seed(config.seed, 1, n_existing))
+    study = optuna.create_study(
+        storage=storage,
+        study_name=config.name,
+        sampler=sampler,
+        pruner=make_pruner(config),
+        directions=config.directions,
+        load_if_exists=True,
+    )
+    for key, value in {"objectives": list(config.objectives), "seed": config.seed}.items():
+        study.set_user_attr(key, value)
+
+    tracker = parent_run_id = None
+    if track:
+        artifact_location = None if config.tracking_uri else default_artifact_location(mlruns)
+        tracker = Tracker(tracking_uri, config.name, artifact_location)
+        parent_run_id = _start_parent(tracker, config, experiment_path, command, storage_url, device)
+        study.set_user_attr("mlflow_experiment_id", tracker.experiment_id)
+        study.set_user_attr("mlflow_parent_run_id", parent_run_id)
+        study.set_user_attr("tracking_uri", redact_url(tracking_uri))
+
+    remaining = config.n_trials - n_finished(study)
+    progress = Progress(config.n_trials, config.n_trials - max(remaining, 0), _best_value(study)) if show_progress else None
+    objective = Objective(config, data, tracker, parent_run_id, describe_device(device), progress)
+    status = "FINISHED"
+    try:
+        if remaining > 0:
+            if progress:
+                progress.bar.start()
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=config.timeout_s,
+                catch=(Diverged,),
+                callbacks=[_stop_when_done(config.n_trials)],
+            )
+    except BaseException:
+        status = "KILLED"
+        raise
+    finally:
+        if progress:
+            progress.bar.stop()
+        if tracker is not None:
+            tracker.end_parent_run(parent_run_id, study_metrics(study), status=status)
+    return study
+
+
+def locations(config: ExperimentConfig, mlruns: str | Path = MLRUNS) -> tuple[str, str]:
+    """(Optuna storage URL, MLflow tracking URI): the flags', else the embedded defaults."""
+    mlruns = Path(mlruns)
+    return config.storage or default_storage_url(mlruns), config.tracking_uri or default_tracking_uri(mlruns)
+
+
+def _study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    return any(s.study_name == name for s in storage.get_all_studies())
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return max(values) if values else None
+
+
+def _start_parent(tracker: Tracker, config: ExperimentConfig, path, command, storage_url, device) -> str:
+    tags = {
+        "sgdtune.study_name": config.name,
+        "sgdtune.storage": redact_url(storage_url),
+        "sgdtune.device": describe_device(device),
+        "sgdtune.command": command or "",
+    }
+    if path is not None:
+        tags["sgdtune.experiment_sha256"] = file_sha256(path)
+    commit = _git_commit()
+    if commit:
+        tags["sgdtune.git_commit"] = commit
+    params = {f"version.{k}": v for k, v in package_versions().items()}
+    params.update({"seed": config.seed, "n_trials": config.n_trials, "sampler": config.sampler.name,
+                   "pruner": config.pruner.name, "objectives": ",".join(config.objectives)})
+    run_id = tracker.start_parent_run(tags, params)
+    if path is not None:
+        tracker.log_artifact(run_id, path, "experiment")
+    return run_id
+
+
+def study_metrics(study: optuna.Study) -> dict[str, float]:
+    """The parent run's metrics: counts, best val_acc, loss-noise slope, critical batch size."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    out: dict[str, float] = {
+        "n_complete": len(complete),
+        "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+    }
+    accs = [t.user_attrs["summary"]["final_val_acc"] for t in complete if "final_val_acc" in t.user_attrs.get("summary", {})]
+    if accs:
+        out["best_val_acc"] = max(accs)
+    noisy = [(t.params["batch_size"], t.user_attrs["summary"]["final_loss_noise"]) for t in complete
+             if "batch_size" in t.params and t.user_attrs.get("summary", {}).get("final_loss_noise", 0) > 0]
+    if len({b for b, _ in noisy}) >= 2:
+        out["loss_noise_slope"] = loglog_slope(*zip(*noisy))
+    fit = critical_batch_fit(complete)
+    if fit is not None:
+        out["critical_batch_size"], out["s_min"] = fit.b_crit, fit.s_min
+    gns = [t.user_attrs["summary"]["final_grad_noise_scale"] for t in complete
+           if "final_grad_noise_scale" in t.user_attrs.get("summary", {})]
+    if gns:
+        out["median_grad_noise_scale"] = float(np.median(gns))
+    return out
+
+
+def critical_batch_fit(trials: Sequence[FrozenTrial]):
+    """S(B) fit to the best (fewest) updates-to-target per batch size; None if under 2 sizes."""
+    best: dict[int, float] = {}
+    for t in trials:
+        s = t.user_attrs.get("summary", {}).get("updates_to_target")
+        b = t.params.get("batch_size")
+        if s is not None and b is not None:
+            best[b] = min(best.get(b, math.inf), s)
+    if len(best) < 2:
+        return None
+    try:
+        return fit_steps_to_target(list(best), list(best.values()))
+    except ValueError:
+        return None
+
+
+# -- the command line -----------------------------------------------------------------------
+
+EPILOG = """examples:
+  python -m sgdtune.study                                  # experiments/batch_tradeoff.toml
+  python -m sgdtune.study experiments/quick.toml           # a sweep of a few seconds
+  python -m sgdtune.study experiments/quick.toml --n-trials 8 --seed 1
+  python -m sgdtune.study X.toml --set train.momentum=0.0 --set data.val_fraction=0.3
+  python -m sgdtune.study X.toml --storage postgresql://user@host/db --tracking-uri http://host:5000
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sgdtune.study",
+        description="Run (or resume) an Optuna study over batch size, learning rate and budget; "
+        "every trial is an MLflow run.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("experiment", nargs="?", help="experiment TOML file (default: experiments/batch_tradeoff.toml)")
+    p.add_argument("--n-trials", type=int, help="finished trials to reach (a resumed study counts those it has)")
+    p.add_argument("--seed", type=int, help="study seed: sampler, and each trial's seed with the trial number")
+    p.add_argument("--study-name", help="study name = MLflow experiment name (default: the file's name)")
+    p.add_argument("--storage", help="Optuna storage: SQLAlchemy URL or journal file (default: mlruns/optuna.journal)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any field, VALUE in TOML syntax (e.g. train.momentum=0.5); repeatable")
+    p.add_argument("--no-tracking", action="store_true", help="skip MLflow (Optuna storage only)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    return p
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """--set a.b=VALUE pairs, each VALUE parsed as TOML (so 0.5, "sgd", [1, 2] all work)."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set: must look like KEY=VALUE (e.g. train.momentum=0.5); got {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value  # a bare word: take it as a string
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    overrides = {
+        "n_trials": args.n_trials,
+        "seed": args.seed,
+        "name": args.study_name,
+        "storage": args.storage,
+        "tracking_uri": args.tracking_uri,
+        "timeout_s": args.timeout,
+        "device": args.device,
+        **parse_sets(args.set),
+    }
+    return load_experiment(args.experiment, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = "python -m sgdtune.study " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        config = config_from_args(args)
+        resolve_device(config.device)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    quiet_libraries()
+    path = Path(args.experiment) if args.experiment else None
+    from .config import default_experiment_path
+
+    path = path or default_experiment_path()
+    try:
+        study = run_study(config, experiment_path=path, command=command, track=not args.no_tracking,
+                          show_progress=not args.no_progress)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+    print_closing(study, config, tracked=not args.no_tracking)
+    return 0
+
+
+def quiet_libraries() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def print_closing(study: optuna.Study, config: ExperimentConfig, tracked: bool = True, top: int = 5) -> None:
+    """A table of the top trials, then where everything is and how to look at it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    trials.sort(key=lambda t: -t.values[0])
+    table = Table(title=f"top trials of study '{config.name}'")
+    for col in ("trial", "batch_size", "lr", "budget", "val_acc", "gen_gap", "compute s", "mlflow run"):
+        table.add_column(col, justify="right" if col not in ("budget", "mlflow run") else "left")
+    for t in trials[:top]:
+        s = t.user_attrs.get("summary", {})
+        budget = next((f"{k}={t.params[k]}" for k in ("epochs", "updates", "examples") if k in t.params), "")
+        table.add_row(
+            str(t.number),
+            str(t.params.get("batch_size", config.train.batch_size)),
+            f"{t.params.get('lr', config.train.lr):.4g}",
+            budget,
+            f"{s.get('final_val_acc', float('nan')):.4f}",
+            f"{s.get('final_gen_gap', float('nan')):+.4f}",
+            f"{s.get('compute_time_s', float('nan')):.2f}",
+            t.user_attrs.get("mlflow_run_id", "")[:12],
+        )
+    console.print(table)
+    states = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in states.items()))
+    storage_url, tracking_uri = locations(config)
+    print(f"optuna storage: {redact_url(storage_url)}")
+    if tracked:
+        print(f"mlflow store:   {redact_url(tracking_uri)}")
+        print("open the MLflow UI on this store:")
+        print(f"  mlflow ui --backend-store-uri {shlex.quote(redact_url(tracking_uri))} --host 127.0.0.1 --port 5000")
+        print(f"  then {ui_url(study.user_attrs['mlflow_experiment_id'])}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

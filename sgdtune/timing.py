@@ -1,0 +1,70 @@
+"""Device time and memory: CUDA events on a GPU, clocks on a CPU."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import torch
+
+
+class StepTimer:
+    """Accumulates the time spent in training steps, segment by segment (s).
+
+    The trainer brackets each epoch's step loop with start()/stop(), so evaluation, noise
+    probes and logging stay outside. On a GPU, CUDA events time the kernels themselves
+    (gpu_time_s) and stop() synchronizes once per segment so that the wall clock covers the
+    queued work; on a CPU there is nothing to wait for.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.compute_time_s = 0.0
+        self._gpu_ms = 0.0
+        self._pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._t0 = None
+        self._event0 = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._event0 = torch.cuda.Event(enable_timing=True)
+            self._event0.record()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            torch.cuda.synchronize()  # one sync per segment: the wall clock must include the queue
+            self._gpu_ms += self._event0.elapsed_time(end)
+        self.compute_time_s += time.perf_counter() - self._t0
+
+    @property
+    def gpu_time_s(self) -> float | None:
+        """Kernel time between the segments' CUDA events (s); None on a CPU."""
+        return self._gpu_ms / 1000.0 if self.cuda else None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory (MiB): CUDA allocations on a GPU, else the process's peak resident set.
+
+    The CPU figure is a process-wide high-water mark: it never falls between trials.
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS reports bytes
+
+
+def describe_device(device: torch.device) -> str:
+    """A human-readable device name for the `sgdtune.device` tag, e.g. 'cuda:0 (NVIDIA H200)'."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

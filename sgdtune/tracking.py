@@ -1,0 +1,160 @@
+"""MLflow, written through one client with explicit run ids (no global active run).
+
+A study is an MLflow experiment with one parent run; each trial is a nested child run named
+`trial-<n>`. Metrics go in one `log_batch` call per epoch. Names: DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+# MLflow 3 reports usage by default; sgdtune talks only to the stores it was pointed at.
+# A user who wants telemetry sets MLFLOW_DISABLE_TELEMETRY=false / DO_NOT_TRACK=0 first.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from urllib.parse import urlsplit, urlunsplit  # noqa: E402
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType  # noqa: E402
+
+PARENT_RUN_ROLE = "study"
+STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def default_tracking_uri(root: Path | str = "mlruns") -> str:
+    """SQLite store under `root` (absolute, so it does not depend on a later cwd)."""
+    return f"sqlite:///{(Path(root).resolve() / 'mlflow.db')}"
+
+
+def default_artifact_location(root: Path | str = "mlruns") -> str:
+    return (Path(root).resolve() / "artifacts").as_uri()
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced by '***' (postgresql://u:***@host/db)."""
+    if not url or "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def ui_url(experiment_id: str, port: int = 5000, host: str = "127.0.0.1") -> str:
+    """The runs table (not MLflow 3's GenAI view) of one experiment."""
+    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Tracker:
+    """The MLflow side of one study."""
+
+    def __init__(self, tracking_uri: str, study_name: str, artifact_location: str | None = None):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.study_name = study_name
+        self.experiment_id = self._experiment(study_name, artifact_location)
+
+    def _experiment(self, name: str, artifact_location: str | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:
+            found = self.client.get_experiment_by_name(name)  # another worker made it first
+            if found is None:
+                raise
+            return found.experiment_id
+
+    # -- the study's parent run -------------------------------------------------------------
+
+    def find_parent_run(self) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`sgdtune.role` = '{PARENT_RUN_ROLE}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
+        return runs[0].info.run_id if runs else None
+
+    def start_parent_run(self, tags: dict[str, str], params: dict[str, object]) -> str:
+        """The study's parent run: found again on resume, else created."""
+        run_id = self.find_parent_run()
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=self.study_name,
+                tags={"sgdtune.role": PARENT_RUN_ROLE, "sgdtune.study_name": self.study_name, **tags},
+            )
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=_params(params))
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        return run_id
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_parent_run(self, run_id: str, metrics: dict[str, float], status: str = "FINISHED") -> None:
+        self.client.log_batch(run_id, metrics=_metrics(metrics, step=0))
+        self.client.set_terminated(run_id, status=status)
+
+    # -- one child run per trial ------------------------------------------------------------
+
+    def start_trial_run(self, parent_run_id: str, trial_number: int, params: dict, tags: dict) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial_number}",
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                "sgdtune.study_name": self.study_name,
+                "sgdtune.trial_number": str(trial_number),
+                **{k: str(v) for k, v in tags.items()},
+            },
+        )
+        self.client.log_batch(run.info.run_id, params=_params(params))
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        """All of one epoch's metrics in one call."""
+        self.client.log_batch(run_id, metrics=_metrics(metrics, step))
+
+    def end_trial_run(
+        self, run_id: str, state: str, summary: dict[str, float], fail_reason: str | None = None
+    ) -> None:
+        """Summary metrics, the Optuna state as a tag, and the matching run status."""
+        tags = [RunTag("sgdtune.trial_state", state)]
+        if fail_reason:
+            tags.append(RunTag("sgdtune.fail_reason", fail_reason[:5000]))
+        self.client.log_batch(run_id, metrics=_metrics(summary, step=0), tags=tags)
+        self.client.set_terminated(run_id, status=STATUS_OF_STATE[state])
+
+    def fail_stale_run(self, run_id: str, reason: str) -> bool:
+        """End a run left RUNNING by a dead worker as FAILED; False if it had already ended."""
+        run = self.client.get_run(run_id)
+        if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
+            return False
+        self.end_trial_run(run_id, "FAIL", {}, fail_reason=reason)
+        return True
+
+
+def _metrics(values: dict[str, float], step: int) -> list[Metric]:
+    ts = _now_ms()
+    return [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None]
+
+
+def _params(values: dict[str, object]) -> list[Param]:
+    return [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in values.items() if v is not None]
