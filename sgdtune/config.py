@@ -201,7 +201,7 @@ def default_experiment_path() -> Path:
 
 
 def load_experiment(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
-    """Read a TOML experiment, apply top-level overrides (None = keep), validate.
+    """Read a TOML experiment, apply overrides (dotted keys reach into tables; None = keep), validate.
 
     Raises ConfigError with one message naming the field, the rule and the value given.
     """
@@ -215,11 +215,24 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Experim
     if "train" in raw and isinstance(raw["train"], dict) and ("seed" in raw["train"] or "model" in raw["train"]):
         bad = "seed" if "seed" in raw["train"] else "model"
         raise ConfigError(f"{path}: train.{bad}: unknown key; set it at the top level ({bad} = ...) or in [{bad}]")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        if value is not None:
+            _set_dotted(raw, key, value)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source=str(path))) from None
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    """raw["train"]["momentum"] = value for key "train.momentum"."""
+    *tables, last = key.split(".")
+    for name in tables:
+        child = raw.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {name!r} is a value, not a table; got {key}={value!r}")
+        raw = child
+    raw[last] = value
 
 
 def file_sha256(path: str | Path) -> str:

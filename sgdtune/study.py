@@ -33,6 +33,7 @@ from .tracking import Tracker, default_artifact_location, default_tracking_uri, 
 from .train import BatchPlan, Diverged, EpochMetrics, history_summary, train
 
 MLRUNS = Path("mlruns")
+EPOCH_METRIC_NAMES = set(EpochMetrics.__dataclass_fields__) - {"epoch"}
 FAIL_KIND = "fail_kind"  # trial user attribute: "diverged" counts as finished, "interrupted" does not
 EXIT_BAD_INPUT = 2
 
@@ -201,7 +202,10 @@ class Objective:
     def _end(self, trial: optuna.Trial, run_id: str | None, state: str, summary: dict, reason: str | None = None) -> None:
         trial.set_user_attr("summary", summary)
         if run_id:
-            self.tracker.end_trial_run(run_id, state, summary, fail_reason=reason)
+            # `updates` and `examples_seen` are per-epoch metrics too: their latest value is
+            # already the summary, and logging them again would add a point to their curves.
+            once = {k: v for k, v in summary.items() if k not in EPOCH_METRIC_NAMES}
+            self.tracker.end_trial_run(run_id, state, once, fail_reason=reason)
         if self.progress:
             self.progress.trial_done(trial.number, state, summary)
 
