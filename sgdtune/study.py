@@ -313,7 +313,7 @@ def run_study(
         directions=config.directions,
         load_if_exists=True,
     )
-    for key, value in {"objectives": list(config.objectives), "seed": config.seed}.items():
+    for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train}.items():
         study.set_user_attr(key, value)
 
     tracker = parent_run_id = None
@@ -399,8 +399,11 @@ def study_metrics(study: optuna.Study) -> dict[str, float]:
     accs = [t.user_attrs["summary"]["final_val_acc"] for t in complete if "final_val_acc" in t.user_attrs.get("summary", {})]
     if accs:
         out["best_val_acc"] = max(accs)
+    # 1/sqrt(B) holds for B << N: fit the slope over trials with at least 8 batches an epoch.
+    small_b = study.user_attrs.get("n_train", math.inf) / 8
     noisy = [(t.params["batch_size"], t.user_attrs["summary"]["final_loss_noise"]) for t in complete
-             if "batch_size" in t.params and t.user_attrs.get("summary", {}).get("final_loss_noise", 0) > 0]
+             if t.params.get("batch_size", math.inf) <= small_b
+             and t.user_attrs.get("summary", {}).get("final_loss_noise", 0) > 0]
     if len({b for b, _ in noisy}) >= 2:
         out["loss_noise_slope"] = loglog_slope(*zip(*noisy))
     fit = critical_batch_fit(complete)
@@ -539,7 +542,8 @@ def print_closing(study: optuna.Study, config: ExperimentConfig, tracked: bool =
         table.add_column(col, justify="right" if col not in ("budget", "mlflow run") else "left")
     for t in trials[:top]:
         s = t.user_attrs.get("summary", {})
-        budget = next((f"{k}={t.params[k]}" for k in ("epochs", "updates", "examples") if k in t.params), "")
+        b = config.train.budget
+        budget = f"{b}={t.params.get(b, getattr(config.train, b))}"
         table.add_row(
             str(t.number),
             str(t.params.get("batch_size", config.train.batch_size)),

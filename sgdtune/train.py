@@ -46,6 +46,8 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(default=0.0, ge=0, description="linear warmup from lr_base (epochs)")
     drop_last: bool = False
     target_val_acc: float | None = Field(default=None, gt=0, le=1)
+    target_every: int = Field(default=10, ge=1, description="updates between val checks for the target")
+    stop_at_target: bool = Field(default=False, description="end training once target_val_acc is reached")
     measure_every: int = Field(default=100, ge=1, description="updates between noise probes")
     probe_size: int = Field(default=128, ge=0, description="examples in the noise probe; 0 = off")
     eval_size: int = Field(default=10_000, ge=1, description="training examples evaluated per epoch")
@@ -289,21 +291,31 @@ def train(
     updates = examples = 0
     updates_to_target = examples_to_target = None
     last_probe = -1
+    target_pending = config.target_val_acc is not None
 
-    def probe(at_epoch_end: bool) -> None:
-        """Noise probe and target check, outside the timed steps; once per update count."""
-        nonlocal probe_time, updates_to_target, examples_to_target, last_probe
-        if last_probe == updates:
+    def probe() -> None:
+        """Noise probe, outside the timed steps; at most once per update count."""
+        nonlocal probe_time, last_probe
+        if meter is None or last_probe == updates:
             return
         last_probe = updates
         t0 = time.perf_counter()
-        if meter is not None:
-            meter.measure(model)
-        if config.target_val_acc is not None and updates_to_target is None and not at_epoch_end:
-            if evaluate(model, data.x_val, data.y_val)[1] >= config.target_val_acc:
-                updates_to_target, examples_to_target = updates, examples
+        meter.measure(model)
         probe_time += time.perf_counter() - t0
 
+    def reached_target(val_acc: float | None = None) -> bool:
+        """Record the first update count at which val_acc >= target (checked every target_every)."""
+        nonlocal probe_time, updates_to_target, examples_to_target, target_pending
+        if val_acc is None:
+            t0 = time.perf_counter()
+            val_acc = evaluate(model, data.x_val, data.y_val)[1]
+            probe_time += time.perf_counter() - t0
+        if val_acc >= config.target_val_acc:
+            updates_to_target, examples_to_target, target_pending = updates, examples, False
+            return True
+        return False
+
+    stop_early = False
     for epoch in range(1, plan.epochs + 1):
         order = torch.randperm(n, generator=shuffler, device=device)
         losses: list[torch.Tensor] = []
@@ -330,19 +342,24 @@ def train(
             if len(losses) - checked >= FINITE_CHECK_EVERY:
                 _check_finite(losses, checked, updates_before, epoch)
                 checked = len(losses)
-            if updates % config.measure_every == 0:
+            if updates % config.measure_every == 0 or (target_pending and updates % config.target_every == 0):
                 timer.stop()
-                probe(at_epoch_end=False)
+                if updates % config.measure_every == 0:
+                    probe()
+                if target_pending and updates % config.target_every == 0 and reached_target():
+                    stop_early = config.stop_at_target
                 timer.start()
+                if stop_early:
+                    break
         timer.stop()
         if len(losses) > checked:
             _check_finite(losses, checked, updates_before, epoch)
 
-        probe(at_epoch_end=True)
+        probe()
         train_loss, train_acc = evaluate(model, x_eval, y_eval)
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
-        if config.target_val_acc is not None and updates_to_target is None and val_acc >= config.target_val_acc:
-            updates_to_target, examples_to_target = updates, examples
+        if target_pending and reached_target(val_acc):
+            stop_early = config.stop_at_target
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
@@ -361,6 +378,8 @@ def train(
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
+        if stop_early:
+            break
 
     return TrainResult(
         history=history,

@@ -246,3 +246,25 @@ name = "none"
         assert run.info.status == "FAILED"
         assert run.data.tags["sgdtune.trial_state"] == "FAIL"
         assert "training loss became" in run.data.tags["sgdtune.fail_reason"]
+
+
+def test_critical_batch_study_logs_the_fit_on_the_parent_and_noise_scale_per_trial(workdir):
+    overrides = {"n_trials": 3, "search.batch_size.choices": [32, 128, 512], "search.lr.choices": [0.1]}
+    config = load_experiment("experiments/critical_batch.toml", **overrides)
+    study = run_study(config)
+    client = MlflowClient(tracking_uri=locations(config)[1])
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    reached = {t.params["batch_size"]: t.user_attrs["summary"]["updates_to_target"] for t in study.get_trials()}
+    assert set(reached) == {32, 128, 512}
+    fit = study_mod.fit_steps_to_target(list(reached), list(reached.values()))
+    assert parent.data.metrics["critical_batch_size"] == pytest.approx(fit.b_crit)
+    assert parent.data.metrics["s_min"] == pytest.approx(fit.s_min)
+    assert parent.data.metrics["median_grad_noise_scale"] > 1
+    for t in study.get_trials():
+        run_id = t.user_attrs["mlflow_run_id"]
+        history = client.get_metric_history(run_id, "grad_noise_scale")
+        assert history and all(m.value > 0 for m in history)
+        run = client.get_run(run_id)
+        assert run.data.metrics["updates_to_target"] == t.user_attrs["summary"]["updates_to_target"]
+        assert run.data.metrics["updates"] == run.data.metrics["updates_to_target"]  # stop_at_target
+        assert run.data.params["budget"] == "updates" and run.data.params["updates"] == "1500"

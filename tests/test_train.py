@@ -142,7 +142,7 @@ def test_linear_warmup_goes_from_the_base_lr_to_the_scaled_lr():
 
 def test_updates_to_target_is_the_first_crossing():
     data = make_data(n=300)
-    result = train(cfg(batch_size=10, epochs=6, target_val_acc=0.5, measure_every=5, model=ModelConfig(hidden=(16,))),
+    result = train(cfg(batch_size=10, epochs=6, target_val_acc=0.5, target_every=5, model=ModelConfig(hidden=(16,))),
                    data)
     assert result.updates_to_target is not None and result.updates_to_target % 5 == 0
     assert result.examples_to_target == result.updates_to_target * 10
@@ -155,3 +155,12 @@ def test_updates_to_target_is_the_first_crossing():
 def test_batch_plan_rejects_a_missing_budget_size():
     with pytest.raises(ValueError, match=r"train.updates must be set when budget = 'updates'"):
         BatchPlan.of(10, cfg(budget="updates", epochs=None))
+
+
+def test_stop_at_target_ends_training_at_the_first_crossing():
+    data = make_data(n=300)
+    config = cfg(batch_size=10, epochs=20, target_val_acc=0.5, target_every=5, model=ModelConfig(hidden=(16,)))
+    full = train(config, data)
+    early = train(config.model_copy(update={"stop_at_target": True}), data)
+    assert early.updates_to_target == full.updates_to_target
+    assert early.final.updates == early.updates_to_target < full.final.updates
