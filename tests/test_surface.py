@@ -144,6 +144,7 @@ def _wait_text(page, selector: str, text: str) -> None:
     )
 
 
+@pytest.mark.browser
 def test_page_loads_without_errors_or_requests_and_is_drawn(chromium, page_file: Path, tmp_path: Path) -> None:
     with open_page(chromium, page_file) as visit:
         assert visit.page.evaluate("typeof window.sgdtuneSurface") == "object"
@@ -156,6 +157,7 @@ def test_page_loads_without_errors_or_requests_and_is_drawn(chromium, page_file:
     assert colours > 2000, f"screenshot looks blank: {colours} distinct colours"
 
 
+@pytest.mark.browser
 def test_batch_slider_changes_minibatch_path_and_update_count(chromium, page_file: Path) -> None:
     with open_page(chromium, page_file) as visit:
         page = visit.page
@@ -169,12 +171,22 @@ def test_batch_slider_changes_minibatch_path_and_update_count(chromium, page_fil
         assert page.text_content("#mini-ipe") == "2,000"
         after = page.evaluate("Array.from(sgdtuneSurface.paths.mini)")
         assert len(after) == 2 * (50 * 2000 + 1) and len(before) == 2 * (50 * 63 + 1)
+        assert after[2:4] != before[2:4], "the first update must differ between B = 32 and B = 1"
+        assert after == page.evaluate("Array.from(sgdtuneSurface.paths.sgd)"), "B = 1 is pure SGD"
         page.keyboard.press("End")  # rightmost: B = n, one update per epoch
         _wait_text(page, "#mini-updates", "50")
         assert page.evaluate("sgdtuneSurface.paths.mini.length") == 2 * 51
+        # A click on the map moves the common start point of all three paths.
+        box = page.locator("#map").bounding_box()
+        page.mouse.click(box["x"] + 150, box["y"] + 480)
+        page.wait_for_function("sgdtuneSurface.paths.full[0][0] !== %r" % state["start"][0], timeout=5000)
+        start = page.evaluate("sgdtuneSurface.state.start")
+        assert page.evaluate("sgdtuneSurface.paths.full[0]") == start
+        assert page.evaluate("Array.from(sgdtuneSurface.paths.sgd.slice(0, 2))") == start
         assert visit.console_errors == []
 
 
+@pytest.mark.browser
 def test_page_paths_equal_python(chromium, page_file: Path) -> None:
     data = S.make_data(2000, 0)
     with open_page(chromium, page_file) as visit:
@@ -204,20 +216,25 @@ def test_page_paths_equal_python(chromium, page_file: Path) -> None:
         assert visit.console_errors == []
 
 
+@pytest.mark.browser
 def test_recompute_n10000_50_epochs_b1_under_200ms(chromium, tmp_path: Path) -> None:
     page_path = S.write_page(tmp_path / "surface10k.html", S.make_data(10_000, 0))
     with open_page(chromium, page_path) as visit:
         page = visit.page
-        page.evaluate("sgdtuneSurface.set({batch: 1, epochs: 50})")  # also warms up the JIT
+        page.evaluate("sgdtuneSurface.set({batch: 1, epochs: 50})")
         assert page.evaluate("sgdtuneSurface.counts.sgd.updates") == 500_000
         assert page.evaluate("sgdtuneSurface.counts.mini.updates") == 500_000
+        page.evaluate("sgdtuneSurface.recompute()")  # second warm-up: optimised JIT code, buffers allocated
         times = [page.evaluate("sgdtuneSurface.recompute()") for _ in range(3)]
         median = statistics.median(times)
-        print(f"recompute n=10000, 50 epochs, B=1: {[round(t, 1) for t in times]} ms, median {median:.1f} ms")
+        timing = page.evaluate("sgdtuneSurface.timing")  # split of the last call
+        print(f"recompute n=10000, 50 epochs, B=1: {[round(t, 1) for t in times]} ms, median {median:.1f} ms; "
+              f"last: paths {timing['computeMs']:.1f} ms + drawing {timing['drawMs']:.1f} ms")
         assert median < 200, f"recompute took {median:.1f} ms (median of {times})"
         assert visit.console_errors == []
 
 
+@pytest.mark.browser
 def test_browser_helper_catches_external_requests(chromium, tmp_path: Path) -> None:
     # The "no network request" assertions above must be able to fail.
     leaky = tmp_path / "leaky.html"
