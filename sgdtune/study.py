@@ -10,9 +10,11 @@ import argparse
 import json
 import logging
 import math
+import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,18 +74,47 @@ def default_storage_url(root: Path = MLRUNS) -> str:
     return str(root / "optuna.journal")
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeat: int | None = None, tracking_uri: str | None = None) -> optuna.storages.BaseStorage:
     """A SQLAlchemy URL (sqlite://, postgresql://, ...) or a journal file path.
 
     The journal file is the embedded default: Optuna recommends it for several worker
-    processes on one machine, where SQLite meets 'database is locked'.
+    processes on one machine, where SQLite meets 'database is locked'. Heartbeats need an
+    RDB storage: a trial silent for two intervals is failed, its MLflow run ended FAILED,
+    and its parameters queued again (Optuna's RetryFailedTrialCallback).
     """
     if "://" in url:
-        return optuna.storages.RDBStorage(url)
+        if heartbeat is None:
+            return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat,
+            failed_trial_callback=StaleTrialHandler(tracking_uri),
+        )
+    if heartbeat is not None:
+        raise ConfigError(
+            "--heartbeat: needs an RDB storage (--storage sqlite:///FILE or postgresql://...); "
+            f"got the journal file {url!r} (local --workers are supervised without heartbeats)"
+        )
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
-    backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
-    return optuna.storages.JournalStorage(backend)
+    lock = optuna.storages.journal.JournalFileOpenLock(str(path))
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock))
+
+
+class StaleTrialHandler:
+    """Optuna's failed_trial_callback for a trial whose worker stopped sending heartbeats."""
+
+    def __init__(self, tracking_uri: str | None, max_retry: int = 3):
+        self.tracking_uri = tracking_uri
+        self.retry = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if self.tracking_uri and run_id:
+            reason = "worker stopped sending heartbeats (killed or lost); the trial is run again"
+            Tracker(self.tracking_uri, study.study_name).fail_stale_run(run_id, reason)
+        self.retry(study, trial)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,6 +153,7 @@ class Objective:
     progress: "Progress | None" = None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        trial.set_user_attr("worker_pid", os.getpid())  # lets a supervisor find a dead worker's trial
         params = suggest(trial, self.config.search)
         train_config = self.config.trial_config(params, seed=derive_seed(self.config.seed, trial.number))
         plan = BatchPlan.of(self.data.n_train, train_config)
@@ -241,6 +273,11 @@ class Progress:
     def epoch_done(self, m: EpochMetrics, epochs: int) -> None:
         self.bar.update(self.task, status=f"{self._best()}  {self.current} epoch {m.epoch}/{epochs} val_acc {m.val_acc:.3f}")
 
+    def show_study(self, study: optuna.Study) -> None:
+        """Refresh from the storage (used while worker processes run the trials)."""
+        self.best = _best_value(study)
+        self.bar.update(self.task, completed=n_finished(study), status=self._best())
+
     def trial_done(self, number: int, state: str, summary: dict) -> None:
         acc = summary.get("final_val_acc")
         if state == "COMPLETE" and acc is not None and (self.best is None or acc > self.best):
@@ -290,29 +327,25 @@ def run_study(
     track: bool = True,
     show_progress: bool = False,
     mlruns: str | Path = MLRUNS,
+    workers: int = 1,
+    heartbeat: int | None = None,
 ) -> optuna.Study:
     """Run (or resume) the study until it has config.n_trials finished trials.
 
-    The study's user attributes say where its MLflow runs are (mlflow_experiment_id,
-    mlflow_parent_run_id, tracking_uri with any password masked).
+    With workers > 1, that many processes on this machine share the study (workers.py).
+    With heartbeat (seconds; RDB storages only), a trial whose process died is failed after
+    two silent intervals and run again. The study's user attributes say where its MLflow
+    runs are (mlflow_experiment_id, mlflow_parent_run_id, tracking_uri, password masked).
     """
+    if workers < 1:
+        raise ConfigError(f"--workers: must be >= 1; got {workers}")
+    if heartbeat is not None and heartbeat < 1:
+        raise ConfigError(f"--heartbeat: must be >= 1 (seconds); got {heartbeat}")
     device = resolve_device(config.device)
     data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
     storage_url, tracking_uri = locations(config, mlruns)
-    storage = open_storage(storage_url)
-
-    existing = optuna.load_study(study_name=config.name, storage=storage) if _study_exists(storage, config.name) else None
-    n_existing = len(existing.get_trials(deepcopy=False)) if existing else 0
-    # A resumed study gets a fresh sampler stream, not a replay of the first trials' draws.
-    sampler = make_sampler(config, derive_seed(config.seed, 1, n_existing))
-    study = optuna.create_study(
-        storage=storage,
-        study_name=config.name,
-        sampler=sampler,
-        pruner=make_pruner(config),
-        directions=config.directions,
-        load_if_exists=True,
-    )
+    storage = open_storage(storage_url, heartbeat, tracking_uri if track else None)
+    study = open_study(config, storage)
     for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train}.items():
         study.set_user_attr(key, value)
 
@@ -327,19 +360,20 @@ def run_study(
 
     remaining = config.n_trials - n_finished(study)
     progress = Progress(config.n_trials, config.n_trials - max(remaining, 0), _best_value(study)) if show_progress else None
-    objective = Objective(config, data, tracker, parent_run_id, describe_device(device), progress)
     status = "FINISHED"
     try:
-        if remaining > 0:
-            if progress:
-                progress.bar.start()
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=config.timeout_s,
-                catch=(Diverged,),
-                callbacks=[_stop_when_done(config.n_trials)],
-            )
+        if progress:
+            progress.bar.start()
+        if remaining > 0 and workers > 1:
+            from .workers import WorkerSpec, supervise
+
+            spec = WorkerSpec(config, str(mlruns), parent_run_id, heartbeat, track)
+            supervise(study, spec, workers, progress)
+        elif remaining > 0:
+            objective = Objective(config, data, tracker, parent_run_id, describe_device(device), progress)
+            optimize(study, objective, remaining, config)
+            if heartbeat is not None:
+                settle(study, objective, config, heartbeat)
     except BaseException:
         status = "KILLED"
         raise
@@ -351,14 +385,50 @@ def run_study(
     return study
 
 
+def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, worker: int = 0) -> optuna.Study:
+    """Create or load the study, with a sampler seeded from the study seed.
+
+    A resumed study, or a second worker, gets a fresh sampler stream rather than a replay
+    of the first trials' draws: the seed also mixes in the trial count and worker index.
+    """
+    n_existing = 0
+    if any(s.study_name == config.name for s in storage.get_all_studies()):
+        n_existing = len(optuna.load_study(study_name=config.name, storage=storage).get_trials(deepcopy=False))
+    return optuna.create_study(
+        storage=storage,
+        study_name=config.name,
+        sampler=make_sampler(config, derive_seed(config.seed, 1, n_existing, worker)),
+        pruner=make_pruner(config),
+        directions=config.directions,
+        load_if_exists=True,
+    )
+
+
+def settle(study: optuna.Study, objective: "Objective", config: ExperimentConfig, heartbeat: int) -> None:
+    """With heartbeats: wait while other workers' trials run, so that a dead one is failed
+    (after the grace period), re-queued and run, rather than left RUNNING for ever."""
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        time.sleep(heartbeat)
+        optuna.storages.fail_stale_trials(study)
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) or n_finished(study) < config.n_trials:
+            optimize(study, objective, max(1, config.n_trials - n_finished(study)), config)
+
+
+def optimize(study: optuna.Study, objective: "Objective", n_trials: int, config: ExperimentConfig) -> None:
+    """Up to n_trials more trials; stops early once the study has config.n_trials finished."""
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=config.timeout_s,
+        catch=(Diverged,),
+        callbacks=[_stop_when_done(config.n_trials)],
+    )
+
+
 def locations(config: ExperimentConfig, mlruns: str | Path = MLRUNS) -> tuple[str, str]:
     """(Optuna storage URL, MLflow tracking URI): the flags', else the embedded defaults."""
     mlruns = Path(mlruns)
     return config.storage or default_storage_url(mlruns), config.tracking_uri or default_tracking_uri(mlruns)
-
-
-def _study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
-    return any(s.study_name == name for s in storage.get_all_studies())
 
 
 def _best_value(study: optuna.Study) -> float | None:
@@ -461,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any field, VALUE in TOML syntax (e.g. train.momentum=0.5); repeatable")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study")
+    p.add_argument("--heartbeat", type=int, metavar="SECONDS",
+                   help="RDB storages: fail and re-run a trial whose worker is silent for 2x SECONDS")
     p.add_argument("--no-tracking", action="store_true", help="skip MLflow (Optuna storage only)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     return p
@@ -498,7 +571,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = "python -m sgdtune.study " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python -m sgdtune.study " + " ".join(shlex.quote(redact_url(a)) for a in given)
     try:
         config = config_from_args(args)
         resolve_device(config.device)
@@ -512,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = path or default_experiment_path()
     try:
         study = run_study(config, experiment_path=path, command=command, track=not args.no_tracking,
-                          show_progress=not args.no_progress)
+                          show_progress=not args.no_progress, workers=args.workers, heartbeat=args.heartbeat)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

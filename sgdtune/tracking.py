@@ -13,9 +13,9 @@ import os
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+import re  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from urllib.parse import urlsplit, urlunsplit  # noqa: E402
 
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType  # noqa: E402
@@ -34,17 +34,12 @@ def default_artifact_location(root: Path | str = "mlruns") -> str:
     return (Path(root).resolve() / "artifacts").as_uri()
 
 
-def redact_url(url: str | None) -> str | None:
-    """The URL with any password replaced by '***' (postgresql://u:***@host/db)."""
-    if not url or "://" not in url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def redact_url(text: str | None) -> str | None:
+    """Any URL password in `text` replaced by '***' (postgresql://u:***@host/db)."""
+    return _PASSWORD_IN_URL.sub(r"\1***@", text) if text else text
 
 
 def ui_url(experiment_id: str, port: int = 5000, host: str = "127.0.0.1") -> str:

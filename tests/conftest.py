@@ -35,3 +35,104 @@ def workdir(tmp_path, monkeypatch) -> Path:
 def write_experiment(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# -- real services on loopback, started by the tests ----------------------------------------
+
+import glob  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+PG_PASSWORD = "Pw-s3cret-41f9"  # must appear nowhere sgdtune writes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require(what: str, env: str):
+    """Skip when a service is missing here; fail when CI says it must run (env=1)."""
+    if os.environ.get(env) == "1":
+        pytest.fail(f"{what} is required (env {env}=1) but missing")
+    pytest.skip(f"{what} is not installed")
+
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A throw-away PostgreSQL cluster on a free loopback port, run as the postgres user.
+
+    Yields a function db(name) -> URL (with password) of a fresh database.
+    """
+    initdb, pg_ctl, psql = _pg_bin("initdb"), _pg_bin("pg_ctl"), _pg_bin("psql")
+    if not (initdb and pg_ctl and psql):
+        require("PostgreSQL (initdb, pg_ctl)", "SGDTUNE_REQUIRE_POSTGRES")
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="sgdtune-pg-"))  # pytest's tmp dirs are closed to other users
+    os.chmod(root, 0o777)
+    data, port = root / "data", free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*as_pg, initdb, "-D", str(data), "-U", "postgres", "--auth-local=trust",
+                    "--auth-host=scram-sha-256", "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "start", "-o",
+                    f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"], check=True, capture_output=True)
+
+    def sql(statement: str) -> None:
+        subprocess.run([*as_pg, psql, "-h", str(root), "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1",
+                        "-c", statement], check=True, capture_output=True)
+
+    sql(f"CREATE ROLE sgd LOGIN PASSWORD '{PG_PASSWORD}'")
+    made = []
+
+    def db(name: str) -> str:
+        if name not in made:
+            sql(f"CREATE DATABASE {name} OWNER sgd")
+            made.append(name)
+        return f"postgresql://sgd:{PG_PASSWORD}@127.0.0.1:{port}/{name}"
+
+    yield db
+    subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_http(url: str, timeout_s: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres, tmp_path_factory):
+    """A real `mlflow server` with a PostgreSQL backend store, on a free loopback port."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres("mlflow"),
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ}, start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)
+        log.close()

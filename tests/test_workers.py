@@ -1,0 +1,165 @@
+"""Scale-out and faults: parallel workers, PostgreSQL + mlflow server, kill -9, Ctrl-C, passwords."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import PG_PASSWORD, run_cli
+from sgdtune.study import open_storage
+from sgdtune.workers import split
+
+SHORT = ["--set", "search.epochs.low=1", "--set", "search.epochs.high=2", "--no-progress"]
+# Trials of a few seconds, so that a signal lands in the middle of one.
+LONG = ["--set", "search.epochs={choices=[40]}", "--set", "search.batch_size={choices=[16]}",
+        "--set", "search.lr={choices=[0.02, 0.03, 0.04]}", "--no-progress"]
+
+
+def load(storage: str, name: str = "quick") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(storage))
+
+
+def child_runs(client: MlflowClient, study: optuna.Study):
+    return client.search_runs([study.user_attrs["mlflow_experiment_id"]],
+                              filter_string=f"tags.mlflow.parentRunId = '{study.user_attrs['mlflow_parent_run_id']}'")
+
+
+def start(cwd, *args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sgdtune.study", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def wait_for_running_trial(storage: str, proc: subprocess.Popen, min_complete: int = 0, timeout_s: float = 120):
+    """The first RUNNING trial (with its worker's pid) once `min_complete` trials are done."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            trials = load(storage).get_trials()
+        except (KeyError, ValueError, OSError):  # the study is not created yet
+            trials = []
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING and "worker_pid" in t.user_attrs
+                   and "mlflow_run_id" in t.user_attrs]
+        if running and done >= min_complete:
+            return running[0]
+        time.sleep(0.2)
+    raise TimeoutError("no running trial")
+
+
+def test_split_gives_shares_that_differ_by_at_most_one():
+    assert split(12, 3) == [4, 4, 4]
+    assert split(10, 3) == [4, 3, 3]
+    assert split(2, 3) == [1, 1]
+
+
+def test_three_workers_share_twelve_trials_on_the_embedded_storage(workdir):
+    proc = run_cli("sgdtune.study", "experiments/quick.toml", "--n-trials", "12", "--workers", "3", *SHORT, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert "locked" not in proc.stderr.lower()
+    study = load("mlruns/optuna.journal")
+    trials = study.get_trials()
+    assert len(trials) == 12 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.number for t in trials}) == 12
+    assert len({t.user_attrs["worker_pid"] for t in trials}) == 3
+    runs = child_runs(MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db"), study)
+    assert len(runs) == 12 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.info.run_id for r in runs} == {t.user_attrs["mlflow_run_id"] for t in trials}
+
+
+@pytest.mark.postgres
+def test_workers_on_postgresql_and_an_mlflow_server_never_leak_the_password(workdir, postgres, mlflow_server):
+    storage = postgres("optuna_workers")
+    proc = run_cli("sgdtune.study", "experiments/quick.toml", "--n-trials", "12", "--workers", "3",
+                   "--storage", storage, "--tracking-uri", mlflow_server, *SHORT, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert "postgresql://sgd:***@127.0.0.1" in proc.stdout
+    study = load(storage)
+    trials = study.get_trials()
+    assert len(trials) == 12 and all(t.state == TrialState.COMPLETE for t in trials)
+    client = MlflowClient(mlflow_server)
+    runs = child_runs(client, study)
+    assert len(runs) == 12 and {r.info.status for r in runs} == {"FINISHED"}
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert "***" in parent.data.tags["sgdtune.command"]
+
+    everything = [proc.stdout, proc.stderr, json.dumps(study.user_attrs), json.dumps([t.user_attrs for t in trials])]
+    for run in [parent, *runs]:
+        everything += [json.dumps(run.data.params), json.dumps(run.data.tags)]
+    assert not any(PG_PASSWORD in text for text in everything)
+    assert not (workdir / "mlruns").exists()  # both stores are remote
+
+
+def test_kill_9_of_a_worker_fails_its_trial_ends_its_run_and_the_study_completes(workdir):
+    proc = start(workdir, "experiments/quick.toml", "--n-trials", "5", "--workers", "2", *LONG)
+    victim = wait_for_running_trial("mlruns/optuna.journal", proc)
+    os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+
+    study = load("mlruns/optuna.journal")
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 5
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
+    run = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_run(killed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert "died (signal SIGKILL)" in run.data.tags["sgdtune.fail_reason"]
+
+
+@pytest.mark.postgres
+def test_with_heartbeats_a_killed_workers_trial_is_failed_and_run_again_by_another(workdir, postgres, mlflow_server):
+    storage = postgres("optuna_heartbeat")
+    common = ["experiments/quick.toml", "--n-trials", "4", "--storage", storage, "--tracking-uri", mlflow_server,
+              "--heartbeat", "1", *LONG]
+    first = start(workdir, *common)
+    victim = wait_for_running_trial(storage, first)
+    second = start(workdir, *common)  # a worker on "another machine" joins the same study
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(30)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+
+    study = load(storage)
+    assert study.trials[victim.number].state == TrialState.FAIL
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) >= 4
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    run = MlflowClient(mlflow_server).get_run(victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert "heartbeats" in run.data.tags["sgdtune.fail_reason"]
+
+
+def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(workdir):
+    args = ["experiments/quick.toml", "--n-trials", "3", *LONG]
+    proc = start(workdir, *args)
+    victim = wait_for_running_trial("mlruns/optuna.journal", proc, min_complete=1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+
+    study = load("mlruns/optuna.journal")
+    before = {t.number: t.values for t in study.trials if t.state == TrialState.COMPLETE}
+    assert study.trials[victim.number].state == TrialState.FAIL
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    run = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["sgdtune.fail_reason"] == "interrupted (Ctrl-C)"
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
+
+    again = run_cli("sgdtune.study", *args, cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    trials = load("mlruns/optuna.journal").trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert {t.number: t.values for t in complete if t.number in before} == before
+    assert len({t.number for t in trials}) == len(trials) == len(before) + 1 + (3 - len(before))
+    assert not [r for r in child_runs(client, load("mlruns/optuna.journal")) if r.info.status == "RUNNING"]
