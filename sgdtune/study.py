@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +32,7 @@ from .noise import fit_steps_to_target, loglog_slope
 from .space import grid, suggest
 from .timing import describe_device
 from .tracking import Tracker, default_artifact_location, default_tracking_uri, redact_url, ui_url
-from .train import BatchPlan, Diverged, EpochMetrics, history_summary, train
+from .train import BatchPlan, Diverged, EpochMetrics, TrainConfig, TrainResult, history_summary, train
 
 MLRUNS = Path("mlruns")
 EPOCH_METRIC_NAMES = set(EpochMetrics.__dataclass_fields__) - {"epoch"}
@@ -142,6 +142,31 @@ def n_finished(study: optuna.Study) -> int:
 
 
 @dataclass
+class TrialJob:
+    """One trial in flight: its training config, MLflow run and the epochs seen so far."""
+
+    trial: optuna.Trial
+    config: TrainConfig
+    plan: BatchPlan
+    run_id: str | None
+    objective: "Objective"
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    def on_epoch(self, m: EpochMetrics) -> None:
+        """The trainer's hook: log the epoch, show it, report it to the pruner."""
+        self.history.append(m)
+        obj = self.objective
+        if self.run_id:
+            obj.tracker.log_epoch(self.run_id, m.as_dict(), step=m.epoch)
+        if obj.progress:
+            obj.progress.epoch_done(m, self.plan.epochs)
+        if obj.prune:
+            self.trial.report(m.val_acc, m.epoch)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"val_acc {m.val_acc:.4f} at epoch {m.epoch}")
+
+
+@dataclass
 class Objective:
     """Trains one trial and records it in MLflow and Optuna."""
 
@@ -152,7 +177,22 @@ class Objective:
     device_tag: str
     progress: "Progress | None" = None
 
+    @property
+    def prune(self) -> bool:
+        return len(self.config.objectives) == 1 and self.config.pruner.name != "none"
+
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        job = self.begin(trial)
+        try:
+            result = train(job.config, self.data, job.on_epoch)
+        except BaseException as e:
+            self.fail(job, e)
+            raise
+        return self.complete(job, result)
+
+    def begin(self, trial: optuna.Trial) -> TrialJob:
+        """Suggest the trial's values and open its MLflow run (created now, so the UI's
+        duration is the trial's)."""
         trial.set_user_attr("worker_pid", os.getpid())  # lets a supervisor find a dead worker's trial
         params = suggest(trial, self.config.search)
         train_config = self.config.trial_config(params, seed=derive_seed(self.config.seed, trial.number))
@@ -168,43 +208,33 @@ class Objective:
             trial.set_user_attr("mlflow_run_id", run_id)
         if self.progress:
             self.progress.trial_started(trial.number, train_config, plan)
+        return TrialJob(trial, train_config, plan, run_id, self)
 
-        history: list[EpochMetrics] = []
-        prune = len(self.config.objectives) == 1 and self.config.pruner.name != "none"
-
-        def on_epoch(m: EpochMetrics) -> None:
-            history.append(m)
-            if run_id:
-                self.tracker.log_epoch(run_id, m.as_dict(), step=m.epoch)
-            if self.progress:
-                self.progress.epoch_done(m, plan.epochs)
-            if prune:
-                trial.report(m.val_acc, m.epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"val_acc {m.val_acc:.4f} at epoch {m.epoch}")
-
-        try:
-            result = train(train_config, self.data, on_epoch)
-        except optuna.TrialPruned:
-            self._end(trial, run_id, "PRUNED", history_summary(history))
-            raise
-        except Diverged as e:
-            trial.set_user_attr(FAIL_KIND, "diverged")
-            trial.set_user_attr("fail_reason", str(e))
-            trial.set_user_attr("failed_at_update", e.update)
-            self._end(trial, run_id, "FAIL", {**history_summary(history), "failed_at_update": e.update}, str(e))
-            raise
-        except BaseException as e:  # Ctrl-C, a bug in a user's model: the run must not stay RUNNING
-            reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-            trial.set_user_attr(FAIL_KIND, "interrupted" if isinstance(e, KeyboardInterrupt) else "error")
-            trial.set_user_attr("fail_reason", reason)
-            self._end(trial, run_id, "FAIL", history_summary(history), reason)
-            raise
-
+    def complete(self, job: TrialJob, result: TrainResult) -> float | tuple[float, ...]:
+        """Record a finished training; the objective value(s) for Optuna."""
         summary = result.summary()
-        self._end(trial, run_id, "COMPLETE", summary)
+        self._end(job, "COMPLETE", summary)
         values = [summary["final_val_acc"] if o == "val_acc" else summary[o] for o in self.config.objectives]
         return values[0] if len(values) == 1 else tuple(values)
+
+    def fail(self, job: TrialJob, error: BaseException) -> str:
+        """Record a trial that ended by pruning, divergence, Ctrl-C or an error; its Optuna state."""
+        trial, partial = job.trial, history_summary(job.history)
+        if isinstance(error, optuna.TrialPruned):
+            self._end(job, "PRUNED", partial)
+            return "PRUNED"
+        if isinstance(error, Diverged):
+            kind, reason = "diverged", str(error)
+            trial.set_user_attr("failed_at_update", error.update)
+            partial["failed_at_update"] = error.update
+        elif isinstance(error, KeyboardInterrupt):
+            kind, reason = "interrupted", "interrupted (Ctrl-C)"
+        else:  # a bug in a user's model, say: the run must not stay RUNNING
+            kind, reason = "error", f"{type(error).__name__}: {error}"
+        trial.set_user_attr(FAIL_KIND, kind)
+        trial.set_user_attr("fail_reason", reason)
+        self._end(job, "FAIL", partial, reason)
+        return "FAIL"
 
     def run_params(self, tc, plan: BatchPlan) -> dict[str, Any]:
         """Every param of a child run, with the same names in every trial (DESIGN.md)."""
@@ -231,15 +261,15 @@ class Objective:
             "target_val_acc": tc.target_val_acc,
         }
 
-    def _end(self, trial: optuna.Trial, run_id: str | None, state: str, summary: dict, reason: str | None = None) -> None:
-        trial.set_user_attr("summary", summary)
-        if run_id:
+    def _end(self, job: TrialJob, state: str, summary: dict, reason: str | None = None) -> None:
+        job.trial.set_user_attr("summary", summary)
+        if job.run_id:
             # `updates` and `examples_seen` are per-epoch metrics too: their latest value is
             # already the summary, and logging them again would add a point to their curves.
             once = {k: v for k, v in summary.items() if k not in EPOCH_METRIC_NAMES}
-            self.tracker.end_trial_run(run_id, state, once, fail_reason=reason)
+            self.tracker.end_trial_run(job.run_id, state, once, fail_reason=reason)
         if self.progress:
-            self.progress.trial_done(trial.number, state, summary)
+            self.progress.trial_done(job.trial.number, state, summary)
 
 
 # -- the console ----------------------------------------------------------------------------
