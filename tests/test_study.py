@@ -268,3 +268,49 @@ def test_critical_batch_study_logs_the_fit_on_the_parent_and_noise_scale_per_tri
         assert run.data.metrics["updates_to_target"] == t.user_attrs["summary"]["updates_to_target"]
         assert run.data.metrics["updates"] == run.data.metrics["updates_to_target"]  # stop_at_target
         assert run.data.params["budget"] == "updates" and run.data.params["updates"] == "1500"
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])
+def test_each_sampler_runs_a_seeded_study_reproducibly(workdir, sampler):
+    config = load_experiment("experiments/quick.toml", n_trials=3, **{"sampler.name": sampler,
+                             "sampler.n_startup_trials": 1, "search.epochs.high": 2})
+    first = [t.params for t in run_study(config, track=False, mlruns=workdir / "a").get_trials()]
+    second = [t.params for t in run_study(config, track=False, mlruns=workdir / "b").get_trials()]
+    assert len(first) == 3 and first == second
+    assert len({tuple(sorted(p.items())) for p in first}) == 3
+
+
+def test_grid_sampler_visits_every_combination_once(workdir):
+    config = load_experiment("experiments/quick.toml", n_trials=10, **{
+        "sampler.name": "grid", "search.lr": {"choices": [0.05, 0.1]}, "search.epochs": {"choices": [1]},
+        "search.batch_size": {"choices": [64, 256]}})
+    study = run_study(config, track=False)
+    assert sorted((t.params["batch_size"], t.params["lr"]) for t in study.trials) == [
+        (64, 0.05), (64, 0.1), (256, 0.05), (256, 0.1)]
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_pruners_prune_on_val_acc_and_pruned_runs_end_killed(workdir, pruner):
+    config = load_experiment("experiments/quick.toml", n_trials=8, **{
+        "pruner.name": pruner, "pruner.n_startup_trials": 1, "pruner.n_warmup_steps": 1,
+        "search.epochs": {"choices": [4]}, "search.lr": {"low": 0.0005, "high": 0.3, "log": True},
+        "search.batch_size": {"choices": [256]}})
+    study = run_study(config)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, [t.state for t in study.trials]
+    client = MlflowClient(tracking_uri=locations(config)[1])
+    for t in pruned:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED" and run.data.tags["sgdtune.trial_state"] == "PRUNED"
+        assert len(t.intermediate_values) < 4
+        assert run.data.metrics["final_val_acc"] == t.intermediate_values[max(t.intermediate_values)]
+
+
+def test_two_objectives_give_a_pareto_front_of_val_acc_and_compute_time(workdir):
+    config = load_experiment("experiments/quick.toml", n_trials=4, objectives=["val_acc", "compute_time_s"])
+    study = run_study(config, track=False)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    front = study.best_trials
+    assert front and all(len(t.values) == 2 for t in front)
+    for t in study.trials:
+        assert t.values == [t.user_attrs["summary"]["final_val_acc"], t.user_attrs["summary"]["compute_time_s"]]
