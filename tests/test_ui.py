@@ -1,0 +1,137 @@
+"""`python -m sgdtune.ui`: real servers on loopback, the study's runs over the REST API, a clean stop."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import EXPERIMENTS
+from sgdtune import study as study_mod
+from sgdtune import ui
+
+UP_TIMEOUT_S = 90  # mlflow server and optuna-dashboard start together on 2 CPU cores in ~25 s
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """A directory holding one quick study (mlruns/), made by the study's CLI, in-process."""
+    cwd = tmp_path_factory.mktemp("ui")
+    shutil.copytree(EXPERIMENTS, cwd / "experiments")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        assert study_mod.main(["experiments/quick.toml", "--no-progress"]) == 0
+    import optuna
+
+    study = optuna.load_study(study_name="quick", storage=study_mod.open_storage(str(cwd / "mlruns/optuna.journal")))
+    return cwd, study
+
+
+class Lines:
+    """A child's stdout, read line by line on a thread (so waiting for a line can time out)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        self.thread.start()
+
+    def wait_for(self, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.lines):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no line with {text!r} in {timeout_s} s; got {self.lines}")
+            time.sleep(0.2)
+
+
+def post_json(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.timeout(180)
+def test_ui_serves_the_study_runs_and_the_dashboard_then_stops_its_children(quick):
+    cwd, study = quick
+    port, optuna_port = free_port(), free_port()
+    argv = ["--port", str(port), "--optuna", "--optuna-port", str(optuna_port)]
+    proc = subprocess.Popen([sys.executable, "-m", "sgdtune.ui", *argv], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = Lines(proc)
+    try:
+        out.wait_for("Ctrl-C stops the servers", UP_TIMEOUT_S)
+        experiment_id = study.user_attrs["mlflow_experiment_id"]
+        runs_table = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        assert f"  quick: {runs_table}\n" in out.lines
+
+        found = post_json(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})
+        trial_runs = {t.user_attrs["mlflow_run_id"] for t in study.get_trials()}
+        assert {r["info"]["run_id"] for r in found["runs"]} == trial_runs | {study.user_attrs["mlflow_parent_run_id"]}
+        with urllib.request.urlopen(f"http://127.0.0.1:{optuna_port}/api/studies", timeout=10) as r:
+            assert [s["study_name"] for s in json.loads(r.read())["study_summaries"]] == ["quick"]
+    finally:
+        proc.send_signal(signal.SIGTERM)  # what Ctrl-C does, without a terminal
+        proc.wait(timeout=60)
+    out.thread.join(5)
+    assert proc.returncode == 0
+    pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", "".join(out.lines))]
+    assert len(pids) == 2
+    assert not any(group_alive(p) for p in pids)  # the servers and every worker they forked
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_help_teaches_with_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        ui.main(["--help"])
+    assert exit_.value.code == 0
+    assert "python -m sgdtune.ui --optuna" in capsys.readouterr().out
+
+
+def test_a_port_in_use_exits_2_with_one_message(quick, monkeypatch, capsys):
+    cwd, _ = quick
+    monkeypatch.chdir(cwd)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert ui.main(["--port", str(port)]) == 2
+    assert f"--port: must be a free port on 127.0.0.1; got {port}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--port", "0"], "--port: must be in 1..65535; got 0"),
+    (["--tracking-uri", "sqlite:////nonexistent/mlflow.db"],
+     "--tracking-uri: must name an existing MLflow store; got 'sqlite:////nonexistent/mlflow.db'"),
+    (["--optuna", "--port", "5000", "--optuna-port", "5000"],
+     "--optuna-port: must differ from --port; got 5000 for both"),
+    (["--optuna", "--storage", "missing.journal", "--optuna-port", "5001"],
+     "--storage: must be an existing Optuna journal file or a database URL; got 'missing.journal'"),
+])
+def test_bad_flags_exit_2_and_start_nothing(quick, monkeypatch, capsys, argv, message):
+    cwd, _ = quick
+    monkeypatch.chdir(cwd)
+    assert ui.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
