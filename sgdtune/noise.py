@@ -163,6 +163,12 @@ def fit_steps_to_target(batch_sizes, updates) -> StepsFit:
     return StepsFit(float(s_min), float(e_min / s_min), float(e_min))
 
 
+def small_batch_limit(n_train: float) -> float:
+    """Largest B at which loss noise is fitted against 1/sqrt(B): N/8, since the law holds
+    for B << N (finite-population factor (N - B)/(N - 1), SCIENCE.md)."""
+    return n_train / 8
+
+
 def loglog_slope(x, y) -> float:
     """Slope of log(y) against log(x) by least squares (e.g. loss noise vs batch size)."""
     lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))

@@ -7,7 +7,6 @@ tracking.py (MLflow) and to trial.report/should_prune. Names: DESIGN.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -28,7 +27,7 @@ from . import __version__
 from .config import ConfigError, ExperimentConfig, file_sha256, load_experiment
 from .data import DataError, Dataset, load_data
 from .model import describe_model
-from .noise import fit_steps_to_target, loglog_slope
+from .noise import fit_steps_to_target, loglog_slope, small_batch_limit
 from .space import grid, suggest
 from .timing import describe_device
 from .tracking import Tracker, default_artifact_location, default_tracking_uri, redact_url, ui_url
@@ -499,8 +498,7 @@ def study_metrics(study: optuna.Study) -> dict[str, float]:
     accs = [t.user_attrs["summary"]["final_val_acc"] for t in complete if "final_val_acc" in t.user_attrs.get("summary", {})]
     if accs:
         out["best_val_acc"] = max(accs)
-    # 1/sqrt(B) holds for B << N: fit the slope over trials with at least 8 batches an epoch.
-    small_b = study.user_attrs.get("n_train", math.inf) / 8
+    small_b = small_batch_limit(study.user_attrs.get("n_train", math.inf))
     noisy = [(t.params["batch_size"], t.user_attrs["summary"]["final_loss_noise"]) for t in complete
              if t.params.get("batch_size", math.inf) <= small_b
              and t.user_attrs.get("summary", {}).get("final_loss_noise", 0) > 0]
@@ -537,7 +535,8 @@ def critical_batch_fit(trials: Sequence[FrozenTrial]):
 EPILOG = """examples:
   python -m sgdtune.study                                  # experiments/batch_tradeoff.toml
   python -m sgdtune.study experiments/quick.toml           # a sweep of a few seconds
-  python -m sgdtune.study experiments/quick.toml --n-trials 8 --seed 1
+  python -m sgdtune.study experiments/quick.toml --n-trials 8 --seed 1 --report
+  python -m sgdtune.study experiments/quick.toml --workers 2
   python -m sgdtune.study X.toml --set train.momentum=0.0 --set data.val_fraction=0.3
   python -m sgdtune.study X.toml --storage postgresql://user@host/db --tracking-uri http://host:5000
 """
@@ -564,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study")
     p.add_argument("--heartbeat", type=int, metavar="SECONDS",
                    help="RDB storages: fail and re-run a trial whose worker is silent for 2x SECONDS")
+    p.add_argument("--report", action="store_true", help="write reports/<study>/report.html and .json at the end")
     p.add_argument("--no-tracking", action="store_true", help="skip MLflow (Optuna storage only)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     return p
@@ -624,6 +624,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted: finished trials are kept; run the same command again to resume.", file=sys.stderr)
         return 130
     print_closing(study, config, tracked=not args.no_tracking)
+    if args.report:
+        from .report import write_report
+
+        storage_url, tracking_uri = locations(config)
+        folder = write_report(config.name, storage_url, tracking_uri)
+        print(f"report:         {folder / 'report.html'}")
     return 0
 
 

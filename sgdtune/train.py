@@ -8,6 +8,7 @@ pass over the training set, reshuffled before batching; iterations per epoch = c
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Literal
@@ -24,6 +25,12 @@ from .timing import StepTimer, peak_memory_mb, reset_peak_memory
 
 FINITE_CHECK_EVERY = 32  # updates between NaN/inf checks: one cheap sync per 32 steps
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating
+# Examples per forward/backward pass. A larger batch accumulates its gradient over chunks of
+# this size, so a full-batch step on 10^6 examples holds one chunk's activations, not all.
+STEP_CHUNK = 65_536
+# Benchmarks set this to a file path: the trainer writes time.time() there at the first
+# update of the process (benchmarks/startup.py measures start-up with it).
+MARK_FIRST_UPDATE_ENV = "SGDTUNE_MARK_FIRST_UPDATE"
 FIXED_SUBSET_SEED = 20180101  # the probe and train-eval subsets are the same for every trial
 
 
@@ -48,7 +55,10 @@ class TrainConfig(BaseModel):
     target_val_acc: float | None = Field(default=None, gt=0, le=1)
     target_every: int = Field(default=10, ge=1, description="updates between val checks for the target")
     stop_at_target: bool = Field(default=False, description="end training once target_val_acc is reached")
-    measure_every: int = Field(default=100, ge=1, description="updates between noise probes")
+    measure_every: int = Field(
+        default=100, ge=1,
+        description="updates between noise probes; an epoch end probes too once a tenth of that has passed",
+    )
     probe_size: int = Field(default=128, ge=0, description="examples in the noise probe; 0 = off")
     eval_size: int = Field(default=10_000, ge=1, description="training examples evaluated per epoch")
     seed: int = Field(default=0, ge=0, description="initial weights and shuffle order")
@@ -251,6 +261,33 @@ def _check_finite(losses: list[torch.Tensor], first: int, updates_before: int, e
         raise Diverged(updates_before + first + bad + 1, epoch, float(chunk[bad]))
 
 
+def _backward_in_chunks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """Backpropagate the mean cross-entropy of a batch too big for one pass, STEP_CHUNK
+    examples at a time (gradients accumulate); `idx` selects the rows, None = all of x.
+    Returns the batch's mean loss."""
+    total = x.shape[0] if idx is None else idx.shape[0]
+    loss = torch.zeros((), device=x.device)
+    for start in range(0, total, STEP_CHUNK):
+        rows = slice(start, start + STEP_CHUNK) if idx is None else idx[start : start + STEP_CHUNK]
+        part = F.cross_entropy(model(x[rows]), y[rows], reduction="sum") / total
+        part.backward()
+        loss += part.detach()
+    return loss
+
+
+def _mark_first_update() -> None:
+    """Write the time of the process's first update where MARK_FIRST_UPDATE_ENV says (once)."""
+    global _first_update_marked
+    _first_update_marked = True
+    path = os.environ.get(MARK_FIRST_UPDATE_ENV)
+    if path:
+        with open(path, "w") as f:
+            f.write(repr(time.time()))
+
+
+_first_update_marked = False
+
+
 def train(
     config: TrainConfig,
     data: Dataset,
@@ -316,24 +353,33 @@ def train(
         return False
 
     stop_early = False
+    mark_first_update = not _first_update_marked
     for epoch in range(1, plan.epochs + 1):
-        order = torch.randperm(n, generator=shuffler, device=device)
         losses: list[torch.Tensor] = []
         checked = 0
         updates_before, epoch_start_compute = updates, timer.compute_time_s
-        timer.start()
+        timer.start()  # the shuffle is part of an epoch's training work
+        order = torch.randperm(n, generator=shuffler, device=device)
         for start, stop in plan.batches(epoch, examples, updates):
-            if plan.batch_size == n and stop - start == n:
-                xb, yb = x, y  # full batch: no gather of the whole set
+            full = plan.batch_size == n and stop - start == n  # full batch: no gather of the whole set
+            if stop - start > STEP_CHUNK:
+                optimizer.zero_grad(set_to_none=True)
+                loss = _backward_in_chunks(model, x, y, None if full else order[start:stop])
             else:
-                idx = order[start:stop]
-                xb, yb = x[idx], y[idx]
-            loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+                if full:
+                    xb, yb = x, y
+                else:
+                    idx = order[start:stop]
+                    xb, yb = x[idx], y[idx]
+                loss = F.cross_entropy(model(xb), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
             losses.append(loss.detach())
             updates += 1
+            if mark_first_update:
+                mark_first_update = False
+                _mark_first_update()
             examples += stop - start
             if updates <= warmup_updates:
                 lr_now = lr_at(updates, config.lr, lr_target, warmup_updates)
@@ -355,11 +401,15 @@ def train(
         if len(losses) > checked:
             _check_finite(losses, checked, updates_before, epoch)
 
-        probe()
         train_loss, train_acc = evaluate(model, x_eval, y_eval)
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
         if target_pending and reached_target(val_acc):
             stop_early = config.stop_at_target
+        # An epoch end probes once a tenth of measure_every has passed since the last probe,
+        # and always at the end: with only a few updates per epoch (large B), probing every
+        # epoch would cost more than the training (a probe is about one small batch's step).
+        if updates - max(last_probe, 0) >= -(-config.measure_every // 10) or stop_early or epoch == plan.epochs:
+            probe()
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,

@@ -43,7 +43,7 @@ def quick_cli(tmp_path_factory):
 
     cwd = tmp_path_factory.mktemp("quick")
     shutil.copytree(EXPERIMENTS, cwd / "experiments")
-    proc = run_cli("sgdtune.study", "experiments/quick.toml", "--no-progress", cwd=cwd)
+    proc = run_cli("sgdtune.study", "experiments/quick.toml", "--no-progress", "--report", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return cwd, proc
 
@@ -71,6 +71,8 @@ def test_cli_makes_one_parent_and_one_child_run_per_trial_with_the_contract_name
     assert parent.data.params["version.optuna"] == optuna.__version__
     assert parent.data.metrics["n_complete"] == 4
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "experiment")] == ["experiment/quick.toml"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
+        "report/report.json", "report/report.html"}  # --report
 
     study = optuna.load_study(study_name="quick", storage=open_storage(str(cwd / "mlruns/optuna.journal")))
     by_run = {t.user_attrs["mlflow_run_id"]: t for t in study.get_trials()}
@@ -106,6 +108,8 @@ def test_cli_closing_lines_show_the_ui_command_and_the_runs_table_url(quick_cli)
     assert f"mlflow ui --backend-store-uri sqlite:///{cwd}/mlruns/mlflow.db" in proc.stdout
     assert "#/experiments/1/runs?workflowType=machine_learning" in proc.stdout
     assert "4 complete" in proc.stdout
+    assert f"report:         reports/quick/report.html" in proc.stdout
+    assert (cwd / "reports/quick/report.json").is_file()
 
 
 def test_resume_after_an_interrupt_keeps_every_finished_trial_once(workdir, monkeypatch):

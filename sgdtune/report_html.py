@@ -1,0 +1,350 @@
+"""Drawing the sweep report: report dict -> one self-contained HTML page.
+
+Reads nothing but the report dict (report.json's content): every number on the page comes
+from there. plotly.js is inlined once, so the page opens offline and asks the network nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from importlib import resources
+from typing import Sequence
+
+import numpy as np
+
+TEMPLATE = "report_page.html"
+
+
+LOG_B = {"type": "log", "title": {"text": "batch size B (examples, log scale)"}}
+MARGIN = {"l": 70, "r": 30, "t": 60, "b": 60}
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def _figure(**layout):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.update_layout(**{"template": "plotly_white", "height": 440, "margin": MARGIN,
+                         "legend": {"orientation": "h", "y": -0.2}, **layout})
+    return fig
+
+
+def _subplots(titles: Sequence[str], **layout):
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.1)
+    fig.update_layout(template="plotly_white", height=460, margin=MARGIN, legend={"orientation": "h", "y": -0.25},
+                      **layout)
+    return fig
+
+
+def _lr_marker(lr: list[float], symbol: str, colorbar: bool, scale_of: list[float] | None = None) -> dict:
+    """Markers coloured by log10(lr) over the range of `scale_of` (default: lr); the colour bar reads in lr."""
+    log = np.log10(np.array(lr, float))
+    span = np.log10(np.array(scale_of if scale_of is not None else lr, float))
+    ticks = np.unique(np.log10(np.geomspace(10 ** span.min(), 10 ** span.max(), 4)))
+    return {"color": log.tolist(), "colorscale": "Viridis", "cmin": span.min(), "cmax": span.max(), "size": 10,
+            "symbol": symbol, "line": {"width": 1, "color": "#333"}, "showscale": colorbar,
+            "colorbar": {"title": {"text": "lr"}, "tickvals": ticks.tolist(),
+                         "ticktext": [f"{10 ** t:.3g}" for t in ticks], "x": 1.02}}
+
+
+def _batch_colours(sizes: Sequence[int]) -> list[str]:
+    from plotly.colors import sample_colorscale
+
+    if not sizes:
+        return []
+    log = np.log2(np.array(sizes, float))
+    span = log.max() - log.min()
+    where = (log - log.min()) / span * 0.85 if span else np.full_like(log, 0.4)  # 0.85: skip Plasma's pale end
+    return sample_colorscale("Plasma", where.tolist())
+
+
+def fig_accuracy(a: dict):
+    import plotly.graph_objects as go
+
+    fig = _subplots(["val_acc and train_acc (colour: lr)", "generalization gap = train_acc - val_acc"])
+    hover = [f"trial {n}<br>B {b}<br>lr {lr:.3g}<br>{bu} {s}" for n, b, lr, bu, s in
+             zip(a["number"], a["batch_size"], a["lr"], a["budget"], a["budget_size"])]
+    for key, name, symbol, bar in (("final_val_acc", "val_acc", "circle", True),
+                                   ("final_train_acc", "train_acc", "diamond-open", False)):
+        fig.add_trace(go.Scatter(x=a["batch_size"], y=a[key], mode="markers", name=name, text=hover,
+                                 hovertemplate="%{text}<br>" + name + " %{y:.4f}<extra></extra>",
+                                 marker=_lr_marker(a["lr"], symbol, bar)), row=1, col=1)
+    fig.add_trace(go.Scatter(x=a["batch_size"], y=a["final_gen_gap"], mode="markers", name="gen_gap", text=hover,
+                             hovertemplate="%{text}<br>gap %{y:+.4f}<extra></extra>",
+                             marker=_lr_marker(a["lr"], "square", False)), row=1, col=2)
+    fig.update_xaxes(**LOG_B)
+    fig.update_yaxes(title_text="accuracy (fraction correct)", row=1, col=1)
+    fig.update_yaxes(title_text="train_acc - val_acc (fraction)", zerolinecolor="#999", row=1, col=2)
+    return fig
+
+
+def fig_learning_curves(lc: dict):
+    import plotly.graph_objects as go
+
+    fig = _subplots(["val_acc by epoch", "val_acc by update"])
+    for c, colour in zip(lc["trials"], _batch_colours([c["batch_size"] for c in lc["trials"]])):
+        name = f"B = {c['batch_size']} (trial {c['number']}, lr {c['lr']:.3g})"
+        for col, x in ((1, c["epoch"]), (2, c["updates"])):
+            fig.add_trace(go.Scatter(x=x, y=c["val_acc"], mode="lines+markers", name=name, legendgroup=name,
+                                     showlegend=col == 1, line={"color": colour}), row=1, col=col)
+    fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=1)
+    fig.update_xaxes(title_text="updates (log scale)", type="log", row=1, col=2)
+    fig.update_yaxes(title_text="val_acc (fraction correct)")
+    return fig
+
+
+def fig_loss_noise(ln: dict):
+    import plotly.graph_objects as go
+
+    fitted = "slope" in ln
+    if fitted:
+        title = f"Loss noise against batch size: fitted slope {ln['slope']:+.2f}, theory {ln['theory_slope']}"
+    else:
+        title = f"Loss noise against batch size (no fit: {ln['fit_skipped']})"
+    fig = _figure(title={"text": title})
+    for inside, name in ((True, "trials in the fit (colour: lr)"), (False, "B > N/8: not fitted (faded)")):
+        idx = [i for i, f in enumerate(ln["in_fit"]) if f == inside]
+        if idx:
+            fig.add_trace(go.Scatter(x=[ln["batch_size"][i] for i in idx], y=[ln["loss_noise"][i] for i in idx],
+                                     mode="markers", name=name, text=[f"trial {ln['number'][i]}" for i in idx],
+                                     opacity=1.0 if inside else 0.35,
+                                     marker=_lr_marker([ln["lr"][i] for i in idx], "circle", inside, ln["lr"])))
+    if fitted:
+        fig.add_trace(go.Scatter(x=ln["fit_line"]["batch_size"], y=ln["fit_line"]["loss_noise"], mode="lines",
+                                 name=f"least-squares fit, slope {ln['slope']:+.2f}", line={"color": "#d62728"}))
+        fig.add_trace(go.Scatter(x=ln["theory_line"]["batch_size"], y=ln["theory_line"]["loss_noise"], mode="lines",
+                                 name=f"theory on a fixed model, slope {ln['theory_slope']}",
+                                 line={"color": "#555", "dash": "dash"}))
+    fig.update_xaxes(**LOG_B)
+    fig.update_yaxes(type="log", title_text="loss noise (std of mini-batch loss, nats, log scale)")
+    return fig
+
+
+def fig_grad_noise(gn: dict):
+    """Per-epoch curves (from MLflow) beside the final value against B, with the critical batch size."""
+    import plotly.graph_objects as go
+
+    c = gn["critical_batch_size"]
+    crit = {"mode": "lines", "line": {"dash": "dash", "color": "#333"},
+            "name": f"critical batch size ~ {c['value']:.3g} ({c['source']})"}
+    curves = gn["curves"]
+    titles = ["over training", "at the end of training, by batch size"]
+    fig = _subplots(titles if curves else titles[1:])
+    if curves:
+        for curve, colour in zip(curves, _batch_colours([k["batch_size"] for k in curves])):
+            name = f"B = {curve['batch_size']} (trial {curve['number']})"
+            fig.add_trace(go.Scatter(x=curve["epoch"], y=curve["grad_noise_scale"], mode="lines+markers", name=name,
+                                     line={"color": colour}), row=1, col=1)
+        # A trace, not add_hline: a shape's annotation on a log axis would take y as log10(y).
+        epochs = [e for k in curves for e in k["epoch"]]
+        fig.add_trace(go.Scatter(x=[min(epochs), max(epochs)], y=[c["value"]] * 2, legendgroup="crit", **crit),
+                      row=1, col=1)
+        fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=1)
+    col = 2 if curves else 1
+    f = gn["final"]
+    fig.add_trace(go.Scatter(x=f["batch_size"], y=f["grad_noise_scale"], mode="markers", name="final value, per trial",
+                             text=[f"trial {n}" for n in f["number"]], marker={"size": 10, "color": "#1f77b4"}),
+                  row=1, col=col)
+    span = [min(f["grad_noise_scale"]), max(f["grad_noise_scale"])]
+    fig.add_trace(go.Scatter(x=[c["value"]] * 2, y=span, legendgroup="crit", showlegend=not curves, **crit),
+                  row=1, col=col)
+    fig.update_xaxes(row=1, col=col, **LOG_B)
+    fig.update_yaxes(type="log", title_text="gradient noise scale B_simple (examples, log scale)")
+    return fig
+
+
+def fig_steps(st: dict):
+    import plotly.graph_objects as go
+
+    fig = _figure(title={"text": f"Updates to reach val_acc {st['target_val_acc']}"})
+    fig.add_trace(go.Scatter(x=st["batch_size"], y=st["updates_to_target"], mode="markers", name="trials",
+                             marker={"color": "#aaa", "size": 8}, text=[f"trial {n}" for n in st["number"]]))
+    fig.add_trace(go.Scatter(x=st["best"]["batch_size"], y=st["best"]["updates_to_target"], mode="markers",
+                             name="fewest per batch size", marker={"color": "#1f77b4", "size": 11}))
+    if "fit" in st:
+        f = st["fit"]
+        fig.add_trace(go.Scatter(x=f["curve"]["batch_size"], y=f["curve"]["updates"], mode="lines",
+                                 line={"color": "#d62728"},
+                                 name=f"S_min (1 + B_crit/B): S_min {f['s_min']:.3g}, B_crit {f['b_crit']:.3g}"))
+        span = [min(st["updates_to_target"]), max(st["updates_to_target"])]
+        fig.add_trace(go.Scatter(x=[f["b_crit"]] * 2, y=span, mode="lines", line={"dash": "dot", "color": "#d62728"},
+                                 name=f"B_crit = {f['b_crit']:.3g}"))
+    fig.update_xaxes(**LOG_B)
+    fig.update_yaxes(type="log", title_text="updates to target (log scale)")
+    return fig
+
+
+def fig_compute(c: dict):
+    import plotly.graph_objects as go
+
+    fig = _subplots([f"{c['time_metric']} (training steps only)", "throughput"], showlegend=False)
+    text = [f"trial {n}" for n in c["number"]]
+    fig.add_trace(go.Scatter(x=c["batch_size"], y=c["time_s"], mode="markers", text=text, marker={"size": 10}),
+                  row=1, col=1)
+    fig.add_trace(go.Scatter(x=c["batch_size"], y=c["throughput_eps"], mode="markers", text=text,
+                             marker={"size": 10, "color": "#2ca02c"}), row=1, col=2)
+    fig.update_xaxes(**LOG_B)
+    fig.update_yaxes(type="log", title_text="compute time (s, log scale)", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="throughput (examples/s, log scale)", row=1, col=2)
+    return fig
+
+
+def fig_pareto(c: dict, p: dict):
+    import plotly.graph_objects as go
+
+    fig = _figure(title={"text": f"Pareto front: val_acc against {c['time_metric']}"})
+    fig.add_trace(go.Scatter(x=c["time_s"], y=c["final_val_acc"], mode="markers", name="complete trials",
+                             text=[f"trial {n}, B {b}" for n, b in zip(c["number"], c["batch_size"])],
+                             marker={"color": "#aaa", "size": 9}))
+    fig.add_trace(go.Scatter(x=p["time_s"], y=p["final_val_acc"], mode="lines+markers", name="Pareto front",
+                             line={"shape": "hv", "color": "#d62728"}, text=[f"trial {n}" for n in p["number"]],
+                             marker={"size": 11}))
+    fig.update_xaxes(type="log", title_text="compute time (s, log scale)")
+    fig.update_yaxes(title_text="val_acc (fraction correct)")
+    return fig
+
+
+def fig_history(h: dict):
+    import plotly.graph_objects as go
+
+    fig = _figure(title={"text": f"Optimization history ({h['direction']} {h['objective']})"})
+    fig.add_trace(go.Scatter(x=h["number"], y=h["value"], mode="markers", name=h["objective"], marker={"size": 9}))
+    fig.add_trace(go.Scatter(x=h["number"], y=h["best_so_far"], mode="lines", line={"shape": "hv"},
+                             name="best so far"))
+    fig.update_xaxes(title_text="trial number", dtick=max(1, math.ceil(len(h["number"]) / 15)))  # whole numbers
+    fig.update_yaxes(title_text=f"{h['objective']} (fraction correct)" if h["objective"] == "val_acc"
+                     else h["objective"])
+    return fig
+
+
+def fig_importance(imp: dict):
+    import plotly.graph_objects as go
+
+    ranked = sorted(imp["importance"].items(), key=lambda kv: kv[1])
+    fig = _figure(title={"text": f"Parameter importances ({imp['method']})"}, height=120 + 50 * len(ranked),
+                  showlegend=False)
+    fig.add_trace(go.Bar(x=[v for _, v in ranked], y=[k for k, _ in ranked], orientation="h",
+                         text=[f"{v:.2f}" for _, v in ranked], textposition="auto"))
+    fig.update_xaxes(title_text="importance (share of objective variance, 0-1)", range=[0, 1])
+    fig.update_yaxes(title_text="parameter")
+    return fig
+
+
+def _plot(fig, div_id: str) -> str:
+    # A fixed div id keeps the page a pure function of report.json (plotly picks a random one).
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG)
+
+
+def _table(rows: list[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """An HTML table; columns are (key, heading, format spec)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(k), f))}</td>" for k, _, f in columns) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def fmt(value, spec: str) -> str:
+    if value is None:
+        return ""
+    return format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
+
+
+NAV = (("summary", "summary"), ("accuracy", "accuracy"), ("curves", "curves"), ("loss-noise", "loss noise"),
+       ("grad-noise", "noise scale"), ("steps", "steps"), ("compute", "compute"), ("pareto", "Pareto"),
+       ("history", "history"), ("importance", "importance"), ("top", "top trials"), ("repro", "reproducibility"))
+
+
+def render_html(report: dict) -> str:
+    """The page, drawn from the report dict alone."""
+    from plotly.offline import get_plotlyjs
+
+    timings = report["volatile"]["timings"]
+    compute = timings.get("compute")
+    parts: list[str] = []
+
+    def section(anchor: str, title: str, key: str | None, draw) -> None:
+        """A section drawn by draw(), or a one-line note why not when report[key] is absent."""
+        if key is None or key in report:
+            body = draw()
+        else:
+            body = f'<p class="skip">Not shown: {html.escape(report["skipped"].get(key, "no data"))}.</p>'
+        parts.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>')
+
+    def plot(fig_of, key: str, div_id: str):
+        return lambda: _plot(fig_of(report[key]), div_id)
+
+    no_time = '<p class="skip">Not shown: no complete trial with a compute time.</p>'
+    section("summary", "Summary", None, lambda: _summary_html(report["summary"], timings.get("summary", [])))
+    section("accuracy", "Accuracy and generalization gap against batch size", "accuracy",
+            plot(fig_accuracy, "accuracy", "plot-accuracy"))
+    section("curves", "Learning curves across the batch-size range", "learning_curves",
+            plot(fig_learning_curves, "learning_curves", "plot-curves"))
+    section("loss-noise", "Loss noise against batch size", "loss_noise",
+            plot(fig_loss_noise, "loss_noise", "plot-loss-noise"))
+    section("grad-noise", "Gradient noise scale and the critical batch size", "grad_noise",
+            plot(fig_grad_noise, "grad_noise", "plot-grad-noise"))
+    section("steps", "Updates to target against batch size", "steps_to_target",
+            plot(fig_steps, "steps_to_target", "plot-steps"))
+    section("compute", "Compute time and throughput against batch size", None,
+            lambda: _plot(fig_compute(compute), "plot-compute") if compute else no_time)
+    section("pareto", "Pareto front of val_acc against compute time", None,
+            lambda: _plot(fig_pareto(compute, timings["pareto"]), "plot-pareto") if compute else no_time)
+    section("history", "Optimization history", "history", plot(fig_history, "history", "plot-history"))
+    section("importance", "Parameter importances", "importance", plot(fig_importance, "importance", "plot-importance"))
+    section("top", "Top trials", "top_trials", lambda: _top_table(report))
+    section("repro", "Reproducibility", None, lambda: _reproducibility_html(report))
+    title = html.escape(f"sgdtune report: {report['study']['name']}")
+    page = resources.files("sgdtune").joinpath(TEMPLATE).read_text()
+    return (page.replace("<!--TITLE-->", title)
+                .replace("<!--NAV-->", "".join(f'<a href="#{a}">{t}</a>' for a, t in NAV))
+                .replace("<!--GENERATED-->", html.escape(f"generated {report['volatile']['dates']['generated']}"))
+                .replace("<!--BODY-->", "\n".join(parts))
+                .replace("/*PLOTLYJS*/", get_plotlyjs()))  # last: markers inside plotly.js stay untouched
+
+
+def _summary_html(sentences: list[str], timing_sentences: list[str]) -> str:
+    items = [f"<li>{html.escape(s)}</li>" for s in sentences]
+    items += [f'<li class="timing">{html.escape(s)} <em>(timing: varies between runs)</em></li>'
+              for s in timing_sentences]
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def _top_table(report: dict) -> str:
+    """The top trials, with their compute time and MLflow run id from "volatile"."""
+    v = report["volatile"]
+    metric = v["timings"].get("compute", {}).get("time_metric", "compute_time_s")
+    run_ids = v.get("mlflow", {}).get("run_ids", {})
+    rows = [{**r, "budget": f"{r['budget']}={r['budget_size']}", "run_id": run_ids.get(str(r["number"])),
+             "time": v["timings"]["trials"].get(str(r["number"]), {}).get(metric)} for r in report["top_trials"]]
+    return _table(rows, [
+        ("number", "trial", ""), ("batch_size", "B", ""), ("lr", "lr", ".3g"), ("budget", "budget", ""),
+        ("final_val_acc", "val_acc", ".4f"), ("final_train_acc", "train_acc", ".4f"),
+        ("final_gen_gap", "gen_gap", "+.4f"), ("final_loss_noise", "loss noise", ".3g"),
+        ("final_grad_noise_scale", "noise scale", ".3g"), ("updates", "updates", ".0f"),
+        ("updates_to_target", "to target", ".0f"), ("time", f"{metric}".replace("_", " "), ".3g"),
+        ("run_id", "MLflow run id", ""),
+    ])
+
+
+def _reproducibility_html(report: dict) -> str:
+    r = report["reproducibility"]
+    mlflow = report["volatile"].get("mlflow", {})
+    f = r.get("experiment_file", {})
+    sha = f and f"{f['sha256']} ({'matches' if f['sha256_matches'] else 'DIFFERS FROM'} the recorded hash)"
+    items = [
+        ("study command", r.get("study_command")), ("report command", r["report_command"]),
+        ("experiment file", f.get("name")), ("sha256", sha), ("study seed", r.get("study_seed")),
+        ("trial seeds", ", ".join(f"{k}: {s}" for k, s in r["trial_seeds"].items())),
+        ("trials by state", ", ".join(f"{k.lower()} {n}" for k, n in r["trials_by_state"].items())),
+        ("device", r.get("device")), ("git commit", r.get("git_commit") or "(not a git checkout)"),
+        ("package versions", ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items())),
+        ("MLflow store", mlflow.get("tracking_uri")), ("MLflow parent run", mlflow.get("parent_run_id")),
+        ("MLflow UI (runs table)", mlflow.get("ui_url") and f"{mlflow['ui_url']}  (start it: python -m sgdtune.ui)"),
+    ]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in items if v not in (None, ""))
+    content = f"<pre>{html.escape(f['content'])}</pre>" if f.get("content") else ""
+    return f'<table class="kv">{rows}</table>{content}'
