@@ -10,17 +10,20 @@ update is paid once for K trials. Each member is still its own trial, the comput
 - its own initial weights (`build_model(config.model, ..., config.seed)`), shuffle order (a
   generator seeded with its seed, the same `randperm` calls), lr (scaling, warmup),
   momentum, weight decay, budget size, and optimizer state with torch.optim's formulas;
-- its own metrics, probes and hook call: evaluation, noise probe and target check run the
-  `train.py` helpers on a module that holds that member's weights.
+- its own metrics and hook call: evaluation and target checks run `train.evaluate` on a
+  module holding that member's weights; the noise probe computes every member's
+  per-example gradient statistics in one stacked pass, without materializing per-example
+  gradients (the estimators of noise.py; tests hold them equal to NoiseScaleMeter's).
 
 Members never mix: every operation acts per member along axis 0, so a NaN in one member's
 weights cannot reach another. A member leaves the group (its slice is dropped) when its
 budget is spent, when its hook raises (a pruner), or when its loss turns non-finite.
 
 The backward pass is written out (two batched products per layer) rather than taken from
-autograd: on the 2-core CPU this was measured on, that is 15-25% faster at B = 8 (no graph
-bookkeeping). The activation derivatives are the aten kernels autograd itself calls.
-benchmarks/batched.py measures the whole against one-by-one training.
+autograd: on the 2-core CPU this was measured on, that is 15-25% faster at B = 8 than
+autograd through the same baddbmm forward, and torch.func.vmap over stack_module_state
+was slower than both. The activation derivatives are the aten kernels autograd itself
+calls. benchmarks/batched.py measures the whole against one-by-one training.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ _ACTIVATIONS = {
 
 def _stats(sum_sq: float, mean_sq: float, b: int) -> GradientStats:
     """GradientStats from sum_i |g_i|^2 and |g_mean|^2 over b examples: the unbiased
-    estimators of noise.gradient_stats_from_per_example (to move there, see the module doc)."""
+    estimators of noise.gradient_stats_from_per_example."""
     trace_cov = (sum_sq - b * mean_sq) / (b - 1)
     return GradientStats(trace_cov, mean_sq - trace_cov / b, b)
 
@@ -159,8 +162,9 @@ class StackedMLP:
     def __init__(self, modules: list[nn.Module], configs: list[TrainConfig], lrs: list[float]):
         layers = [[m for m in module if isinstance(m, nn.Linear)] for module in modules]
         with torch.no_grad():
-            self.weights = [torch.stack([ls[i].weight.t() for ls in layers]).contiguous() for i in range(len(layers[0]))]
-            self.biases = [torch.stack([ls[i].bias for ls in layers]).unsqueeze(1) for i in range(len(layers[0]))]
+            depth = range(len(layers[0]))
+            self.weights = [torch.stack([ls[i].weight.t() for ls in layers]).contiguous() for i in depth]
+            self.biases = [torch.stack([ls[i].bias for ls in layers]).unsqueeze(1) for i in depth]
         self.activation, self.activation_backward = _ACTIVATIONS[configs[0].model.activation]
         self.adam = configs[0].optimizer == "adam"
         self.steps = 0
@@ -172,6 +176,9 @@ class StackedMLP:
         zeros = lambda: [torch.zeros_like(p) for p in self.params]  # noqa: E731
         self.buf = zeros() if self.use_momentum else []
         self.exp_avg, self.exp_avg_sq = (zeros(), zeros()) if self.adam else ([], [])
+        # Gradients are written into these each step: a fresh tensor of a few MiB per step
+        # costs more in page faults (the allocator maps and unmaps it) than its product.
+        self.grads = zeros()
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -191,6 +198,7 @@ class StackedMLP:
         self.weights, self.biases = pick(self.weights), pick(self.biases)
         self.buf, self.exp_avg, self.exp_avg_sq = pick(self.buf), pick(self.exp_avg), pick(self.exp_avg_sq)
         self.lr, self.weight_decay, self.momentum = pick([self.lr, self.weight_decay, self.momentum])
+        self.grads = pick(self.grads)
 
     @torch.no_grad()
     def load_into(self, module: nn.Module, position: int) -> nn.Module:
@@ -246,11 +254,11 @@ class StackedMLP:
         logits, inputs, pre = self._forward(xb)
         losses, g = self._dlogits(logits, yb)
         g.div_(yb.shape[1])  # of the mean over the batch
-        grad_w, grad_b = [None] * len(self.weights), [None] * len(self.weights)
+        depth = len(self.weights)
         for i, delta, h in self._backward(g, inputs, pre):
-            grad_w[i] = torch.bmm(h.transpose(1, 2), delta)
-            grad_b[i] = delta.sum(dim=1, keepdim=True)
-        return [*grad_w, *grad_b], losses.mean(dim=1)
+            torch.bmm(h.transpose(1, 2), delta, out=self.grads[i])
+            torch.sum(delta, dim=1, keepdim=True, out=self.grads[depth + i])
+        return self.grads, losses.mean(dim=1)
 
     @torch.no_grad()
     def gradient_stats(self, x: torch.Tensor, y: torch.Tensor) -> list[GradientStats]:
@@ -300,8 +308,8 @@ class StackedMLP:
                 g.addcmul_(p, self.weight_decay)
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
-            p.addcmul_(m.div(denom), neg_step_size)
+            denom = torch.sqrt(v, out=g).div_(bias_correction2_sqrt).add_(ADAM_EPS)  # g is spent: reuse it
+            p.addcmul_(torch.div(m, denom, out=denom), neg_step_size)
 
 
 @dataclass(eq=False)
@@ -410,11 +418,14 @@ class _Group:
         measure_every = self.members[0].config.measure_every
         reset_peak_memory(self.device)
         for epoch in range(1, plan.epochs + 1):
+            if not self.members:
+                break
             self.losses, self.checked, self.updates_before = [], 0, self.updates
             for m in self.members:
                 m.epoch_start_s = m.compute_s
             self.timer.start()  # the shuffle is part of an epoch's training work, as in train.py
-            self.orders = torch.stack([torch.randperm(n, generator=m.shuffler, device=self.device) for m in self.members])
+            self.orders = torch.stack([torch.randperm(n, generator=m.shuffler, device=self.device)
+                                       for m in self.members])
             for start, stop in plan.batches(epoch, self.examples, self.updates):
                 if plan.batch_size == n and stop - start == n:
                     k = len(self.members)
@@ -427,7 +438,8 @@ class _Group:
                 self.examples += stop - start
                 if self.updates <= self.max_warmup:
                     for m in self.members:
-                        m.lr_now = lr_at(min(self.updates, m.warmup_updates), m.config.lr, m.lr_target, m.warmup_updates)
+                        t = min(self.updates, m.warmup_updates)
+                        m.lr_now = lr_at(t, m.config.lr, m.lr_target, m.warmup_updates)
                     self.stack.set_lr([m.lr_now for m in self.members])
                 if len(self.losses) - self.checked >= FINITE_CHECK_EVERY:
                     self._check_finite(epoch, timed=True)
@@ -447,9 +459,8 @@ class _Group:
                 if not self.members:
                     break
             self.timer.stop()
-            self._end_epoch(epoch, list(self.members))
-            if not self.members:
-                break
+            if self.members:
+                self._end_epoch(epoch, list(self.members))
         return self.results
 
     # -- members leaving -------------------------------------------------------------------

@@ -358,6 +358,7 @@ def run_study(
     mlruns: str | Path = MLRUNS,
     workers: int = 1,
     heartbeat: int | None = None,
+    batch_trials: int = 1,
 ) -> optuna.Study:
     """Run (or resume) the study until it has config.n_trials finished trials.
 
@@ -368,6 +369,8 @@ def run_study(
     """
     if workers < 1:
         raise ConfigError(f"--workers: must be >= 1; got {workers}")
+    if batch_trials < 1:
+        raise ConfigError(f"--batch-trials: must be >= 1; got {batch_trials}")
     if heartbeat is not None and heartbeat < 1:
         raise ConfigError(f"--heartbeat: must be >= 1 (seconds); got {heartbeat}")
     device = resolve_device(config.device)
@@ -396,11 +399,14 @@ def run_study(
         if remaining > 0 and workers > 1:
             from .workers import WorkerSpec, supervise
 
-            spec = WorkerSpec(config, str(mlruns), parent_run_id, heartbeat, track)
+            spec = WorkerSpec(config, str(mlruns), parent_run_id, heartbeat, track, batch_trials)
             supervise(study, spec, workers, progress)
         elif remaining > 0:
             objective = Objective(config, data, tracker, parent_run_id, describe_device(device), progress)
-            optimize(study, objective, remaining, config)
+            if batch_trials > 1:
+                optimize_batched(study, objective, remaining, config, batch_trials)
+            else:
+                optimize(study, objective, remaining, config)
             if heartbeat is not None:
                 settle(study, objective, config, heartbeat)
     except BaseException:
@@ -452,6 +458,62 @@ def optimize(study: optuna.Study, objective: "Objective", n_trials: int, config:
         catch=(Diverged,),
         callbacks=[_stop_when_done(config.n_trials)],
     )
+
+
+def optimize_batched(study: optuna.Study, objective: "Objective", n_trials: int, config: ExperimentConfig,
+                     batch_trials: int) -> None:
+    """Up to n_trials more trials, in cohorts of `batch_trials` trained as one stacked model.
+
+    A cohort is one trial as the sampler suggests it, plus batch_trials - 1 more with the same
+    batch size (and every other searched value that shapes the stacked model) fixed through
+    Optuna's queue, so a continuous batch-size range still gives full groups. Each member keeps
+    its own lr, momentum, seed, metrics, pruning and divergence (batched.py).
+    """
+    from .batched import BUDGET_SIZES, PER_MEMBER
+
+    shaping = [name for name in config.search if name not in PER_MEMBER and name not in BUDGET_SIZES[:2]]
+    started, deadline = 0, time.monotonic() + (config.timeout_s or math.inf)
+    while started < n_trials and n_finished(study) < config.n_trials and time.monotonic() < deadline:
+        size = min(batch_trials, n_trials - started)
+        jobs = [objective.begin(study.ask())]
+        for _ in range(size - 1):
+            if shaping:
+                study.enqueue_trial({name: jobs[0].trial.params[name] for name in shaping})
+            jobs.append(objective.begin(study.ask()))
+        started += size
+        _run_cohort(study, objective, jobs)
+
+
+def _run_cohort(study: optuna.Study, objective: "Objective", jobs: list[TrialJob]) -> None:
+    """Train the jobs (stacked where their shapes agree), then tell Optuna each outcome."""
+    from collections import defaultdict
+
+    from .batched import group_key, train_stacked
+
+    groups: dict[tuple, list[TrialJob]] = defaultdict(list)
+    for job in jobs:
+        groups[group_key(job.config) if job.config.model.factory is None else (id(job),)].append(job)
+    for group in groups.values():
+        try:
+            if len(group) == 1:
+                try:
+                    results: list = [train(group[0].config, objective.data, group[0].on_epoch)]
+                except Exception as e:  # noqa: BLE001 - told to Optuna below, re-raised if a bug
+                    results = [e]
+            else:
+                results = train_stacked([j.config for j in group], objective.data,
+                                        on_epoch=lambda i, m: group[i].on_epoch(m))
+        except KeyboardInterrupt as e:
+            for job in group:
+                study.tell(job.trial, state=TrialState[objective.fail(job, e)])
+            raise
+        for job, result in zip(group, results):
+            if isinstance(result, BaseException):
+                study.tell(job.trial, state=TrialState[objective.fail(job, result)])
+                if not isinstance(result, (optuna.TrialPruned, Diverged)):
+                    raise result
+            else:
+                study.tell(job.trial, objective.complete(job, result))
 
 
 def locations(config: ExperimentConfig, mlruns: str | Path = MLRUNS) -> tuple[str, str]:
@@ -563,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study")
     p.add_argument("--heartbeat", type=int, metavar="SECONDS",
                    help="RDB storages: fail and re-run a trial whose worker is silent for 2x SECONDS")
+    p.add_argument("--batch-trials", type=int, default=1, metavar="K",
+                   help="train up to K trials of one batch size at once as one stacked model (MLPs)")
     p.add_argument("--report", action="store_true", help="write reports/<study>/report.html and .json at the end")
     p.add_argument("--no-tracking", action="store_true", help="skip MLflow (Optuna storage only)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
@@ -616,7 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = path or default_experiment_path()
     try:
         study = run_study(config, experiment_path=path, command=command, track=not args.no_tracking,
-                          show_progress=not args.no_progress, workers=args.workers, heartbeat=args.heartbeat)
+                          show_progress=not args.no_progress, workers=args.workers, heartbeat=args.heartbeat,
+                          batch_trials=args.batch_trials)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

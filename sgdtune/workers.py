@@ -22,7 +22,16 @@ from optuna.trial import TrialState
 
 from .config import ExperimentConfig
 from .data import load_data
-from .study import Objective, locations, n_finished, open_storage, open_study, optimize, resolve_device
+from .study import (
+    Objective,
+    locations,
+    n_finished,
+    open_storage,
+    open_study,
+    optimize,
+    optimize_batched,
+    resolve_device,
+)
 from .timing import describe_device
 from .tracking import Tracker
 
@@ -39,6 +48,7 @@ class WorkerSpec:
     parent_run_id: str | None
     heartbeat: int | None
     track: bool
+    batch_trials: int = 1
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -60,7 +70,10 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
         study = open_study(config, storage, worker=index)
         tracker = Tracker(tracking_uri, config.name) if spec.track else None
         objective = Objective(config, data, tracker, spec.parent_run_id, describe_device(device))
-        optimize(study, objective, share, config)
+        if spec.batch_trials > 1:
+            optimize_batched(study, objective, share, config, spec.batch_trials)
+        else:
+            optimize(study, objective, share, config)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)  # the running trial is already failed and its run ended
 

@@ -1,0 +1,129 @@
+"""Stacked training (sgdtune.batched) against training the same trials one by one.
+
+K = 8 trials of the 64-256-256-10 MLP on digits (SGD, momentum 0.9, lr spread over a
+decade, seeds 0-7, the default noise probe and evaluation), at B = 8 and B = 64. One round
+trains the 8 trials with `train` one after another and once with `train_stacked`, timed end
+to end (model building, steps, probes, evaluation); rounds alternate the order (A B, B A,
+...) so both meet the same machine load, and the figure is the median of the per-round
+ratios. Trials per minute = 8 x 60 / seconds.
+
+Threads: 1 by default, as the other benchmarks. On a shared machine two intra-op threads
+wait on each other at every op; and one thread per process is how a study uses 2 cores
+(2 workers), so the 1-thread ratio is also the 2-core ratio of 2 workers each side.
+`--threads 2` measures one process using both cores.
+
+    python -m benchmarks.batched [--tiny] [--threads N] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from sgdtune.batched import train_stacked
+from sgdtune.data import DataConfig, load_data
+from sgdtune.model import ModelConfig
+from sgdtune.train import TrainConfig, train
+
+GROUP = "batched"
+K = 8
+MODEL = ModelConfig(hidden=(256, 256))
+EPOCHS = {8: 2, 64: 10}  # ~200-400 updates per trial
+TINY_EPOCHS = {8: 1, 64: 1}
+LR_RANGE = (0.001, 0.01)  # at B = 8, times sqrt(B / 8): steady trials, so the equality figure means something
+
+
+def configs(batch_size: int, epochs: int, k: int = K) -> list[TrainConfig]:
+    lrs = np.geomspace(*LR_RANGE, k) * (batch_size / 8) ** 0.5
+    return [TrainConfig(batch_size=batch_size, epochs=epochs, lr=float(lr), momentum=0.9, seed=seed, model=MODEL)
+            for seed, lr in enumerate(lrs)]
+
+
+def one_round(data, group: list[TrainConfig], stacked_first: bool) -> tuple[float, float, list, list]:
+    """Seconds one by one, seconds stacked, and both result lists."""
+    def alone():
+        t0 = time.perf_counter()
+        results = [train(c, data) for c in group]
+        return time.perf_counter() - t0, results
+
+    def together():
+        t0 = time.perf_counter()
+        results = train_stacked(group, data)
+        return time.perf_counter() - t0, results
+
+    if stacked_first:
+        (t_stacked, stacked), (t_alone, single) = together(), alone()
+    else:
+        (t_alone, single), (t_stacked, stacked) = alone(), together()
+    return t_alone, t_stacked, single, stacked
+
+
+def run(tiny: bool = False, rounds: int | None = None) -> list[dict]:
+    """The figures, as {group, name, value, target, op, unit, ok, detail} dicts."""
+    data = load_data(DataConfig(dataset="digits"), seed=0)
+    rounds = rounds or (1 if tiny else 5)
+    k = 4 if tiny else K
+    out = []
+    for batch_size, epochs in (TINY_EPOCHS if tiny else EPOCHS).items():
+        group = configs(batch_size, epochs, k)
+        one_round(data, group[:2], stacked_first=False)  # warm-up: first calls allocate and load kernels
+        alone_s, stacked_s, step_ratios = [], [], []
+        for r in range(rounds):
+            t_alone, t_stacked, single, stacked = one_round(data, group, stacked_first=r % 2 == 1)
+            alone_s.append(t_alone)
+            stacked_s.append(t_stacked)
+            step_ratios.append(sum(s.compute_time_s for s in single) / sum(s.compute_time_s for s in stacked))
+            if r == 0:
+                bad = [s for s in stacked if not hasattr(s, "final")]
+                if bad:
+                    raise RuntimeError(f"a stacked member failed: {bad[0]!r}")
+                diff = max(abs(a.final.val_loss - b.final.val_loss) for a, b in zip(single, stacked))
+        ratio = statistics.median(a / b for a, b in zip(alone_s, stacked_s))
+        per_min = lambda ts: k * 60 / statistics.median(ts)  # noqa: E731
+        out.append(figure(
+            f"trials/min stacked vs one by one, B={batch_size}", ratio, 3.0, ">=", "x",
+            f"K={k}, {epochs} epochs; {per_min(stacked_s):.0f} vs {per_min(alone_s):.0f} trials/min; "
+            f"step time only {statistics.median(step_ratios):.2f}x; median of {rounds} alternated rounds",
+        ))
+        out.append(figure(
+            f"max |final val_loss stacked - alone|, B={batch_size}", diff, 1e-4, "<=", "",
+            f"over the {k} trials (lr {group[0].lr:.3g}-{group[-1].lr:.3g}, momentum 0.9)",
+        ))
+    return out
+
+
+def figure(name: str, value: float, target: float, op: str, unit: str, detail: str) -> dict:
+    ok = value >= target if op == ">=" else value <= target
+    return {"group": GROUP, "name": name, "value": float(value), "target": target, "op": op, "unit": unit,
+            "ok": bool(ok), "detail": detail}
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    print(title)
+    print(f"{'figure':<48} {'value':>10} {'target':>9}  ok   how")
+    for r in rows:
+        value = f"{r['value']:.3g}{' ' + r['unit'] if r['unit'] else ''}"
+        print(f"{r['name']:<48} {value:>10} {r['op'] + ' ' + format(r['target'], 'g'):>9}  "
+              f"{'yes' if r['ok'] else 'NO ':<4} {r['detail']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.batched", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny sizes, one round (CI): runs, not figures")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--rounds", type=int, help="alternated rounds per batch size (default 5, tiny 1)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = run(tiny=args.tiny, rounds=args.rounds)
+    tiny = " (--tiny: too small for the figures to mean anything)" if args.tiny else ""
+    print_table(rows, f"stacked training, torch threads: {torch.get_num_threads()}{tiny}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
