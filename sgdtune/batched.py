@@ -38,7 +38,7 @@ from torch import nn
 
 from .data import Dataset
 from .model import build_model
-from .noise import GradientStats, loss_noise, noise_temperature
+from .noise import GradientStats, NoiseScaleMeter, gradient_stats, loss_noise, noise_temperature
 from .timing import StepTimer, peak_memory_mb, reset_peak_memory
 from .train import (
     FINITE_CHECK_EVERY,
@@ -76,37 +76,6 @@ _ACTIVATIONS = {
     "tanh": (torch.tanh, lambda g, z, h: torch.ops.aten.tanh_backward(g, h)),
     "gelu": (F.gelu, lambda g, z, h: torch.ops.aten.gelu_backward(g, z)),
 }
-
-
-def _stats(sum_sq: float, mean_sq: float, b: int) -> GradientStats:
-    """GradientStats from sum_i |g_i|^2 and |g_mean|^2 over b examples: the unbiased
-    estimators of noise.gradient_stats_from_per_example."""
-    trace_cov = (sum_sq - b * mean_sq) / (b - 1)
-    return GradientStats(trace_cov, mean_sq - trace_cov / b, b)
-
-
-class _NoiseEMA:
-    """NoiseScaleMeter's smoothing, fed with GradientStats computed for the whole group at
-    once (the meter computes its own from a model; to become NoiseScaleMeter.update)."""
-
-    def __init__(self, decay: float = 0.9):  # NoiseScaleMeter's default, which train.py uses
-        self.decay = decay
-        self._trace = self._grad_sq = None
-
-    def update(self, stats: GradientStats) -> None:
-        if self._trace is None:
-            self._trace, self._grad_sq = stats.trace_cov, stats.grad_sq_norm
-        else:
-            d = self.decay
-            self._trace = d * self._trace + (1 - d) * stats.trace_cov
-            self._grad_sq = d * self._grad_sq + (1 - d) * stats.grad_sq_norm
-
-    @property
-    def value(self) -> float | None:
-        """Smoothed B_simple in examples; None before the first probe or when |G|^2 <= 0."""
-        if self._trace is None or self._grad_sq <= 0:
-            return None
-        return self._trace / self._grad_sq
 
 
 def _shared_fields(config: TrainConfig) -> dict[str, object]:
@@ -280,7 +249,7 @@ class StackedMLP:
             sum_sq += (d2 * (a2 + 1.0)).sum(dim=1)
             mean_w = torch.bmm(h.transpose(1, 2), delta).div_(b).double()
             mean_sq += mean_w.square().sum(dim=(1, 2)) + delta.mean(dim=1).double().square().sum(dim=1)
-        return [_stats(s, m, b) for s, m in zip(sum_sq.tolist(), mean_sq.tolist())]
+        return [gradient_stats(s, m, b) for s, m in zip(sum_sq.tolist(), mean_sq.tolist())]
 
     def _sgd(self, grads: list[torch.Tensor]) -> None:
         """torch.optim.SGD (no dampening, no Nesterov) with per-member lr, momentum, decay.
@@ -320,7 +289,7 @@ class _Member:
     config: TrainConfig
     plan: BatchPlan
     shuffler: torch.Generator
-    meter: _NoiseEMA | None
+    meter: NoiseScaleMeter | None
     lr_target: float
     warmup_updates: int
     lr_now: float
@@ -395,7 +364,7 @@ class _Group:
                 config=c,
                 plan=plan,
                 shuffler=torch.Generator(device=device).manual_seed(c.seed),
-                meter=_NoiseEMA() if self.probe is not None else None,
+                meter=NoiseScaleMeter(None, None) if self.probe is not None else None,  # fed by update()
                 lr_target=c.effective_lr,
                 warmup_updates=warmup,
                 lr_now=lr_at(0, c.lr, c.effective_lr, warmup),

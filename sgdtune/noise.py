@@ -41,21 +41,62 @@ class GradientStats:
         return self.trace_cov / self.grad_sq_norm if self.grad_sq_norm > 0 else math.inf
 
 
-def gradient_stats_from_per_example(per_example_grads) -> GradientStats:
-    """tr(Sigma) and |G|^2 from per-example gradients: one (b, ...) tensor or a list of them.
+def gradient_stats(sum_sq: float, mean_sq: float, b: int) -> GradientStats:
+    """Unbiased tr(Sigma) and |G|^2 from sum_i |g_i|^2 and |g_mean|^2 over b examples.
 
     tr(Sigma) = sum_i |g_i - g_mean|^2 / (b - 1) = (sum_i |g_i|^2 - b |g_mean|^2) / (b - 1);
     |G|^2 = |g_mean|^2 - tr(Sigma) / b, unbiased because E|g_mean|^2 = |G|^2 + tr(Sigma) / b.
-    Works tensor by tensor (no concatenated copy); sums per tensor, totals in Python floats.
     """
-    grads = [per_example_grads] if isinstance(per_example_grads, torch.Tensor) else list(per_example_grads)
-    b = grads[0].shape[0]
     if b < 2:
         raise ValueError(f"the probe needs at least 2 examples; got {b}")
-    sum_sq = sum(float(g.square().sum()) for g in grads)
-    mean_sq = sum(float(g.mean(dim=0).square().sum()) for g in grads)
     trace_cov = (sum_sq - b * mean_sq) / (b - 1)
     return GradientStats(trace_cov, mean_sq - trace_cov / b, b)
+
+
+def gradient_stats_from_per_example(per_example_grads) -> GradientStats:
+    """gradient_stats from per-example gradients: one (b, ...) tensor or a list of them,
+    tensor by tensor (no concatenated copy)."""
+    grads = [per_example_grads] if isinstance(per_example_grads, torch.Tensor) else list(per_example_grads)
+    sum_sq = sum(float(g.square().sum()) for g in grads)
+    mean_sq = sum(float(g.mean(dim=0).square().sum()) for g in grads)
+    return gradient_stats(sum_sq, mean_sq, grads[0].shape[0])
+
+
+def linear_gradient_stats(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> GradientStats | None:
+    """gradient_stats in one forward/backward pass, for models whose parameters all sit in
+    nn.Linear layers fed (b, d) inputs (the MLPs sgdtune builds); None for any other model.
+
+    Example i's gradient in a linear layer is the outer product of the layer's output
+    gradient d_i and its input a_i (plus d_i for the bias), so its squared norm is
+    |d_i|^2 (|a_i|^2 + 1) and the mean gradient is one matrix product: no per-example
+    gradient is ever built (Goodfellow 2015, "Efficient per-example gradient computations").
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    in_linears = sum(p.numel() for m in linears for p in m.parameters())
+    if not linears or in_linears != sum(p.numel() for p in model.parameters()):
+        return None
+    seen: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append((mod, inp[0], out))) for m in linears]
+    try:
+        out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    if any(a.dim() != 2 for _, a, _ in seen):
+        return None
+    b = x.shape[0]
+    # The sum of per-example losses, so that each row of an output gradient is one example's.
+    total = loss_fn(out, y) * b
+    deltas = torch.autograd.grad(total, [z for _, _, z in seen])
+    sum_sq = mean_sq = 0.0
+    for (layer, a, _), d in zip(seen, deltas):
+        d2, a2 = d.square().sum(dim=1), a.detach().square().sum(dim=1)
+        has_bias = layer.bias is not None
+        sum_sq += float((d2 * (a2 + has_bias)).sum())
+        mean_sq += float((d.T @ a.detach()).div_(b).square().sum())
+        if has_bias:
+            mean_sq += float(d.mean(dim=0).square().sum())
+    return gradient_stats(sum_sq, mean_sq, b)
 
 
 def gradient_stats_two_batches(
@@ -92,31 +133,40 @@ class NoiseScaleMeter:
     """Gradient noise scale B_simple on a fixed probe set, smoothed by an EMA.
 
     The EMA runs over tr(Sigma) and |G|^2 separately and divides at the end (SCIENCE.md),
-    since the ratio of noisy estimates is biased and |G|^2 alone can dip below 0.
+    since the ratio of noisy estimates is biased and |G|^2 alone can dip below 0. Without a
+    probe set (x_probe None) it only smooths: feed it with update().
     """
 
-    def __init__(self, x_probe: torch.Tensor, y_probe: torch.Tensor, loss_fn, decay: float = 0.9):
+    def __init__(self, x_probe: torch.Tensor | None, y_probe: torch.Tensor | None, loss_fn=None, decay: float = 0.9):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1); got {decay}")
         self.x_probe, self.y_probe, self.loss_fn, self.decay = x_probe, y_probe, loss_fn, decay
         self._trace = self._grad_sq = None
 
     def measure(self, model: nn.Module) -> GradientStats:
+        """Measure at the model's current parameters and fold the result into the EMA."""
         was_training = model.training
         model.eval()  # no dropout noise in the probe
         try:
-            stats = gradient_stats_from_per_example(
-                per_example_gradients(model, self.loss_fn, self.x_probe, self.y_probe)
-            )
+            with torch.enable_grad():
+                stats = linear_gradient_stats(model, self.loss_fn, self.x_probe, self.y_probe)
+            if stats is None:  # not an all-Linear model: per-example gradients through torch.func
+                stats = gradient_stats_from_per_example(
+                    per_example_gradients(model, self.loss_fn, self.x_probe, self.y_probe)
+                )
         finally:
             model.train(was_training)
+        self.update(stats)
+        return stats
+
+    def update(self, stats: GradientStats) -> None:
+        """Fold one measurement into the EMA (callers that compute their own stats use this)."""
         if self._trace is None:
             self._trace, self._grad_sq = stats.trace_cov, stats.grad_sq_norm
         else:
             d = self.decay
             self._trace = d * self._trace + (1 - d) * stats.trace_cov
             self._grad_sq = d * self._grad_sq + (1 - d) * stats.grad_sq_norm
-        return stats
 
     @property
     def value(self) -> float | None:

@@ -136,3 +136,28 @@ def test_loglog_slope_of_a_power_law():
     b = np.array([1, 2, 4, 8, 16.0])
     assert loglog_slope(b, 3 * b**-0.5) == pytest.approx(-0.5)
     assert math.isclose(loglog_slope(b, b), 1.0)
+
+
+def test_the_one_pass_linear_estimator_equals_per_example_gradients_on_an_mlp():
+    from sgdtune.model import build_model
+    from sgdtune.noise import linear_gradient_stats
+
+    data = load_data(DataConfig(dataset="digits"), seed=0)
+    model = build_model(ModelConfig(hidden=(32, 16), activation="tanh"), 64, 10, seed=3)
+    x, y = data.x_train[:96], data.y_train[:96]
+    fast = linear_gradient_stats(model, torch.nn.functional.cross_entropy, x, y)
+    slow = gradient_stats_from_per_example(per_example_gradients(model, torch.nn.functional.cross_entropy, x, y))
+    assert fast.trace_cov == pytest.approx(slow.trace_cov, rel=1e-4)
+    assert fast.grad_sq_norm == pytest.approx(slow.grad_sq_norm, rel=1e-4)
+
+
+def test_models_with_other_parameters_fall_back_to_per_example_gradients():
+    from sgdtune.noise import linear_gradient_stats
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    assert linear_gradient_stats(model, torch.nn.functional.cross_entropy, x, y) is None
+    meter = NoiseScaleMeter(x, y, torch.nn.functional.cross_entropy)
+    stats = meter.measure(model)
+    expected = gradient_stats_from_per_example(per_example_gradients(model, torch.nn.functional.cross_entropy, x, y))
+    assert stats.trace_cov == pytest.approx(expected.trace_cov, rel=1e-5)
