@@ -75,21 +75,25 @@ def linear_gradient_stats(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.T
     in_linears = sum(p.numel() for m in linears for p in m.parameters())
     if not linears or in_linears != sum(p.numel() for p in model.parameters()):
         return None
-    seen: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append((mod, inp[0], out))) for m in linears]
+    seen: list[tuple[nn.Linear, torch.Tensor, torch.Tensor, int]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append((mod, inp[0], out, out._version)))
+             for m in linears]
     try:
         out = model(x)
     finally:
         for h in hooks:
             h.remove()
-    if any(a.dim() != 2 for _, a, _ in seen):
+    # The trick needs each layer used once, on (b, d) inputs, with outputs that nothing
+    # modified in place afterwards (ReLU(inplace=True) would hide the pre-activation).
+    if (len(seen) != len(linears) or len({id(m) for m, *_ in seen}) != len(linears)
+            or any(a.dim() != 2 or z._version != v for _, a, z, v in seen)):
         return None
     b = x.shape[0]
     # The sum of per-example losses, so that each row of an output gradient is one example's.
     total = loss_fn(out, y) * b
-    deltas = torch.autograd.grad(total, [z for _, _, z in seen])
+    deltas = torch.autograd.grad(total, [z for _, _, z, _ in seen])
     sum_sq = mean_sq = 0.0
-    for (layer, a, _), d in zip(seen, deltas):
+    for (layer, a, _, _), d in zip(seen, deltas):
         d2, a2 = d.square().sum(dim=1), a.detach().square().sum(dim=1)
         has_bias = layer.bias is not None
         sum_sq += float((d2 * (a2 + has_bias)).sum())

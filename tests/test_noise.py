@@ -151,11 +151,27 @@ def test_the_one_pass_linear_estimator_equals_per_example_gradients_on_an_mlp():
     assert fast.grad_sq_norm == pytest.approx(slow.grad_sq_norm, rel=1e-4)
 
 
-def test_models_with_other_parameters_fall_back_to_per_example_gradients():
+class SharedLinear(nn.Module):
+    """One Linear layer applied twice: the one-pass trick does not apply."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.a(torch.tanh(self.a(x)))))
+
+
+@pytest.mark.parametrize("model", [
+    nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3)),  # a non-Linear parameter
+    nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)),  # output changed in place
+    SharedLinear(),
+], ids=["layernorm", "inplace-relu", "shared-linear"])
+def test_models_outside_the_one_pass_trick_fall_back_to_per_example_gradients(model):
     from sgdtune.noise import linear_gradient_stats
 
-    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
-    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
     assert linear_gradient_stats(model, torch.nn.functional.cross_entropy, x, y) is None
     meter = NoiseScaleMeter(x, y, torch.nn.functional.cross_entropy)
     stats = meter.measure(model)
