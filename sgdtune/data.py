@@ -12,6 +12,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+ROW_BLOCK = 65_536  # rows per block when building large arrays in place
+
+
 class DataConfig(BaseModel):
     """[data] of an experiment file."""
 
@@ -92,16 +95,46 @@ def synthetic_classification(
     linear map (correlated features), and 5% of labels are flipped so the problem is
     not separable and generalization is measurable.
     """
+    labels, features = synthetic_parts(n_samples, n_features, n_classes, seed)
+    x = np.empty((n_samples, n_features), dtype=np.float32)
+    for rows, block in features():
+        x[rows] = block
+    return x, labels
+
+
+def synthetic_parts(n_samples: int, n_features: int, n_classes: int, seed: int):
+    """synthetic_classification as (labels, features): features() yields (rows, block) in
+    order, blocks of about ROW_BLOCK rows, so that load_data can write each block straight to
+    its side of the split instead of holding the whole array and its two halves at once.
+
+    The labels' 5% flips are drawn after the features, so the features' draws are skipped
+    over once to know the labels first (the seed gives the same numbers either way).
+    """
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, n_classes, size=n_samples)
+    centres = rng.integers(0, n_classes, size=n_samples)  # labels before the flips
     means = rng.normal(0.0, 1.0, size=(n_classes, n_features)).astype(np.float32)
     mixing = (rng.normal(0.0, 1.0, size=(n_features, n_features)) / np.sqrt(n_features)).astype(np.float32)
-    x = rng.standard_normal(size=(n_samples, n_features), dtype=np.float32) * 1.5
-    x += means[labels]
-    x = x @ mixing
+    features_state = rng.bit_generator.state
+    # Blocks of at least ROW_BLOCK rows (none left tiny), so that BLAS gives the same bits
+    # as one product over all rows.
+    step = -(-n_samples // max(1, n_samples // ROW_BLOCK))
+    blocks = [slice(start, min(start + step, n_samples)) for start in range(0, n_samples, step)]
+    for rows in blocks:
+        rng.standard_normal(size=(rows.stop - rows.start, n_features), dtype=np.float32)
+    labels = centres.copy()
     flip = rng.random(n_samples) < 0.05
     labels[flip] = rng.integers(0, n_classes, size=int(flip.sum()))
-    return x, labels.astype(np.int64)
+
+    def features():
+        draws = np.random.default_rng(seed)
+        draws.bit_generator.state = features_state  # where the first pass drew the features
+        for rows in blocks:
+            block = draws.standard_normal(size=(rows.stop - rows.start, n_features), dtype=np.float32)
+            block *= 1.5
+            block += means[centres[rows]]
+            yield rows, block @ mixing
+
+    return labels.astype(np.int64), features
 
 
 def _read_csv(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -143,26 +176,69 @@ def _as_labels(values: np.ndarray) -> np.ndarray:
     return codes.astype(np.int64)
 
 
+def _split_blocks(blocks, train_idx: np.ndarray, val_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x[train_idx], x[val_idx]) from x's (rows, block) pieces, never holding all of x."""
+    n = len(train_idx) + len(val_idx)
+    to_val = np.zeros(n, dtype=bool)
+    to_val[val_idx] = True
+    position = np.empty(n, dtype=np.intp)  # each row's place in its side of the split
+    position[train_idx] = np.arange(len(train_idx))
+    position[val_idx] = np.arange(len(val_idx))
+    x_tr = x_va = None
+    for rows, block in blocks:
+        if x_tr is None:
+            x_tr = np.empty((len(train_idx), block.shape[1]), dtype=block.dtype)
+            x_va = np.empty((len(val_idx), block.shape[1]), dtype=block.dtype)
+        val = to_val[rows]
+        x_tr[position[rows][~val]] = block[~val]
+        x_va[position[rows][val]] = block[val]
+    return x_tr, x_va
+
+
 def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu") -> Dataset:
-    """Load, split (stratified, seeded) and standardize with training statistics only."""
+    """Load, split (stratified, seeded) and standardize with training statistics only.
+
+    Memory: a loaded array is split by copying its rows out, then freed (a peak of twice the
+    features); synthetic data goes block by block straight into the split. Standardizing
+    works in place, and on a CPU the tensors share the arrays' memory.
+    """
     from sklearn.model_selection import train_test_split
 
-    x, y = load_arrays(config, seed)
+    if config.dataset == "synthetic":  # features come later, block by block, into the split
+        x = None
+        y, features = synthetic_parts(config.n_samples, config.n_features, config.n_classes, seed)
+    else:
+        x, y = load_arrays(config, seed)
     n_classes = int(y.max()) + 1
     counts = np.bincount(y, minlength=n_classes)
     stratify = y if counts.min() >= 2 else None  # stratifying needs two of every class
-    x_tr, x_va, y_tr, y_va = train_test_split(
-        x, y, test_size=config.val_fraction, random_state=seed, stratify=stratify
+    # Split positions only (the same split as splitting x and y: it depends on n and y alone),
+    # so that each copy happens when the memory it needs is there.
+    train_idx, val_idx = train_test_split(
+        np.arange(len(y)), test_size=config.val_fraction, random_state=seed, stratify=stratify
     )
+    y_tr, y_va = y[train_idx], y[val_idx]
+    del y, stratify
+    if x is None:
+        x_tr, x_va = _split_blocks(features(), train_idx, val_idx)
+        del train_idx, val_idx
+    else:
+        x_tr = x[train_idx]
+        del train_idx
+        x_va = x[val_idx]
+        del x, val_idx
     mean = x_tr.mean(axis=0)
     std = x_tr.std(axis=0)
     std[std == 0] = 1.0  # constant features (digits has some) stay 0 rather than NaN
+    for part in (x_tr, x_va):  # (x - mean) / std, in place
+        part -= mean
+        part /= std
     to = dict(device=device)
     return Dataset(
         name=config.dataset if config.path is None else f"{config.dataset}:{config.path.name}",
-        x_train=torch.as_tensor((x_tr - mean) / std, dtype=torch.float32, **to),
+        x_train=torch.as_tensor(x_tr, dtype=torch.float32, **to),
         y_train=torch.as_tensor(y_tr, **to),
-        x_val=torch.as_tensor((x_va - mean) / std, dtype=torch.float32, **to),
+        x_val=torch.as_tensor(x_va, dtype=torch.float32, **to),
         y_val=torch.as_tensor(y_va, **to),
         n_classes=n_classes,
     )

@@ -1,7 +1,13 @@
 """MLflow, written through one client with explicit run ids (no global active run).
 
 A study is an MLflow experiment with one parent run; each trial is a nested child run named
-`trial-<n>`. Metrics go in one `log_batch` call per epoch. Names: DESIGN.md.
+`trial-<n>`. Names: DESIGN.md.
+
+Each write to a SQLite store costs 10-40 ms (an ORM transaction and two commits), often
+more than a small trial's epoch. So a trial's epochs are buffered: written at most every
+FLUSH_EVERY_S while it runs (the UI still follows a long trial), the rest together with
+the summary in one call when the trial ends, so that its run is complete by then. A
+process killed outright loses at most its last FLUSH_EVERY_S of epochs.
 """
 
 from __future__ import annotations
@@ -16,13 +22,18 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 import re  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType  # noqa: E402
+if TYPE_CHECKING:
+    from mlflow.entities import Metric, Param
+
+# mlflow is imported where it is used: importing it takes 1-2 s, which `--no-tracking`
+# runs, `--help` and the URL helpers below (sgdtune.ui) need not pay.
 
 PARENT_RUN_ROLE = "study"
 STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+FLUSH_EVERY_S = 2.0  # a running trial's epochs reach the store at least this often
 
 
 def default_tracking_uri(root: Path | str = "mlruns") -> str:
@@ -55,10 +66,14 @@ class Tracker:
     """The MLflow side of one study."""
 
     def __init__(self, tracking_uri: str, study_name: str, artifact_location: str | None = None):
+        from mlflow import MlflowClient
+
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.study_name = study_name
         self.experiment_id = self._experiment(study_name, artifact_location)
+        self._unwritten: dict[str, list[Metric]] = {}  # run id -> epochs not yet in the store
+        self._written_at: dict[str, float] = {}  # run id -> time.monotonic() of its last write
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -75,6 +90,8 @@ class Tracker:
     # -- the study's parent run -------------------------------------------------------------
 
     def find_parent_run(self) -> str | None:
+        from mlflow.entities import ViewType
+
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`sgdtune.role` = '{PARENT_RUN_ROLE}'",
@@ -86,6 +103,8 @@ class Tracker:
 
     def start_parent_run(self, tags: dict[str, str], params: dict[str, object]) -> str:
         """The study's parent run: found again on resume, else created."""
+        from mlflow.entities import RunTag
+
         run_id = self.find_parent_run()
         if run_id is None:
             run = self.client.create_run(
@@ -104,6 +123,7 @@ class Tracker:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     def end_parent_run(self, run_id: str, metrics: dict[str, float], status: str = "FINISHED") -> None:
+        self.flush()  # epochs of any trial run that never reached end_trial_run
         self.client.log_batch(run_id, metrics=_metrics(metrics, step=0))
         self.client.set_terminated(run_id, status=status)
 
@@ -121,24 +141,44 @@ class Tracker:
             },
         )
         self.client.log_batch(run.info.run_id, params=_params(params))
+        self._unwritten[run.info.run_id] = []
+        self._written_at[run.info.run_id] = time.monotonic()
         return run.info.run_id
 
     def log_epoch(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        """All of one epoch's metrics in one call."""
-        self.client.log_batch(run_id, metrics=_metrics(metrics, step))
+        """One epoch's metrics: buffered, written once FLUSH_EVERY_S has passed since the
+        run's last write, the rest when the run ends (end_trial_run)."""
+        unwritten = self._unwritten.setdefault(run_id, [])
+        unwritten.extend(_metrics(metrics, step))
+        if time.monotonic() - self._written_at.get(run_id, 0.0) >= FLUSH_EVERY_S:
+            self.flush(run_id)
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Write the buffered epochs of one run (None: of every run) now."""
+        for rid in [run_id] if run_id is not None else list(self._unwritten):
+            if self._unwritten.get(rid):
+                self.client.log_batch(rid, metrics=self._unwritten[rid])  # MLflow splits big batches
+            self._unwritten[rid] = []
+            self._written_at[rid] = time.monotonic()
 
     def end_trial_run(
         self, run_id: str, state: str, summary: dict[str, float], fail_reason: str | None = None
     ) -> None:
         """Summary metrics, the Optuna state as a tag, and the matching run status."""
+        from mlflow.entities import RunTag
+
         tags = [RunTag("sgdtune.trial_state", state)]
         if fail_reason:
             tags.append(RunTag("sgdtune.fail_reason", fail_reason[:5000]))
-        self.client.log_batch(run_id, metrics=_metrics(summary, step=0), tags=tags)
+        epochs = self._unwritten.pop(run_id, [])
+        self._written_at.pop(run_id, None)
+        self.client.log_batch(run_id, metrics=epochs + _metrics(summary, step=0), tags=tags)
         self.client.set_terminated(run_id, status=STATUS_OF_STATE[state])
 
     def fail_stale_run(self, run_id: str, reason: str) -> bool:
         """End a run left RUNNING by a dead worker as FAILED; False if it had already ended."""
+        from mlflow.entities import RunStatus
+
         run = self.client.get_run(run_id)
         if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
             return False
@@ -147,9 +187,13 @@ class Tracker:
 
 
 def _metrics(values: dict[str, float], step: int) -> list[Metric]:
+    from mlflow.entities import Metric
+
     ts = _now_ms()
     return [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None]
 
 
 def _params(values: dict[str, object]) -> list[Param]:
+    from mlflow.entities import Param
+
     return [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in values.items() if v is not None]

@@ -1,0 +1,61 @@
+"""The benchmarks run end to end at a tiny size and write well-formed results.
+
+Only the structure is checked: timing outcomes depend on the machine, and a test that
+fails when a shared CI runner is busy would teach people to ignore it.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+GROUPS = {"trainer", "tracking", "handwired", "scale", "startup"}
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "r.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_every_result_has_a_name_a_finite_value_a_target_a_unit_and_a_verdict(tiny_results):
+    results, _ = tiny_results
+    assert isinstance(results, list) and results
+    for r in results:
+        assert isinstance(r["name"], str) and r["name"]
+        assert isinstance(r["value"], float) and math.isfinite(r["value"])
+        assert isinstance(r["unit"], str) and r["unit"]
+        if r["target"] is None:  # a figure shown for context: no verdict
+            assert r["ok"] is None
+        else:
+            assert isinstance(r["target"], float) and isinstance(r["ok"], bool)
+            assert r["op"] in ("<=", ">=", "<")
+
+
+def test_all_five_groups_report_at_least_one_checked_figure(tiny_results):
+    results, _ = tiny_results
+    checked = {r["group"] for r in results if r["ok"] is not None}
+    assert checked == GROUPS
+
+
+def test_the_table_is_printed_with_every_group(tiny_results):
+    _, stdout = tiny_results
+    assert "sgdtune benchmarks" in stdout
+    assert all(f" {group} " in stdout for group in GROUPS)
+
+
+def test_an_unknown_group_is_refused_with_the_known_ones(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "speed", "--out", str(tmp_path / "r.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--only: must name groups among trainer, tracking, handwired, scale, startup; got speed" in proc.stderr
+    assert not (tmp_path / "r.json").exists()
