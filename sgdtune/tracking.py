@@ -53,6 +53,18 @@ def redact_url(text: str | None) -> str | None:
     return _PASSWORD_IN_URL.sub(r"\1***@", text) if text else text
 
 
+def use_write_ahead_log(tracking_uri: str) -> None:
+    """Switch a SQLite store to WAL journaling (a persistent property of the file): a commit
+    costs fewer syncs, and readers (the UI, other workers) no longer block writers."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    with sqlite3.connect(tracking_uri.removeprefix("sqlite:///"), timeout=30) as db:
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+
+
 def ui_url(experiment_id: str, port: int = 5000, host: str = "127.0.0.1") -> str:
     """The runs table (not MLflow 3's GenAI view) of one experiment."""
     return f"http://{host}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
@@ -72,6 +84,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.study_name = study_name
         self.experiment_id = self._experiment(study_name, artifact_location)
+        use_write_ahead_log(tracking_uri)
         self._unwritten: dict[str, list[Metric]] = {}  # run id -> epochs not yet in the store
         self._written_at: dict[str, float] = {}  # run id -> time.monotonic() of its last write
 
