@@ -50,6 +50,7 @@ from .train import (
     evaluate,
     fixed_subset,
     lr_at,
+    probe_at_epoch_end,
 )
 
 # TrainConfig fields that may differ between the members of a group. Every other field
@@ -518,16 +519,20 @@ class _Group:
         self._charge()
         self._check_finite(epoch, timed=False)
         members = [m for m in members if m in self.members]
-        self._probe(members)
+        evaluated = {}
+        for m in members:  # evaluation and target first: they decide whether training ends here
+            model = self._model(m)
+            evaluated[m] = evaluate(model, self.x_eval, self.y_eval) + evaluate(model, self.data.x_val, self.data.y_val)
+            if m.target_pending and self._reached_target(m, evaluated[m][3]):
+                m.stop = m.config.stop_at_target
+        # The same rule as train.py, so a member's grad_noise_scale equals its one-by-one value.
+        self._probe([m for m in members if probe_at_epoch_end(
+            self.updates, m.last_probe, m.config.measure_every, m.stop or m.plan.total_updates == self.updates)])
         step_losses = torch.stack(self.losses)  # (updates this epoch, members)
         leaving: dict[_Member, TrainResult | Exception] = {}
         for m in members:
-            model = self._model(m)
-            train_loss, train_acc = evaluate(model, self.x_eval, self.y_eval)
-            val_loss, val_acc = evaluate(model, self.data.x_val, self.data.y_val)
+            train_loss, train_acc, val_loss, val_acc = evaluated[m]
             c = m.config
-            if m.target_pending and self._reached_target(m, val_acc):
-                m.stop = c.stop_at_target
             metrics = EpochMetrics(
                 epoch=epoch,
                 train_loss=train_loss,

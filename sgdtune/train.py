@@ -222,6 +222,13 @@ class Diverged(RuntimeError):
         self.update, self.epoch, self.value = update, epoch, value
 
 
+def probe_at_epoch_end(updates: int, last_probe: int, measure_every: int, final: bool) -> bool:
+    """Whether an epoch end runs the noise probe: once a tenth of measure_every updates has
+    passed since the last probe, and always at the end of training. With only a few updates
+    per epoch (large B), probing every epoch would cost more than the training itself."""
+    return final or updates - max(last_probe, 0) >= -(-measure_every // 10)
+
+
 def fixed_subset(n: int, size: int, device: torch.device) -> torch.Tensor:
     """Indices of a subset that is the same for every trial on the same data."""
     g = torch.Generator().manual_seed(FIXED_SUBSET_SEED)
@@ -405,10 +412,7 @@ def train(
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
         if target_pending and reached_target(val_acc):
             stop_early = config.stop_at_target
-        # An epoch end probes once a tenth of measure_every has passed since the last probe,
-        # and always at the end: with only a few updates per epoch (large B), probing every
-        # epoch would cost more than the training (a probe is about one small batch's step).
-        if updates - max(last_probe, 0) >= -(-config.measure_every // 10) or stop_early or epoch == plan.epochs:
+        if probe_at_epoch_end(updates, last_probe, config.measure_every, stop_early or epoch == plan.epochs):
             probe()
         metrics = EpochMetrics(
             epoch=epoch,
