@@ -334,18 +334,16 @@ def _git_commit() -> str | None:
 
 
 def package_versions() -> dict[str, str]:
-    import mlflow
-    import sklearn
+    """Versions of what a result depends on, read from the installed metadata (no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "sgdtune": __version__,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "optuna": optuna.__version__,
-        "mlflow": mlflow.__version__,
-        "scikit-learn": sklearn.__version__,
-        "numpy": np.__version__,
-    }
+    out = {"python": sys.version.split()[0]}
+    for name in ("sgdtune", "torch", "optuna", "mlflow", "scikit-learn", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = __version__ if name == "sgdtune" else "not installed"
+    return out
 
 
 def run_study(
