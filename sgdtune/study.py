@@ -697,6 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def quiet_libraries() -> None:
+    """The console shows progress and a closing table; the libraries' INFO lines would bury it."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -707,7 +709,7 @@ def print_closing(study: optuna.Study, config: ExperimentConfig, tracked: bool =
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # a log file gets the whole table
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     trials.sort(key=lambda t: -t.values[0])
     table = Table(title=f"top trials of study '{config.name}'")
