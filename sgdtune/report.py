@@ -649,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from .study import quiet_libraries
+    from .console import quiet_libraries
 
     quiet_libraries()
     try:

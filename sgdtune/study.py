@@ -7,7 +7,6 @@ tracking.py (MLflow) and to trial.report/should_prune. Names: DESIGN.md.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import shlex
@@ -25,12 +24,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import __version__
 from .config import ConfigError, ExperimentConfig, file_sha256, load_experiment
+from .console import Progress, print_closing, quiet_libraries
 from .data import DataError, Dataset, load_data
 from .model import describe_model
 from .noise import fit_steps_to_target, loglog_slope, small_batch_limit
 from .space import grid, suggest
 from .timing import describe_device
-from .tracking import Tracker, default_artifact_location, default_tracking_uri, redact_url, ui_url
+from .tracking import Tracker, default_artifact_location, default_tracking_uri, redact_url
 from .train import BatchPlan, Diverged, EpochMetrics, TrainConfig, TrainResult, history_summary, train
 
 MLRUNS = Path("mlruns")
@@ -271,49 +271,6 @@ class Objective:
             self.progress.trial_done(job.trial.number, state, summary)
 
 
-# -- the console ----------------------------------------------------------------------------
-
-
-class Progress:
-    """Live display: trials done, best so far, the running trial's epoch."""
-
-    def __init__(self, n_trials: int, done: int, best: float | None):
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import Progress as RichProgress
-
-        self.best = best
-        self.bar = RichProgress(
-            TextColumn("[bold]trials"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            transient=False,
-        )
-        self.task = self.bar.add_task("trials", total=n_trials, completed=done, status=self._best())
-
-    def _best(self) -> str:
-        return f"best val_acc {self.best:.4f}" if self.best is not None else ""
-
-    def trial_started(self, number: int, tc, plan: BatchPlan) -> None:
-        self.current = f"trial {number}: B={tc.batch_size} lr={tc.effective_lr:.3g} {tc.budget}={tc.budget_size}"
-        self.bar.update(self.task, status=f"{self._best()}  {self.current}")
-
-    def epoch_done(self, m: EpochMetrics, epochs: int) -> None:
-        self.bar.update(self.task, status=f"{self._best()}  {self.current} epoch {m.epoch}/{epochs} val_acc {m.val_acc:.3f}")
-
-    def show_study(self, study: optuna.Study) -> None:
-        """Refresh from the storage (used while worker processes run the trials)."""
-        self.best = _best_value(study)
-        self.bar.update(self.task, completed=n_finished(study), status=self._best())
-
-    def trial_done(self, number: int, state: str, summary: dict) -> None:
-        acc = summary.get("final_val_acc")
-        if state == "COMPLETE" and acc is not None and (self.best is None or acc > self.best):
-            self.best = acc
-        self.bar.update(self.task, advance=1, status=self._best())
-
-
 # -- the study --------------------------------------------------------------------------------
 
 
@@ -389,7 +346,7 @@ def run_study(
         study.set_user_attr("tracking_uri", redact_url(tracking_uri))
 
     remaining = config.n_trials - n_finished(study)
-    progress = Progress(config.n_trials, config.n_trials - max(remaining, 0), _best_value(study)) if show_progress else None
+    progress = Progress(config.n_trials, config.n_trials - max(remaining, 0), best_value(study)) if show_progress else None
     status = "FINISHED"
     try:
         if progress:
@@ -520,7 +477,8 @@ def locations(config: ExperimentConfig, mlruns: str | Path = MLRUNS) -> tuple[st
     return config.storage or default_storage_url(mlruns), config.tracking_uri or default_tracking_uri(mlruns)
 
 
-def _best_value(study: optuna.Study) -> float | None:
+def best_value(study: optuna.Study) -> float | None:
+    """The best first objective value among complete trials (None before any)."""
     values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     return max(values) if values else None
 
@@ -686,61 +644,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are kept; run the same command again to resume.", file=sys.stderr)
         return 130
-    print_closing(study, config, tracked=not args.no_tracking)
+    storage_url, tracking_uri = locations(config)
+    print_closing(study, config, storage_url, None if args.no_tracking else tracking_uri)
     if args.report:
         from .report import write_report
 
-        storage_url, tracking_uri = locations(config)
         folder = write_report(config.name, storage_url, tracking_uri)
         print(f"report:         {folder / 'report.html'}")
     return 0
-
-
-def quiet_libraries() -> None:
-    """The console shows progress and a closing table; the libraries' INFO lines would bury it."""
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def print_closing(study: optuna.Study, config: ExperimentConfig, tracked: bool = True, top: int = 5) -> None:
-    """A table of the top trials, then where everything is and how to look at it."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 120)  # a log file gets the whole table
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    trials.sort(key=lambda t: -t.values[0])
-    table = Table(title=f"top trials of study '{config.name}'")
-    for col in ("trial", "batch_size", "lr", "budget", "val_acc", "gen_gap", "compute s", "mlflow run"):
-        table.add_column(col, justify="right" if col not in ("budget", "mlflow run") else "left")
-    for t in trials[:top]:
-        s = t.user_attrs.get("summary", {})
-        b = config.train.budget
-        budget = f"{b}={t.params.get(b, getattr(config.train, b))}"
-        table.add_row(
-            str(t.number),
-            str(t.params.get("batch_size", config.train.batch_size)),
-            f"{t.params.get('lr', config.train.lr):.4g}",
-            budget,
-            f"{s.get('final_val_acc', float('nan')):.4f}",
-            f"{s.get('final_gen_gap', float('nan')):+.4f}",
-            f"{s.get('compute_time_s', float('nan')):.2f}",
-            t.user_attrs.get("mlflow_run_id", "")[:12],
-        )
-    console.print(table)
-    states = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    for t in study.get_trials(deepcopy=False):
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in states.items()))
-    storage_url, tracking_uri = locations(config)
-    print(f"optuna storage: {redact_url(storage_url)}")
-    if tracked:
-        print(f"mlflow store:   {redact_url(tracking_uri)}")
-        print("open the MLflow UI on this store:")
-        print(f"  mlflow ui --backend-store-uri {shlex.quote(redact_url(tracking_uri))} --host 127.0.0.1 --port 5000")
-        print(f"  then {ui_url(study.user_attrs['mlflow_experiment_id'])}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from .config import ExperimentConfig
 from .data import load_data
 from .study import (
     Objective,
+    best_value,
     locations,
     n_finished,
     open_storage,
@@ -109,7 +110,7 @@ def _wait(procs, study: optuna.Study, progress) -> None:
     while any(p.is_alive() for p in procs):
         time.sleep(POLL_S)
         if progress is not None:
-            progress.show_study(study)
+            progress.show(n_finished(study), best_value(study))
     for p in procs:
         p.join()
 
