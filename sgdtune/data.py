@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -73,10 +74,7 @@ class Dataset:
 def load_arrays(config: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Features (n, d) and integer labels (n,) as numpy arrays."""
     if config.dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+        return load_digits()
     if config.dataset == "synthetic":
         return synthetic_classification(
             config.n_samples, config.n_features, config.n_classes, seed
@@ -84,6 +82,57 @@ def load_arrays(config: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if config.dataset == "csv":
         return _read_csv(config.path, config.label)
     return _read_npz(config.path, config.label)
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (1,797 8x8 images, 10 classes), read from the file it ships.
+
+    sklearn.datasets.load_digits reads the same file, but importing scikit-learn (and SciPy
+    with it) takes 1.5 s, three times the rest of the start-up besides torch; finding the
+    package's folder imports nothing. tests/test_data.py holds the two equal.
+    """
+    import gzip
+    from importlib.util import find_spec
+
+    spec = find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(folders[0], "datasets", "data", "digits.csv.gz") if folders else None
+    if path is None or not path.is_file():  # an unforeseen layout: take the slow road
+        from sklearn.datasets import load_digits as sklearn_digits
+
+        bunch = sklearn_digits()
+        return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation positions (each in a seeded random order).
+
+    ceil(val_fraction * n) examples go to validation, as in scikit-learn's train_test_split.
+    Stratified when every class has 2 examples or more: each class gives its share of the
+    validation set (largest remainders settle the rounding), drawn at random within the
+    class, so both sides keep the class proportions to within one example per class.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    n_val = math.ceil(val_fraction * n)
+    if not 0 < n_val < n:
+        raise DataError("data.val_fraction", f"must leave examples on both sides of the split: ceil(val_fraction x "
+                        f"{n} examples) between 1 and {n - 1}; got {val_fraction}")
+    perm = rng.permutation(n)
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < 2:  # stratifying needs two of every class
+        return perm[n_val:], perm[:n_val]
+    exact = counts * (n_val / n)
+    per_class = np.floor(exact).astype(np.int64)
+    short = n_val - int(per_class.sum())
+    per_class[np.argsort(-(exact - per_class), kind="stable")[:short]] += 1
+    by_class = perm[np.argsort(y[perm], kind="stable")]  # grouped by class, random within each
+    rank = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)  # position within its class
+    to_val = rank < per_class[y[by_class]]
+    return rng.permutation(by_class[~to_val]), rng.permutation(by_class[to_val])
 
 
 def synthetic_classification(
@@ -202,23 +251,17 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
     features); synthetic data goes block by block straight into the split. Standardizing
     works in place, and on a CPU the tensors share the arrays' memory.
     """
-    from sklearn.model_selection import train_test_split
-
     if config.dataset == "synthetic":  # features come later, block by block, into the split
         x = None
         y, features = synthetic_parts(config.n_samples, config.n_features, config.n_classes, seed)
     else:
         x, y = load_arrays(config, seed)
     n_classes = int(y.max()) + 1
-    counts = np.bincount(y, minlength=n_classes)
-    stratify = y if counts.min() >= 2 else None  # stratifying needs two of every class
-    # Split positions only (the same split as splitting x and y: it depends on n and y alone),
-    # so that each copy happens when the memory it needs is there.
-    train_idx, val_idx = train_test_split(
-        np.arange(len(y)), test_size=config.val_fraction, random_state=seed, stratify=stratify
-    )
+    # Split positions only (they depend on n and y alone), so that each copy of the features
+    # happens when the memory it needs is there.
+    train_idx, val_idx = stratified_split(y, config.val_fraction, seed)
     y_tr, y_va = y[train_idx], y[val_idx]
-    del y, stratify
+    del y
     if x is None:
         x_tr, x_va = _split_blocks(features(), train_idx, val_idx)
         del train_idx, val_idx

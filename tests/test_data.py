@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgdtune.data import DataConfig, DataError, load_data, synthetic_classification
+from sgdtune.data import DataConfig, DataError, load_data, load_digits, stratified_split, synthetic_classification
 
 
 def test_digits_split_is_stratified_seeded_and_standardized_on_train_only():
@@ -20,6 +20,39 @@ def test_digits_split_is_stratified_seeded_and_standardized_on_train_only():
     again, other = load_data(DataConfig(), seed=0), load_data(DataConfig(), seed=1)
     assert torch.equal(again.x_train, data.x_train)
     assert not torch.equal(other.y_train, data.y_train)
+
+
+def test_digits_read_from_the_file_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    x, y = load_digits()
+    bunch = sklearn_digits()
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    assert np.array_equal(x, bunch.data.astype(np.float32)) and np.array_equal(y, bunch.target)
+
+
+@pytest.mark.parametrize("val_fraction", [0.1, 0.2, 0.37])
+def test_stratified_split_sizes_proportions_and_seeds(val_fraction):
+    y = np.repeat(np.arange(5), [7, 13, 40, 2, 101])
+    train, val = stratified_split(y, val_fraction, seed=3)
+    assert len(val) == int(np.ceil(val_fraction * len(y))) and len(train) + len(val) == len(y)
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(y)))  # a partition
+    counts, val_counts = np.bincount(y), np.bincount(y[val], minlength=5)
+    assert np.all(np.abs(val_counts - counts * val_fraction) < 1)  # each class's share, to one example
+    again, other = stratified_split(y, val_fraction, seed=3), stratified_split(y, val_fraction, seed=4)
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
+    assert not np.array_equal(other[1], val)
+
+
+def test_split_with_a_singleton_class_is_not_stratified_and_still_a_partition():
+    y = np.array([0] * 5 + [1] + [2] * 10)
+    train, val = stratified_split(y, 0.3, seed=1)
+    assert len(val) == 5 and sorted([*train, *val]) == list(range(16))
+
+
+def test_a_split_that_leaves_a_side_empty_names_the_field():
+    with pytest.raises(DataError, match=r"data.val_fraction: must leave examples on both sides.*got 0.95"):
+        stratified_split(np.array([0, 1] * 5), 0.95, seed=0)
 
 
 def test_csv_with_a_named_label_column(tmp_path):
