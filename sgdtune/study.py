@@ -6,12 +6,20 @@ tracking.py (MLflow) and to trial.report/should_prune. Names: DESIGN.md.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and "--no-tracking" not in sys.argv:
+    # MLflow's writer process starts its 1-2 s of imports now, on another core, while this
+    # one imports torch below (writer.py).
+    from sgdtune.writer import prestart
+
+    prestart()
+
 import argparse
 import math
 import os
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +39,7 @@ from .noise import fit_steps_to_target, loglog_slope, small_batch_limit
 from .space import grid, suggest
 from .timing import describe_device
 from .tracking import Tracker, default_artifact_location, default_tracking_uri, redact_url
+from .writer import BackgroundTracker, RunRef
 from .train import BatchPlan, Diverged, EpochMetrics, TrainConfig, TrainResult, history_summary, train
 
 MLRUNS = Path("mlruns")
@@ -109,10 +118,12 @@ class StaleTrialHandler:
         self.retry = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if self.tracking_uri and run_id:
-            reason = "worker stopped sending heartbeats (killed or lost); the trial is run again"
-            Tracker(self.tracking_uri, study.study_name).fail_stale_run(run_id, reason)
+        if self.tracking_uri:  # a worker lost early in a trial may not have recorded its run id
+            tracker = Tracker(self.tracking_uri, study.study_name)
+            run_id = trial.user_attrs.get("mlflow_run_id") or tracker.find_trial_run(trial.number)
+            if run_id:
+                reason = "worker stopped sending heartbeats (killed or lost); the trial is run again"
+                tracker.fail_stale_run(run_id, reason)
         self.retry(study, trial)
 
 
@@ -147,16 +158,25 @@ class TrialJob:
     trial: optuna.Trial
     config: TrainConfig
     plan: BatchPlan
-    run_id: str | None
+    run: RunRef | None
     objective: "Objective"
     history: list[EpochMetrics] = field(default_factory=list)
+    run_id_recorded: bool = False
+
+    def record_run_id(self, wait: bool) -> None:
+        """The trial's user attribute mlflow_run_id, once the writer process has made the run
+        (`wait`: for it). Recorded early, it lets a supervisor end a dead worker's run."""
+        if self.run is not None and not self.run_id_recorded and (wait or self.run.ready):
+            self.trial.set_user_attr("mlflow_run_id", self.run.id)
+            self.run_id_recorded = True
 
     def on_epoch(self, m: EpochMetrics) -> None:
         """The trainer's hook: log the epoch, show it, report it to the pruner."""
         self.history.append(m)
         obj = self.objective
-        if self.run_id:
-            obj.tracker.log_epoch(self.run_id, m.as_dict(), step=m.epoch)
+        if self.run is not None:
+            obj.tracker.log_epoch(self.run, m.as_dict(), step=m.epoch)
+            self.record_run_id(wait=False)
         if obj.progress:
             obj.progress.epoch_done(m, self.plan.epochs)
         if obj.prune:
@@ -171,10 +191,11 @@ class Objective:
 
     config: ExperimentConfig
     data: Dataset
-    tracker: Tracker | None
-    parent_run_id: str | None
+    tracker: BackgroundTracker | None
+    parent_run: RunRef | str | None
     device_tag: str
     progress: "Progress | None" = None
+    location_recorded: bool = False  # the study's mlflow_* user attributes
 
     @property
     def prune(self) -> bool:
@@ -190,24 +211,23 @@ class Objective:
         return self.complete(job, result)
 
     def begin(self, trial: optuna.Trial) -> TrialJob:
-        """Suggest the trial's values and open its MLflow run (created now, so the UI's
+        """Suggest the trial's values and open its MLflow run (asked for now, so the UI's
         duration is the trial's)."""
         trial.set_user_attr("worker_pid", os.getpid())  # lets a supervisor find a dead worker's trial
         params = suggest(trial, self.config.search)
         train_config = self.config.trial_config(params, seed=derive_seed(self.config.seed, trial.number))
         plan = BatchPlan.of(self.data.n_train, train_config)
-        run_id = None
+        run = None
         if self.tracker is not None:
-            run_id = self.tracker.start_trial_run(
-                self.parent_run_id,
+            run = self.tracker.start_trial_run(
+                self.parent_run,
                 trial.number,
                 params=self.run_params(train_config, plan),
                 tags={"sgdtune.device": self.device_tag, "sgdtune.trial_state": "RUNNING"},
             )
-            trial.set_user_attr("mlflow_run_id", run_id)
         if self.progress:
             self.progress.trial_started(trial.number, train_config, plan)
-        return TrialJob(trial, train_config, plan, run_id, self)
+        return TrialJob(trial, train_config, plan, run, self)
 
     def complete(self, job: TrialJob, result: TrainResult) -> float | tuple[float, ...]:
         """Record a finished training; the objective value(s) for Optuna."""
@@ -262,11 +282,15 @@ class Objective:
 
     def _end(self, job: TrialJob, state: str, summary: dict, reason: str | None = None) -> None:
         job.trial.set_user_attr("summary", summary)
-        if job.run_id:
+        if job.run is not None:
             # `updates` and `examples_seen` are per-epoch metrics too: their latest value is
             # already the summary, and logging them again would add a point to their curves.
             once = {k: v for k, v in summary.items() if k not in EPOCH_METRIC_NAMES}
-            self.tracker.end_trial_run(job.run_id, state, once, fail_reason=reason)
+            self.tracker.end_trial_run(job.run, state, once, fail_reason=reason)
+            job.record_run_id(wait=True)
+            if not self.location_recorded and isinstance(self.parent_run, RunRef):  # the ids are in by now
+                record_mlflow_location(job.trial.study, self.tracker, self.parent_run)
+                self.location_recorded = True
         if self.progress:
             self.progress.trial_done(job.trial.number, state, summary)
 
@@ -336,14 +360,11 @@ def run_study(
     for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train}.items():
         study.set_user_attr(key, value)
 
-    tracker = parent_run_id = None
+    tracker = parent_run = None
     if track:
         artifact_location = None if config.tracking_uri else default_artifact_location(mlruns)
-        tracker = Tracker(tracking_uri, config.name, artifact_location)
-        parent_run_id = _start_parent(tracker, config, experiment_path, command, storage_url, device)
-        study.set_user_attr("mlflow_experiment_id", tracker.experiment_id)
-        study.set_user_attr("mlflow_parent_run_id", parent_run_id)
-        study.set_user_attr("tracking_uri", redact_url(tracking_uri))
+        tracker = BackgroundTracker(tracking_uri, config.name, artifact_location)
+        parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device)
 
     remaining = config.n_trials - n_finished(study)
     progress = Progress(config.n_trials, config.n_trials - max(remaining, 0), best_value(study)) if show_progress else None
@@ -354,10 +375,14 @@ def run_study(
         if remaining > 0 and workers > 1:
             from .workers import WorkerSpec, supervise
 
+            parent_run_id = None
+            if tracker is not None:
+                parent_run_id = parent_run.id
+                record_mlflow_location(study, tracker, parent_run)  # before a worker can fail
             spec = WorkerSpec(config, str(mlruns), parent_run_id, heartbeat, track, batch_trials)
             supervise(study, spec, workers, progress)
         elif remaining > 0:
-            objective = Objective(config, data, tracker, parent_run_id, describe_device(device), progress)
+            objective = Objective(config, data, tracker, parent_run, describe_device(device), progress)
             if batch_trials > 1:
                 optimize_batched(study, objective, remaining, config, batch_trials)
             else:
@@ -371,8 +396,17 @@ def run_study(
         if progress:
             progress.bar.stop()
         if tracker is not None:
-            tracker.end_parent_run(parent_run_id, study_metrics(study), status=status)
+            tracker.end_parent_run(parent_run, study_metrics(study), status=status)
+            tracker.close()  # every write made
+            record_mlflow_location(study, tracker, parent_run)
     return study
+
+
+def record_mlflow_location(study: optuna.Study, tracker: BackgroundTracker, parent_run: RunRef) -> None:
+    """The study's user attributes that say where its MLflow runs are (password masked)."""
+    study.set_user_attr("mlflow_experiment_id", tracker.experiment_id)
+    study.set_user_attr("mlflow_parent_run_id", parent_run.id)
+    study.set_user_attr("tracking_uri", redact_url(tracker.tracking_uri))
 
 
 def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, worker: int = 0) -> optuna.Study:
@@ -483,7 +517,7 @@ def best_value(study: optuna.Study) -> float | None:
     return max(values) if values else None
 
 
-def _start_parent(tracker: Tracker, config: ExperimentConfig, path, command, storage_url, device) -> str:
+def _start_parent(tracker: BackgroundTracker, config: ExperimentConfig, path, command, storage_url, device) -> RunRef:
     tags = {
         "sgdtune.study_name": config.name,
         "sgdtune.storage": redact_url(storage_url),
@@ -498,10 +532,10 @@ def _start_parent(tracker: Tracker, config: ExperimentConfig, path, command, sto
     params = {f"version.{k}": v for k, v in package_versions().items()}
     params.update({"seed": config.seed, "n_trials": config.n_trials, "sampler": config.sampler.name,
                    "pruner": config.pruner.name, "objectives": ",".join(config.objectives)})
-    run_id = tracker.start_parent_run(tags, params)
+    run = tracker.start_parent_run(tags, params)
     if path is not None:
-        tracker.log_artifact(run_id, path, "experiment")
-    return run_id
+        tracker.log_artifact(run, path, "experiment")
+    return run
 
 
 def study_metrics(study: optuna.Study) -> dict[str, float]:

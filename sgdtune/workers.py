@@ -35,6 +35,7 @@ from .study import (
 )
 from .timing import describe_device
 from .tracking import Tracker
+from .writer import BackgroundTracker
 
 EXIT_INTERRUPTED = 130
 POLL_S = 0.5
@@ -63,13 +64,13 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
     torch.set_num_threads(threads)  # the machine's cores are split between the workers
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = spec.config
+    storage_url, tracking_uri = locations(config, Path(spec.mlruns))
+    tracker = BackgroundTracker(tracking_uri, config.name) if spec.track else None  # imports beside ours
     try:
         device = resolve_device(config.device)
         data = load_data(config.data, config.seed, device)
-        storage_url, tracking_uri = locations(config, Path(spec.mlruns))
         storage = open_storage(storage_url, spec.heartbeat, tracking_uri if spec.track else None)
         study = open_study(config, storage, worker=index)
-        tracker = Tracker(tracking_uri, config.name) if spec.track else None
         objective = Objective(config, data, tracker, spec.parent_run_id, describe_device(device))
         if spec.batch_trials > 1:
             optimize_batched(study, objective, share, config, spec.batch_trials)
@@ -77,6 +78,9 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
             optimize(study, objective, share, config)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)  # the running trial is already failed and its run ended
+    finally:
+        if tracker is not None:
+            tracker.close()  # every write made before this process exits
 
 
 def supervise(study: optuna.Study, spec: WorkerSpec, workers: int, progress=None) -> None:
@@ -139,8 +143,9 @@ def _recover(study: optuna.Study, spec: WorkerSpec, procs) -> None:
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         reason = f"worker process {pid} died ({how}) during the trial; the trial is run again"
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if tracker is not None and run_id:
-            tracker.fail_stale_run(run_id, reason)
+        if tracker is not None:  # a worker killed early in a trial may not have recorded its run id
+            run_id = trial.user_attrs.get("mlflow_run_id") or tracker.find_trial_run(trial.number)
+            if run_id:
+                tracker.fail_stale_run(run_id, reason)
         if code != EXIT_INTERRUPTED:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)

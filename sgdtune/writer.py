@@ -1,0 +1,308 @@
+"""MLflow writes made by a separate process, so that tracking never waits on the store.
+
+A write to MLflow costs 4-10 ms of ORM work even on a local SQLite store (create a run, log
+its params, its epochs, end it: about 25 ms a trial), and importing MLflow takes 1-2 s. In
+the training process that is time the trial's timings would absorb. So a study's writes go
+to a child process, `python -m sgdtune.writer`, over a pipe: `BackgroundTracker` has the
+methods of `tracking.Tracker`, and each call is a message the child replays on its own
+Tracker, on the other core, while training goes on. Run ids come back asynchronously: a
+call that creates a run returns a `RunRef` whose `.id` waits for the reply (by the time a
+trial ends, it is there).
+
+The child imports MLflow as soon as it starts; the CLI starts it before importing torch
+(`prestart`), so the two imports overlap. It ignores Ctrl-C (the training process decides
+what a Ctrl-C means and sends the writes that record it), and when the training process
+dies outright its pipe closes: the child writes everything it was sent, then exits.
+One child serves the studies of a process one after another (`close` hands it back).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+PIPE_BYTES = 1 << 20  # room for ~2,000 queued epochs before a send would wait for the child
+
+
+class TrackingError(RuntimeError):
+    """A write to MLflow failed in the writer process (or the process died)."""
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """An MLflow run being created by the writer process; `.id` waits for its id."""
+
+    key: int
+    owner: "BackgroundTracker"
+
+    @property
+    def id(self) -> str:
+        return self.owner.run_id(self.key)
+
+    @property
+    def ready(self) -> bool:
+        """The id has arrived (never waits)."""
+        return self.owner.run_id(self.key, wait=False) is not None
+
+
+class _Child:
+    """The writer process and the two ends of its pipes."""
+
+    def __init__(self) -> None:
+        cmd_r, cmd_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        _widen(cmd_w)
+        _widen(reply_w)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sgdtune.writer", str(cmd_r), str(reply_w)],
+            pass_fds=(cmd_r, reply_w),
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(cmd_r)
+        os.close(reply_w)
+        self.commands = Connection(cmd_w, readable=False)
+        self.replies = Connection(reply_r, writable=False)
+
+    def stop(self) -> None:
+        """Close the pipe (the child finishes what it has, then exits) and wait for it."""
+        self.commands.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.replies.close()
+
+
+def _widen(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass  # not Linux, or over the system's limit: the default 64 KiB pipe works too
+
+
+_spare: _Child | None = None  # a started child with no study: prestart's, or a closed tracker's
+
+
+def prestart() -> None:
+    """Start the writer process now, so that its imports overlap the caller's."""
+    global _spare
+    if _spare is None:
+        _spare = _Child()
+
+
+@atexit.register
+def _stop_spare() -> None:
+    global _spare
+    if _spare is not None:
+        _spare.stop()
+        _spare = None
+
+
+class BackgroundTracker:
+    """tracking.Tracker's writes, made by the writer process. Methods return at once; errors
+    are raised (TrackingError) at the next call that waits: `RunRef.id`, `experiment_id`,
+    `close`."""
+
+    def __init__(self, tracking_uri: str, study_name: str, artifact_location: str | None = None):
+        global _spare
+        self.tracking_uri, self.study_name = tracking_uri, study_name
+        self._child, _spare = (_spare or _Child()), None
+        self._ids: dict[int, str] = {}
+        self._errors: list[str] = []
+        self._next_key = 0
+        self._experiment_id: str | None = None
+        self._closed = False
+        # The child may have started elsewhere: relative paths in a URI mean this cwd.
+        self._send("open", os.getcwd(), tracking_uri, study_name, artifact_location)
+
+    # -- Tracker's methods --------------------------------------------------------------------
+
+    def start_parent_run(self, tags: dict[str, str], params: dict[str, object]) -> RunRef:
+        return self._call("start_parent_run", tags, params, creates_run=True)
+
+    def log_artifact(self, run: RunRef | str, path, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", run, os.path.abspath(path), artifact_path)
+
+    def end_parent_run(self, run: RunRef | str, metrics: dict[str, float], status: str = "FINISHED") -> None:
+        self._call("end_parent_run", run, metrics, status)
+
+    def start_trial_run(self, parent: RunRef | str, trial_number: int, params: dict, tags: dict) -> RunRef:
+        return self._call("start_trial_run", parent, trial_number, params, tags, creates_run=True)
+
+    def log_epoch(self, run: RunRef | str, metrics: dict[str, float], step: int) -> None:
+        self._call("log_epoch", run, metrics, step)
+
+    def end_trial_run(self, run: RunRef | str, state: str, summary: dict[str, float],
+                      fail_reason: str | None = None) -> None:
+        self._call("end_trial_run", run, state, summary, fail_reason)
+
+    @property
+    def experiment_id(self) -> str:
+        while self._experiment_id is None:
+            self._receive(wait=True)
+        return self._experiment_id
+
+    def run_id(self, key: int, wait: bool = True) -> str | None:
+        """The id of the run that call number `key` created; None if not yet and not `wait`."""
+        self._receive(wait=False)
+        while wait and key not in self._ids:
+            self._receive(wait=True)
+        return self._ids.get(key)
+
+    def close(self) -> None:
+        """Wait until every write is made; the child is kept for the next study."""
+        global _spare
+        if self._closed:
+            return
+        self._closed = True
+        self._send("close")
+        while "closed" not in self._receive(wait=True, check=False):
+            pass
+        if _spare is None:
+            _spare = self._child
+        else:
+            self._child.stop()
+        self._raise_errors()
+
+    # -- the pipe -----------------------------------------------------------------------------
+
+    def _call(self, method: str, *args: Any, creates_run: bool = False) -> RunRef | None:
+        """Send one call; RunRef arguments travel as their keys, at the positions listed."""
+        ref = RunRef(self._next_key, self) if creates_run else None
+        self._next_key += creates_run
+        refs = tuple(i for i, a in enumerate(args) if isinstance(a, RunRef))
+        args = tuple(a.key if isinstance(a, RunRef) else a for a in args)
+        self._send("call", method, args, refs, ref.key if ref else None)
+        return ref
+
+    def _send(self, *message: Any) -> None:
+        if self._closed and message[0] != "close":
+            raise TrackingError("this tracker is closed")
+        try:
+            self._child.commands.send(message)
+        except OSError as e:  # the child died
+            raise TrackingError(f"the MLflow writer process is gone ({e}); see its error above") from e
+
+    def _receive(self, wait: bool, check: bool = True) -> set[str]:
+        """Read the replies that have arrived (wait for one if `wait`); the kinds read. Raises
+        the first error reported, if `check`."""
+        kinds = set()
+        while wait or self._child.replies.poll():
+            try:
+                kind, *rest = self._child.replies.recv()
+            except EOFError:
+                raise TrackingError(
+                    f"the MLflow writer process exited (status {self._child.proc.wait()}); see its error above"
+                ) from None
+            if kind == "id":
+                self._ids[rest[0]] = rest[1]
+            elif kind == "experiment":
+                self._experiment_id = rest[0]
+            elif kind == "error":
+                self._errors.append(rest[0])
+            kinds.add(kind)
+            wait = False
+        if check:
+            self._raise_errors()
+        return kinds
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            first, self._errors = self._errors[0], []
+            raise TrackingError(f"MLflow write failed in the writer process: {first}")
+
+
+# -- the child process ------------------------------------------------------------------------
+
+
+def serve(commands: Connection, replies: Connection) -> None:
+    """Replay the calls on a Tracker until the pipe closes; flush what is buffered at the end."""
+    from .tracking import Tracker
+
+    reply = _Replies(replies)
+    tracker: Tracker | None = None
+    ids: dict[int, str] = {}
+    try:
+        while True:
+            try:
+                kind, *rest = commands.recv()
+            except EOFError:  # the training process closed the pipe, or died
+                return
+            if kind == "open":
+                ids = {}
+                tracker = reply.guarded(_open, *rest)
+                if tracker is not None:
+                    reply.send("experiment", tracker.experiment_id)
+            elif kind == "close":
+                if tracker is not None:
+                    reply.guarded(tracker.flush)
+                tracker = None
+                reply.send("closed")
+            elif tracker is not None:  # a call; skipped after a failed open (already reported)
+                method, args, refs, new_key = rest
+                args = [ids.get(a) if i in refs else a for i, a in enumerate(args)]
+                result = reply.guarded(getattr(tracker, method), *args)
+                if new_key is not None and result is not None:
+                    ids[new_key] = result
+                    reply.send("id", new_key, result)
+    finally:
+        if tracker is not None:
+            reply.guarded(tracker.flush)
+
+
+def _open(cwd: str, *tracker_args):
+    from .tracking import Tracker
+
+    os.chdir(cwd)
+    return Tracker(*tracker_args)
+
+
+class _Replies:
+    """The reply pipe. Once the training process is gone, the writes go on and the errors
+    go to stderr: what it sent before dying still reaches the store."""
+
+    def __init__(self, conn: Connection):
+        self.conn: Connection | None = conn
+
+    def send(self, *message) -> None:
+        if self.conn is None:
+            return
+        try:
+            self.conn.send(message)
+        except OSError:  # BrokenPipeError: nobody is listening any more
+            self.conn = None
+
+    def guarded(self, fn, *args):
+        """fn(*args), or None with its error reported."""
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - reported to the training process, which raises it
+            text = f"{type(e).__name__}: {e}"
+            if self.conn is None:
+                print(f"sgdtune writer: {text}", file=sys.stderr)
+            self.send("error", text)
+            return None
+
+
+def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
+    commands = Connection(int(argv[0]), writable=False)
+    replies = Connection(int(argv[1]), readable=False)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # a background process: errors only
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import mlflow  # noqa: F401 - the 1-2 s import, now, while the training process imports torch
+
+    serve(commands, replies)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

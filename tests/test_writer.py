@@ -1,0 +1,120 @@
+"""The MLflow writer process: every write made, ids returned, errors raised, faults survived."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from sgdtune import writer
+from sgdtune.tracking import default_tracking_uri
+from sgdtune.writer import BackgroundTracker, TrackingError
+
+
+def one_trial(tracker: BackgroundTracker, epochs: int = 3):
+    parent = tracker.start_parent_run({"sgdtune.command": "test"}, {"seed": 0})
+    run = tracker.start_trial_run(parent, 0, params={"batch_size": 32, "lr": 0.1}, tags={"sgdtune.device": "cpu"})
+    for epoch in range(1, epochs + 1):
+        tracker.log_epoch(run, {"val_acc": epoch / 10, "train_loss": 1.0 / epoch}, step=epoch)
+    return parent, run
+
+
+def test_every_write_reaches_the_store_and_ids_come_back(tmp_path):
+    uri = default_tracking_uri(tmp_path / "mlruns")
+    tracker = BackgroundTracker(uri, "s")
+    parent, run = one_trial(tracker)
+    tracker.end_trial_run(run, "COMPLETE", {"final_val_acc": 0.3})
+    tracker.end_parent_run(parent, {"n_complete": 1})
+    tracker.close()
+
+    client = MlflowClient(uri)
+    got = client.get_run(run.id)
+    assert got.info.experiment_id == tracker.experiment_id
+    assert got.info.status == "FINISHED" and got.data.tags["mlflow.parentRunId"] == parent.id
+    assert got.data.params == {"batch_size": "32", "lr": "0.1"}
+    assert [m.value for m in client.get_metric_history(run.id, "val_acc")] == pytest.approx([0.1, 0.2, 0.3])
+    assert got.data.metrics["final_val_acc"] == pytest.approx(0.3)
+    assert client.get_run(parent.id).data.metrics["n_complete"] == 1
+
+
+def test_a_failed_write_is_raised_at_close_and_the_process_serves_the_next_study(tmp_path):
+    uri = default_tracking_uri(tmp_path / "mlruns")
+    tracker = BackgroundTracker(uri, "s")
+    parent, run = one_trial(tracker, epochs=1)
+    tracker.end_trial_run(run, "NOT-A-STATE", {})  # Tracker.end_trial_run raises KeyError in the child
+    with pytest.raises(TrackingError, match="MLflow write failed in the writer process: KeyError: 'NOT-A-STATE'"):
+        tracker.close()
+
+    again = BackgroundTracker(uri, "s")  # the same child process, reused
+    _, run2 = one_trial(again, epochs=2)
+    again.end_trial_run(run2, "PRUNED", {})
+    again.close()
+    assert MlflowClient(uri).get_run(run2.id).info.status == "KILLED"
+
+
+def test_the_writer_ignores_ctrl_c_and_goes_on(tmp_path):
+    uri = default_tracking_uri(tmp_path / "mlruns")
+    tracker = BackgroundTracker(uri, "s")
+    parent, run = one_trial(tracker, epochs=1)
+    assert tracker.experiment_id  # the child is up and serving
+    tracker._child.proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the whole group
+    time.sleep(0.3)
+    tracker.end_trial_run(run, "FAIL", {}, fail_reason="interrupted (Ctrl-C)")
+    tracker.close()
+    got = MlflowClient(uri).get_run(run.id)
+    assert got.info.status == "FAILED" and got.data.tags["sgdtune.fail_reason"] == "interrupted (Ctrl-C)"
+
+
+def test_a_killed_training_process_loses_nothing_it_sent(tmp_path):
+    """kill -9 of the training process: its pipe closes, and the writer makes every write it
+    was sent before exiting (a trial's epochs up to the kill, the run left RUNNING)."""
+    uri = default_tracking_uri(tmp_path / "mlruns")
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from sgdtune.writer import BackgroundTracker
+        tracker = BackgroundTracker({uri!r}, "s")
+        parent = tracker.start_parent_run({{}}, {{}})
+        run = tracker.start_trial_run(parent, 0, params={{"lr": 0.1}}, tags={{}})
+        for epoch in range(1, 6):
+            tracker.log_epoch(run, {{"val_acc": epoch / 10}}, step=epoch)
+        print(tracker._child.proc.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    child = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child), "the writer process outlived its pipe"
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("s").experiment_id], "tags.`sgdtune.trial_number` = '0'")
+    assert run.info.status == "RUNNING"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "val_acc")] == pytest.approx(
+        [0.1, 0.2, 0.3, 0.4, 0.5])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def test_prestart_is_taken_by_the_first_tracker(tmp_path):
+    writer._stop_spare()
+    writer.prestart()
+    started = writer._spare
+    tracker = BackgroundTracker(default_tracking_uri(tmp_path / "mlruns"), "s")
+    assert tracker._child is started and writer._spare is None
+    tracker.close()
+    assert writer._spare is started  # handed back for the next study
