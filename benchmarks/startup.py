@@ -51,6 +51,17 @@ def workdir() -> Path:
     return root
 
 
+def run_command(args: list[str], cwd: Path) -> float:
+    """Seconds from just before `python *args` starts until it exits (status 0 required)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return seconds
+
+
 def to_first_update(args: list[str], cwd: Path, extra_python: list[str] = ()) -> float:
     """Seconds from just before the process starts to its first update."""
     mark = cwd / f"first-update-{time.monotonic_ns()}"
