@@ -125,7 +125,12 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def start_parent_run(self, tags: dict[str, str], params: dict[str, object]) -> str:
-        """The study's parent run: found again on resume, else created."""
+        """The study's parent run: found again on resume, else created.
+
+        Two processes that start a new study at the same moment may both create one: each
+        then keeps the earliest and the one that lost deletes its own, so both log under
+        the same parent.
+        """
         from mlflow.entities import RunTag
 
         run_id = self.find_parent_run()
@@ -137,6 +142,10 @@ class Tracker:
             )
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=_params(params))
+            earliest = self.find_parent_run()
+            if earliest != run_id:
+                self.client.delete_run(run_id)
+                run_id = earliest
         else:
             self.client.update_run(run_id, status="RUNNING")
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
