@@ -388,7 +388,7 @@ def run_study(
             else:
                 optimize(study, objective, remaining, config)
             if heartbeat is not None:
-                settle(study, objective, config, heartbeat)
+                settle(study, objective, config, heartbeat, batch_trials)
     except BaseException:
         status = "KILLED"
         raise
@@ -428,14 +428,19 @@ def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, w
     )
 
 
-def settle(study: optuna.Study, objective: "Objective", config: ExperimentConfig, heartbeat: int) -> None:
+def settle(study: optuna.Study, objective: "Objective", config: ExperimentConfig, heartbeat: int,
+           batch_trials: int = 1) -> None:
     """With heartbeats: wait while other workers' trials run, so that a dead one is failed
     (after the grace period), re-queued and run, rather than left RUNNING for ever."""
     while study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         time.sleep(heartbeat)
         optuna.storages.fail_stale_trials(study)
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) or n_finished(study) < config.n_trials:
-            optimize(study, objective, max(1, config.n_trials - n_finished(study)), config)
+            more = max(1, config.n_trials - n_finished(study))
+            if batch_trials > 1:
+                optimize_batched(study, objective, more, config, batch_trials)
+            else:
+                optimize(study, objective, more, config)
 
 
 def optimize(study: optuna.Study, objective: "Objective", n_trials: int, config: ExperimentConfig) -> None:
