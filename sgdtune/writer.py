@@ -239,11 +239,7 @@ def serve(commands: Connection, replies: Connection) -> None:
     tracker: Tracker | None = None
     ids: dict[int, str] = {}
     try:
-        while True:
-            try:
-                kind, *rest = commands.recv()
-            except EOFError:  # the training process closed the pipe, or died
-                return
+        for kind, *rest in _in_order(commands):
             if kind == "open":
                 ids = {}
                 tracker = reply.guarded(_open, *rest)
@@ -267,6 +263,28 @@ def serve(commands: Connection, replies: Connection) -> None:
     finally:
         if tracker is not None:
             reply.guarded(tracker.flush)
+
+
+def _in_order(commands: Connection):
+    """The messages, until the pipe closes, in the order to handle them: of those already
+    waiting, calls that create a run first (the training process may be waiting for that
+    id; a run's creation never depends on an earlier write of another run), then the rest
+    in the order sent. A study's open and close are not passed."""
+    waiting: list[tuple] = []
+    closed = False
+    while waiting or not closed:
+        try:
+            if not waiting and not closed:
+                waiting.append(commands.recv())
+            while not closed and commands.poll(0):
+                waiting.append(commands.recv())
+        except EOFError:  # the training process closed the pipe, or died: finish what came
+            closed = True
+        if not waiting:
+            return
+        barrier = next((i for i, m in enumerate(waiting) if m[0] in ("open", "close")), len(waiting))
+        creates = next((i for i, m in enumerate(waiting[:barrier]) if m[0] == "call" and m[4] is not None), 0)
+        yield waiting.pop(creates)
 
 
 def _open(cwd: str, *tracker_args):

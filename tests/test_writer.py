@@ -118,3 +118,22 @@ def test_prestart_is_taken_by_the_first_tracker(tmp_path):
     assert tracker._child is started and writer._spare is None
     tracker.close()
     assert writer._spare is started  # handed back for the next study
+
+
+def test_run_creations_jump_the_queue_but_not_a_studys_open_or_close():
+    from multiprocessing import Pipe
+
+    from sgdtune.writer import _in_order
+
+    receive, send = Pipe(duplex=False)
+    sent = [("open", "cwd", "uri", "s", None),
+            ("call", "log_epoch", (0, {}, 1), (0,), None),
+            ("call", "end_trial_run", (0, "COMPLETE", {}, None), (0,), None),
+            ("call", "start_trial_run", ("p", 1, {}, {}), (), 1),
+            ("close",),
+            ("call", "start_trial_run", ("p", 2, {}, {}), (), 2)]
+    for message in sent:
+        send.send(message)
+    send.close()
+    got = [m[1] if m[0] == "call" else m[0] for m in _in_order(receive)]
+    assert got == ["open", "start_trial_run", "log_epoch", "end_trial_run", "close", "start_trial_run"]
