@@ -7,10 +7,14 @@ to end (model building, steps, probes, evaluation); rounds alternate the order (
 ...) so both meet the same machine load, and the figure is the median of the per-round
 ratios. Trials per minute = 8 x 60 / seconds.
 
-Threads: 1 by default, as the other benchmarks. On a shared machine two intra-op threads
-wait on each other at every op; and one thread per process is how a study uses 2 cores
-(2 workers), so the 1-thread ratio is also the 2-core ratio of 2 workers each side.
-`--threads 2` measures one process using both cores.
+Threads: every figure is measured twice, both sides given the same torch intra-op threads:
+- 1 thread: one process per core, the way a study uses 2 cores with 2 workers (so the
+  1-thread ratio is also the 2-core ratio of 2 workers each side), and the setting of the
+  other benchmarks;
+- 2 threads: one process using both cores, what a study runs without --workers on this
+  2-core machine (torch's default). On a shared machine two threads wait on each other at
+  every op when the other core is busy, so these figures swing with the machine's load:
+  each row gives the 1-minute load average seen before it was measured.
 
     python -m benchmarks.batched [--tiny] [--threads N] [--rounds R]
 """
@@ -18,6 +22,7 @@ wait on each other at every op; and one thread per process is how a study uses 2
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -35,6 +40,7 @@ K = 8
 MODEL = ModelConfig(hidden=(256, 256))
 EPOCHS = {8: 2, 64: 10}  # ~200-400 updates per trial
 TINY_EPOCHS = {8: 1, 64: 1}
+THREADS = (1, 2)
 LR_RANGE = (0.001, 0.01)  # at B = 8, times sqrt(B / 8): steady trials, so the equality figure means something
 
 
@@ -63,38 +69,59 @@ def one_round(data, group: list[TrainConfig], stacked_first: bool) -> tuple[floa
     return t_alone, t_stacked, single, stacked
 
 
-def run(tiny: bool = False, rounds: int | None = None) -> list[dict]:
-    """The figures, as {group, name, value, target, op, unit, ok, detail} dicts."""
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def run(tiny: bool = False, rounds: int | None = None, threads: tuple[int, ...] = THREADS) -> list[dict]:
+    """The figures, as {group, name, value, target, op, unit, ok, detail} dicts: for each
+    thread count, then each batch size, the trials/min ratio and the val_loss difference.
+    Leaves torch's thread count as it found it."""
     data = load_data(DataConfig(dataset="digits"), seed=0)
     rounds = rounds or (1 if tiny else 5)
     k = 4 if tiny else K
     out = []
-    for batch_size, epochs in (TINY_EPOCHS if tiny else EPOCHS).items():
-        group = configs(batch_size, epochs, k)
-        one_round(data, group[:2], stacked_first=False)  # warm-up: first calls allocate and load kernels
-        alone_s, stacked_s, step_ratios = [], [], []
-        for r in range(rounds):
-            t_alone, t_stacked, single, stacked = one_round(data, group, stacked_first=r % 2 == 1)
-            alone_s.append(t_alone)
-            stacked_s.append(t_stacked)
-            step_ratios.append(sum(s.compute_time_s for s in single) / sum(s.compute_time_s for s in stacked))
-            if r == 0:
-                bad = [s for s in stacked if not hasattr(s, "final")]
-                if bad:
-                    raise RuntimeError(f"a stacked member failed: {bad[0]!r}")
-                diff = max(abs(a.final.val_loss - b.final.val_loss) for a, b in zip(single, stacked))
-        ratio = statistics.median(a / b for a, b in zip(alone_s, stacked_s))
-        per_min = lambda ts: k * 60 / statistics.median(ts)  # noqa: E731
-        out.append(figure(
-            f"trials/min stacked vs one by one, B={batch_size}", ratio, 3.0, ">=", "x",
-            f"K={k}, {epochs} epochs; {per_min(stacked_s):.0f} vs {per_min(alone_s):.0f} trials/min; "
-            f"step time only {statistics.median(step_ratios):.2f}x; median of {rounds} alternated rounds",
-        ))
-        out.append(figure(
-            f"max |final val_loss stacked - alone|, B={batch_size}", diff, 1e-4, "<=", "",
-            f"over the {k} trials (lr {group[0].lr:.3g}-{group[-1].lr:.3g}, momentum 0.9)",
-        ))
+    before = torch.get_num_threads()
+    try:
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            for batch_size, epochs in (TINY_EPOCHS if tiny else EPOCHS).items():
+                out += measure(data, configs(batch_size, epochs, k), rounds, n_threads)
+    finally:
+        torch.set_num_threads(before)
     return out
+
+
+def measure(data, group: list[TrainConfig], rounds: int, n_threads: int) -> list[dict]:
+    """The two figures of one batch size at the current thread count."""
+    batch_size, epochs, k = group[0].batch_size, group[0].epochs, len(group)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # not on Windows
+    one_round(data, group[:2], stacked_first=False)  # warm-up: first calls allocate and load kernels
+    alone_s, stacked_s, step_ratios, diffs = [], [], [], []
+    for r in range(rounds):
+        t_alone, t_stacked, single, stacked = one_round(data, group, stacked_first=r % 2 == 1)
+        alone_s.append(t_alone)
+        stacked_s.append(t_stacked)
+        bad = [s for s in stacked if not hasattr(s, "final")]
+        if bad:
+            raise RuntimeError(f"a stacked member failed: {bad[0]!r}")
+        step_ratios.append(sum(s.compute_time_s for s in single) / sum(s.compute_time_s for s in stacked))
+        diffs.append(max(abs(a.final.val_loss - b.final.val_loss) for a, b in zip(single, stacked)))
+    ratio = statistics.median(a / b for a, b in zip(alone_s, stacked_s))
+    per_min = lambda ts: k * 60 / statistics.median(ts)  # noqa: E731
+    where = f"B={batch_size}, {plural(n_threads, 'thread')}"
+    return [
+        figure(
+            f"trials/min stacked vs one by one, {where}", ratio, 3.0, ">=", "x",
+            f"K={k}, {plural(epochs, 'epoch')}; {per_min(stacked_s):.0f} vs {per_min(alone_s):.0f} trials/min; "
+            f"step time only {statistics.median(step_ratios):.2f}x; median of {plural(rounds, 'alternated round')}; "
+            f"load avg {load:.1f} before",
+        ),
+        figure(
+            f"max |final val_loss stacked - alone|, {where}", max(diffs), 1e-4, "<=", "",
+            f"over the {k} trials and {plural(rounds, 'round')} (lr {group[0].lr:.3g}-{group[-1].lr:.3g}, momentum 0.9)",
+        ),
+    ]
 
 
 def figure(name: str, value: float, target: float, op: str, unit: str, detail: str) -> dict:
@@ -105,23 +132,26 @@ def figure(name: str, value: float, target: float, op: str, unit: str, detail: s
 
 def print_table(rows: list[dict], title: str) -> None:
     print(title)
-    print(f"{'figure':<48} {'value':>10} {'target':>9}  ok   how")
+    print(f"{'figure':<58} {'value':>10} {'target':>9}  ok   how")
     for r in rows:
         value = f"{r['value']:.3g}{' ' + r['unit'] if r['unit'] else ''}"
-        print(f"{r['name']:<48} {value:>10} {r['op'] + ' ' + format(r['target'], 'g'):>9}  "
+        print(f"{r['name']:<58} {value:>10} {r['op'] + ' ' + format(r['target'], 'g'):>9}  "
               f"{'yes' if r['ok'] else 'NO ':<4} {r['detail']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.batched", description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny sizes, one round (CI): runs, not figures")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    p.add_argument("--rounds", type=int, help="alternated rounds per batch size (default 5, tiny 1)")
+    p.add_argument("--threads", type=int, action="append",
+                   help="torch intra-op threads, both sides; repeat for several (default: 1, then 2)")
+    p.add_argument("--rounds", type=int, help="alternated rounds per batch size and thread count (default 5, tiny 1)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    rows = run(tiny=args.tiny, rounds=args.rounds)
+    if any(t < 1 for t in args.threads or ()):
+        p.error(f"--threads: must be >= 1; got {min(args.threads)}")
+    threads = tuple(args.threads or THREADS)
+    rows = run(tiny=args.tiny, rounds=args.rounds, threads=threads)
     tiny = " (--tiny: too small for the figures to mean anything)" if args.tiny else ""
-    print_table(rows, f"stacked training, torch threads: {torch.get_num_threads()}{tiny}")
+    print_table(rows, f"stacked training, torch threads: {', '.join(map(str, threads))} (both sides){tiny}")
     return 0
 
 

@@ -1,14 +1,17 @@
 """Stacked training: each member is the trial `train` would run alone; members never mix."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from sgdtune.batched import group_key, train_stacked
+from conftest import ROOT
+from sgdtune.batched import StackedMLP, group_key, train_stacked
 from sgdtune.data import Dataset
-from sgdtune.model import ModelConfig
-from sgdtune.train import Diverged, TrainConfig, train
+from sgdtune.model import ModelConfig, build_model
+from sgdtune.train import Diverged, TrainConfig, evaluate, train
 
 TOL = 1e-4  # batched products round differently from nn.Linear (and the probe sums differently)
 
@@ -67,6 +70,35 @@ def test_each_member_equals_its_trial_trained_alone(optimizer, activation, hidde
     # The members really differ, so equal metrics above are not one trial seen four times.
     finals = [r.final.val_loss for r in stacked]
     assert min(abs(a - b) for i, a in enumerate(finals) for b in finals[i + 1 :]) > 10 * TOL
+
+
+def test_members_sharing_one_momentum_equal_their_trials_alone():
+    """The usual case, where the momentum goes into the gradient product (BLAS's beta)."""
+    data = make_data()
+    configs = [cfg(lr=0.05, momentum=0.9, seed=1), cfg(lr=0.02, momentum=0.9, weight_decay=0.02, seed=2),
+               cfg(lr=0.1, momentum=0.9, seed=3, warmup_epochs=1.5)]
+    for config, result in zip(configs, train_stacked(configs, data)):
+        assert_same_trial(result, train(config, data))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_stacked_evaluation_equals_train_evaluate_member_by_member(monkeypatch, activation):
+    monkeypatch.setattr("sgdtune.batched.EVAL_ROWS", 64)  # 16 rows a chunk: several chunks and a short last one
+    data = make_data()
+    configs = [cfg(**m, model=ModelConfig(hidden=(16, 16), activation=activation)) for m in MEMBERS]
+    stack = StackedMLP([build_model(c.model, data.n_features, data.n_classes, c.seed) for c in configs],
+                       configs, [c.lr for c in configs])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):  # away from the initial weights
+        stack.step(data.x_train, data.y_train, torch.randint(0, data.n_train, (len(configs), 8), generator=g))
+    template = build_model(configs[0].model, data.n_features, data.n_classes, 0)
+    for x, y in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
+        got = stack.evaluate(x, y)
+        for position, (loss, acc) in enumerate(got):
+            want_loss, want_acc = evaluate(stack.load_into(template, position), x, y)
+            assert loss == pytest.approx(want_loss, rel=1e-6) and acc == want_acc
+        subset = stack.evaluate(x, y, [3, 1])  # a subset, in the order asked (other chunks: rounding)
+        assert [pytest.approx(r, rel=1e-6) for r in subset] == [got[3], got[1]]
 
 
 def test_full_batch_members_match_training_alone():
@@ -239,3 +271,12 @@ def test_batch_trials_must_be_at_least_one(workdir, capsys):
     assert main(["experiments/quick.toml", "--batch-trials", "0", "--no-progress"]) == 2
     assert "--batch-trials: must be >= 1; got 0" in capsys.readouterr().err
     assert not (workdir / "mlruns").exists()
+
+
+def test_the_stacking_benchmark_runs_at_tiny_size():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.batched", "--tiny", "--threads", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for b in (8, 64):
+        assert f"trials/min stacked vs one by one, B={b}, 1 thread " in proc.stdout
+        assert f"max |final val_loss stacked - alone|, B={b}, 1 thread " in proc.stdout
