@@ -91,7 +91,7 @@ def import_breakdown(cwd: Path) -> dict[str, float]:
 
 
 def run(tiny: bool = False) -> list[Check]:
-    rounds = 1 if tiny else 3
+    rounds = 1 if tiny else 5
     warm_dir = workdir()
     roots = [warm_dir]
     try:

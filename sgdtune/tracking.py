@@ -3,10 +3,10 @@
 A study is an MLflow experiment with one parent run; each trial is a nested child run named
 `trial-<n>`. Names: DESIGN.md.
 
-Each write to a SQLite store costs 4-10 ms of ORM work, often more than a small trial's
-epoch. So a trial's epochs are buffered: written at most every FLUSH_EVERY_S while it runs
-(the UI still follows a long trial), the rest together with the summary in one call when
-the trial ends. A study does not call this class itself: writer.py runs it in a separate
+Each write to a SQLite store costs 5-30 ms of ORM work, often more than a small trial's
+epoch. So a trial's params and epochs are buffered: written at most every FLUSH_EVERY_S
+while it runs (the UI still follows a long trial), the rest together with the summary in
+one call when the trial ends: a short trial costs three writes (create, log, terminate). A study does not call this class itself: writer.py runs it in a separate
 process, so that none of this time is spent in the training process.
 """
 
@@ -86,6 +86,7 @@ class Tracker:
         self.experiment_id = self._experiment(study_name, artifact_location)
         use_write_ahead_log(tracking_uri)
         self._unwritten: dict[str, list[Metric]] = {}  # run id -> epochs not yet in the store
+        self._unwritten_params: dict[str, list[Param]] = {}  # run id -> its params, until the first write
         self._written_at: dict[str, float] = {}  # run id -> time.monotonic() of its last write
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
@@ -172,7 +173,8 @@ class Tracker:
                 **{k: str(v) for k, v in tags.items()},
             },
         )
-        self.client.log_batch(run.info.run_id, params=_params(params))
+        # The params go with the run's first batch of epochs (one write instead of two).
+        self._unwritten_params[run.info.run_id] = _params(params)
         self._unwritten[run.info.run_id] = []
         self._written_at[run.info.run_id] = time.monotonic()
         return run.info.run_id
@@ -186,10 +188,11 @@ class Tracker:
             self.flush(run_id)
 
     def flush(self, run_id: str | None = None) -> None:
-        """Write the buffered epochs of one run (None: of every run) now."""
+        """Write the buffered params and epochs of one run (None: of every run) now."""
         for rid in [run_id] if run_id is not None else list(self._unwritten):
-            if self._unwritten.get(rid):
-                self.client.log_batch(rid, metrics=self._unwritten[rid])  # MLflow splits big batches
+            params = self._unwritten_params.pop(rid, [])
+            if self._unwritten.get(rid) or params:  # MLflow splits big batches
+                self.client.log_batch(rid, metrics=self._unwritten[rid], params=params)
             self._unwritten[rid] = []
             self._written_at[rid] = time.monotonic()
 
@@ -203,8 +206,9 @@ class Tracker:
         if fail_reason:
             tags.append(RunTag("sgdtune.fail_reason", fail_reason[:5000]))
         epochs = self._unwritten.pop(run_id, [])
+        params = self._unwritten_params.pop(run_id, [])
         self._written_at.pop(run_id, None)
-        self.client.log_batch(run_id, metrics=epochs + _metrics(summary, step=0), tags=tags)
+        self.client.log_batch(run_id, metrics=epochs + _metrics(summary, step=0), params=params, tags=tags)
         self.client.set_terminated(run_id, status=STATUS_OF_STATE[state])
 
     def fail_stale_run(self, run_id: str, reason: str) -> bool:
