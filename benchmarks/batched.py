@@ -118,7 +118,7 @@ def measure(data, group: list[TrainConfig], rounds: int, n_threads: int) -> list
             f"load avg {load:.1f} before",
         ),
         figure(
-            f"max |final val_loss stacked - alone|, {where}", max(diffs), 1e-4, "<=", "",
+            f"max |final val_loss stacked - alone|, {where}", max(diffs), 1e-4, "<=", "nats",
             f"over the {k} trials and {plural(rounds, 'round')} (lr {group[0].lr:.3g}-{group[-1].lr:.3g}, momentum 0.9)",
         ),
     ]

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT
 
-GROUPS = {"trainer", "tracking", "handwired", "scale", "startup"}
+GROUPS = {"trainer", "tracking", "handwired", "scale", "startup", "batched"}
 
 
 @pytest.fixture(scope="module")
@@ -57,5 +57,5 @@ def test_an_unknown_group_is_refused_with_the_known_ones(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "speed", "--out", str(tmp_path / "r.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "--only: must name groups among trainer, tracking, handwired, scale, startup; got speed" in proc.stderr
+    assert "--only: must name groups among trainer, tracking, handwired, scale, startup, batched; got speed" in proc.stderr
     assert not (tmp_path / "r.json").exists()
