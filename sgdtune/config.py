@@ -112,6 +112,19 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; got {device!r}")
         return device
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _known_tracking_scheme(cls, uri: str | None) -> str | None:
+        # Checked here, before anything is written: MLflow itself opens the store in the
+        # writer process, and only a trial later would its error arrive.
+        from .tracking import tracking_schemes
+
+        scheme = uri.partition("://")[0].split("+")[0] if uri and "://" in uri else None
+        if uri is not None and scheme not in tracking_schemes():
+            raise ValueError(f"must be an MLflow tracking URI with a scheme among {sorted(tracking_schemes())} "
+                             f"(e.g. sqlite:///mlruns/mlflow.db, http://host:5000); got {uri!r}")
+        return uri
+
     @model_validator(mode="after")
     def _search_fits_the_trainer(self) -> "ExperimentConfig":
         for key, rng in self.search.items():

@@ -40,7 +40,7 @@ from .noise import fit_steps_to_target, loglog_slope, small_batch_limit
 from .space import grid, suggest
 from .timing import describe_device
 from .tracking import Tracker, default_artifact_location, default_tracking_uri, redact_url
-from .writer import BackgroundTracker, RunRef
+from .writer import BackgroundTracker, RunRef, TrackingError, TrackingStoreError
 from .train import BatchPlan, Diverged, EpochMetrics, TrainConfig, TrainResult, history_summary, train
 
 MLRUNS = Path("mlruns")
@@ -687,6 +687,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are kept; run the same command again to resume.", file=sys.stderr)
         return 130
+    except TrackingError as e:  # the store is wrong or gone: say so in one line, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT if isinstance(e, TrackingStoreError) else 1
     storage_url, tracking_uri = locations(config)
     print_closing(study, config, storage_url, None if args.no_tracking else tracking_uri)
     if args.report:

@@ -36,6 +36,19 @@ MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 FLUSH_EVERY_S = 2.0  # a running trial's epochs reach the store at least this often
 
 
+# Stores MLflow 3 opens for a tracking URI (its file store is refused), beside any plugin's.
+BUILTIN_TRACKING_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
+                                      "databricks-uc", "uc"})
+
+
+def tracking_schemes() -> frozenset[str]:
+    """URI schemes MLflow can track to here: built in, and registered by installed plugins
+    (read from package metadata, without importing MLflow)."""
+    from importlib.metadata import entry_points
+
+    return BUILTIN_TRACKING_SCHEMES | {ep.name for ep in entry_points(group="mlflow.tracking_store")}
+
+
 def default_tracking_uri(root: Path | str = "mlruns") -> str:
     """SQLite store under `root` (absolute, so it does not depend on a later cwd)."""
     return f"sqlite:///{(Path(root).resolve() / 'mlflow.db')}"

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .tracking import redact_url
+
 # Once ready, the writer runs this far below the training process's CPU priority (os.nice):
 # where the cores are busy, training goes first (its timings are what the runs report) and
 # the writes catch up when it waits; with a core to spare, it makes no difference.
@@ -38,6 +40,10 @@ PIPE_BYTES = 1 << 20  # room for ~2,000 queued epochs before a send would wait f
 
 class TrackingError(RuntimeError):
     """A write to MLflow failed in the writer process (or the process died)."""
+
+
+class TrackingStoreError(TrackingError):
+    """MLflow could not open the tracking store (a wrong path, an unreachable server)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,9 @@ class BackgroundTracker:
         self.tracking_uri, self.study_name = tracking_uri, study_name
         self._child, _spare = (_spare or _Child()), None
         self._ids: dict[int, str] = {}
-        self._errors: list[str] = []
+        self._errors: list[str] = []  # write errors not yet raised (each is raised once)
+        self._failed: dict[int, str] = {}  # key -> why that run was not created
+        self._store_error: str | None = None  # why the store could not be opened
         self._next_key = 0
         self._experiment_id: str | None = None
         self._closed = False
@@ -162,6 +170,8 @@ class BackgroundTracker:
         """The id of the run that call number `key` created; None if not yet and not `wait`."""
         self._receive(wait=False)
         while wait and key not in self._ids:
+            if key in self._failed:
+                raise TrackingError(f"MLflow run not created in the writer process: {self._failed[key]}")
             self._receive(wait=True)
         return self._ids.get(key)
 
@@ -216,6 +226,10 @@ class BackgroundTracker:
                 self._experiment_id = rest[0]
             elif kind == "error":
                 self._errors.append(rest[0])
+            elif kind == "failed":
+                self._failed[rest[0]] = rest[1]
+            elif kind == "store_error":
+                self._store_error = rest[0]
             kinds.add(kind)
             wait = False
         if check:
@@ -223,6 +237,10 @@ class BackgroundTracker:
         return kinds
 
     def _raise_errors(self) -> None:
+        """The store's error (every time: nothing can be written), else the next write error."""
+        if self._store_error is not None:
+            raise TrackingStoreError(
+                f"MLflow could not open the tracking store {redact_url(self.tracking_uri)!r}: {self._store_error}")
         if self._errors:
             first, self._errors = self._errors[0], []
             raise TrackingError(f"MLflow write failed in the writer process: {first}")
@@ -243,9 +261,12 @@ def serve(commands: Connection, replies: Connection) -> None:
         for kind, *rest in _in_order(commands):
             if kind == "open":
                 ids = {}
-                tracker = reply.guarded(_open, *rest)
-                if tracker is not None:
+                try:
+                    tracker = _open(*rest)
                     reply.send("experiment", tracker.experiment_id)
+                except Exception as e:  # noqa: BLE001 - reported; every later call is skipped
+                    tracker = None
+                    reply.send("store_error", f"{type(e).__name__}: {e}")
                 if not niced:  # from here on, background work: training goes first on busy cores
                     os.nice(NICENESS)
                     niced = True
@@ -254,13 +275,16 @@ def serve(commands: Connection, replies: Connection) -> None:
                     reply.guarded(tracker.flush)
                 tracker = None
                 reply.send("closed")
-            elif tracker is not None:  # a call; skipped after a failed open (already reported)
+            else:  # a call; skipped after a failed open (already reported)
                 method, args, refs, new_key = rest
                 args = [ids.get(a) if i in refs else a for i, a in enumerate(args)]
-                result = reply.guarded(getattr(tracker, method), *args)
+                result = reply.guarded(getattr(tracker, method), *args) if tracker is not None else None
                 if new_key is not None and result is not None:
                     ids[new_key] = result
                     reply.send("id", new_key, result)
+                elif new_key is not None:  # whoever waits for this run's id must not wait for ever
+                    reply.send("failed", new_key, "the store could not be opened" if tracker is None
+                               else f"{method} failed (see the error raised before)")
     finally:
         if tracker is not None:
             reply.guarded(tracker.flush)

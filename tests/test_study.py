@@ -204,6 +204,8 @@ def test_unknown_label_column_names_the_columns_and_writes_nothing(workdir, caps
         (["--n-trials", "0"], "n_trials: must be >= 1; got 0"),
         (["--set", "train.momentum=1.5"], "train.momentum: must be < 1.0; got 1.5"),
         (["--device", "gpu"], "device: must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; got 'gpu'"),
+        (["--tracking-uri", "bogus://x"], "tracking_uri: must be an MLflow tracking URI with a scheme among"),
+        (["--tracking-uri", "mlruns/x.db"], "got 'mlruns/x.db'"),
     ],
 )
 def test_bad_flags_exit_2_with_one_message(workdir, capsys, flags, message):
@@ -318,3 +320,11 @@ def test_two_objectives_give_a_pareto_front_of_val_acc_and_compute_time(workdir)
     assert front and all(len(t.values) == 2 for t in front)
     for t in study.trials:
         assert t.values == [t.user_attrs["summary"]["final_val_acc"], t.user_attrs["summary"]["compute_time_s"]]
+
+
+def test_a_tracking_store_that_cannot_be_opened_exits_2_naming_it(workdir, capsys):
+    uri = f"sqlite:///{workdir}/a-file/mlflow.db"
+    (workdir / "a-file").write_text("not a folder")
+    assert main(["experiments/quick.toml", "--no-progress", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"error: MLflow could not open the tracking store '{uri}'" in err

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from sgdtune import writer
 from sgdtune.tracking import default_tracking_uri
-from sgdtune.writer import BackgroundTracker, TrackingError
+from sgdtune.writer import BackgroundTracker, TrackingError, TrackingStoreError
 
 
 def one_trial(tracker: BackgroundTracker, epochs: int = 3):
@@ -137,3 +137,14 @@ def test_run_creations_jump_the_queue_but_not_a_studys_open_or_close():
     send.close()
     got = [m[1] if m[0] == "call" else m[0] for m in _in_order(receive)]
     assert got == ["open", "start_trial_run", "log_epoch", "end_trial_run", "close", "start_trial_run"]
+
+
+def test_a_store_that_cannot_be_opened_is_raised_at_every_wait_and_never_hangs(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    tracker = BackgroundTracker(f"sqlite:///{tmp_path}/a-file/mlflow.db", "s")
+    parent, run = one_trial(tracker, epochs=1)
+    for _ in range(2):  # the same answer each time, not a wait for an id that never comes
+        with pytest.raises(TrackingStoreError, match="MLflow could not open the tracking store"):
+            run.id
+    with pytest.raises(TrackingStoreError):
+        tracker.close()
