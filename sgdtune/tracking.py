@@ -3,7 +3,7 @@
 A study is an MLflow experiment with one parent run; each trial is a nested child run named
 `trial-<n>`. Names: DESIGN.md.
 
-Each write to a SQLite store costs 5-30 ms of ORM work, often more than a small trial's
+Each write to a SQLite store costs 10-40 ms of ORM work, often more than a small trial's
 epoch. So a trial's params and epochs are buffered: written at most every FLUSH_EVERY_S
 while it runs (the UI still follows a long trial), the rest together with the summary in
 one call when the trial ends: a short trial costs three writes (create, log, terminate). A study does not call this class itself: writer.py runs it in a separate

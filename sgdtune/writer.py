@@ -1,13 +1,13 @@
 """MLflow writes made by a separate process, so that tracking never waits on the store.
 
-A write to MLflow costs 4-10 ms of ORM work even on a local SQLite store (create a run, log
-its params, its epochs, end it: about 25 ms a trial), and importing MLflow takes 1-2 s. In
-the training process that is time the trial's timings would absorb. So a study's writes go
+A write to MLflow costs 10-40 ms of ORM work even on a local SQLite store (create a run,
+log its params and epochs, end it: 40-50 ms a trial), and importing MLflow with its SQL store
+takes 2-3 s. In the training process that is time the trial's timings would absorb. So a study's writes go
 to a child process, `python -m sgdtune.writer`, over a pipe: `BackgroundTracker` has the
 methods of `tracking.Tracker`, and each call is a message the child replays on its own
 Tracker, on the other core, while training goes on. Run ids come back asynchronously: a
-call that creates a run returns a `RunRef` whose `.id` waits for the reply (by the time a
-trial ends, it is there).
+call that creates a run returns a `RunRef` whose `.id` waits for the reply (run creations go
+ahead of other waiting writes, so by the time a trial ends its id is usually there).
 
 The child imports MLflow as soon as it starts; the CLI starts it before importing torch
 (`prestart`), so the two imports overlap. It ignores Ctrl-C (the training process decides
