@@ -119,9 +119,12 @@ class ExperimentConfig(_Strict):
         # writer process, and only a trial later would its error arrive.
         from .tracking import tracking_schemes
 
-        scheme = uri.partition("://")[0].split("+")[0] if uri and "://" in uri else None
-        if uri is not None and scheme not in tracking_schemes():
-            raise ValueError(f"must be an MLflow tracking URI with a scheme among {sorted(tracking_schemes())} "
+        if uri is None:
+            return uri
+        scheme = uri.partition("://")[0].split("+")[0] if "://" in uri else None
+        known = tracking_schemes()
+        if scheme not in known:
+            raise ValueError(f"must be an MLflow tracking URI with a scheme among {sorted(known)} "
                              f"(e.g. sqlite:///mlruns/mlflow.db, http://host:5000); got {uri!r}")
         return uri
 

@@ -112,11 +112,11 @@ def prestart() -> None:
 
 
 @atexit.register
-def _stop_spare(wait: bool = False) -> None:
+def _stop_spare() -> None:
     """At exit: the spare child has made every write; closing its pipe lets it go."""
     global _spare
     if _spare is not None:
-        _spare.stop(wait)
+        _spare.stop(wait=False)
         _spare = None
 
 
