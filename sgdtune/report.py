@@ -28,9 +28,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .noise import loglog_slope, small_batch_limit, steps_model
+from .science.fits import critical_batch_fit, loglog_slope, small_batch_limit, steps_model
 from .report_html import fmt, render_html
-from .study import MLRUNS, critical_batch_fit, default_storage_url, open_storage
+from .stores import MLRUNS, default_storage_url, open_storage
 from .tracking import Tracker, default_tracking_uri, redact_url, ui_url
 
 # The experiment file is read back from MLflow; a progress bar for one small file is noise.
@@ -215,7 +215,7 @@ def per_doubling(rows: list[dict]) -> dict | None:
 def loss_noise_section(rows: list[dict], n_train: float, parent_metrics: dict) -> dict | None:
     """Final loss noise against B (log-log), its fitted slope, and the theory's -0.5 through the centroid.
 
-    As in study.study_metrics, the slope is fitted over B <= noise.small_batch_limit(N) only.
+    As in science.fits.study_metrics, the slope is fitted over B <= small_batch_limit(N) only.
     """
     pts = [r for r in rows if (r["summary"].get("final_loss_noise") or 0) > 0]
     if not pts:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .study import MLRUNS, default_storage_url
+from .stores import MLRUNS, default_storage_url
 from .tracking import default_tracking_uri, redact_url, ui_url
 
 EXIT_BAD_INPUT = 2
@@ -40,7 +40,7 @@ CHILD_ENV_DEFAULTS = {
 # study writes with JournalFileOpenLock; open it as the study does, so both lock alike. The
 # storage URL comes in the environment, which keeps a password out of process listings.
 DASHBOARD_CODE = (
-    "import os, sys; from optuna_dashboard import run_server; from sgdtune.study import open_storage; "
+    "import os, sys; from optuna_dashboard import run_server; from sgdtune.stores import open_storage; "
     "run_server(open_storage(os.environ['SGDTUNE_OPTUNA_STORAGE']), host=sys.argv[1], port=int(sys.argv[2]))"
 )
 

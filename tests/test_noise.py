@@ -9,16 +9,14 @@ from torch import nn
 
 from sgdtune.data import DataConfig, load_data
 from sgdtune.model import ModelConfig
-from sgdtune.noise import (
+from sgdtune.science.fits import fit_steps_to_target, loglog_slope, steps_model
+from sgdtune.science.noise import (
     NoiseScaleMeter,
-    fit_steps_to_target,
     gradient_stats_from_per_example,
     gradient_stats_two_batches,
-    loglog_slope,
     loss_noise,
     noise_temperature,
     per_example_gradients,
-    steps_model,
 )
 from sgdtune.train import TrainConfig, train
 
@@ -140,7 +138,7 @@ def test_loglog_slope_of_a_power_law():
 
 def test_the_one_pass_linear_estimator_equals_per_example_gradients_on_an_mlp():
     from sgdtune.model import build_model
-    from sgdtune.noise import linear_gradient_stats
+    from sgdtune.science.noise import linear_gradient_stats
 
     data = load_data(DataConfig(dataset="digits"), seed=0)
     model = build_model(ModelConfig(hidden=(32, 16), activation="tanh"), 64, 10, seed=3)
@@ -168,7 +166,7 @@ class SharedLinear(nn.Module):
     SharedLinear(),
 ], ids=["layernorm", "inplace-relu", "shared-linear"])
 def test_models_outside_the_one_pass_trick_fall_back_to_per_example_gradients(model):
-    from sgdtune.noise import linear_gradient_stats
+    from sgdtune.science.noise import linear_gradient_stats
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)

@@ -15,8 +15,8 @@ from optuna.trial import TrialState, create_trial
 from conftest import EXPERIMENTS
 from sgdtune import report as report_mod
 from sgdtune import study as study_mod
-from sgdtune.noise import loglog_slope
-from sgdtune.study import open_storage
+from sgdtune.science.fits import loglog_slope
+from sgdtune.stores import open_storage
 
 try:  # tests/ on sys.path (rootdir-relative imports) ...
     from browser import chromium, open_page, png_stats  # noqa: F401  (chromium is a fixture)

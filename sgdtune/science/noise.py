@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
@@ -184,46 +183,3 @@ def noise_temperature(lr: float, n_train: int, batch_size: int, momentum: float 
     """SGD noise temperature g = lr (N/B - 1) / (1 - m) (Smith & Le 2018); 0 for full batch."""
     b = min(batch_size, n_train)
     return lr * (n_train / b - 1.0) / (1.0 - momentum)
-
-
-def steps_model(batch_size: np.ndarray, s_min: float, b_crit: float) -> np.ndarray:
-    """S(B) = S_min (1 + B_crit / B): updates needed at batch size B (McCandlish et al.)."""
-    return s_min * (1.0 + b_crit / np.asarray(batch_size, dtype=float))
-
-
-@dataclass(frozen=True)
-class StepsFit:
-    s_min: float  # updates needed with an infinite batch
-    b_crit: float  # critical batch size (examples)
-    e_min: float  # examples needed with B -> 0: S_min * B_crit
-
-
-def fit_steps_to_target(batch_sizes, updates) -> StepsFit:
-    """Least-squares fit of S = S_min (1 + B_crit / B) to updates-to-target per batch size.
-
-    S is linear in 1/B with intercept S_min and slope S_min B_crit = E_min, so an
-    ordinary least-squares line in (1/B, S) gives both; errors are relative, so each point
-    is weighted by 1/S (a 10% miss at S = 10 counts as much as one at S = 10,000).
-    """
-    b = np.asarray(batch_sizes, dtype=float)
-    s = np.asarray(updates, dtype=float)
-    if b.size < 2 or np.unique(b).size < 2:
-        raise ValueError(f"the S(B) fit needs at least 2 distinct batch sizes; got {sorted(set(b.tolist()))}")
-    w = 1.0 / s
-    design = np.stack([np.ones_like(b), 1.0 / b], axis=1) * w[:, None]
-    (s_min, e_min), *_ = np.linalg.lstsq(design, s * w, rcond=None)
-    if s_min <= 0 or e_min <= 0:
-        raise ValueError(f"the S(B) fit gave non-positive S_min={s_min:.3g}, E_min={e_min:.3g}")
-    return StepsFit(float(s_min), float(e_min / s_min), float(e_min))
-
-
-def small_batch_limit(n_train: float) -> float:
-    """Largest B at which loss noise is fitted against 1/sqrt(B): N/8, since the law holds
-    for B << N (finite-population factor (N - B)/(N - 1), SCIENCE.md)."""
-    return n_train / 8
-
-
-def loglog_slope(x, y) -> float:
-    """Slope of log(y) against log(x) by least squares (e.g. loss noise vs batch size)."""
-    lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
-    return float(np.polyfit(lx, ly, 1)[0])
