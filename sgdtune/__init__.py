@@ -9,12 +9,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_experiment": "sgdtune.config",
     "ExperimentConfig": "sgdtune.config",
-    "ConfigError": "sgdtune.config",
+    "InputError": "sgdtune.errors",
     "run_study": "sgdtune.study",
-    "train": "sgdtune.train",
-    "TrainConfig": "sgdtune.train",
-    "TrainResult": "sgdtune.train",
-    "EpochMetrics": "sgdtune.train",
+    "train": "sgdtune.trainer",
+    "train_stacked": "sgdtune.trainer",
+    "TrainConfig": "sgdtune.trainer",
+    "TrainResult": "sgdtune.trainer",
+    "EpochMetrics": "sgdtune.trainer",
     "load_data": "sgdtune.data",
     "DataConfig": "sgdtune.data",
     "write_report": "sgdtune.report",
@@ -24,6 +25,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
+    if name == "ConfigError":  # its name before there was one input-error type
+        name = "InputError"
     if name in _EXPORTS:
         import importlib
 

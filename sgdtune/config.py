@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data import DataConfig
+from .errors import InputError
 from .model import ModelConfig
 from .train import TrainConfig
 
@@ -35,10 +36,6 @@ SEARCHABLE = {
     "warmup_epochs": float,
 }
 OBJECTIVES = {"val_acc": "maximize", "compute_time_s": "minimize"}
-
-
-class ConfigError(ValueError):
-    """Bad user input: one message naming the field, what is allowed and what was given."""
 
 
 class _Strict(BaseModel):
@@ -164,7 +161,7 @@ def _validate_as(model: type[BaseModel], values: dict, where: str):
         raise ValueError(format_validation_error(e, prefix=where.rsplit(".", 1)[0])) from None
 
 
-def format_validation_error(error: ValidationError, prefix: str = "", source: str = "") -> str:
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
     """One line per problem: 'field: what is allowed; got X'."""
     lines, seen = [], set()
     for err in error.errors(include_url=False):
@@ -191,8 +188,7 @@ def format_validation_error(error: ValidationError, prefix: str = "", source: st
         else:
             rule = err["msg"][0].lower() + err["msg"][1:]
         lines.append(f"{loc}: {rule}; got {given!r}")
-    text = "\n".join(lines)
-    return f"{source}: {text}" if source else text
+    return "\n".join(lines)
 
 
 def _allowed_keys(section: str) -> list[str]:
@@ -219,25 +215,25 @@ def default_experiment_path() -> Path:
 def load_experiment(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
     """Read a TOML experiment, apply overrides (dotted keys reach into tables; None = keep), validate.
 
-    Raises ConfigError with one message naming the field, the rule and the value given.
+    Raises InputError naming the field, the rule and the value given.
     """
     path = Path(path) if path is not None else default_experiment_path()
     if not path.is_file():
-        raise ConfigError(f"experiment: no such file: {str(path)!r}")
+        raise InputError("experiment", "no such file", repr(str(path)))
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        raise InputError(str(path), f"must be valid TOML ({e})") from None
     if "train" in raw and isinstance(raw["train"], dict) and ("seed" in raw["train"] or "model" in raw["train"]):
         bad = "seed" if "seed" in raw["train"] else "model"
-        raise ConfigError(f"{path}: train.{bad}: unknown key; set it at the top level ({bad} = ...) or in [{bad}]")
+        raise InputError(f"{path}: train.{bad}", f"unknown key; set it at the top level ({bad} = ...) or in [{bad}]")
     for key, value in overrides.items():
         if value is not None:
             _set_dotted(raw, key, value)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source=str(path))) from None
+        raise InputError(str(path), format_validation_error(e)) from None
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
@@ -246,10 +242,25 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     for name in tables:
         child = raw.setdefault(name, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{key}: {name!r} is a value, not a table; got {key}={value!r}")
+            raise InputError(key, f"{name!r} is a value, not a table", f"{key}={value!r}")
         raw = child
     raw[last] = value
 
 
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set a.b=VALUE` pairs as {"a.b": value}, each VALUE parsed as TOML (so 0.5, "sgd",
+    [1, 2] all work; a bare word is taken as a string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError("--set", "must look like KEY=VALUE (e.g. train.momentum=0.5)", repr(item))
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .errors import InputError
+
 
 ROW_BLOCK = 65_536  # rows per block when building large arrays in place
 
@@ -37,14 +39,6 @@ class DataConfig(BaseModel):
             if not self.path.is_file():
                 raise ValueError(f"data.path: must be an existing file; got {str(self.path)!r} (no such file)")
         return self
-
-
-class DataError(ValueError):
-    """Bad data input; `field` is the experiment key at fault (e.g. 'data.label')."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -119,8 +113,8 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.
     n = len(y)
     n_val = math.ceil(val_fraction * n)
     if not 0 < n_val < n:
-        raise DataError("data.val_fraction", f"must leave examples on both sides of the split: ceil(val_fraction x "
-                        f"{n} examples) between 1 and {n - 1}; got {val_fraction}")
+        raise InputError("data.val_fraction", f"must leave examples on both sides of the split: ceil(val_fraction x "
+                         f"{n} examples) between 1 and {n - 1}", repr(val_fraction))
     perm = rng.permutation(n)
     counts = np.bincount(y)
     if counts[counts > 0].min() < 2:  # stratifying needs two of every class
@@ -190,13 +184,13 @@ def _read_csv(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
     with open(path, newline="") as f:
         header = next(csv.reader(f), None)
     if not header:
-        raise DataError("data.path", f"{str(path)!r} is empty; expected a header row")
+        raise InputError("data.path", f"{str(path)!r} is empty; expected a header row")
     if label not in header:
-        raise DataError("data.label", f"must be one of the columns {header}; got {label!r}")
+        raise InputError("data.label", f"must be one of the columns {header}", repr(label))
     table = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=np.float64)
     table = np.atleast_2d(table)
     if np.isnan(table).any():
-        raise DataError("data.path", f"{str(path)!r} has empty or non-numeric cells")
+        raise InputError("data.path", f"{str(path)!r} has empty or non-numeric cells")
     col = header.index(label)
     return np.delete(table, col, axis=1).astype(np.float32), _as_labels(table[:, col])
 
@@ -205,7 +199,7 @@ def _read_npz(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as archive:
         names = list(archive.files)
         if label not in names:
-            raise DataError("data.label", f"must be one of the arrays {names}; got {label!r}")
+            raise InputError("data.label", f"must be one of the arrays {names}", repr(label))
         y = archive[label]
         features = [archive[k] for k in names if k != label]
     if len(features) == 1 and features[0].ndim == 2:
@@ -213,9 +207,9 @@ def _read_npz(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
     elif features and all(f.ndim == 1 for f in features):
         x = np.stack(features, axis=1)
     else:
-        raise DataError("data.path", "an .npz needs one 2-D feature array, or 1-D columns, beside the labels")
+        raise InputError("data.path", "an .npz needs one 2-D feature array, or 1-D columns, beside the labels")
     if x.shape[0] != y.shape[0]:
-        raise DataError("data.path", f"{x.shape[0]} feature rows but {y.shape[0]} labels")
+        raise InputError("data.path", f"{x.shape[0]} feature rows but {y.shape[0]} labels")
     return x.astype(np.float32), _as_labels(y)
 
 

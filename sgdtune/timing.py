@@ -1,4 +1,4 @@
-"""Device time and memory: CUDA events on a GPU, clocks on a CPU."""
+"""Devices, and time and memory on them: CUDA events on a GPU, clocks on a CPU."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 import time
 
 import torch
+
+from .errors import InputError
 
 
 class StepTimer:
@@ -68,3 +70,14 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for an experiment's `device` ('auto' = CUDA when there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("device", "must be one of 'auto', 'cpu' on this machine (no CUDA)", repr(name))
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device", "must be one of 'auto', 'cpu' on this machine (no MPS)", repr(name))
+    return torch.device(name)

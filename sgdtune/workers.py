@@ -20,21 +20,14 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from .cohorts import optimize, optimize_batched
 from .config import ExperimentConfig
 from .data import load_data
-from .study import (
-    Objective,
-    best_value,
-    locations,
-    n_finished,
-    open_storage,
-    open_study,
-    optimize,
-    optimize_batched,
-    resolve_device,
-)
-from .timing import describe_device
+from .search import best_value, n_finished, open_study
+from .stores import locations, open_storage
+from .timing import describe_device, resolve_device
 from .tracking import Tracker
+from .trial import Objective
 from .writer import BackgroundTracker
 
 EXIT_INTERRUPTED = 130
@@ -142,7 +135,7 @@ def _recover(study: optuna.Study, spec: WorkerSpec, procs) -> None:
         code = dead[pid]
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         reason = f"worker process {pid} died ({how}) during the trial; the trial is run again"
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
         if tracker is not None:  # a worker killed early in a trial may not have recorded its run id
             run_id = trial.user_attrs.get("mlflow_run_id") or tracker.find_trial_run(trial.number)
             if run_id:

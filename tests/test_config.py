@@ -3,8 +3,8 @@
 import pytest
 
 from conftest import EXPERIMENTS
-from sgdtune.config import ConfigError, load_experiment
-from sgdtune.study import parse_sets
+from sgdtune.config import load_experiment, parse_overrides
+from sgdtune.errors import InputError
 
 
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.toml")), ids=lambda p: p.name)
@@ -23,29 +23,29 @@ def test_the_default_experiment_searches_batch_size_8_to_1024_on_a_log_scale():
 
 
 def test_dotted_overrides_reach_into_tables():
-    config = load_experiment(EXPERIMENTS / "quick.toml", **parse_sets(["train.momentum=0.5", 'train.optimizer="adam"']),
+    config = load_experiment(EXPERIMENTS / "quick.toml", **parse_overrides(["train.momentum=0.5", 'train.optimizer="adam"']),
                              seed=7)
     assert (config.train.momentum, config.train.optimizer, config.seed) == (0.5, "adam", 7)
 
 
 def test_the_grid_sampler_needs_explicit_values(tmp_path):
     (tmp_path / "g.toml").write_text('[sampler]\nname = "grid"\n[search.lr]\nlow = 0.1\nhigh = 1.0\n')
-    with pytest.raises(ConfigError, match="search.lr: the grid sampler needs choices"):
+    with pytest.raises(InputError, match="search.lr: the grid sampler needs choices"):
         load_experiment(tmp_path / "g.toml")
 
 
 def test_a_searched_budget_size_must_fit_the_budget(tmp_path):
     (tmp_path / "u.toml").write_text('[train]\nbudget = "updates"\n[search.updates]\nlow = 0\nhigh = 100\n')
-    with pytest.raises(ConfigError, match="search.updates: must be >= 1; got 0"):
+    with pytest.raises(InputError, match="search.updates: must be >= 1; got 0"):
         load_experiment(tmp_path / "u.toml")
 
 
 def test_seed_inside_train_points_to_the_top_level(tmp_path):
     (tmp_path / "s.toml").write_text("[train]\nseed = 3\n")
-    with pytest.raises(ConfigError, match=r"train.seed: unknown key; set it at the top level"):
+    with pytest.raises(InputError, match=r"train.seed: unknown key; set it at the top level"):
         load_experiment(tmp_path / "s.toml")
 
 
 def test_a_missing_experiment_file_is_named():
-    with pytest.raises(ConfigError, match="experiment: no such file: 'nope.toml'"):
+    with pytest.raises(InputError, match="experiment: no such file: 'nope.toml'"):
         load_experiment("nope.toml")

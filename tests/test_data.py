@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgdtune.data import DataConfig, DataError, load_data, load_digits, stratified_split, synthetic_classification
+from sgdtune.errors import InputError
+from sgdtune.data import DataConfig, load_data, load_digits, stratified_split, synthetic_classification
 
 
 def test_digits_split_is_stratified_seeded_and_standardized_on_train_only():
@@ -51,7 +52,7 @@ def test_split_with_a_singleton_class_is_not_stratified_and_still_a_partition():
 
 
 def test_a_split_that_leaves_a_side_empty_names_the_field():
-    with pytest.raises(DataError, match=r"data.val_fraction: must leave examples on both sides.*got 0.95"):
+    with pytest.raises(InputError, match=r"data.val_fraction: must leave examples on both sides.*got 0.95"):
         stratified_split(np.array([0, 1] * 5), 0.95, seed=0)
 
 
@@ -72,7 +73,7 @@ def test_npz_with_a_feature_matrix_and_labels(tmp_path):
 
 def test_unknown_npz_label_lists_the_arrays(tmp_path):
     np.savez(tmp_path / "d.npz", X=np.zeros((4, 2)), y=np.zeros(4))
-    with pytest.raises(DataError, match=r"data.label: must be one of the arrays \['X', 'y'\]; got 'label'"):
+    with pytest.raises(InputError, match=r"data.label: must be one of the arrays \['X', 'y'\]; got 'label'"):
         load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz"), seed=0)
 
 

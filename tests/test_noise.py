@@ -1,4 +1,4 @@
-"""Known-answer tests for the noise science (SCIENCE.md)."""
+"""Known-answer tests for the noise science (docs/science.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The study end to end: the real entry point, Optuna storage and MLflow runs (DESIGN.md names)."""
+"""The study end to end: the real entry point, Optuna storage and MLflow runs (the names in README.md)."""
 
 import hashlib
 import math
@@ -9,9 +9,12 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import EXPERIMENTS, run_cli, write_experiment
-from sgdtune import study as study_mod
+from sgdtune import trial as trial_mod
 from sgdtune.config import load_experiment
-from sgdtune.study import locations, main, open_storage, run_study
+from sgdtune.cli import study_main as main
+from sgdtune.science.fits import fit_steps_to_target
+from sgdtune.stores import locations, open_storage
+from sgdtune.study import run_study
 
 CHILD_PARAMS = {
     "batch_size", "lr", "epochs", "budget", "optimizer", "momentum", "weight_decay", "dataset",
@@ -114,7 +117,7 @@ def test_cli_closing_lines_show_the_ui_command_and_the_runs_table_url(quick_cli)
 
 def test_resume_after_an_interrupt_keeps_every_finished_trial_once(workdir, monkeypatch):
     config = load_experiment("experiments/quick.toml", n_trials=4)
-    real_train, calls = study_mod.train, []
+    real_train, calls = trial_mod.train, []
 
     def train_interrupted_on_third_call(*args, **kwargs):
         calls.append(1)
@@ -122,10 +125,10 @@ def test_resume_after_an_interrupt_keeps_every_finished_trial_once(workdir, monk
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(study_mod, "train", train_interrupted_on_third_call)
+    monkeypatch.setattr(trial_mod, "train", train_interrupted_on_third_call)
     with pytest.raises(KeyboardInterrupt):
         run_study(config)
-    monkeypatch.setattr(study_mod, "train", real_train)
+    monkeypatch.setattr(trial_mod, "train", real_train)
 
     first = optuna.load_study(study_name="quick", storage=open_storage(locations(config)[0]))
     states = [t.state for t in first.get_trials()]
@@ -262,7 +265,7 @@ def test_critical_batch_study_logs_the_fit_on_the_parent_and_noise_scale_per_tri
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     reached = {t.params["batch_size"]: t.user_attrs["summary"]["updates_to_target"] for t in study.get_trials()}
     assert set(reached) == {32, 128, 512}
-    fit = study_mod.fit_steps_to_target(list(reached), list(reached.values()))
+    fit = fit_steps_to_target(list(reached), list(reached.values()))
     assert parent.data.metrics["critical_batch_size"] == pytest.approx(fit.b_crit)
     assert parent.data.metrics["s_min"] == pytest.approx(fit.s_min)
     assert parent.data.metrics["median_grad_noise_scale"] > 1

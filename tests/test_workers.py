@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import PG_PASSWORD, run_cli
-from sgdtune.study import open_storage
+from sgdtune.stores import open_storage
 from sgdtune.workers import split
 
 SHORT = ["--set", "search.epochs.low=1", "--set", "search.epochs.high=2", "--no-progress"]

@@ -45,7 +45,7 @@ def fit_steps_to_target(batch_sizes, updates) -> StepsFit:
 
 def small_batch_limit(n_train: float) -> float:
     """Largest B at which loss noise is fitted against 1/sqrt(B): N/8, since the law holds
-    for B << N (finite-population factor (N - B)/(N - 1), SCIENCE.md)."""
+    for B << N (finite-population factor (N - B)/(N - 1), docs/science.md)."""
     return n_train / 8
 
 

@@ -1,6 +1,6 @@
 """Noise in SGD: loss noise, gradient noise scale, noise temperature, the S(B) fit.
 
-Pure functions over tensors and numbers; formulas and sources in SCIENCE.md.
+Pure functions over tensors and numbers; formulas and sources in docs/science.md.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def per_example_gradients(
 class NoiseScaleMeter:
     """Gradient noise scale B_simple on a fixed probe set, smoothed by an EMA.
 
-    The EMA runs over tr(Sigma) and |G|^2 separately and divides at the end (SCIENCE.md),
+    The EMA runs over tr(Sigma) and |G|^2 separately and divides at the end (docs/science.md),
     since the ratio of noisy estimates is biased and |G|^2 alone can dip below 0. Without a
     probe set (x_probe None) it only smooths: feed it with update().
     """

@@ -1,0 +1,103 @@
+"""Ways of running a study's trials in this process: one by one through Optuna's
+`study.optimize`, or in cohorts of one batch size trained as one stacked model
+(`--batch-trials K`), and, with heartbeats, staying until other workers' trials settle.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .config import ExperimentConfig
+from .search import n_finished
+from .trainer import BUDGET_SIZES, PER_MEMBER, Diverged, group_key, train, train_stacked
+from .trial import TRIAL_ENDINGS, Objective, TrialJob
+
+
+def optimize(study: optuna.Study, objective: Objective, n_trials: int, config: ExperimentConfig) -> None:
+    """Up to n_trials more trials, one by one; stops early once the study has
+    config.n_trials finished."""
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=config.timeout_s,
+        catch=(Diverged,),  # a diverged trial is finished (FAIL); the study goes on
+        callbacks=[_stop_when_done(config.n_trials)],
+    )
+
+
+def _stop_when_done(n_trials: int):
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if n_finished(study) >= n_trials:
+            study.stop()
+
+    return callback
+
+
+def optimize_batched(study: optuna.Study, objective: Objective, n_trials: int, config: ExperimentConfig,
+                     batch_trials: int) -> None:
+    """Up to n_trials more trials, in cohorts of `batch_trials` trained as one stacked model.
+
+    A cohort is one trial as the sampler suggests it, plus batch_trials - 1 more with the same
+    batch size (and every other searched value that shapes the stacked model) fixed through
+    Optuna's queue, so a continuous batch-size range still gives full groups. Each member keeps
+    its own lr, momentum, seed, metrics, pruning and divergence (trainer.stacked).
+    """
+    shaping = [name for name in config.search if name not in PER_MEMBER and name not in BUDGET_SIZES[:2]]
+    started, deadline = 0, time.monotonic() + (config.timeout_s or math.inf)
+    while started < n_trials and n_finished(study) < config.n_trials and time.monotonic() < deadline:
+        size = min(batch_trials, n_trials - started)
+        jobs = [objective.begin(study.ask())]
+        for _ in range(size - 1):
+            if shaping:
+                study.enqueue_trial({name: jobs[0].trial.params[name] for name in shaping})
+            jobs.append(objective.begin(study.ask()))
+        started += size
+        run_cohort(study, objective, jobs)
+
+
+def run_cohort(study: optuna.Study, objective: Objective, jobs: list[TrialJob]) -> None:
+    """Train the jobs (stacked where their shapes agree), then tell Optuna each ending.
+    A trial's own ending (pruned, diverged) is told and the cohort goes on; any other
+    error is told, then raised; Ctrl-C ends every trial of the group in flight."""
+    groups: dict[tuple, list[TrialJob]] = defaultdict(list)
+    for job in jobs:
+        groups[group_key(job.config) if job.config.model.factory is None else (id(job),)].append(job)
+    for group in groups.values():
+        try:
+            if len(group) == 1:
+                try:
+                    endings: list = [train(group[0].config, objective.data, group[0].on_epoch)]
+                except Exception as e:  # noqa: BLE001 - told to Optuna below, re-raised if a bug
+                    endings = [e]
+            else:
+                endings = train_stacked([j.config for j in group], objective.data,
+                                        on_epoch=lambda i, m: group[i].on_epoch(m))
+        except KeyboardInterrupt as e:
+            for job in group:
+                study.tell(job.trial, state=job.finish(e))
+            raise
+        for job, ending in zip(group, endings):
+            state = job.finish(ending)
+            study.tell(job.trial, job.values, state=state)
+            if isinstance(ending, BaseException) and not isinstance(ending, TRIAL_ENDINGS):
+                raise ending
+
+
+def settle(study: optuna.Study, objective: Objective, config: ExperimentConfig, heartbeat: int,
+           batch_trials: int = 1) -> None:
+    """With heartbeats: wait while other workers' trials run, so that a dead one is failed
+    (after the grace period), re-queued and run, rather than left RUNNING for ever."""
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        time.sleep(heartbeat)
+        optuna.storages.fail_stale_trials(study)
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) or n_finished(study) < config.n_trials:
+            more = max(1, config.n_trials - n_finished(study))
+            if batch_trials > 1:
+                optimize_batched(study, objective, more, config, batch_trials)
+            else:
+                optimize(study, objective, more, config)

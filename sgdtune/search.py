@@ -1,0 +1,81 @@
+"""The parts of a study Optuna provides, set up from the experiment: the seeded sampler,
+the pruner, the study itself, and what counts as a finished trial.
+
+Seeds have one owner each: the study seed feeds the sampler, and each trial's seed is
+derived from the study seed and the trial number (`derive_seed`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .config import ExperimentConfig
+from .space import grid
+
+FAIL_KIND = "fail_kind"  # trial user attribute: "diverged" counts as finished, "interrupted" does not
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from several integers (study seed, trial number, ...), stable across runs."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def make_sampler(config: ExperimentConfig, seed: int) -> optuna.samplers.BaseSampler:
+    s = config.sampler
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(grid(config.search), seed=seed)
+    if s.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials,
+                                            warn_independent_sampling=False)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True)
+
+
+def make_pruner(config: ExperimentConfig) -> optuna.pruners.BasePruner:
+    p = config.pruner
+    if p.name == "none" or len(config.objectives) > 1:  # Optuna prunes single-objective studies only
+        return optuna.pruners.NopPruner()
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.n_warmup_steps))
+    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+
+
+def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, worker: int = 0) -> optuna.Study:
+    """Create or load the study, with a sampler seeded from the study seed.
+
+    A resumed study, or a second worker, gets a fresh sampler stream rather than a replay
+    of the first trials' draws: the seed also mixes in the trial count and worker index.
+    """
+    n_existing = 0
+    if any(s.study_name == config.name for s in storage.get_all_studies()):
+        n_existing = len(optuna.load_study(study_name=config.name, storage=storage).get_trials(deepcopy=False))
+    return optuna.create_study(
+        storage=storage,
+        study_name=config.name,
+        sampler=make_sampler(config, derive_seed(config.seed, 1, n_existing, worker)),
+        pruner=make_pruner(config),
+        directions=config.directions,
+        load_if_exists=True,
+    )
+
+
+def counts_as_finished(trial: FrozenTrial) -> bool:
+    """Complete, pruned, or failed by its own divergence; not a crash or a Ctrl-C."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(FAIL_KIND) == "diverged"
+
+
+def n_finished(study: optuna.Study) -> int:
+    return sum(counts_as_finished(t) for t in study.get_trials(deepcopy=False))
+
+
+def best_value(study: optuna.Study) -> float | None:
+    """The best first objective value among complete trials (None before any)."""
+    values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return max(values) if values else None

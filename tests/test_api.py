@@ -1,0 +1,35 @@
+"""The Python API as the README shows it, run literally."""
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def readme_api_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Python API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_python_api_example_runs_as_written(workdir):
+    # In a fresh interpreter that has imported the trainer package first: `sgdtune.train`
+    # must still be the function, not a module.
+    code = "import sgdtune.trainer, sgdtune.study\n" + readme_api_block()
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_id, acc = out.stdout.split()[-2:]
+    assert re.fullmatch(r"[0-9a-f]{32}", run_id)
+    assert 0.5 < float(acc) <= 1.0
+
+
+def test_the_api_names_are_what_the_readme_says():
+    import sgdtune
+    from sgdtune import load_data, load_experiment, run_study, train
+    from sgdtune.trainer import TrainResult
+
+    assert callable(train) and train.__module__.startswith("sgdtune.trainer")
+    assert train.__annotations__.get("return") in (TrainResult, "TrainResult")
+    assert callable(run_study) and callable(load_experiment) and callable(load_data)
+    assert sgdtune.ConfigError is sgdtune.InputError  # the older name of the one input-error type
