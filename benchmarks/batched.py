@@ -1,4 +1,4 @@
-"""Stacked training (sgdtune.batched) against training the same trials one by one.
+"""Stacked training (sgdtune.trainer.train_stacked) against training the same trials one by one.
 
 K = 8 trials of the 64-256-256-10 MLP on digits (SGD, momentum 0.9, lr spread over a
 decade, seeds 0-7, the default noise probe and evaluation), at B = 8 and B = 64. One round
@@ -30,10 +30,9 @@ import time
 import numpy as np
 import torch
 
-from sgdtune.batched import train_stacked
 from sgdtune.data import DataConfig, load_data
 from sgdtune.model import ModelConfig
-from sgdtune.train import TrainConfig, train
+from sgdtune.trainer import TrainConfig, train, train_stacked
 
 GROUP = "batched"
 K = 8
@@ -119,7 +118,8 @@ def measure(data, group: list[TrainConfig], rounds: int, n_threads: int) -> list
         ),
         figure(
             f"max |final val_loss stacked - alone|, {where}", max(diffs), 1e-4, "<=", "nats",
-            f"over the {k} trials and {plural(rounds, 'round')} (lr {group[0].lr:.3g}-{group[-1].lr:.3g}, momentum 0.9)",
+            f"over the {k} trials and {plural(rounds, 'round')} "
+            f"(lr {group[0].lr:.3g}-{group[-1].lr:.3g}, momentum 0.9)",
         ),
     ]
 

@@ -6,8 +6,8 @@ import logging
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 # Nothing here talks to the network, MLflow's telemetry included.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

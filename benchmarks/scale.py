@@ -82,7 +82,7 @@ def worker(kind: str, n: int, batches: list[str]) -> list[dict]:
 
     from sgdtune.data import DataConfig, load_data
     from sgdtune.model import ModelConfig, build_model
-    from sgdtune.train import TrainConfig, train
+    from sgdtune.trainer import TrainConfig, train
 
     model_config = ModelConfig(hidden=HIDDEN)
 

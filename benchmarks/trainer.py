@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from sgdtune.data import DataConfig, Dataset, load_data
 from sgdtune.model import ModelConfig, build_model
-from sgdtune.train import TrainConfig, train
+from sgdtune.trainer import TrainConfig, train
 
 from .common import Check
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .data import DataConfig
 from .errors import InputError
 from .model import ModelConfig
-from .train import TrainConfig
+from .trainer import TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from .config import ExperimentConfig
 from .tracking import redact_url, ui_url
-from .train import BatchPlan, EpochMetrics
+from .trainer import BatchPlan, EpochMetrics
 
 
 class Progress:

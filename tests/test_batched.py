@@ -6,12 +6,11 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
-from sgdtune.batched import StackedMLP, group_key, train_stacked
+
 from sgdtune.data import Dataset
 from sgdtune.model import ModelConfig, build_model
-from sgdtune.train import Diverged, TrainConfig, evaluate, train
+from sgdtune.trainer import Diverged, StackedMLP, TrainConfig, evaluate, group_key, train, train_stacked
 
 TOL = 1e-4  # batched products round differently from nn.Linear (and the probe sums differently)
 
@@ -83,7 +82,7 @@ def test_members_sharing_one_momentum_equal_their_trials_alone():
 
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_stacked_evaluation_equals_train_evaluate_member_by_member(monkeypatch, activation):
-    monkeypatch.setattr("sgdtune.batched.EVAL_ROWS", 64)  # 16 rows a chunk: several chunks and a short last one
+    monkeypatch.setattr("sgdtune.trainer.stacked.EVAL_ROWS", 64)  # 16 rows a chunk: several chunks and a short last one
     data = make_data()
     configs = [cfg(**m, model=ModelConfig(hidden=(16, 16), activation=activation)) for m in MEMBERS]
     stack = StackedMLP([build_model(c.model, data.n_features, data.n_classes, c.seed) for c in configs],
@@ -225,7 +224,7 @@ def test_groups_that_cannot_be_stacked_raise(configs, message):
 
 
 def test_a_stacked_step_too_big_for_memory_raises(monkeypatch):
-    monkeypatch.setattr("sgdtune.batched.MAX_STACKED_ROWS", 100)
+    monkeypatch.setattr("sgdtune.trainer.stacked.MAX_STACKED_ROWS", 100)
     with pytest.raises(ValueError, match=r"members x batch size <= 100 rows; got 2 x 64 = 128"):
         train_stacked([cfg(batch_size=64), cfg(batch_size=64, seed=1)], make_data())
 

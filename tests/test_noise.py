@@ -18,7 +18,7 @@ from sgdtune.science.noise import (
     noise_temperature,
     per_example_gradients,
 )
-from sgdtune.train import TrainConfig, train
+from sgdtune.trainer import TrainConfig, train
 
 D, NOISE_SD = 10, 1.0
 

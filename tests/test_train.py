@@ -9,7 +9,7 @@ from torch import nn
 
 from sgdtune.data import Dataset
 from sgdtune.model import ModelConfig
-from sgdtune.train import BatchPlan, Diverged, TrainConfig, lr_at, scaled_lr, train
+from sgdtune.trainer import BatchPlan, Diverged, TrainConfig, lr_at, scaled_lr, train
 
 
 def make_data(n: int = 60, d: int = 4, k: int = 3, seed: int = 0, n_val: int = 12) -> Dataset:

@@ -5,16 +5,17 @@ arithmetic. K trials that share the architecture and the batch size are trained 
 every weight gets a leading member axis, (K, in + 1, out) with the bias as the last row,
 and an update is a few batched matrix products (torch.bmm / baddbmm) over (K, B, d)
 tensors, so the overhead of one update is paid once for K trials. Each member is still its
-own trial, the computation of `train.train` up to float rounding:
+own trial, the computation of `train` up to float rounding, in the same loop (loop.py):
+StackedMLP is that loop's stepper for K stacked members. Each member has
 
 - its own initial weights (`build_model(config.model, ..., config.seed)`), shuffle order (a
   generator seeded with its seed, the same `randperm` calls), lr (scaling, warmup),
   momentum, weight decay, budget size, and optimizer state with torch.optim's formulas;
 - its own metrics and hook call: evaluation and target checks compute what
-  `train.evaluate` computes, for all members in one stacked forward pass (tests hold the
-  two equal); the noise probe computes every member's per-example gradient statistics in
-  one stacked pass, without materializing per-example gradients (the estimators of
-  noise.py; tests hold them equal to NoiseScaleMeter's).
+  `module_step.evaluate` computes, for all members in one stacked forward pass (tests hold
+  the two equal); the noise probe computes every member's per-example gradient statistics
+  in one stacked pass, without materializing per-example gradients (the estimators of
+  science/noise.py; tests hold them equal to NoiseScaleMeter's).
 
 Members never mix: every operation acts per member along axis 0, so a NaN in one member's
 weights cannot reach another. A member leaves the group (its slice is dropped) when its
@@ -49,29 +50,18 @@ by one, a quarter of the stacked run) leave little above that.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Dataset
-from .model import build_model
-from .noise import GradientStats, NoiseScaleMeter, gradient_stats, loss_noise, noise_temperature
-from .timing import StepTimer, peak_memory_mb, reset_peak_memory
-from .train import (
-    FINITE_CHECK_EVERY,
-    BatchPlan,
-    Diverged,
-    EpochMetrics,
-    TrainConfig,
-    TrainResult,
-    fixed_subset,
-    lr_at,
-    probe_at_epoch_end,
-)
+from ..data import Dataset
+from ..model import build_model
+from ..science.noise import GradientStats, gradient_stats
+from .config import TrainConfig
+from .loop import Loop
+from .results import EpochMetrics, TrainResult
 
 # TrainConfig fields that may differ between the members of a group. Every other field
 # (batch_size, model, optimizer, budget, drop_last, measure_every, probe_size, eval_size)
@@ -95,7 +85,7 @@ EVAL_ROWS = 1024
 # A step's buffers are kept between steps up to this many floats (16 MiB); bigger ones are
 # made afresh each time, which their products dwarf, so the cache stays small.
 CACHED_WORKSPACE_FLOATS = 2**22
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which train.py uses
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which make_optimizer uses
 
 # activation -> (forward(z, out), backward(grad_out, pre_activation, output, out)): the aten
 # kernels autograd runs for nn.ReLU, nn.Tanh and nn.GELU (model.ACTIVATIONS), in their out=
@@ -139,7 +129,7 @@ def check_group(configs: list[TrainConfig]) -> None:
     if first.model.factory is not None:
         raise ValueError(
             f"train_stacked stacks the built-in MLP only; got model.factory = {first.model.factory!r}. "
-            "Train a factory model one trial at a time with sgdtune.train.train."
+            "Train a factory model one trial at a time with sgdtune.trainer.train."
         )
     want = _shared_fields(first)
     for i, config in enumerate(configs[1:], start=1):
@@ -149,9 +139,43 @@ def check_group(configs: list[TrainConfig]) -> None:
                 raise ValueError(
                     f"every config of a stacked group must have the same {name} (one stacked model, "
                     f"one sequence of batches); got {value!r} in configs[0] and {got[name]!r} in "
-                    f"configs[{i}]. Group configs by sgdtune.batched.group_key(config) and train "
+                    f"configs[{i}]. Group configs by sgdtune.trainer.group_key(config) and train "
                     "each group on its own."
                 )
+
+
+def train_stacked(
+    configs: list[TrainConfig],
+    data: Dataset,
+    on_epoch: Callable[[int, EpochMetrics], None] | None = None,
+) -> list[TrainResult | Exception]:
+    """Train the configs as one stacked model; one result per config, in their order.
+
+    The configs must agree on every field but PER_MEMBER and the budget's size (ValueError
+    otherwise; `group_key` groups them). After each of its epochs, member i is handed to
+    `on_epoch(i, metrics)`. If that raises an Exception (optuna.TrialPruned, say), member i
+    leaves the group and results[i] is the exception; a loss that turns NaN or infinite
+    puts a `Diverged` there, with the update `train` would report. The other members go on
+    unchanged. An exception that is not an Exception (Ctrl-C) stops the whole group.
+
+    Times: the group's step time is split evenly among the members in the group while it
+    ran, so `compute_time_s`, `epoch_time_s` and `gpu_time_s` are a member's share (the
+    shares add up to the group's time) and `throughput_eps` is the trial's rate within the
+    group. `wall_time_s` is the wall clock from the group's start to the member's end;
+    `probe_time_s` is the member's share of the noise probes and target checks it took part in.
+    """
+    check_group(configs)
+    b = min(configs[0].batch_size, data.n_train)
+    if len(configs) * b > MAX_STACKED_ROWS:
+        raise ValueError(
+            f"a stacked step holds members x batch size <= {MAX_STACKED_ROWS} rows; got {len(configs)} x "
+            f"{b} = {len(configs) * b}. Stack fewer members, or train batches this large "
+            "one trial at a time with sgdtune.trainer.train (stacking gains little there)."
+        )
+    loop = Loop(configs, data, on_epoch)
+    device = data.x_train.device
+    modules = [build_model(c.model, data.n_features, data.n_classes, c.seed).to(device) for c in configs]
+    return loop.run(StackedMLP(modules, configs, loop.lrs))
 
 
 class _Workspace:
@@ -198,7 +222,7 @@ class StackedMLP:
         self.lr = self._column(lrs)
         self.weight_decay = self._column([c.weight_decay for c in configs])
         self.use_decay = any(c.weight_decay != 0 for c in configs)
-        self._set_momenta([0.0 if self.adam else c.momentum for c in configs])
+        self._set_momenta([c.effective_momentum for c in configs])
         # SGD: buf[l] is the momentum buffer (the gradient itself where momentum is 0).
         # Adam: buf[l] receives the gradient, exp_avg and exp_avg_sq are the moments.
         zeros = lambda: [torch.zeros_like(w) for w in self.weights]  # noqa: E731
@@ -360,7 +384,7 @@ class StackedMLP:
     def gradient_stats(self, x: torch.Tensor, y: torch.Tensor) -> list[GradientStats]:
         """Every member's per-example gradient statistics on one probe batch, in one pass.
 
-        The quantities of noise.gradient_stats_from_per_example without materializing the
+        The quantities of science.noise.gradient_stats_from_per_example without materializing the
         per-example gradients: example i's gradient in layer l is the outer product of the
         layer's input a_i (ones column included: the bias) and its output gradient d_i, so
         its squared norm is |d_i|^2 |a_i|^2; the mean gradient is one batched product.
@@ -380,8 +404,9 @@ class StackedMLP:
         return [gradient_stats(s, m, b) for s, m in zip(sum_sq.tolist(), mean_sq.tolist())]
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int] | None = None) -> list[tuple[float, float]]:
-        """train.evaluate of every member (or of those at `positions`) in one stacked forward
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor,
+                 positions: list[int] | None = None) -> list[tuple[float, float]]:
+        """module_step.evaluate of every member (or of those at `positions`) in one stacked forward
         pass, EVAL_ROWS rows (members x examples) at a time: mean cross-entropy, summed in
         float64, and accuracy. One sync at the end."""
         weights = self.weights
@@ -404,299 +429,3 @@ class StackedMLP:
         n = x.shape[0]
         losses, hits = torch.stack([loss_sum, correct.double()]).tolist()
         return [(loss / n, hit / n) for loss, hit in zip(losses, hits)]
-
-
-@dataclass(eq=False)
-class _Member:
-    """One trial's own state beside its slice of the stacked tensors."""
-
-    index: int  # position in the configs list: the hook's first argument, the result's slot
-    config: TrainConfig
-    plan: BatchPlan
-    shuffler: torch.Generator
-    meter: NoiseScaleMeter | None
-    lr_target: float
-    warmup_updates: int
-    lr_now: float
-    history: list[EpochMetrics] = field(default_factory=list)
-    compute_s: float = 0.0  # its share of the group's step time
-    gpu_s: float = 0.0
-    epoch_start_s: float = 0.0
-    probe_s: float = 0.0  # its share of the noise probes and target checks
-    last_probe: int = -1
-    target_pending: bool = False
-    stop: bool = False  # reached its target with stop_at_target: leaves at this epoch's end
-    updates_to_target: int | None = None
-    examples_to_target: int | None = None
-
-
-def train_stacked(
-    configs: list[TrainConfig],
-    data: Dataset,
-    on_epoch: Callable[[int, EpochMetrics], None] | None = None,
-) -> list[TrainResult | Exception]:
-    """Train the configs as one stacked model; one result per config, in their order.
-
-    The configs must agree on every field but PER_MEMBER and the budget's size (ValueError
-    otherwise; `group_key` groups them). After each of its epochs, member i is handed to
-    `on_epoch(i, metrics)`. If that raises an Exception (optuna.TrialPruned, say), member i
-    leaves the group and results[i] is the exception; a loss that turns NaN or infinite
-    puts a `Diverged` there, with the update `train` would report. The other members go on
-    unchanged. An exception that is not an Exception (Ctrl-C) stops the whole group.
-
-    Times: the group's step time is split evenly among the members in the group while it
-    ran, so `compute_time_s`, `epoch_time_s` and `gpu_time_s` are a member's share (the
-    shares add up to the group's time) and `throughput_eps` is the trial's rate within the
-    group. `wall_time_s` is the wall clock from the group's start to the member's end;
-    `probe_time_s` is the member's share of the noise probes and target checks it took part in.
-    """
-    check_group(configs)
-    return _Group(configs, data, on_epoch).run()
-
-
-class _Group:
-    """The training loop of `train_stacked`: train.train's loop, with members leaving."""
-
-    def __init__(self, configs: list[TrainConfig], data: Dataset, on_epoch):
-        self.wall_start = time.perf_counter()
-        self.data, self.on_epoch = data, on_epoch
-        self.device = device = data.x_train.device
-        x, n = data.x_train, data.n_train
-        first = configs[0]
-        rows = len(configs) * min(first.batch_size, n)
-        if rows > MAX_STACKED_ROWS:
-            raise ValueError(
-                f"a stacked step holds members x batch size <= {MAX_STACKED_ROWS} rows; got {len(configs)} x "
-                f"{min(first.batch_size, n)} = {rows}. Stack fewer members, or train batches this large "
-                "one trial at a time with sgdtune.train.train (stacking gains little there)."
-            )
-        modules = [build_model(c.model, data.n_features, data.n_classes, c.seed).to(device) for c in configs]
-
-        eval_idx = fixed_subset(n, first.eval_size, device)
-        self.x_eval, self.y_eval = x[eval_idx], data.y_train[eval_idx]
-        self.probe = None
-        if first.probe_size >= 2:
-            probe_idx = fixed_subset(n, first.probe_size, device)
-            self.probe = x[probe_idx], data.y_train[probe_idx]
-
-        self.members: list[_Member] = []
-        for i, c in enumerate(configs):
-            plan = BatchPlan.of(n, c)
-            warmup = round(c.warmup_epochs * plan.iterations_per_epoch)
-            self.members.append(_Member(
-                index=i,
-                config=c,
-                plan=plan,
-                shuffler=torch.Generator(device=device).manual_seed(c.seed),
-                meter=NoiseScaleMeter(None, None) if self.probe is not None else None,  # fed by update()
-                lr_target=c.effective_lr,
-                warmup_updates=warmup,
-                lr_now=lr_at(0, c.lr, c.effective_lr, warmup),
-                target_pending=c.target_val_acc is not None,
-            ))
-        self.plan = max((m.plan for m in self.members), key=lambda p: p.total_updates)  # the longest
-        self.stack = StackedMLP(modules, configs, [m.lr_now for m in self.members])
-        self.max_warmup = max(m.warmup_updates for m in self.members)
-        self.results: list[TrainResult | Exception | None] = [None] * len(configs)
-        self.timer = StepTimer(device)
-        self.charged = (0.0, 0.0)  # group compute and GPU time already split among members
-        self.updates = self.examples = 0
-        self.orders = torch.empty(0)
-        self.losses: list[torch.Tensor] = []  # this epoch's (members,) losses, one per update
-        self.checked = 0  # losses already checked for NaN/inf
-        self.updates_before = 0  # updates before this epoch
-
-    def run(self) -> list[TrainResult | Exception]:
-        x, y, n, plan = self.data.x_train, self.data.y_train, self.data.n_train, self.plan
-        measure_every = self.members[0].config.measure_every
-        reset_peak_memory(self.device)
-        for epoch in range(1, plan.epochs + 1):
-            if not self.members:
-                break
-            self.losses, self.checked, self.updates_before = [], 0, self.updates
-            for m in self.members:
-                m.epoch_start_s = m.compute_s
-            self.timer.start()  # the shuffle is part of an epoch's training work, as in train.py
-            self.orders = torch.stack([torch.randperm(n, generator=m.shuffler, device=self.device)
-                                       for m in self.members])
-            for start, stop in plan.batches(epoch, self.examples, self.updates):
-                full = plan.batch_size == n and stop - start == n  # full batch: no gather
-                self.losses.append(self.stack.step(x, y, None if full else self.orders[:, start:stop]))
-                self.updates += 1
-                self.examples += stop - start
-                if self.updates <= self.max_warmup:
-                    for m in self.members:
-                        t = min(self.updates, m.warmup_updates)
-                        m.lr_now = lr_at(t, m.config.lr, m.lr_target, m.warmup_updates)
-                    self.stack.set_lr([m.lr_now for m in self.members])
-                if len(self.losses) - self.checked >= FINITE_CHECK_EVERY:
-                    self._check_finite(epoch, timed=True)
-                targets = [m for m in self.members if m.target_pending and self.updates % m.config.target_every == 0]
-                if self.updates % measure_every == 0 or targets:
-                    self.timer.stop()
-                    if self.updates % measure_every == 0:
-                        self._probe(self.members)
-                    if targets:
-                        self._check_targets(targets)
-                    self.timer.start()
-                ending = [m for m in self.members if m.stop or m.plan.total_updates == self.updates]
-                if ending and self.updates < plan.total_updates:  # a member's training ends mid-way
-                    self.timer.stop()
-                    self._end_epoch(epoch, ending)
-                    self.timer.start()
-                if not self.members:
-                    break
-            self.timer.stop()
-            if self.members:
-                self._end_epoch(epoch, list(self.members))
-        return self.results
-
-    # -- members leaving -------------------------------------------------------------------
-
-    def _charge(self) -> None:
-        """Split the step time since the last call evenly among the members in the group.
-        Called with the timer stopped, before the group changes."""
-        gpu = self.timer.gpu_time_s or 0.0
-        if self.members:
-            k = len(self.members)
-            for m in self.members:
-                m.compute_s += (self.timer.compute_time_s - self.charged[0]) / k
-                m.gpu_s += (gpu - self.charged[1]) / k
-        self.charged = (self.timer.compute_time_s, gpu)
-
-    def _leave(self, leaving: dict[_Member, TrainResult | Exception]) -> None:
-        """These members leave the group; their result slots get what they hold."""
-        if not leaving:
-            return
-        self._charge()
-        for m, result in leaving.items():
-            self.results[m.index] = result
-        keep = [pos for pos, m in enumerate(self.members) if m not in leaving]
-        self.members = [self.members[pos] for pos in keep]
-        if self.members:
-            self.stack.keep(keep)
-            self.orders = self.orders[keep]
-            if self.losses:
-                self.losses = list(torch.stack(self.losses)[:, keep].unbind(0))
-
-    def _check_finite(self, epoch: int, timed: bool) -> None:
-        """Members with a NaN/inf among the unchecked losses leave with Diverged; one sync."""
-        if len(self.losses) <= self.checked:
-            return
-        chunk = torch.stack(self.losses[self.checked :])  # (updates, members)
-        bad = ~torch.isfinite(chunk)
-        first_new, self.checked = self.checked, len(self.losses)
-        if not bool(bad.any()):
-            return
-        diverged = {}
-        for pos in bad.any(dim=0).nonzero().flatten().tolist():
-            row = int(bad[:, pos].nonzero()[0, 0])
-            update = self.updates_before + first_new + row + 1
-            diverged[self.members[pos]] = Diverged(update, epoch, float(chunk[row, pos]))
-        if timed:
-            self.timer.stop()
-        self._leave(diverged)
-        if timed:
-            self.timer.start()
-
-    # -- per-member work, outside the timed steps -----------------------------------------
-
-    def _evaluate(self, members: list[_Member], x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
-        """(mean cross-entropy, accuracy) of these members on (x, y), in one stacked pass."""
-        return self.stack.evaluate(x, y, [self.members.index(m) for m in members])
-
-    def _probe(self, members: list[_Member]) -> None:
-        """Noise probe of these members, as train.py's: at most once per update count. One
-        pass serves the whole group; its time is split among the members probed."""
-        members = [m for m in members if m.meter is not None and m.last_probe != self.updates]
-        if not members:
-            return
-        t0 = time.perf_counter()
-        stats = self.stack.gradient_stats(*self.probe)
-        for m in members:
-            m.last_probe = self.updates
-            m.meter.update(stats[self.members.index(m)])
-        share = (time.perf_counter() - t0) / len(members)
-        for m in members:
-            m.probe_s += share
-
-    def _check_targets(self, members: list[_Member], val_accs: list[float] | None = None) -> None:
-        """Record the first update count at which a member's val_acc >= its target; a member
-        with stop_at_target then stops. Without val_accs they are evaluated here, in one pass
-        whose time is split among these members."""
-        if val_accs is None:
-            t0 = time.perf_counter()
-            val_accs = [acc for _, acc in self._evaluate(members, self.data.x_val, self.data.y_val)]
-            share = (time.perf_counter() - t0) / len(members)
-            for m in members:
-                m.probe_s += share
-        for m, val_acc in zip(members, val_accs):
-            if val_acc >= m.config.target_val_acc:
-                m.updates_to_target, m.examples_to_target, m.target_pending = self.updates, self.examples, False
-                m.stop = m.config.stop_at_target
-
-    def _end_epoch(self, epoch: int, members: list[_Member]) -> None:
-        """Epoch end for these members (all, or those whose training ends mid-epoch):
-        divergence check, probe, evaluation, hook; then the members whose hook raised, whose
-        budget is spent or who stop at their target leave the group."""
-        self._charge()
-        self._check_finite(epoch, timed=False)
-        members = [m for m in members if m in self.members]
-        if not members:  # all diverged
-            return
-        # Evaluation and targets first: they decide whether training ends here.
-        train_eval = self._evaluate(members, self.x_eval, self.y_eval)
-        val_eval = self._evaluate(members, self.data.x_val, self.data.y_val)
-        evaluated = {m: t + v for m, t, v in zip(members, train_eval, val_eval)}
-        pending = [m for m in members if m.target_pending]
-        if pending:
-            self._check_targets(pending, [evaluated[m][3] for m in pending])
-        # The same rule as train.py, so a member's grad_noise_scale equals its one-by-one value.
-        self._probe([m for m in members if probe_at_epoch_end(
-            self.updates, m.last_probe, m.config.measure_every, m.stop or m.plan.total_updates == self.updates)])
-        step_losses = torch.stack(self.losses)  # (updates this epoch, members)
-        leaving: dict[_Member, TrainResult | Exception] = {}
-        for m in members:
-            train_loss, train_acc, val_loss, val_acc = evaluated[m]
-            c = m.config
-            metrics = EpochMetrics(
-                epoch=epoch,
-                train_loss=train_loss,
-                train_acc=train_acc,
-                val_loss=val_loss,
-                val_acc=val_acc,
-                gen_gap=train_acc - val_acc,
-                loss_noise=loss_noise(step_losses[:, self.members.index(m)]),
-                grad_noise_scale=m.meter.value if m.meter is not None else None,
-                noise_temperature=noise_temperature(
-                    m.lr_now, self.data.n_train, self.plan.batch_size, c.momentum if c.optimizer == "sgd" else 0.0
-                ),
-                lr=m.lr_now,
-                updates=self.updates,
-                examples_seen=self.examples,
-                epoch_time_s=m.compute_s - m.epoch_start_s,
-            )
-            m.history.append(metrics)
-            try:
-                if self.on_epoch is not None:
-                    self.on_epoch(m.index, metrics)
-            except Exception as e:  # a pruner's signal, or a failure of this trial alone
-                leaving[m] = e
-                continue
-            if m.stop or m.plan.total_updates == self.updates:
-                leaving[m] = self._result(m)
-        self._leave(leaving)
-
-    def _result(self, m: _Member) -> TrainResult:
-        return TrainResult(
-            history=m.history,
-            plan=m.plan,
-            lr=m.lr_target,
-            compute_time_s=m.compute_s,
-            gpu_time_s=m.gpu_s if self.timer.gpu_time_s is not None else None,
-            wall_time_s=time.perf_counter() - self.wall_start,
-            probe_time_s=m.probe_s,
-            peak_mem_mb=peak_memory_mb(self.device),
-            updates_to_target=m.updates_to_target,
-            examples_to_target=m.examples_to_target,
-        )

@@ -1,0 +1,126 @@
+"""One nn.Module trained by torch.optim: the loop's stepper for K = 1, and `train`.
+
+Any model works here, the built-in MLP or a factory's: a step is autograd's backward and the
+optimizer's step, accumulated over chunks of STEP_CHUNK examples when the batch is larger,
+and the noise probe is NoiseScaleMeter's measurement (docs/science.md, section 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import Dataset
+from ..model import build_model
+from ..science.noise import GradientStats, NoiseScaleMeter
+from .config import TrainConfig
+from .loop import Loop
+from .results import EpochMetrics, TrainResult
+
+EVAL_CHUNK = 8192  # examples per forward pass when evaluating
+# Examples per forward/backward pass. A larger batch accumulates its gradient over chunks of
+# this size, so a full-batch step on 10^6 examples holds one chunk's activations, not all.
+STEP_CHUNK = 65_536
+
+
+def train(
+    config: TrainConfig,
+    data: Dataset,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    model: nn.Module | None = None,
+) -> TrainResult:
+    """Train config.model (or `model`) on `data`; call `on_epoch` after each epoch.
+
+    The hook may raise to stop training (a pruner does); the exception propagates.
+    Raises Diverged when the loss turns NaN or infinite.
+    """
+    loop = Loop([config], data, None if on_epoch is None else lambda _, metrics: on_epoch(metrics))
+    if model is None:
+        model = build_model(config.model, data.n_features, data.n_classes, config.seed)
+    model = model.to(data.x_train.device).train()
+    (result,) = loop.run(ModuleStepper(model, config, loop.lrs[0]))
+    if isinstance(result, Exception):  # Diverged, or what the hook raised
+        raise result
+    return result
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy, in chunks; one sync at the end."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for start in range(0, x.shape[0], EVAL_CHUNK):
+        logits = model(x[start : start + EVAL_CHUNK])
+        target = y[start : start + EVAL_CHUNK]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == target).sum()
+    model.train(was_training)
+    loss, hits = torch.stack([loss_sum, correct.double()]).tolist()
+    return loss / x.shape[0], hits / x.shape[0]
+
+
+class ModuleStepper:
+    """The loop's Stepper for one member: `model` stepped by torch.optim (make_optimizer)."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, lr: float):
+        self.model = model
+        self.optimizer = make_optimizer(model, config, lr)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        """One update on rows idx[0] of (x, y), or on all of them when idx is None; returns
+        the batch's mean loss before the update (a scalar tensor, no sync)."""
+        model, optimizer = self.model, self.optimizer
+        if idx is not None:
+            idx = idx[0]
+        if (x.shape[0] if idx is None else idx.shape[0]) > STEP_CHUNK:
+            optimizer.zero_grad(set_to_none=True)
+            loss = _backward_in_chunks(model, x, y, idx)
+        else:
+            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    def set_lr(self, lrs: list[float]) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lrs[0]
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[tuple[float, float]]:
+        return [evaluate(self.model, x, y) for _ in positions]
+
+    def gradient_stats(self, x: torch.Tensor, y: torch.Tensor) -> list[GradientStats]:
+        # measure() also folds the stats into this throwaway meter's EMA: the loop keeps its own.
+        return [NoiseScaleMeter(x, y, F.cross_entropy).measure(self.model)]
+
+    def keep(self, positions: list[int]) -> None:
+        if positions != [0]:
+            raise ValueError(f"a ModuleStepper holds one member; got positions {positions}")
+
+
+def _backward_in_chunks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """Backpropagate the mean cross-entropy of a batch too big for one pass, STEP_CHUNK
+    examples at a time (gradients accumulate); `idx` selects the rows, None = all of x.
+    Returns the batch's mean loss."""
+    total = x.shape[0] if idx is None else idx.shape[0]
+    loss = torch.zeros((), device=x.device)
+    for start in range(0, total, STEP_CHUNK):
+        rows = slice(start, start + STEP_CHUNK) if idx is None else idx[start : start + STEP_CHUNK]
+        part = F.cross_entropy(model(x[rows]), y[rows], reduction="sum") / total
+        part.backward()
+        loss += part.detach()
+    return loss
