@@ -1,13 +1,19 @@
-"""MLflow, written through one client with explicit run ids (no global active run).
+"""MLflow, the one module that talks to it (writer.py only replays Tracker's calls in a
+child process): writes through `Tracker`, reads through `RunReader`, one client each with
+explicit run ids (no global active run).
 
 A study is an MLflow experiment with one parent run; each trial is a nested child run named
-`trial-<n>`. Names: DESIGN.md.
+`trial-<n>`. Names and tags: README.md.
 
 Each write to a SQLite store costs 10-40 ms of ORM work, often more than a small trial's
 epoch. So a trial's params and epochs are buffered: written at most every FLUSH_EVERY_S
 while it runs (the UI still follows a long trial), the rest together with the summary in
-one call when the trial ends: a short trial costs three writes (create, log, terminate). A study does not call this class itself: writer.py runs it in a separate
-process, so that none of this time is spent in the training process.
+one call when the trial ends: a short trial costs three writes (create, log, terminate).
+A study does not call Tracker itself: writer.py runs it in a separate process, so that none
+of this time is spent in the training process.
+
+`RunReader` serves the report and the UI: plain `RunRecord`s out, nothing created or
+changed in the store.
 """
 
 from __future__ import annotations
@@ -18,9 +24,13 @@ import os
 # A user who wants telemetry sets MLFLOW_DISABLE_TELEMETRY=false / DO_NOT_TRACK=0 first.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# A progress bar for one small artifact (the experiment file, the report) is noise.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import re  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
@@ -64,6 +74,16 @@ _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 def redact_url(text: str | None) -> str | None:
     """Any URL password in `text` replaced by '***' (postgresql://u:***@host/db)."""
     return _PASSWORD_IN_URL.sub(r"\1***@", text) if text else text
+
+
+def quiet_logging() -> None:
+    """MLflow's and its SQL migrations' INFO lines off (warnings stay): call before the first
+    read or write, in a process whose console shows something else."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def use_write_ahead_log(tracking_uri: str) -> None:
@@ -233,6 +253,87 @@ class Tracker:
             return False
         self.end_trial_run(run_id, "FAIL", {}, fail_reason=reason)
         return True
+
+
+# -- reading a store (the report, the UI) -----------------------------------------------------
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """False for a SQLite store whose file is missing (opening it would create an empty one);
+    True otherwise, since a server's or a database's existence shows only when it is asked."""
+    return not tracking_uri.startswith("sqlite:///") or Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as plain data: ids, params, latest metric values, tags."""
+
+    run_id: str
+    experiment_id: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def _record(run) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.experiment_id, dict(run.data.params), dict(run.data.metrics),
+                     dict(run.data.tags))
+
+
+class RunReader:
+    """Reads of one MLflow store. Unlike Tracker, it creates nothing: no experiment, no run,
+    no change of the SQLite journal mode. Check `store_exists` first: MLflow opens a
+    missing SQLite file by creating it."""
+
+    def __init__(self, tracking_uri: str):
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def find_run(self, run_id: str) -> RunRecord | None:
+        """The run, or None when the store does not hold it (or cannot be read)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return _record(self.client.get_run(run_id))
+        except MlflowException:
+            return None
+
+    def child_runs(self, parent: RunRecord) -> dict[int, RunRecord]:
+        """The trial runs under a study's parent run, by trial number (every page of the search)."""
+        runs, token = {}, None
+        while True:
+            page = self.client.search_runs([parent.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'",
+                                           max_results=1000, page_token=token)
+            for run in page:
+                runs[int(run.data.tags["sgdtune.trial_number"])] = _record(run)
+            token = page.token
+            if not token:
+                return runs
+
+    def metric_history(self, run_id: str, key: str) -> dict[str, list]:
+        """{"step": [...], "value": [...]} of one per-epoch metric, by step; where a step was
+        logged twice, its last value by timestamp."""
+        history = sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+        by_step = {m.step: m.value for m in history}
+        steps = sorted(by_step)
+        return {"step": steps, "value": [by_step[s] for s in steps]}
+
+    def read_artifact(self, run_id: str, folder: str, suffix: str) -> tuple[str, bytes] | None:
+        """(path, content) of the first artifact in `folder` whose name ends with `suffix`;
+        None when there is none."""
+        found = [a.path for a in self.client.list_artifacts(run_id, folder) if a.path.endswith(suffix)]
+        if not found:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return found[0], Path(self.client.download_artifacts(run_id, found[0], tmp)).read_bytes()
+
+    def experiments_with_runs(self) -> list[tuple[str, str]]:
+        """(experiment id, name) of every experiment that holds a run, by id."""
+        found = [(e.experiment_id, e.name) for e in self.client.search_experiments()]
+        with_runs = [(i, n) for i, n in found if self.client.search_runs([i], max_results=1)]
+        return sorted(with_runs, key=lambda e: (len(e[0]), e[0]))  # ids are digit strings: "2" before "10"
 
 
 def _metrics(values: dict[str, float], step: int) -> list[Metric]:

@@ -1,9 +1,9 @@
-"""tracking.Tracker: the parent run of a study, found again or created once."""
+"""tracking: Tracker finds a study's parent run again or creates it once; RunReader reads runs back."""
 
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from sgdtune.tracking import Tracker, default_tracking_uri
+from sgdtune.tracking import RunReader, Tracker, default_tracking_uri, store_exists
 
 
 def test_two_processes_creating_one_new_study_end_up_under_the_same_parent(tmp_path, monkeypatch):
@@ -37,3 +37,45 @@ def test_a_resumed_study_finds_its_parent_run_again(tmp_path):
     assert again == run_id
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "RUNNING" and run.data.tags["sgdtune.command"] == "again"
+
+
+# -- RunReader: the report's and the UI's reads -------------------------------------------------
+
+
+def test_store_exists_is_false_only_for_a_missing_sqlite_file(tmp_path):
+    assert not store_exists(f"sqlite:///{tmp_path}/missing.db")
+    assert not (tmp_path / "missing.db").exists()
+    (tmp_path / "here.db").write_bytes(b"")
+    assert store_exists(f"sqlite:///{tmp_path}/here.db")
+    assert store_exists("http://127.0.0.1:5000")  # a server answers only when asked
+
+
+def test_run_reader_reads_a_study_and_creates_nothing(tmp_path):
+    uri = default_tracking_uri(tmp_path / "mlruns")
+    tracker = Tracker(uri, "s")
+    parent = tracker.start_parent_run({"sgdtune.command": "c"}, {"seed": 0})
+    runs = [tracker.start_trial_run(parent, n, {"batch_size": 16 * (n + 1)}, {}) for n in range(2)]
+    tracker.log_epoch(runs[0], {"val_acc": 0.5}, step=1)
+    tracker.log_epoch(runs[0], {"val_acc": 0.6}, step=1)  # a step logged again: its last value counts
+    tracker.log_epoch(runs[0], {"val_acc": 0.7}, step=2)
+    for run in runs:
+        tracker.end_trial_run(run, "COMPLETE", {"final_val_acc": 0.7})
+    (tmp_path / "exp.toml").write_text("name = 's'\n")
+    tracker.log_artifact(parent, tmp_path / "exp.toml", "experiment")
+    MlflowClient(uri).create_experiment("empty")
+    before = MlflowClient(uri).search_experiments()
+
+    reader = RunReader(uri)
+    record = reader.find_run(parent)
+    assert record.run_id == parent and record.experiment_id == tracker.experiment_id
+    assert record.params == {"seed": "0"} and record.tags["sgdtune.command"] == "c"
+    assert reader.find_run("0" * 32) is None
+    children = reader.child_runs(record)
+    assert {n: r.run_id for n, r in children.items()} == {0: runs[0], 1: runs[1]}
+    assert children[1].params == {"batch_size": "32"} and children[1].metrics == {"final_val_acc": 0.7}
+    assert reader.metric_history(runs[0], "val_acc") == {"step": [1, 2], "value": [0.6, 0.7]}
+    assert reader.metric_history(runs[1], "val_acc") == {"step": [], "value": []}
+    assert reader.read_artifact(parent, "experiment", ".toml") == ("experiment/exp.toml", b"name = 's'\n")
+    assert reader.read_artifact(parent, "experiment", ".json") is None
+    assert reader.experiments_with_runs() == [(tracker.experiment_id, "s")]  # "empty" holds no run
+    assert len(MlflowClient(uri).search_experiments()) == len(before)
