@@ -8,15 +8,18 @@ import shutil
 import numpy as np
 import optuna
 import pytest
+from conftest import EXPERIMENTS
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import EXPERIMENTS
 from sgdtune import report as report_mod
-from sgdtune import study as study_mod
+from sgdtune.cli import study_main
+from sgdtune.errors import InputError
 from sgdtune.science.fits import loglog_slope
+from sgdtune.search import derive_seed
 from sgdtune.stores import open_storage
+from sgdtune.tracking import Tracker, default_tracking_uri
 
 try:  # tests/ on sys.path (rootdir-relative imports) ...
     from browser import chromium, open_page, png_stats  # noqa: F401  (chromium is a fixture)
@@ -33,7 +36,7 @@ def run_commands(cwd, monkeypatch, study_command: str, report_command: str) -> d
     """Run the study and report commands (as recorded in a report) in `cwd`, in-process."""
     shutil.copytree(EXPERIMENTS, cwd / "experiments")
     monkeypatch.chdir(cwd)
-    assert study_mod.main(shlex.split(study_command)[3:]) == 0
+    assert study_main(shlex.split(study_command)[3:]) == 0
     assert report_mod.main(shlex.split(report_command)[3:]) == 0
     return json.loads((cwd / "reports/quick/report.json").read_text())
 
@@ -117,7 +120,7 @@ def test_report_numbers_equal_mlflow(quick):
         parent.data.tags["sgdtune.experiment_sha256"]
     assert repro["versions"]["optuna"] == optuna.__version__
     assert repro["study_command"] == "python -m sgdtune.study experiments/quick.toml --no-progress"
-    assert repro["trial_seeds"] == {str(t.number): study_mod.derive_seed(0, t.number) for t in study.get_trials()}
+    assert repro["trial_seeds"] == {str(t.number): derive_seed(0, t.number) for t in study.get_trials()}
 
 
 def test_report_files_are_logged_to_the_parent_run(quick):
@@ -302,3 +305,15 @@ def test_a_tracking_uri_without_the_study_exits_2_and_creates_no_store(quick, tm
     assert report_mod.main(argv) == 2
     assert f"--tracking-uri: must name an existing MLflow store; got '{wrong}'" in capsys.readouterr().err
     assert not (tmp_path / "other.db").exists()
+
+
+def test_a_store_without_the_parent_run_is_bad_input_naming_the_flag(tmp_path):
+    study = synthetic_study()
+    study.set_user_attr("mlflow_parent_run_id", "0" * 32)
+    uri = default_tracking_uri(tmp_path / "mlruns")
+    Tracker(uri, "other")  # a store that exists, holding another study
+    with pytest.raises(InputError, match=f"--tracking-uri: must hold the study's parent run {'0' * 32}; got") as e:
+        report_mod.open_runs(study, uri)
+    assert e.value.field == "--tracking-uri"
+    assert report_mod.open_runs(synthetic_study(), uri) is None  # a study run with --no-tracking
+

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from importlib import resources
-from typing import Sequence
 
 import numpy as np
 
-TEMPLATE = "report_page.html"
+TEMPLATE = "report_page.html"  # in the sgdtune package folder, beside the other page templates
 
 
 LOG_B = {"type": "log", "title": {"text": "batch size B (examples, log scale)"}}

@@ -1,0 +1,25 @@
+"""Sweep report: Optuna study + MLflow runs -> report.json -> report.html.
+
+`python -m sgdtune.report` writes reports/<study>/report.json (every number the report
+shows) and report.html (self-contained: plotly.js inlined once, no network request), then
+logs both as artifacts of the study's parent MLflow run.
+
+Two rules keep it reproducible and honest:
+- render_html(report) reads nothing but the report dict: the page draws report.json.
+- What differs between two runs of the same command (timings, memory, MLflow ids, paths,
+  dates) lives under the top-level key "volatile"; the rest is a function of the study.
+
+The modules, in the order the data flows: inputs (the study, its MLflow runs, one row per
+trial), sections (the numbers, section by section), summary (sentences from them), build
+(report.json assembled), html (the page drawn from report.json), write (the files, the
+artifacts, and the command line).
+"""
+
+from .build import build_report, to_json
+from .html import render_html
+from .inputs import load_study, open_runs
+from .sections import pareto_front
+from .write import build_parser, main, report_command, write_report
+
+__all__ = ["build_parser", "build_report", "load_study", "main", "open_runs", "pareto_front", "render_html",
+           "report_command", "to_json", "write_report"]

@@ -1,0 +1,7 @@
+"""`python -m sgdtune.report`."""
+
+import sys
+
+from .write import main
+
+sys.exit(main())
