@@ -19,14 +19,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
+from .errors import EXIT_BAD_INPUT, InputError
 from .stores import MLRUNS, default_storage_url
-from .tracking import default_tracking_uri, redact_url, ui_url
+from .tracking import RunReader, default_tracking_uri, redact_url, store_exists, ui_url
 
-EXIT_BAD_INPUT = 2
 START_TIMEOUT_S = 120  # mlflow server imports a lot: ~10 s on 2 CPU cores, more under load
 STOP_TIMEOUT_S = 10  # SIGTERM, then SIGKILL after this long
 # Children get telemetry off (as sgdtune itself does) and MLflow's GenAI job runner off: it
@@ -43,10 +43,6 @@ DASHBOARD_CODE = (
     "import os, sys; from optuna_dashboard import run_server; from sgdtune.stores import open_storage; "
     "run_server(open_storage(os.environ['SGDTUNE_OPTUNA_STORAGE']), host=sys.argv[1], port=int(sys.argv[2]))"
 )
-
-
-class UiError(ValueError):
-    """Bad input: the message names the flag, what is allowed, what was given."""
 
 
 @dataclass
@@ -69,17 +65,7 @@ def check_port_free(host: str, port: int, flag: str) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise UiError(f"{flag}: must be a free port on {host}; got {port} ({e.strerror})") from None
-
-
-def experiments(tracking_uri: str) -> list[tuple[str, str]]:
-    """(experiment id, name) of every experiment that has runs, by id."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    found = [(e.experiment_id, e.name) for e in client.search_experiments()]
-    with_runs = [(i, n) for i, n in found if client.search_runs([i], max_results=1)]
-    return sorted(with_runs, key=lambda e: (len(e[0]), e[0]))  # ids are digit strings: "2" before "10"
+            raise InputError(flag, f"must be a free port on {host}", f"{port} ({e.strerror})") from None
 
 
 def start(name: str, cmd: list[str], env: dict[str, str], url: str, health_url: str, log_dir: Path) -> Child:
@@ -162,21 +148,21 @@ def plan(args: argparse.Namespace) -> tuple[str, str | None]:
     """Check the flags before starting anything; (tracking URI, Optuna storage or None)."""
     for flag, port in (("--port", args.port), ("--optuna-port", args.optuna_port)):
         if not 1 <= port <= 65535:
-            raise UiError(f"{flag}: must be in 1..65535; got {port}")
+            raise InputError(flag, "must be in 1..65535", str(port))
     tracking_uri = args.tracking_uri or default_tracking_uri(MLRUNS)
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        raise UiError(f"--tracking-uri: must name an existing MLflow store; got {redact_url(tracking_uri)!r} "
-                      "(run `python -m sgdtune.study` first, or pass --tracking-uri)")
+    if not store_exists(tracking_uri):
+        raise InputError("--tracking-uri", "must name an existing MLflow store",
+                         f"{redact_url(tracking_uri)!r} (run `python -m sgdtune.study` first, or pass --tracking-uri)")
     storage = None
     if args.optuna:
         if importlib.util.find_spec("optuna_dashboard") is None:
-            raise UiError("--optuna: needs the optuna-dashboard package, which is not installed "
-                          "(pip install 'sgdtune[dashboard]')")
+            raise InputError("--optuna", "needs the optuna-dashboard package, which is not installed "
+                             "(pip install 'sgdtune[dashboard]')")
         if args.optuna_port == args.port:
-            raise UiError(f"--optuna-port: must differ from --port; got {args.optuna_port} for both")
+            raise InputError("--optuna-port", "must differ from --port", f"{args.optuna_port} for both")
         storage = args.storage or default_storage_url(MLRUNS)
         if "://" not in storage and not Path(storage).is_file():
-            raise UiError(f"--storage: must be an existing Optuna journal file or a database URL; got {storage!r}")
+            raise InputError("--storage", "must be an existing Optuna journal file or a database URL", repr(storage))
         check_port_free(args.host, args.optuna_port, "--optuna-port")
     check_port_free(args.host, args.port, "--port")
     return tracking_uri, storage
@@ -190,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         tracking_uri, storage = plan(args)
-    except UiError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     host, log_dir = browser_host(args.host), Path(tempfile.mkdtemp(prefix="sgdtune-ui-"))
@@ -219,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {failed.name} {state}; last lines of {failed.log}:\n{tail(failed.log)}", file=sys.stderr)
             return 1
         print(f"MLflow UI: {children[0].url}  (store {redact_url(tracking_uri)})")
-        for exp_id, name in experiments(tracking_uri):
+        for exp_id, name in RunReader(tracking_uri).experiments_with_runs():
             print(f"  {name}: {ui_url(exp_id, args.port, host)}")
         if storage:
             print(f"optuna-dashboard: {children[1].url}  (storage {redact_url(storage)})")

@@ -13,10 +13,11 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import EXPERIMENTS
-from sgdtune import study as study_mod
+
 from sgdtune import ui
+from sgdtune.cli import study_main
+from sgdtune.stores import open_storage
 
 UP_TIMEOUT_S = 90  # mlflow server and optuna-dashboard start together on 2 CPU cores in ~25 s
 
@@ -34,10 +35,10 @@ def quick(tmp_path_factory):
     shutil.copytree(EXPERIMENTS, cwd / "experiments")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)
-        assert study_mod.main(["experiments/quick.toml", "--no-progress"]) == 0
+        assert study_main(["experiments/quick.toml", "--no-progress"]) == 0
     import optuna
 
-    study = optuna.load_study(study_name="quick", storage=study_mod.open_storage(str(cwd / "mlruns/optuna.journal")))
+    study = optuna.load_study(study_name="quick", storage=open_storage(str(cwd / "mlruns/optuna.journal")))
     return cwd, study
 
 
