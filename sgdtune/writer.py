@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .errors import InputError
 from .tracking import redact_url
 
 # Once ready, the writer runs this far below the training process's CPU priority (os.nice):
@@ -39,11 +40,9 @@ PIPE_BYTES = 1 << 20  # room for ~2,000 queued epochs before a send would wait f
 
 
 class TrackingError(RuntimeError):
-    """A write to MLflow failed in the writer process (or the process died)."""
-
-
-class TrackingStoreError(TrackingError):
-    """MLflow could not open the tracking store (a wrong path, an unreachable server)."""
+    """A write to MLflow failed in the writer process (or the process died). A store that
+    cannot be opened at all (a wrong path, an unreachable server) is bad input instead: an
+    InputError naming --tracking-uri."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class RunRef:
     """An MLflow run being created by the writer process; `.id` waits for its id."""
 
     key: int
-    owner: "BackgroundTracker"
+    owner: BackgroundTracker
 
     @property
     def id(self) -> str:
@@ -122,8 +121,8 @@ def _stop_spare() -> None:
 
 class BackgroundTracker:
     """tracking.Tracker's writes, made by the writer process. Methods return at once; errors
-    are raised (TrackingError) at the next call that waits: `RunRef.id`, `experiment_id`,
-    `close`."""
+    are raised at the next call that waits (`RunRef.id`, `experiment_id`, `close`): an
+    InputError when the store cannot be opened, else a TrackingError."""
 
     def __init__(self, tracking_uri: str, study_name: str, artifact_location: str | None = None):
         global _spare
@@ -239,8 +238,8 @@ class BackgroundTracker:
     def _raise_errors(self) -> None:
         """The store's error (every time: nothing can be written), else the next write error."""
         if self._store_error is not None:
-            raise TrackingStoreError(
-                f"MLflow could not open the tracking store {redact_url(self.tracking_uri)!r}: {self._store_error}")
+            raise InputError("--tracking-uri", "must be a tracking store MLflow can open",
+                             f"{redact_url(self.tracking_uri)!r} ({self._store_error})")
         if self._errors:
             first, self._errors = self._errors[0], []
             raise TrackingError(f"MLflow write failed in the writer process: {first}")
