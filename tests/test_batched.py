@@ -234,6 +234,29 @@ def test_a_group_whose_members_all_diverge_returns_every_slot_filled():
     assert all(isinstance(r, Diverged) for r in results)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_one_member_through_the_stacked_stepper_equals_train(optimizer):
+    """K = 1 both ways: the same loop, the stacked stepper against torch.optim's."""
+    config = cfg(**MEMBERS[2], optimizer=optimizer, target_val_acc=0.7, target_every=9)
+    if optimizer == "adam":
+        config = config.model_copy(update={"lr": 0.01})
+    (stacked,) = train_stacked([config], make_data())
+    assert_same_trial(stacked, train(config, make_data()))
+
+
+def test_a_member_leaving_mid_epoch_leaves_the_others_as_they_were():
+    data = make_data()
+    short = cfg(**MEMBERS[1], budget="updates", updates=44, epochs=None)  # 30 updates an epoch
+    stays = [cfg(**MEMBERS[0], budget="updates", updates=75, epochs=None),
+             cfg(**MEMBERS[3], budget="updates", updates=75, epochs=None)]
+    calls = []
+    results = train_stacked([stays[0], short, stays[1]], data, lambda i, m: calls.append((i, m.epoch, m.updates)))
+    assert calls == [(0, 1, 30), (1, 1, 30), (2, 1, 30), (1, 2, 44), (0, 2, 60), (2, 2, 60), (0, 3, 75), (2, 3, 75)]
+    for got, want in zip((results[0], results[2]), train_stacked(stays, data)):
+        assert_same_trial(got, want, tol=1e-6)
+    assert_same_trial(results[1], train(short, data))
+
+
 # -- the study side: --batch-trials K ---------------------------------------------------------
 
 

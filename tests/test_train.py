@@ -164,3 +164,90 @@ def test_stop_at_target_ends_training_at_the_first_crossing():
     early = train(config.model_copy(update={"stop_at_target": True}), data)
     assert early.updates_to_target == full.updates_to_target
     assert early.final.updates == early.updates_to_target < full.final.updates
+
+
+def test_an_exception_from_the_hook_propagates_and_ends_training():
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def on_epoch(metrics):
+        seen.append(metrics.epoch)
+        if metrics.epoch == 2:
+            raise Stop("enough")
+
+    with pytest.raises(Stop, match="enough"):
+        train(cfg(epochs=5), make_data(), on_epoch)
+    assert seen == [1, 2]
+
+
+# -- the loop itself, driven by a stepper without weights -------------------------------------
+
+
+class FakeStepper:
+    """The Stepper interface with made-up losses (member i's loss at update u is (i + 1)/u, NaN
+    where `nan_at` says); records what the loop asks of it."""
+
+    def __init__(self, k: int, nan_at: set[tuple[int, int]] = frozenset()):
+        self.alive = list(range(k))  # config indices of the members, in stepper order
+        self.nan_at, self.updates = nan_at, 0
+        self.batches, self.lrs, self.probes, self.kept = [], [], [], []
+
+    def step(self, x, y, idx):
+        self.updates += 1
+        self.batches.append(idx.clone())
+        return torch.tensor([math.nan if (i, self.updates) in self.nan_at else (i + 1) / self.updates
+                             for i in self.alive], dtype=torch.float64)
+
+    def set_lr(self, lrs):
+        self.lrs.append((self.updates, lrs))
+
+    def evaluate(self, x, y, positions):
+        return [(1.0, 0.5) for _ in positions]
+
+    def gradient_stats(self, x, y):
+        from sgdtune.science.noise import GradientStats
+
+        self.probes.append(self.updates)
+        return [GradientStats(2.0, 1.0, x.shape[0]) for _ in self.alive]
+
+    def keep(self, positions):
+        self.alive = [self.alive[p] for p in positions]
+        self.kept.append(list(self.alive))
+
+
+def test_the_loop_owns_shuffle_warmup_probes_and_divergence_for_any_stepper():
+    from sgdtune.trainer.loop import Loop
+
+    data = make_data(n=60)  # 6 updates an epoch at B = 10
+    configs = [cfg(batch_size=10, epochs=3, measure_every=4, probe_size=8, seed=s) for s in (0, 1, 2)]
+    scaled = {"lr_scaling": "linear", "base_batch_size": 5}  # lr 0.1 -> 0.2
+    configs[0] = configs[0].model_copy(update=scaled)
+    configs[1] = configs[1].model_copy(update={**scaled, "warmup_epochs": 1.0})
+    stepper, hooked = FakeStepper(3, nan_at={(2, 8)}), []
+    loop = Loop(configs, data, lambda i, m: hooked.append((i, m.epoch)))
+    assert loop.lrs == [0.2, 0.1, 0.1]  # member 1 starts its warmup at lr, member 0 at its scaled lr
+    results = loop.run(stepper)
+
+    # Each member's batches are slices of its own permutation, a new one each epoch.
+    epoch1 = torch.cat(stepper.batches[:6], dim=1)
+    assert all(sorted(row.tolist()) == list(range(60)) for row in epoch1)
+    assert not torch.equal(epoch1[0], epoch1[1])
+    assert not torch.equal(epoch1[0], torch.cat(stepper.batches[6:12], dim=1)[0])
+    # Warmup: member 1 from 0.1 to 0.2 over 6 updates, set after each of them.
+    assert [u for u, _ in stepper.lrs] == [1, 2, 3, 4, 5, 6]
+    assert [lrs[1] for _, lrs in stepper.lrs] == pytest.approx([0.1 + 0.1 * u / 6 for u in range(1, 7)])
+    # Probes every 4 updates and at epoch ends (a tenth of measure_every after the last), once per count.
+    assert stepper.probes == [4, 6, 8, 12, 16, 18]
+    # Member 2's NaN at update 8 is found at the epoch's end; it leaves, the others go on.
+    assert isinstance(results[2], Diverged) and (results[2].update, results[2].epoch) == (8, 2)
+    assert stepper.kept == [[0, 1]]
+    assert hooked == [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (0, 3), (1, 3)]
+    for i in (0, 1):
+        history = results[i].history
+        assert [m.updates for m in history] == [6, 12, 18]
+        assert history[-1].grad_noise_scale == pytest.approx(2.0)  # tr(Sigma) / |G|^2 of the stats above
+        losses = [(i + 1) / u for u in range(13, 19)]  # the last epoch's, member i's own column
+        want = math.sqrt(sum((b - a) ** 2 for a, b in zip(losses, losses[1:])) / len(losses[1:]) / 2)
+        assert history[-1].loss_noise == pytest.approx(want)
