@@ -183,3 +183,139 @@ def noise_temperature(lr: float, n_train: int, batch_size: int, momentum: float 
     """SGD noise temperature g = lr (N/B - 1) / (1 - m) (Smith & Le 2018); 0 for full batch."""
     b = min(batch_size, n_train)
     return lr * (n_train / b - 1.0) / (1.0 - momentum)
+
+
+@dataclass(frozen=True)
+class NoiseScaleEstimate:
+    """tr(Sigma), |G|^2 and B_simple on one probe, each with a standard error (docs/science.md,
+    section 3). Units: tr(Sigma) and |G|^2 in (loss units / parameter)^2, B_simple in examples.
+
+    When |G|^2 is not significantly above zero (|G|^2 < 2 SE), `bound` is True and `simple` is
+    the lower bound tr(Sigma) / (max(|G|^2, 0) + 2 SE): the true gradient is too small for
+    this probe to resolve, so B_simple is at least that (and may be far larger); a bigger
+    probe is needed to measure it. `simple` is always finite.
+    """
+
+    trace_cov: float  # tr(Sigma), unbiased, from the whole probe
+    trace_cov_se: float  # its delete-a-chunk jackknife standard error
+    grad_sq_norm: float  # |G|^2, unbiased, from the whole probe (can be < 0 by noise)
+    grad_sq_norm_se: float
+    simple: float  # B_simple = tr(Sigma) / |G|^2, or the lower bound when `bound`
+    simple_se: float  # delta-method standard error of `simple` (with the 2 SE margin held fixed when `bound`)
+    probe_size: int
+    bound: bool  # True: `simple` is a lower bound on B_simple, not an estimate
+    chunks: int  # the number of disjoint chunks behind the standard errors
+
+    def gradient_stats(self) -> GradientStats:
+        """The point estimates as GradientStats (for NoiseScaleMeter.update)."""
+        return GradientStats(self.trace_cov, self.grad_sq_norm, self.probe_size)
+
+
+def _chunk_sums(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """sum_i |g_i|^2 and the flattened sum_i g_i (float64) over one chunk, per-example
+    gradients vectorized: the one-pass Linear trick when it applies (sum_i |g_i|^2 = b (tr + |G|^2)
+    from its GradientStats, the summed gradient from one more backward pass), torch.func's
+    vmap(grad) otherwise."""
+    b = x.shape[0]
+    stats = linear_gradient_stats(model, loss_fn, x, y)
+    if stats is not None:
+        params = {k: p.detach() for k, p in model.named_parameters()}
+        buffers = {k: t.detach() for k, t in model.named_buffers()}
+
+        def summed_loss(p):
+            return loss_fn(functional_call(model, (p, buffers), (x,)), y) * b
+
+        total = grad(summed_loss)(params)
+        return b * (stats.trace_cov + stats.grad_sq_norm), torch.cat([t.reshape(-1).double() for t in total.values()])
+    grads = per_example_gradients(model, loss_fn, x, y)
+    sum_sq = sum(float(g.double().square().sum()) for g in grads)
+    return sum_sq, torch.cat([g.double().sum(dim=0).reshape(-1) for g in grads])
+
+
+def noise_scale_estimate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
+                         chunks: int = 8) -> NoiseScaleEstimate:
+    """tr(Sigma), |G|^2 and B_simple = tr(Sigma) / |G|^2 on a probe of b examples, with standard
+    errors (docs/science.md, section 3).
+
+    The point estimates are those of `gradient_stats` on the whole probe (unbiased for
+    i.i.d. examples): tr(Sigma) = sum_i |g_i - g_mean|^2 / (b - 1), |G|^2 = |g_mean|^2 - tr(Sigma)/b.
+
+    Standard errors: delete-a-chunk jackknife. The probe is cut, in order, into `chunks`
+    disjoint chunks of near-equal size (tensor_split; sizes differ by at most 1, treated as
+    equal); per chunk c only n_c, sum |g_i|^2 and the summed gradient s_c are kept. Leaving
+    chunk c out, both statistics are recomputed from the remaining sums (|s - s_c|^2 from the
+    K x K Gram matrix of the s_c), and Var = (K-1)/K sum_c (theta_(c) - mean theta_(.))^2, with
+    the covariance of tr(Sigma) and |G|^2 the same way. Unlike the spread of per-chunk
+    estimates, this is the error of the whole-probe estimate, which uses the cross-chunk
+    pairs too (near the optimum that makes |G|^2 about K times less noisy). B_simple's SE is
+    by the delta method on the ratio with that jackknife covariance, not by jackknifing the
+    ratio, which blows up whenever a leave-out |G|^2 comes near 0. With K chunks each SE has
+    about K - 1 degrees of freedom (roughly +-25% at K = 8), so (estimate - truth) / SE is
+    Student-t with K - 1 degrees of freedom. Calibration on the linear-regression known answer
+    (300 probes of 500): spread / mean SE = 1.05-1.15 for both statistics while |G|^2 is
+    resolved; at G = 0, where |G|^2's estimator is a degenerate U-statistic, the jackknife
+    overstates its SE by about 1.3x, so the `bound` test and the bound are conservative there
+    (an unbiased U-statistic variance estimate was tried: right on average, but negative on a
+    quarter of probes and three times noisier).
+
+    Like `gradient_stats`, this assumes the probe's examples are i.i.d. draws from the set
+    whose mean gradient is G. At parameters fitted to the probe itself that fails: |G|^2 then
+    reads about -tr(Sigma)/b with a small SE (docs/science.md, section 3, "Finite
+    population"); the flag is set and the bound refers to the probe's own gradient.
+
+    Per-example gradients are vectorized: the one-pass Linear trick (`linear_gradient_stats`)
+    plus one backward pass per chunk for all-Linear models, `per_example_gradients`
+    (vmap over the chunk) otherwise; the only Python loop is over the chunks. The model is
+    evaluated in eval mode (as `NoiseScaleMeter.measure`) and its train/eval flags are put
+    back module by module; parameters and .grad are not touched.
+
+    Cost: two forward+backward passes per chunk for all-Linear models (one for the trick, one
+    for the chunk's summed gradient), vmap's per-example gradients otherwise; memory: the
+    K x P float64 chunk sums. Measured on a 64-256-256-10 ReLU MLP, 1,000 examples, one CPU
+    thread: 40-50 ms at K = 8 (75 ms at K = 16), against 11 ms for `linear_gradient_stats`
+    and 7 ms for one plain forward+backward; 1.0-1.8 s through vmap.
+    """
+    b = x.shape[0]
+    if b < 4:
+        raise ValueError(f"the probe needs at least 4 examples for a standard error; got {b}")
+    if chunks < 2:
+        raise ValueError(f"chunks must be >= 2; got {chunks}")
+    k = min(chunks, b // 2)  # every chunk keeps >= 2 examples
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            parts = [_chunk_sums(model, loss_fn, xc, yc)
+                     for xc, yc in zip(torch.tensor_split(x, k), torch.tensor_split(y, k))]
+    finally:
+        for module, training in modes:
+            module.training = training
+    sizes = torch.tensor([float(xc.shape[0]) for xc in torch.tensor_split(x, k)], dtype=torch.float64)
+    sum_sq = torch.tensor([s for s, _ in parts], dtype=torch.float64)
+    sums = torch.stack([v for _, v in parts])
+    gram = (sums @ sums.T).cpu()
+
+    def statistics(n, total_sq, sum_norm_sq):  # tensors: the whole probe, or each leave-one-out
+        mean_sq = sum_norm_sq / n.square()
+        trace = (total_sq - n * mean_sq) / (n - 1)
+        return trace, mean_sq - trace / n
+
+    trace, grad_sq = (float(t) for t in statistics(sizes.sum(), sum_sq.sum(), gram.sum()))
+    loo_norm_sq = gram.sum() - 2 * gram.sum(dim=1) + gram.diagonal()
+    loo_trace, loo_grad_sq = statistics(sizes.sum() - sizes, sum_sq.sum() - sum_sq, loo_norm_sq)
+    dt, dg = loo_trace - loo_trace.mean(), loo_grad_sq - loo_grad_sq.mean()
+    factor = (k - 1) / k
+    var_trace, var_grad_sq = factor * float(dt.square().sum()), factor * float(dg.square().sum())
+    cov = factor * float((dt * dg).sum())
+    trace_se, grad_sq_se = math.sqrt(var_trace), math.sqrt(var_grad_sq)
+
+    bound = not grad_sq > 2 * grad_sq_se  # also True for a NaN
+    denominator = max(grad_sq, 0.0) + 2 * grad_sq_se if bound else grad_sq
+    if denominator > 0:
+        simple = trace / denominator
+        # delta method: d simple / d trace = 1/den; d simple / d |G|^2 = -simple/den (0 for a bound with |G|^2 <= 0)
+        d_trace, d_grad = 1 / denominator, (-simple / denominator if grad_sq > 0 else 0.0)
+        simple_se = math.sqrt(max(d_trace**2 * var_trace + d_grad**2 * var_grad_sq + 2 * d_trace * d_grad * cov, 0.0))
+    else:  # no spread and no gradient at all (e.g. every g_i = 0): B_simple >= 0 is all one can say
+        simple, simple_se = 0.0, 0.0
+    return NoiseScaleEstimate(trace, trace_se, grad_sq, grad_sq_se, simple, simple_se, b, bound, k)
