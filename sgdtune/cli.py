@@ -13,7 +13,8 @@ import argparse
 import gc
 import shlex
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, InputError
 
@@ -80,8 +81,8 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
                      **parse_overrides(args.set)}
         config = load_experiment(args.experiment, **overrides)
         from .console import print_closing, quiet_libraries
-        from .study import run_study
         from .stores import locations
+        from .study import run_study
         from .timing import resolve_device
         from .writer import TrackingError
 
@@ -114,10 +115,170 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     return 0
 
 
+# -- sgdtune report -------------------------------------------------------------------------
+
+REPORT_EPILOG = """examples:
+  python -m sgdtune.report                          # the only study in mlruns/optuna.journal
+  python -m sgdtune.report --study-name quick       # one of several studies
+  python -m sgdtune.report --study-name q8 --out /tmp/reports
+  python -m sgdtune.report --storage postgresql://user@host/db --tracking-uri http://host:5000
+
+writes <out>/<study>/report.html (opens offline) and report.json (every number shown; what
+varies between runs - timings, MLflow ids, dates - is under "volatile"), and logs both to
+the study's parent MLflow run under report/.
+"""
+
+
+def report_parser(prog: str = "python -m sgdtune.report") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, epilog=REPORT_EPILOG,
+                                description="Write a self-contained HTML report (and its JSON) for one study.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study-name", help="study to report (default: the only study in the storage)")
+    p.add_argument("--storage", help="Optuna storage: journal file or SQLAlchemy URL (default: mlruns/optuna.journal)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<abs>/mlruns/mlflow.db)")
+    p.add_argument("--out", default="reports",
+                   help="output folder; the report goes in <out>/<study>/ (default: reports)")
+    return p
+
+
+def report_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.report") -> int:
+    """Write one study's report; 0 when written, 2 on bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = report_parser(prog).parse_args(argv)
+    import optuna
+
+    from .report import report_command, write_report
+    from .tracking import quiet_logging
+
+    quiet_logging()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        folder = write_report(args.study_name, args.storage, args.tracking_uri, args.out, command=report_command(argv))
+    except InputError as e:
+        return _bad_input(e)
+    print(f"wrote {folder / 'report.html'}")
+    print(f"      {folder / 'report.json'}")
+    return 0
+
+
+# -- sgdtune ui -----------------------------------------------------------------------------
+
+UI_EPILOG = """examples:
+  python -m sgdtune.ui                         # MLflow UI on http://127.0.0.1:5000
+  python -m sgdtune.ui --optuna                # and optuna-dashboard on http://127.0.0.1:8080
+  python -m sgdtune.ui --port 5001 --tracking-uri sqlite:////abs/path/mlruns/mlflow.db
+  python -m sgdtune.ui --host 0.0.0.0          # other machines too (MLflow's security middleware
+                                               # may then want --allowed-hosts: run mlflow server)
+
+Ctrl-C stops the servers. Open the printed runs-table URL (MLflow 3 otherwise opens its GenAI
+view); tick trials and press Compare to set their params and metrics side by side.
+"""
+
+
+def ui_parser(prog: str = "python -m sgdtune.ui") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, epilog=UI_EPILOG,
+                                description="Serve the MLflow UI (and optuna-dashboard) on this store until Ctrl-C.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, default=5000, help="MLflow UI port (default: 5000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<abs>/mlruns/mlflow.db)")
+    p.add_argument("--optuna", action="store_true", help="also serve optuna-dashboard on the Optuna storage")
+    p.add_argument("--optuna-port", type=int, default=8080, help="optuna-dashboard port (default: 8080)")
+    p.add_argument("--storage", help="Optuna storage for --optuna (default: mlruns/optuna.journal)")
+    return p
+
+
+def ui_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.ui") -> int:
+    """Serve the UIs until Ctrl-C; 2 on bad flags (nothing started), 1 when a server failed."""
+    args = ui_parser(prog).parse_args(argv)
+    from . import ui
+
+    try:
+        tracking_uri, storage = ui.plan(args)
+    except InputError as e:
+        return _bad_input(e)
+    return ui.serve(args, tracking_uri, storage)
+
+
+# -- sgdtune surface ------------------------------------------------------------------------
+
+
+def _int_in(name: str, lo: int, hi: int):
+    """argparse type: an integer in lo..hi; errors name field, range and value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer in {lo}..{hi}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _html_path(text: str) -> Path:
+    if not text.lower().endswith((".html", ".htm")):
+        raise argparse.ArgumentTypeError(f"out must be a file name ending in .html, got {text!r}")
+    return Path(text)
+
+
+def surface_parser(prog: str = "python -m sgdtune.surface") -> argparse.ArgumentParser:
+    from .surface import DEFAULT_N, DEFAULT_SEED, N_MAX, N_MIN, SEED_MAX
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Write a self-contained HTML page (no network access needed) that compares\n"
+            "full-batch, mini-batch and pure SGD paths on the 2D least-squares loss\n"
+            "surface of generated data, with live controls for B, lr, epochs and seed."
+        ),
+        epilog=(
+            "examples:\n"
+            "  python -m sgdtune.surface                      # writes surface.html\n"
+            "  python -m sgdtune.surface --out /tmp/s.html --open\n"
+            "  python -m sgdtune.surface --n 10000 --seed 7"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", type=_html_path, default=Path("surface.html"),
+                        help="output HTML file (default: surface.html)")
+    parser.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    parser.add_argument("--n", type=_int_in("n", N_MIN, N_MAX), default=DEFAULT_N,
+                        help=f"number of examples, {N_MIN}..{N_MAX} (default: {DEFAULT_N})")
+    parser.add_argument("--seed", type=_int_in("seed", 0, SEED_MAX), default=DEFAULT_SEED,
+                        help=f"seed for the data and the shuffles, 0..{SEED_MAX} (default: {DEFAULT_SEED})")
+    return parser
+
+
+def surface_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.surface") -> int:
+    """Write the loss-surface explorer page."""
+    import webbrowser
+
+    from .surface import loss, lr_limit, make_data, optimum, write_page
+
+    args = surface_parser(prog).parse_args(argv)
+    data = make_data(args.n, args.seed)
+    out = write_page(args.out, data)
+    w_star = optimum(data)
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): n={data.n}, seed={data.seed}, "
+        f"w*=({w_star[0]:.4f}, {w_star[1]:.4f}), L(w*)={loss(data, w_star):.4f}, "
+        f"stable full-batch lr < {lr_limit(data):.4f}"
+    )
+    if args.open:
+        webbrowser.open(out.resolve().as_uri())
+    return 0
+
+
 # -- the `sgdtune` console script -----------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable[..., int]]] = {
     "study": ("run (or resume) a study: sgdtune study experiments/quick.toml", study_main),
+    "report": ("write reports/<study>/report.html and report.json", report_main),
+    "surface": ("write the interactive loss-surface explorer page", surface_main),
+    "ui": ("open the MLflow UI (and optuna-dashboard) on this store", ui_main),
 }
 
 

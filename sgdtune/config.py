@@ -52,7 +52,7 @@ class ParamRange(_Strict):
     choices: tuple[float, ...] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
-    def _range_or_choices(self) -> "ParamRange":
+    def _range_or_choices(self) -> ParamRange:
         if self.choices is not None:
             if self.low is not None or self.high is not None:
                 raise ValueError("give either choices or low/high, not both")
@@ -126,7 +126,7 @@ class ExperimentConfig(_Strict):
         return uri
 
     @model_validator(mode="after")
-    def _search_fits_the_trainer(self) -> "ExperimentConfig":
+    def _search_fits_the_trainer(self) -> ExperimentConfig:
         for key, rng in self.search.items():
             if key not in SEARCHABLE:
                 raise ValueError(f"search.{key}: cannot be searched; searchable: {', '.join(SEARCHABLE)}")
@@ -219,7 +219,7 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Experim
     """
     path = Path(path) if path is not None else default_experiment_path()
     if not path.is_file():
-        raise InputError("experiment", "no such file", repr(str(path)))
+        raise InputError("experiment", "must be an existing TOML file", repr(str(path)))
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import InputError
 
-
 ROW_BLOCK = 65_536  # rows per block when building large arrays in place
 
 
@@ -32,7 +31,7 @@ class DataConfig(BaseModel):
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
-    def _file_sources_need_a_file(self) -> "DataConfig":
+    def _file_sources_need_a_file(self) -> DataConfig:
         if self.dataset in ("csv", "npz"):
             if self.path is None:
                 raise ValueError(f"data.path: required when dataset = {self.dataset!r}; got nothing")

@@ -20,12 +20,10 @@ PRNG (mulberry32) and the same Fisher-Yates shuffle.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import math
 import sys
-import webbrowser
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -310,74 +308,7 @@ def write_page(out: Path | str, data: SurfaceData) -> Path:
     return out
 
 
-# --- command line ---------------------------------------------------------------------
-
-
-def _int_in(name: str, lo: int, hi: int):
-    """argparse type: an integer in lo..hi; errors name field, range and value."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(
-                f"{name} must be an integer in {lo}..{hi}, got {text!r}"
-            )
-        return value
-
-    return parse
-
-
-def _html_path(text: str) -> Path:
-    if not text.lower().endswith((".html", ".htm")):
-        raise argparse.ArgumentTypeError(f"out must be a file name ending in .html, got {text!r}")
-    return Path(text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m sgdtune.surface",
-        description=(
-            "Write a self-contained HTML page (no network access needed) that compares\n"
-            "full-batch, mini-batch and pure SGD paths on the 2D least-squares loss\n"
-            "surface of generated data, with live controls for B, lr, epochs and seed."
-        ),
-        epilog=(
-            "examples:\n"
-            "  python -m sgdtune.surface                      # writes surface.html\n"
-            "  python -m sgdtune.surface --out /tmp/s.html --open\n"
-            "  python -m sgdtune.surface --n 10000 --seed 7"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--out", type=_html_path, default=Path("surface.html"),
-                        help="output HTML file (default: surface.html)")
-    parser.add_argument("--open", action="store_true",
-                        help="open the page in the default web browser")
-    parser.add_argument("--n", type=_int_in("n", N_MIN, N_MAX), default=DEFAULT_N,
-                        help=f"number of examples, {N_MIN}..{N_MAX} (default: {DEFAULT_N})")
-    parser.add_argument("--seed", type=_int_in("seed", 0, SEED_MAX), default=DEFAULT_SEED,
-                        help=f"seed for the data and the shuffles, 0..{SEED_MAX} "
-                             f"(default: {DEFAULT_SEED})")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    data = make_data(args.n, args.seed)
-    out = write_page(args.out, data)
-    w_star = optimum(data)
-    print(
-        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): n={data.n}, seed={data.seed}, "
-        f"w*=({w_star[0]:.4f}, {w_star[1]:.4f}), L(w*)={loss(data, w_star):.4f}, "
-        f"stable full-batch lr < {lr_limit(data):.4f}"
-    )
-    if args.open:
-        webbrowser.open(out.resolve().as_uri())
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from sgdtune.cli import surface_main
+
+    sys.exit(surface_main())

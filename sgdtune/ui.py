@@ -19,11 +19,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EXIT_BAD_INPUT, InputError
+from .errors import InputError
 from .stores import MLRUNS, default_storage_url
 from .tracking import RunReader, default_tracking_uri, redact_url, store_exists, ui_url
 
@@ -119,31 +118,6 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-EPILOG = """examples:
-  python -m sgdtune.ui                         # MLflow UI on http://127.0.0.1:5000
-  python -m sgdtune.ui --optuna                # and optuna-dashboard on http://127.0.0.1:8080
-  python -m sgdtune.ui --port 5001 --tracking-uri sqlite:////abs/path/mlruns/mlflow.db
-  python -m sgdtune.ui --host 0.0.0.0          # other machines too (MLflow's security middleware
-                                               # may then want --allowed-hosts: run mlflow server)
-
-Ctrl-C stops the servers. Open the printed runs-table URL (MLflow 3 otherwise opens its GenAI
-view); tick trials and press Compare to set their params and metrics side by side.
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sgdtune.ui", epilog=EPILOG,
-                                description="Serve the MLflow UI (and optuna-dashboard) on this store until Ctrl-C.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", type=int, default=5000, help="MLflow UI port (default: 5000)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<abs>/mlruns/mlflow.db)")
-    p.add_argument("--optuna", action="store_true", help="also serve optuna-dashboard on the Optuna storage")
-    p.add_argument("--optuna-port", type=int, default=8080, help="optuna-dashboard port (default: 8080)")
-    p.add_argument("--storage", help="Optuna storage for --optuna (default: mlruns/optuna.journal)")
-    return p
-
-
 def plan(args: argparse.Namespace) -> tuple[str, str | None]:
     """Check the flags before starting anything; (tracking URI, Optuna storage or None)."""
     for flag, port in (("--port", args.port), ("--optuna-port", args.optuna_port)):
@@ -172,13 +146,9 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        tracking_uri, storage = plan(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> int:
+    """Start the servers `plan` checked, print their URLs, wait for Ctrl-C (or a server's
+    exit), stop them all; 0 after Ctrl-C, 1 when a server failed."""
     host, log_dir = browser_host(args.host), Path(tempfile.mkdtemp(prefix="sgdtune-ui-"))
     # Ctrl-C, and SIGTERM from a service manager or a test, stop the servers. SIGINT is set
     # too, since a shell starts background jobs with it ignored.
@@ -231,4 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sgdtune.cli import ui_main
+
+    sys.exit(ui_main())

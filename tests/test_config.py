@@ -1,8 +1,8 @@
 """The experiment schema: shipped files load, overrides apply, rules give clear messages."""
 
 import pytest
-
 from conftest import EXPERIMENTS
+
 from sgdtune.config import load_experiment, parse_overrides
 from sgdtune.errors import InputError
 
@@ -47,5 +47,5 @@ def test_seed_inside_train_points_to_the_top_level(tmp_path):
 
 
 def test_a_missing_experiment_file_is_named():
-    with pytest.raises(InputError, match="experiment: no such file: 'nope.toml'"):
+    with pytest.raises(InputError, match="experiment: must be an existing TOML file; got 'nope.toml'"):
         load_experiment("nope.toml")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgdtune.errors import InputError
 from sgdtune.data import DataConfig, load_data, load_digits, stratified_split, synthetic_classification
+from sgdtune.errors import InputError
 
 
 def test_digits_split_is_stratified_seeded_and_standardized_on_train_only():

@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from sgdtune import report as report_mod
-from sgdtune.cli import study_main
+from sgdtune.cli import report_main, study_main
 from sgdtune.errors import InputError
 from sgdtune.science.fits import loglog_slope
 from sgdtune.search import derive_seed
@@ -37,7 +37,7 @@ def run_commands(cwd, monkeypatch, study_command: str, report_command: str) -> d
     shutil.copytree(EXPERIMENTS, cwd / "experiments")
     monkeypatch.chdir(cwd)
     assert study_main(shlex.split(study_command)[3:]) == 0
-    assert report_mod.main(shlex.split(report_command)[3:]) == 0
+    assert report_main(shlex.split(report_command)[3:]) == 0
     return json.loads((cwd / "reports/quick/report.json").read_text())
 
 
@@ -271,7 +271,7 @@ def test_pareto_front_keeps_trials_no_other_beats_on_both(acc, time, front):
 
 def test_help_teaches_with_examples(capsys):
     with pytest.raises(SystemExit) as exit_:
-        report_mod.main(["--help"])
+        report_main(["--help"])
     assert exit_.value.code == 0
     assert "python -m sgdtune.report --study-name quick" in capsys.readouterr().out
 
@@ -292,7 +292,7 @@ def two_studies(tmp_path, monkeypatch):
      "--storage: must be an existing Optuna journal file or a database URL; got 'missing.journal'"),
 ])
 def test_bad_input_exits_2_with_one_message_and_writes_nothing(two_studies, capsys, argv, message):
-    assert report_mod.main(argv) == 2
+    assert report_main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
     assert not (two_studies / "reports").exists()
@@ -302,7 +302,7 @@ def test_a_tracking_uri_without_the_study_exits_2_and_creates_no_store(quick, tm
     cwd, _, _, _ = quick
     wrong = f"sqlite:///{tmp_path}/other.db"
     argv = ["--storage", str(cwd / "mlruns/optuna.journal"), "--tracking-uri", wrong, "--out", str(tmp_path)]
-    assert report_mod.main(argv) == 2
+    assert report_main(argv) == 2
     assert f"--tracking-uri: must name an existing MLflow store; got '{wrong}'" in capsys.readouterr().err
     assert not (tmp_path / "other.db").exists()
 

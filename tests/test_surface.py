@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from sgdtune import surface as S
+from sgdtune.cli import surface_main
 
 try:  # tests/ on sys.path (rootdir-relative imports) ...
     from browser import chromium, open_page, png_stats  # noqa: F401  (chromium is a fixture)
@@ -122,7 +123,7 @@ def test_cli_help_shows_examples() -> None:
 
 def test_written_page_is_self_contained(tmp_path: Path) -> None:
     out = tmp_path / "surface.html"
-    assert S.main(["--out", str(out), "--n", "500", "--seed", "4"]) == 0
+    assert surface_main(["--out", str(out), "--n", "500", "--seed", "4"]) == 0
     html = out.read_text("utf-8")
     assert S.CONFIG_MARKER not in html and '"n":500' in html
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)

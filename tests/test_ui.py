@@ -15,8 +15,7 @@ import urllib.request
 import pytest
 from conftest import EXPERIMENTS
 
-from sgdtune import ui
-from sgdtune.cli import study_main
+from sgdtune.cli import study_main, ui_main
 from sgdtune.stores import open_storage
 
 UP_TIMEOUT_S = 90  # mlflow server and optuna-dashboard start together on 2 CPU cores in ~25 s
@@ -105,7 +104,7 @@ def test_ui_serves_the_study_runs_and_the_dashboard_then_stops_its_children(quic
 
 def test_help_teaches_with_examples(capsys):
     with pytest.raises(SystemExit) as exit_:
-        ui.main(["--help"])
+        ui_main(["--help"])
     assert exit_.value.code == 0
     assert "python -m sgdtune.ui --optuna" in capsys.readouterr().out
 
@@ -117,7 +116,7 @@ def test_a_port_in_use_exits_2_with_one_message(quick, monkeypatch, capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert ui.main(["--port", str(port)]) == 2
+        assert ui_main(["--port", str(port)]) == 2
     assert f"--port: must be a free port on 127.0.0.1; got {port}" in capsys.readouterr().err
 
 
@@ -133,6 +132,6 @@ def test_a_port_in_use_exits_2_with_one_message(quick, monkeypatch, capsys):
 def test_bad_flags_exit_2_and_start_nothing(quick, monkeypatch, capsys, argv, message):
     cwd, _ = quick
     monkeypatch.chdir(cwd)
-    assert ui.main(argv) == 2
+    assert ui_main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err

@@ -9,10 +9,10 @@ import time
 
 import optuna
 import pytest
+from conftest import PG_PASSWORD, run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import PG_PASSWORD, run_cli
 from sgdtune.stores import open_storage
 from sgdtune.workers import split
 

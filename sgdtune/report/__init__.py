@@ -12,14 +12,14 @@ Two rules keep it reproducible and honest:
 The modules, in the order the data flows: inputs (the study, its MLflow runs, one row per
 trial), sections (the numbers, section by section), summary (sentences from them), build
 (report.json assembled), html (the page drawn from report.json), write (the files, the
-artifacts, and the command line).
+artifacts; the command line is cli.report_main).
 """
 
 from .build import build_report, to_json
 from .html import render_html
 from .inputs import load_study, open_runs
 from .sections import pareto_front
-from .write import build_parser, main, report_command, write_report
+from .write import report_command, write_report
 
-__all__ = ["build_parser", "build_report", "load_study", "main", "open_runs", "pareto_front", "render_html",
-           "report_command", "to_json", "write_report"]
+__all__ = ["build_report", "load_study", "open_runs", "pareto_front", "render_html", "report_command", "to_json",
+           "write_report"]

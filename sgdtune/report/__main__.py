@@ -1,7 +1,7 @@
-"""`python -m sgdtune.report`."""
+"""`python -m sgdtune.report`: the command line of cli.py."""
 
 import sys
 
-from .write import main
+from sgdtune.cli import report_main
 
-sys.exit(main())
+sys.exit(report_main())
