@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from linreg import D, exact_noise_scale, half_squared_error, linear_model, regression
 from torch import nn
 
 from sgdtune.data import DataConfig, load_data
@@ -19,32 +20,6 @@ from sgdtune.science.noise import (
     per_example_gradients,
 )
 from sgdtune.trainer import TrainConfig, train
-
-D, NOISE_SD = 10, 1.0
-
-
-def regression(n: int, seed: int):
-    """y = w*.x + eps with x ~ N(0, I_d), eps ~ N(0, s^2); w* = 0."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, D, generator=g, dtype=torch.float64)
-    return x, NOISE_SD * torch.randn(n, generator=g, dtype=torch.float64)
-
-
-def exact_noise_scale(delta: torch.Tensor) -> tuple[float, float]:
-    """For g = x (x.delta - eps): G = delta, tr(Sigma) = (d+1)|delta|^2 + d s^2 (Gaussian x)."""
-    sq = float(delta.square().sum())
-    return (D + 1) * sq + D * NOISE_SD**2, sq
-
-
-def half_squared_error(out, y):
-    return 0.5 * (out.squeeze(-1) - y).square().mean()
-
-
-def linear_model(delta: torch.Tensor) -> nn.Module:
-    model = nn.Linear(D, 1, bias=False).double()
-    with torch.no_grad():
-        model.weight.copy_(delta.unsqueeze(0))
-    return model
 
 
 @pytest.mark.parametrize("probe_seed", [0, 1])

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from linreg import D, exact_noise_scale, half_squared_error, linear_model, regression
 from torch import nn
 
 from sgdtune.science.noise import (
@@ -18,31 +19,6 @@ from sgdtune.science.noise import (
     noise_scale_estimate,
     per_example_gradients,
 )
-
-D, NOISE_SD = 10, 1.0
-
-
-def regression(n: int, seed: int):
-    """y = w*.x + eps with w* = 0 (so delta = w)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, D, generator=g, dtype=torch.float64)
-    return x, NOISE_SD * torch.randn(n, generator=g, dtype=torch.float64)
-
-
-def population(delta: torch.Tensor) -> tuple[float, float]:
-    sq = float(delta.square().sum())
-    return (D + 1) * sq + D * NOISE_SD**2, sq
-
-
-def half_squared_error(out, y):
-    return 0.5 * (out.squeeze(-1) - y).square().mean()
-
-
-def linear_model(delta: torch.Tensor) -> nn.Module:
-    model = nn.Linear(D, 1, bias=False).double()
-    with torch.no_grad():
-        model.weight.copy_(delta.unsqueeze(0))
-    return model
 
 
 def finite_sample(x, y, delta) -> tuple[float, float]:
@@ -70,7 +46,7 @@ def test_a_large_probe_recovers_the_exact_values_within_their_standard_errors(se
     assert est.trace_cov == pytest.approx(trace, rel=1e-9)
     assert est.grad_sq_norm == pytest.approx(grad_sq, rel=1e-9)
     assert est.simple == pytest.approx(trace / grad_sq, rel=1e-9)
-    trace, grad_sq = population(DELTA)
+    trace, grad_sq = exact_noise_scale(DELTA)
     for value, se, exact in [(est.trace_cov, est.trace_cov_se, trace), (est.grad_sq_norm, est.grad_sq_norm_se, grad_sq),
                              (est.simple, est.simple_se, trace / grad_sq)]:
         assert value == pytest.approx(exact, rel=0.10)
