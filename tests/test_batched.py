@@ -89,7 +89,7 @@ def test_stacked_evaluation_equals_train_evaluate_member_by_member(monkeypatch, 
                        configs, [c.lr for c in configs])
     g = torch.Generator().manual_seed(0)
     for _ in range(5):  # away from the initial weights
-        stack.step(data.x_train, data.y_train, torch.randint(0, data.n_train, (len(configs), 8), generator=g))
+        stack.update(data.x_train, data.y_train, torch.randint(0, data.n_train, (len(configs), 8), generator=g))
     template = build_model(configs[0].model, data.n_features, data.n_classes, 0)
     for x, y in ((data.x_train, data.y_train), (data.x_val, data.y_val)):
         got = stack.evaluate(x, y)

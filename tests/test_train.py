@@ -194,9 +194,12 @@ class FakeStepper:
         self.nan_at, self.updates = nan_at, 0
         self.batches, self.lrs, self.probes, self.kept = [], [], [], []
 
-    def step(self, x, y, idx):
+    def begin_epoch(self, orders):
+        self.orders = torch.stack(orders)
+
+    def step(self, x, y, start, stop):
         self.updates += 1
-        self.batches.append(idx.clone())
+        self.batches.append(self.orders[:, start:stop])
         return torch.tensor([math.nan if (i, self.updates) in self.nan_at else (i + 1) / self.updates
                              for i in self.alive], dtype=torch.float64)
 
@@ -214,6 +217,7 @@ class FakeStepper:
 
     def keep(self, positions):
         self.alive = [self.alive[p] for p in positions]
+        self.orders = self.orders[positions]
         self.kept.append(list(self.alive))
 
 

@@ -39,11 +39,14 @@ FIXED_SUBSET_SEED = 20180101  # the probe and train-eval subsets are the same fo
 class Stepper(Protocol):
     """What updates the weights of the K members in the loop, at positions 0..K-1."""
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-        """One update of every member on its own batch: rows idx[i] (b indices) of x (n, d)
-        and y (n,) for member i, or all rows for every member when idx is None (full batch).
-        Returns the K mean cross-entropies before the update, (K,) (or a scalar when K = 1),
-        without a sync."""
+    def begin_epoch(self, orders: list[torch.Tensor]) -> None:
+        """This epoch's shuffle: orders[i] is member i's permutation of the n examples."""
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """One update of every member on its own batch: the rows orders[i][start:stop] of x
+        (n, d) and y (n,) for member i; when that is all n rows (full batch), x and y as they
+        are, without a gather. Returns the K mean cross-entropies before the update, (K,) (or
+        a scalar when K = 1), without a sync."""
 
     def set_lr(self, lrs: list[float]) -> None:
         """The members' learning rates from the next update on."""
@@ -146,7 +149,6 @@ class Loop:
         self.charged = (0.0, 0.0)  # compute and GPU time already split among members
         self.updates = self.examples = 0
         self.next_due = 0  # the next update count at which a probe, a target or an ending may be due
-        self.orders = torch.empty(0)  # (members, n): this epoch's permutations
         self.losses: list[torch.Tensor] = []  # this epoch's step losses, one tensor of K per update
         self.checked = 0  # losses already checked for NaN/inf
         self.updates_before = 0  # updates before this epoch
@@ -168,25 +170,26 @@ class Loop:
         for epoch in range(1, plan.epochs + 1):
             if not self.members:
                 break
-            self.losses, self.checked, self.updates_before = [], 0, self.updates
+            self.losses = losses = []  # a member leaving edits it in place
+            self.checked, self.updates_before = 0, self.updates
             for m in self.members:
                 m.epoch_start_s = m.compute_s
             self.timer.start()  # the shuffle is part of an epoch's training work
-            orders = [torch.randperm(n, generator=m.shuffler, device=self.device) for m in self.members]
-            self.orders = orders[0].unsqueeze(0) if len(orders) == 1 else torch.stack(orders)
+            stepper.begin_epoch([torch.randperm(n, generator=m.shuffler, device=self.device) for m in self.members])
             for start, stop in plan.batches(epoch, self.examples, self.updates):
-                full = plan.batch_size == n and stop - start == n  # full batch: no gather of the whole set
-                self.losses.append(step(x, y, None if full else self.orders[:, start:stop]))
+                losses.append(step(x, y, start, stop))
                 self.updates += 1
                 self.examples += stop - start
                 if self.updates <= self.max_warmup:
                     self._warm_up()
-                if len(self.losses) - self.checked >= FINITE_CHECK_EVERY:
+                if len(losses) - self.checked >= FINITE_CHECK_EVERY:
                     self._check_finite(epoch, timed=True)
+                    if not self.members:
+                        break
                 if self.updates >= self.next_due:
                     self._due(epoch)
-                if not self.members:
-                    break
+                    if not self.members:
+                        break
             self.timer.stop()
             if self.members:
                 self._end_epoch(epoch, list(self.members))
@@ -255,9 +258,8 @@ class Loop:
         self.members = [self.members[pos] for pos in keep]
         if self.members:
             self.stepper.keep(keep)
-            self.orders = self.orders[keep]
             if self.losses:
-                self.losses = list(self._step_losses()[:, keep].unbind(0))
+                self.losses[:] = self._step_losses()[:, keep].unbind(0)
             self.max_warmup = max(m.warmup_updates for m in self.members)
 
     def _step_losses(self, first: int = 0) -> torch.Tensor:

@@ -78,18 +78,25 @@ class ModuleStepper:
     def __init__(self, model: nn.Module, config: TrainConfig, lr: float):
         self.model = model
         self.optimizer = make_optimizer(model, config, lr)
+        self.order = torch.empty(0, dtype=torch.long)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-        """One update on rows idx[0] of (x, y), or on all of them when idx is None; returns
-        the batch's mean loss before the update (a scalar tensor, no sync)."""
+    def begin_epoch(self, orders: list[torch.Tensor]) -> None:
+        (self.order,) = orders
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """One update on rows order[start:stop] of (x, y); returns the batch's mean loss before
+        the update (a scalar tensor, no sync)."""
         model, optimizer = self.model, self.optimizer
-        if idx is not None:
-            idx = idx[0]
-        if (x.shape[0] if idx is None else idx.shape[0]) > STEP_CHUNK:
+        full = stop - start == x.shape[0]  # full batch: no gather of the whole set
+        if stop - start > STEP_CHUNK:
             optimizer.zero_grad(set_to_none=True)
-            loss = _backward_in_chunks(model, x, y, idx)
+            loss = _backward_in_chunks(model, x, y, None if full else self.order[start:stop])
         else:
-            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+            if full:
+                xb, yb = x, y
+            else:
+                idx = self.order[start:stop]
+                xb, yb = x[idx], y[idx]
             loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

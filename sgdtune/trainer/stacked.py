@@ -60,21 +60,10 @@ from ..data import Dataset
 from ..model import build_model
 from ..science.noise import GradientStats, gradient_stats
 from .config import TrainConfig
+from .groups import check_group
 from .loop import Loop
 from .results import EpochMetrics, TrainResult
 
-# TrainConfig fields that may differ between the members of a group. Every other field
-# (batch_size, model, optimizer, budget, drop_last, measure_every, probe_size, eval_size)
-# must be equal: the members share one stacked model and one sequence of batch slices.
-PER_MEMBER = frozenset({
-    "lr", "momentum", "weight_decay", "lr_scaling", "base_batch_size", "warmup_epochs", "seed",
-    "target_val_acc", "target_every", "stop_at_target",
-})
-# The budget's size may differ too when it counts epochs or updates: a shorter member's
-# batches are a prefix of a longer one's, and it leaves when its budget is spent (or when it
-# stops at its target). An examples budget can cut a member's last batch short, so its size
-# must be equal.
-BUDGET_SIZES = ("epochs", "updates", "examples")
 # Rows (members x examples) of one stacked step: each layer's activations are that many rows.
 # Bigger batches gain nothing from stacking (the products are large already); train them alone.
 MAX_STACKED_ROWS = 2**18
@@ -99,49 +88,6 @@ _ACTIVATIONS = {
     "gelu": (lambda z, out: out.copy_(F.gelu(z)),
              lambda g, z, h, out: torch.ops.aten.gelu_backward.grad_input(g, z, grad_input=out)),
 }
-
-
-def _shared_fields(config: TrainConfig) -> dict[str, object]:
-    """The fields every member of a group must agree on, by name ('model.hidden', ...)."""
-    out: dict[str, object] = {}
-    for name in TrainConfig.model_fields:
-        if name in PER_MEMBER or name in BUDGET_SIZES:
-            continue
-        if name == "model":
-            out.update({f"model.{k}": v for k, v in config.model.model_dump().items()})
-        else:
-            out[name] = getattr(config, name)
-    if config.budget == "examples":
-        out["examples"] = config.examples
-    return out
-
-
-def group_key(config: TrainConfig) -> tuple:
-    """Configs with equal keys can train together in `train_stacked`."""
-    return tuple(sorted((k, repr(v)) for k, v in _shared_fields(config).items()))
-
-
-def check_group(configs: list[TrainConfig]) -> None:
-    """ValueError naming the first field that keeps these configs from one stacked group."""
-    if not configs:
-        raise ValueError("train_stacked needs at least one config; got an empty list")
-    first = configs[0]
-    if first.model.factory is not None:
-        raise ValueError(
-            f"train_stacked stacks the built-in MLP only; got model.factory = {first.model.factory!r}. "
-            "Train a factory model one trial at a time with sgdtune.trainer.train."
-        )
-    want = _shared_fields(first)
-    for i, config in enumerate(configs[1:], start=1):
-        got = _shared_fields(config)
-        for name, value in want.items():
-            if got[name] != value:
-                raise ValueError(
-                    f"every config of a stacked group must have the same {name} (one stacked model, "
-                    f"one sequence of batches); got {value!r} in configs[0] and {got[name]!r} in "
-                    f"configs[{i}]. Group configs by sgdtune.trainer.group_key(config) and train "
-                    "each group on its own."
-                )
 
 
 def train_stacked(
@@ -230,6 +176,7 @@ class StackedMLP:
         self.exp_avg, self.exp_avg_sq = (zeros(), zeros()) if self.adam else ([], [])
         self._workspaces: dict[tuple[int, int], _Workspace] = {}
         self._set_weights(self.weights)
+        self.orders = torch.empty(self.size, 0, dtype=torch.long, device=self.weights[0].device)  # begin_epoch's
 
     def _set_weights(self, weights: list[torch.Tensor]) -> None:
         self.weights = weights
@@ -260,6 +207,7 @@ class StackedMLP:
         self._set_weights(pick(self.weights))
         self.buf, self.exp_avg, self.exp_avg_sq = pick(self.buf), pick(self.exp_avg), pick(self.exp_avg_sq)
         self.lr, self.weight_decay = pick([self.lr, self.weight_decay])
+        self.orders = self.orders.index_select(0, idx)
         self._set_momenta([self.momenta[p] for p in positions])
         self._workspaces.clear()
 
@@ -292,8 +240,17 @@ class StackedMLP:
             torch.index_select(x, 0, idx.reshape(-1), out=ws.rows)
         return ws
 
+    def begin_epoch(self, orders: list[torch.Tensor]) -> None:
+        """This epoch's permutations, one per member (the loop's Stepper interface)."""
+        self.orders = torch.stack(orders)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """`update` on rows orders[i, start:stop] for member i, or on all of x when that is the
+        whole set (the loop's Stepper interface)."""
+        return self.update(x, y, None if stop - start == x.shape[0] else self.orders[:, start:stop])
+
     @torch.no_grad()
-    def step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
         """One update of every member on its own batch: rows idx[i] (b indices) of x (n, d) and
         y (n,) for member i, or all rows for every member when idx is None.
         Returns the (K,) mean cross-entropies before the update."""
