@@ -1,9 +1,11 @@
 """Start-up: from the command's start to the first trial's first update.
 
 `python -m sgdtune.study experiments/quick.toml --n-trials 1 --no-progress` in a
-subprocess; the trainer writes time.time() at the process's first update when
-SGDTUNE_MARK_FIRST_UPDATE names a file (one check per step, a file write once), and the
-figure is that time minus the time just before the process was started. On an existing
+subprocess, under a bootstrap (MARK_AT_FIRST_STEP) that runs the module as `-m` would and
+writes time.time() to a file at the process's first optimizer step: a global torch.optim
+post-step hook, registered as torch.optim is imported (nothing is imported early) and
+removed at its first call, so the trainer carries no benchmark code. The figure is that
+time minus the time just before the process was started. On an existing
 store (the directory of an earlier run: MLflow database and Optuna journal there, a new
 study name each time) and on a new one (MLflow creates its database first).
 
@@ -25,13 +27,42 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from sgdtune.train import MARK_FIRST_UPDATE_ENV
-
 from .common import Check
 
 GROUP = "startup"
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 COMMAND = ["-m", "sgdtune.study", "experiments/quick.toml", "--n-trials", "1", "--no-progress"]
+MARK_FIRST_UPDATE_ENV = "SGDTUNE_MARK_FIRST_UPDATE"  # the file the first update's time is written to
+# `python -c MARK_AT_FIRST_STEP module args...` runs `python -m module args...` and marks its first
+# optimizer step. The finder only compares names until torch.optim.optimizer is imported.
+MARK_AT_FIRST_STEP = f"""
+import importlib.machinery, os, runpy, sys, time
+
+class AtFirstOptimizerStep:
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch.optim.optimizer":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        exec_module = spec.loader.exec_module
+
+        def exec_and_hook(module):
+            exec_module(module)
+
+            def mark(*_):
+                handle.remove()
+                with open(os.environ["{MARK_FIRST_UPDATE_ENV}"], "w") as f:
+                    f.write(repr(time.time()))
+
+            handle = module.register_optimizer_step_post_hook(mark)
+
+        spec.loader.exec_module = exec_and_hook
+        return spec
+
+sys.meta_path.insert(0, AtFirstOptimizerStep())
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
 BARE_TORCH = f"""
 import os, time
 import torch
@@ -62,13 +93,15 @@ def run_command(args: list[str], cwd: Path) -> float:
     return seconds
 
 
-def to_first_update(args: list[str], cwd: Path, extra_python: list[str] = ()) -> float:
-    """Seconds from just before the process starts to its first update."""
+def to_first_update(args: list[str], cwd: Path) -> float:
+    """Seconds from just before the process starts to its first update: `-m module ...` runs
+    under MARK_AT_FIRST_STEP, `-c code` must write the mark itself."""
     mark = cwd / f"first-update-{time.monotonic_ns()}"
     env = {**os.environ, MARK_FIRST_UPDATE_ENV: str(mark), "PYTHONUNBUFFERED": "1"}
+    if args[0] == "-m":
+        args = ["-c", MARK_AT_FIRST_STEP, *args[1:]]
     t0 = time.time()
-    proc = subprocess.run([sys.executable, *extra_python, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0 or not mark.exists():
         raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return float(mark.read_text()) - t0
