@@ -12,7 +12,8 @@ hook raises an Exception (a pruner), or when its loss turns non-finite; the othe
 unchanged. The members share one sequence of batch slices (the longest member's plan: a
 shorter budget is a prefix of it), each slice taken from the member's own permutation.
 
-Per update the loop does one stepper.step, a few integer comparisons and no sync: probes,
+Per update the loop does one stepper.step and a few integer comparisons, with no tensor op
+of its own and no sync but the finite check's, once per FINITE_CHECK_EVERY updates: probes,
 target checks and members ending mid-epoch are due at update counts known in advance
 (`_next_due`), so nothing is scanned member by member between them.
 """
@@ -93,7 +94,7 @@ class _Member:
     probe_s: float = 0.0  # its share of the noise probes and target checks
     last_probe: int = -1
     target_pending: bool = False
-    stop: bool = False  # reached its target with stop_at_target: leaves at this epoch's end
+    stop: bool = False  # reached its target with stop_at_target: its training ends at this update
     updates_to_target: int | None = None
     examples_to_target: int | None = None
 
