@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from sgdtune.config import load_experiment
 from sgdtune.data import load_data
 from sgdtune.model import build_model
-from sgdtune.study import derive_seed, locations, open_storage, run_study
+from sgdtune.search import derive_seed
+from sgdtune.stores import locations, open_storage
+from sgdtune.study import run_study
 from sgdtune.tracking import default_tracking_uri
 
 from .common import Check, median_ratio, paired, timed

@@ -79,7 +79,7 @@ def run(tiny: bool = False) -> list[Check]:
     for label, config, rounds, target in cases[:1] if tiny else cases:
         if not tiny:
             one_study(config, True)  # warm-up: MLflow's and Optuna's first-call costs, the writer process
-        on, off = paired(lambda: one_study(config, True), lambda: one_study(config, False), rounds)
+        on, off = paired(lambda c=config: one_study(c, True), lambda c=config: one_study(c, False), rounds)
         checks.append(Check(
             GROUP, f"wall time tracked / untracked, {label}", median_ratio(on, off), target,
             "<=" if target else "", "x",

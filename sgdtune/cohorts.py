@@ -76,7 +76,7 @@ def run_cohort(study: optuna.Study, objective: Objective, jobs: list[TrialJob]) 
                     endings = [e]
             else:
                 endings = train_stacked([j.config for j in group], objective.data,
-                                        on_epoch=lambda i, m: group[i].on_epoch(m))
+                                        on_epoch=lambda i, m, group=group: group[i].on_epoch(m))
         except KeyboardInterrupt as e:
             for job in group:
                 study.tell(job.trial, state=job.finish(e))

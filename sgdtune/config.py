@@ -92,7 +92,8 @@ class ExperimentConfig(_Strict):
     n_trials: int = Field(default=20, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N | mps")
-    objectives: tuple[Literal["val_acc", "compute_time_s"], ...] = Field(default=("val_acc",), min_length=1, max_length=2)
+    objectives: tuple[Literal["val_acc", "compute_time_s"], ...] = Field(
+        default=("val_acc",), min_length=1, max_length=2)
     storage: str | None = Field(default=None, description="Optuna storage URL; default: mlruns/optuna.journal")
     tracking_uri: str | None = Field(default=None, description="MLflow URI; default: sqlite:///mlruns/mlflow.db")
     data: DataConfig = DataConfig()

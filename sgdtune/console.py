@@ -41,7 +41,8 @@ class Progress:
         self.bar.update(self.task, status=f"{self._best()}  {self.current}")
 
     def epoch_done(self, m: EpochMetrics, epochs: int) -> None:
-        self.bar.update(self.task, status=f"{self._best()}  {self.current} epoch {m.epoch}/{epochs} val_acc {m.val_acc:.3f}")
+        status = f"{self._best()}  {self.current} epoch {m.epoch}/{epochs} val_acc {m.val_acc:.3f}"
+        self.bar.update(self.task, status=status)
 
     def show(self, done: int, best: float | None) -> None:
         """Refresh from the storage's counts (while worker processes run the trials)."""

@@ -30,7 +30,8 @@ def locations(config: ExperimentConfig, mlruns: str | Path = MLRUNS) -> tuple[st
     return config.storage or default_storage_url(mlruns), config.tracking_uri or default_tracking_uri(mlruns)
 
 
-def open_storage(url: str, heartbeat: int | None = None, tracking_uri: str | None = None) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeat: int | None = None,
+                 tracking_uri: str | None = None) -> optuna.storages.BaseStorage:
     """A SQLAlchemy URL (sqlite://, postgresql://, ...) or a journal file path.
 
     The journal file is the embedded default: Optuna recommends it for several worker
@@ -75,5 +76,6 @@ class StaleTrialHandler:
             tracker = Tracker(self.tracking_uri, study.study_name)
             run_id = trial.user_attrs.get("mlflow_run_id") or tracker.find_trial_run(trial.number)
             if run_id:
-                tracker.fail_stale_run(run_id, "worker stopped sending heartbeats (killed or lost); the trial is run again")
+                reason = "worker stopped sending heartbeats (killed or lost); the trial is run again"
+                tracker.fail_stale_run(run_id, reason)
         self.retry(study, trial)

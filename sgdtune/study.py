@@ -77,7 +77,9 @@ def run_study(
         parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device)
 
     remaining = config.n_trials - n_finished(study)
-    progress = Progress(config.n_trials, config.n_trials - max(remaining, 0), best_value(study)) if show_progress else None
+    progress = None
+    if show_progress:
+        progress = Progress(config.n_trials, config.n_trials - max(remaining, 0), best_value(study))
     status = "FINISHED"
     try:
         if progress:

@@ -100,7 +100,8 @@ def supervise(study: optuna.Study, spec: WorkerSpec, workers: int, progress=None
             raise KeyboardInterrupt
         if n_finished(study) == before and all(p.exitcode != 0 for p in procs):
             codes = sorted({p.exitcode for p in procs})
-            raise RuntimeError(f"every worker failed without finishing a trial (exit codes {codes}); see their errors above")
+            raise RuntimeError(f"every worker failed without finishing a trial (exit codes {codes}); "
+                               "see their errors above")
 
 
 def _wait(procs, study: optuna.Study, progress) -> None:

@@ -265,8 +265,10 @@ def test_a_study_with_batch_trials_trains_cohorts_of_one_batch_size_like_one_by_
 
     from sgdtune.config import load_experiment
     from sgdtune.data import load_data
-    from sgdtune.study import derive_seed, locations, run_study
-    from sgdtune.train import train
+    from sgdtune.search import derive_seed
+    from sgdtune.stores import locations
+    from sgdtune.study import run_study
+    from sgdtune.trainer import train
 
     config = load_experiment("experiments/quick.toml", n_trials=6, **{
         "search.batch_size": {"low": 16, "high": 128, "log": True}, "search.lr": {"low": 0.005, "high": 0.03},
@@ -288,7 +290,7 @@ def test_a_study_with_batch_trials_trains_cohorts_of_one_batch_size_like_one_by_
 
 
 def test_batch_trials_must_be_at_least_one(workdir, capsys):
-    from sgdtune.study import main
+    from sgdtune.cli import study_main as main
 
     assert main(["experiments/quick.toml", "--batch-trials", "0", "--no-progress"]) == 2
     assert "--batch-trials: must be >= 1; got 0" in capsys.readouterr().err

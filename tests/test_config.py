@@ -23,8 +23,8 @@ def test_the_default_experiment_searches_batch_size_8_to_1024_on_a_log_scale():
 
 
 def test_dotted_overrides_reach_into_tables():
-    config = load_experiment(EXPERIMENTS / "quick.toml", **parse_overrides(["train.momentum=0.5", 'train.optimizer="adam"']),
-                             seed=7)
+    overrides = parse_overrides(["train.momentum=0.5", 'train.optimizer="adam"'])
+    config = load_experiment(EXPERIMENTS / "quick.toml", **overrides, seed=7)
     assert (config.train.momentum, config.train.optimizer, config.seed) == (0.5, "adam", 7)
 
 

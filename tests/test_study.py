@@ -178,7 +178,8 @@ BAD_INPUTS = [
     ("[search.lr]\nlow = 0.5\nhigh = 0.1\n", "search.lr: low must be <= high; got low=0.5, high=0.1"),
     ("[search.batch_size]\nlow = 0\nhigh = 64\n", "search.batch_size: must be >= 1; got 0"),
     ('[data]\ndataset = "csv"\npath = "missing.csv"\n', "data.path: must be an existing file; got 'missing.csv'"),
-    ('[sampler]\nname = "bayes"\n', "sampler.name: must be one of 'tpe', 'random', 'grid', 'cmaes' or 'gp'; got 'bayes'"),
+    ('[sampler]\nname = "bayes"\n',
+     "sampler.name: must be one of 'tpe', 'random', 'grid', 'cmaes' or 'gp'; got 'bayes'"),
     ('[pruner]\nname = "asha"\n', "pruner.name: must be one of 'median', 'hyperband' or 'none'; got 'asha'"),
 ]
 

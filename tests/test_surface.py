@@ -180,7 +180,7 @@ def test_batch_slider_changes_minibatch_path_and_update_count(chromium, page_fil
         # A click on the map moves the common start point of all three paths.
         box = page.locator("#map").bounding_box()
         page.mouse.click(box["x"] + 150, box["y"] + 480)
-        page.wait_for_function("sgdtuneSurface.paths.full[0][0] !== %r" % state["start"][0], timeout=5000)
+        page.wait_for_function(f"sgdtuneSurface.paths.full[0][0] !== {state['start'][0]!r}", timeout=5000)
         start = page.evaluate("sgdtuneSurface.state.start")
         assert page.evaluate("sgdtuneSurface.paths.full[0]") == start
         assert page.evaluate("Array.from(sgdtuneSurface.paths.sgd.slice(0, 2))") == start

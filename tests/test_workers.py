@@ -17,8 +17,10 @@ from sgdtune.stores import open_storage
 from sgdtune.workers import split
 
 SHORT = ["--set", "search.epochs.low=1", "--set", "search.epochs.high=2", "--no-progress"]
-# Trials of a few seconds, so that a signal lands in the middle of one.
-LONG = ["--set", "search.epochs={choices=[20]}", "--set", "search.batch_size={choices=[16]}",
+# Trials of several seconds even on a fast machine (100 epochs of 90 updates), so that a
+# signal lands in the middle of one: at 20 epochs a warm trial took under a second, and a
+# study could end before the test saw a trial running.
+LONG = ["--set", "search.epochs={choices=[100]}", "--set", "search.batch_size={choices=[16]}",
         "--set", "search.lr={choices=[0.02, 0.03, 0.04]}", "--no-progress"]
 
 
