@@ -1,9 +1,16 @@
-"""Datasets as tensors on the device: load, split (stratified, seeded), standardize."""
+"""Datasets as tensors on the device: load, split (seeded; stratified for classification), standardize.
+
+Two tasks. Classification (the default): integer labels 0..k-1, a stratified split, k
+outputs. Regression (`task = "regression"`): float32 targets of shape (n,) taken as they are,
+a plain seeded random split, one output. In both, the features are standardized with the
+training split's statistics (unless `standardize = false`); regression targets never are.
+"""
 
 from __future__ import annotations
 
 import csv
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,16 +29,37 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: Literal["digits", "synthetic", "csv", "npz"] = "digits"
+    dataset: Literal["digits", "synthetic", "linear", "csv", "npz"] = "digits"
+    task: Literal["classification", "regression"] = Field(
+        default="classification",
+        description="classification: integer classes, stratified split; regression: float targets as given, "
+        "random split, one output, targets not standardized",
+    )
     path: Path | None = Field(default=None, description="the file, for csv and npz")
-    label: str = Field(default="label", description="label column (csv) or array name (npz)")
-    n_samples: int = Field(default=10_000, ge=10, le=50_000_000, description="synthetic only")
-    n_features: int = Field(default=64, ge=2, description="synthetic only")
+    label: str = Field(default="label", description="label/target column (csv) or array name (npz)")
+    n_samples: int = Field(default=10_000, ge=10, le=50_000_000, description="synthetic and linear only")
+    n_features: int = Field(default=64, ge=2, description="synthetic and linear only")
     n_classes: int = Field(default=10, ge=2, description="synthetic only")
+    noise: float = Field(default=0.5, ge=0.0, description="linear only: standard deviation s of the target noise")
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    standardize: bool | None = Field(
+        default=None,
+        description="standardize the features with training statistics; default: true, except for "
+        "dataset = 'linear' (whose known answer holds for the features as drawn)",
+    )
+
+    @property
+    def standardizes(self) -> bool:
+        """Whether the features are standardized: `standardize`, or by default all but 'linear'."""
+        return self.standardize if self.standardize is not None else self.dataset != "linear"
 
     @model_validator(mode="after")
     def _file_sources_need_a_file(self) -> DataConfig:
+        if self.dataset == "linear" and self.task != "regression":
+            raise ValueError(f"data.task: must be 'regression' when dataset = 'linear'; got {self.task!r}")
+        if self.task == "regression" and self.dataset in ("digits", "synthetic"):
+            raise ValueError(f"data.task: 'regression' needs dataset = 'linear', 'csv' or 'npz'; "
+                             f"got dataset = {self.dataset!r}")
         if self.dataset in ("csv", "npz"):
             if self.path is None:
                 raise ValueError(f"data.path: required when dataset = {self.dataset!r}; got nothing")
@@ -42,7 +70,9 @@ class DataConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Standardized float32 features and int64 labels, already on their device."""
+    """float32 features (standardized unless the config said not to) and targets, already on
+    their device: int64 labels 0..n_classes-1 for classification; float32 values of shape (n,),
+    as given (never standardized), for regression, where n_classes = 1 (the model's outputs)."""
 
     name: str
     x_train: torch.Tensor
@@ -50,6 +80,7 @@ class Dataset:
     x_val: torch.Tensor
     y_val: torch.Tensor
     n_classes: int
+    task: Literal["classification", "regression"] = "classification"
 
     @property
     def n_train(self) -> int:
@@ -65,16 +96,20 @@ class Dataset:
 
 
 def load_arrays(config: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Features (n, d) and integer labels (n,) as numpy arrays."""
+    """Features (n, d) float32 and targets (n,) as numpy arrays: int64 labels 0..k-1 for
+    classification, float32 values as given for regression."""
     if config.dataset == "digits":
         return load_digits()
     if config.dataset == "synthetic":
         return synthetic_classification(
             config.n_samples, config.n_features, config.n_classes, seed
         )
+    if config.dataset == "linear":
+        x, y, _ = linear_regression(config.n_samples, config.n_features, config.noise, seed)
+        return x, y
     if config.dataset == "csv":
-        return _read_csv(config.path, config.label)
-    return _read_npz(config.path, config.label)
+        return _read_csv(config.path, config.label, config.task)
+    return _read_npz(config.path, config.label, config.task)
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -110,10 +145,7 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.
     """
     rng = np.random.default_rng(seed)
     n = len(y)
-    n_val = math.ceil(val_fraction * n)
-    if not 0 < n_val < n:
-        raise InputError("data.val_fraction", f"must leave examples on both sides of the split: ceil(val_fraction x "
-                         f"{n} examples) between 1 and {n - 1}", repr(val_fraction))
+    n_val = _n_val(n, val_fraction)
     perm = rng.permutation(n)
     counts = np.bincount(y)
     if counts[counts > 0].min() < 2:  # stratifying needs two of every class
@@ -126,6 +158,48 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.
     rank = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)  # position within its class
     to_val = rank < per_class[y[by_class]]
     return rng.permutation(by_class[~to_val]), rng.permutation(by_class[to_val])
+
+
+def random_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation positions of n examples, a seeded random split (regression):
+    the last ceil(val_fraction * n) of a seeded permutation go to validation (the first, in
+    the permutation's order), the rest to training. The same positions as stratified_split
+    gives when it cannot stratify."""
+    n_val = _n_val(n, val_fraction)
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[n_val:], perm[:n_val]
+
+
+def _n_val(n: int, val_fraction: float) -> int:
+    n_val = math.ceil(val_fraction * n)
+    if not 0 < n_val < n:
+        raise InputError("data.val_fraction", f"must leave examples on both sides of the split: ceil(val_fraction x "
+                         f"{n} examples) between 1 and {n - 1}", repr(val_fraction))
+    return n_val
+
+
+def linear_regression(n_samples: int, n_features: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                          np.ndarray]:
+    """The known-answer regression problem (docs/science.md, section 3): (x, y, w_star).
+
+    The law: w* ~ N(0, I_d) drawn once from the seed, then for each example x ~ N(0, I_d) and
+    y = w*.x + eps with eps ~ N(0, s^2), s = `noise`; no intercept. Drawn in this order from
+    numpy's default_rng(seed): w* (float64, d), x (float32, n x d), eps (float64, n). y is
+    computed in float64 from the float32 x and then rounded to float32, so y = w*.x + eps holds
+    to float32 rounding of y. x and y are returned as float32, not standardized (load_data
+    leaves this dataset's features as drawn unless `standardize = true`), so that the exact
+    finite-sample answers (per-example gradients, Hessian 2 X^T X / n of torch's MSELoss) can
+    be computed from the very arrays training sees.
+    """
+    rng = np.random.default_rng(seed)
+    w_star = rng.standard_normal(n_features)
+    x = rng.standard_normal((n_samples, n_features), dtype=np.float32)
+    eps = rng.standard_normal(n_samples)
+    y = np.empty(n_samples, dtype=np.float32)
+    for start in range(0, n_samples, ROW_BLOCK):  # float64 a block at a time, not n x d at once
+        rows = slice(start, start + ROW_BLOCK)
+        y[rows] = x[rows].astype(np.float64) @ w_star + noise * eps[rows]
+    return x, y, w_star
 
 
 def synthetic_classification(
@@ -179,22 +253,59 @@ def synthetic_parts(n_samples: int, n_features: int, n_classes: int, seed: int):
     return labels.astype(np.int64), features
 
 
-def _read_csv(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_csv(path: Path, label: str, task: str = "classification") -> tuple[np.ndarray, np.ndarray]:
+    """A CSV with a header row: the `label` column as targets, the others as features. Every
+    cell must be a finite number; the first that is not is named by line and column."""
     with open(path, newline="") as f:
         header = next(csv.reader(f), None)
     if not header:
         raise InputError("data.path", f"{str(path)!r} is empty; expected a header row")
     if label not in header:
         raise InputError("data.label", f"must be one of the columns {header}", repr(label))
-    table = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=np.float64)
-    table = np.atleast_2d(table)
-    if np.isnan(table).any():
-        raise InputError("data.path", f"{str(path)!r} has empty or non-numeric cells")
     col = header.index(label)
-    return np.delete(table, col, axis=1).astype(np.float32), _as_labels(table[:, col])
+    try:
+        with warnings.catch_warnings():  # a header and no rows: numpy warns, load_data says why it stops
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=np.float64)
+    except ValueError as e:  # rows of different lengths
+        raise InputError("data.path", f"every row of {str(path)!r} must have the {len(header)} columns of its header",
+                         str(e).strip().splitlines()[-1].strip()) from None
+    if table.size == 0:
+        return np.empty((0, len(header) - 1), dtype=np.float32), np.empty(0, dtype=_target_dtype(task))
+    table = table.reshape(-1, len(header))  # one data row reads as 1-D
+    if not np.isfinite(table).all():
+        _name_the_bad_cell(path, header, col, task)
+    x = np.delete(table, col, axis=1).astype(np.float32)
+    return x, _as_targets(table[:, col], task, f"column {label!r}")
 
 
-def _read_npz(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
+def _name_the_bad_cell(path: Path, header: list[str], col: int, task: str) -> None:
+    """Raise an InputError naming the first cell of the CSV that is not a finite number."""
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        next(rows)
+        data_row = 0
+        for row in rows:
+            if not any(cell.strip() for cell in row):  # blank lines are skipped, as genfromtxt does
+                continue
+            data_row += 1
+            for j, cell in enumerate(row):
+                try:
+                    ok = math.isfinite(float(cell))
+                except ValueError:
+                    ok = False
+                if not ok:
+                    got = (f"{cell!r}" if cell.strip() else "an empty cell") + \
+                        f" at line {rows.line_num} (data row {data_row}), column {header[j]!r} of {str(path)!r}"
+                    if j == col:
+                        what = "a regression target" if task == "regression" else "a class label"
+                        raise InputError("data.label", f"every cell of column {header[col]!r} must be a finite number "
+                                                       f"({what})", got)
+                    raise InputError("data.path", "every feature cell must be a finite number", got)
+    raise InputError("data.path", f"{str(path)!r} has empty or non-numeric cells")
+
+
+def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as archive:
         names = list(archive.files)
         if label not in names:
@@ -207,9 +318,33 @@ def _read_npz(path: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
         x = np.stack(features, axis=1)
     else:
         raise InputError("data.path", "an .npz needs one 2-D feature array, or 1-D columns, beside the labels")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise InputError("data.label", f"array {label!r} must be 1-D (one target per row)", f"shape {y.shape}")
     if x.shape[0] != y.shape[0]:
         raise InputError("data.path", f"{x.shape[0]} feature rows but {y.shape[0]} labels")
-    return x.astype(np.float32), _as_labels(y)
+    return x.astype(np.float32), _as_targets(y, task, f"array {label!r}")
+
+
+def _target_dtype(task: str):
+    return np.float32 if task == "regression" else np.int64
+
+
+def _as_targets(values: np.ndarray, task: str, where: str) -> np.ndarray:
+    """Class labels 0..k-1 (classification) or float32 targets as given (regression, which
+    must be finite numbers; `where` names the column or array in the error)."""
+    if task != "regression":
+        return _as_labels(values)
+    kind = values.dtype
+    if kind == np.bool_ or not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
+        raise InputError("data.label", f"{where} must hold numbers (a regression target)", f"dtype {values.dtype}")
+    y = values.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(y))
+    if len(bad):
+        raise InputError("data.label", f"{where} must hold finite float32 numbers (a regression target)",
+                         f"{values[bad[0]]!r} at row {bad[0] + 1}")
+    return y
 
 
 def _as_labels(values: np.ndarray) -> np.ndarray:
@@ -238,21 +373,35 @@ def _split_blocks(blocks, train_idx: np.ndarray, val_idx: np.ndarray) -> tuple[n
 
 
 def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu") -> Dataset:
-    """Load, split (stratified, seeded) and standardize with training statistics only.
+    """Load, split (seeded) and standardize the features with training statistics only.
+
+    Classification: a stratified split (stratified_split), integer labels, n_classes outputs.
+    Regression: a seeded random split (random_split), float32 targets as given, one output;
+    the targets are never standardized. The features are standardized, (x - mean) / std with
+    the training split's mean and std, unless config.standardizes is false (by default for
+    dataset = 'linear', whose features stay as drawn so that its known answer holds).
 
     Memory: a loaded array is split by copying its rows out, then freed (a peak of twice the
     features); synthetic data goes block by block straight into the split. Standardizing
     works in place, and on a CPU the tensors share the arrays' memory.
     """
+    regression = config.task == "regression"
     if config.dataset == "synthetic":  # features come later, block by block, into the split
         x = None
         y, features = synthetic_parts(config.n_samples, config.n_features, config.n_classes, seed)
     else:
         x, y = load_arrays(config, seed)
-    n_classes = int(y.max()) + 1
+    name = config.dataset if config.path is None else f"{config.dataset}:{config.path.name}"
+    if len(y) < 2:
+        raise InputError("data.path", "must hold at least 2 examples (one to train on, one to validate)",
+                         f"{len(y)} in {name}")
+    n_classes = 1 if regression else int(y.max()) + 1
     # Split positions only (they depend on n and y alone), so that each copy of the features
     # happens when the memory it needs is there.
-    train_idx, val_idx = stratified_split(y, config.val_fraction, seed)
+    if regression:
+        train_idx, val_idx = random_split(len(y), config.val_fraction, seed)
+    else:
+        train_idx, val_idx = stratified_split(y, config.val_fraction, seed)
     y_tr, y_va = y[train_idx], y[val_idx]
     del y
     if x is None:
@@ -263,18 +412,20 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
         del train_idx
         x_va = x[val_idx]
         del x, val_idx
-    mean = x_tr.mean(axis=0)
-    std = x_tr.std(axis=0)
-    std[std == 0] = 1.0  # constant features (digits has some) stay 0 rather than NaN
-    for part in (x_tr, x_va):  # (x - mean) / std, in place
-        part -= mean
-        part /= std
+    if config.standardizes:
+        mean = x_tr.mean(axis=0)
+        std = x_tr.std(axis=0)
+        std[std == 0] = 1.0  # constant features (digits has some) stay 0 rather than NaN
+        for part in (x_tr, x_va):  # (x - mean) / std, in place
+            part -= mean
+            part /= std
     to = dict(device=device)
     return Dataset(
-        name=config.dataset if config.path is None else f"{config.dataset}:{config.path.name}",
+        name=name,
         x_train=torch.as_tensor(x_tr, dtype=torch.float32, **to),
         y_train=torch.as_tensor(y_tr, **to),
         x_val=torch.as_tensor(x_va, dtype=torch.float32, **to),
         y_val=torch.as_tensor(y_va, **to),
         n_classes=n_classes,
+        task=config.task,
     )

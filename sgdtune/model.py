@@ -18,7 +18,8 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Literal["mlp"] = "mlp"
-    hidden: tuple[int, ...] = Field(default=(128,), description="hidden layer widths")
+    hidden: tuple[int, ...] = Field(
+        default=(128,), description="hidden layer widths; [] = a linear model (one nn.Linear, with a bias)")
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     factory: str | None = Field(
         default=None,
@@ -56,15 +57,23 @@ def resolve_factory(spec: str):
 
 
 def describe_model(config: ModelConfig, n_features: int, n_classes: int) -> str:
-    """The `model` param: 'mlp(64-128-10,relu)' or the factory string."""
+    """The `model` param: 'mlp(64-128-10,relu)', 'linear(64-10)' when there is no hidden
+    layer (the activation plays no part), or the factory string."""
     if config.factory:
         return config.factory
     widths = "-".join(str(w) for w in (n_features, *config.hidden, n_classes))
+    if not config.hidden:
+        return f"linear({widths})"
     return f"mlp({widths},{config.activation})"
 
 
 def build_model(config: ModelConfig, n_features: int, n_classes: int, seed: int) -> nn.Module:
     """A freshly initialized model; the initial weights depend on `seed` alone.
+
+    The MLP is nn.Sequential of Linear layers (each with a bias) and activations, the last
+    Linear giving n_classes outputs (1 for regression). With hidden = () it is one
+    nn.Linear(n_features, n_classes): a linear model z = W x + b, bias included (torch's
+    default initialization, uniform in +-1/sqrt(n_features) for W and b).
 
     Initialization draws from torch's global generator, so it is forked and seeded here
     rather than left to whatever ran before.
