@@ -33,6 +33,7 @@ STUDY_EPILOG = """examples:
   python -m sgdtune.study experiments/quick.toml           # a sweep of a few seconds
   python -m sgdtune.study experiments/quick.toml --n-trials 8 --seed 1 --report
   python -m sgdtune.study experiments/quick.toml --workers 2
+  python -m sgdtune.study experiments/quick.toml --replicates 3   # each trial: mean of 3 seeds
   python -m sgdtune.study X.toml --set train.momentum=0.0 --set data.val_fraction=0.3
   python -m sgdtune.study X.toml --storage postgresql://user@host/db --tracking-uri http://host:5000
 """
@@ -61,6 +62,8 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
                    help="RDB storages: fail and re-run a trial whose worker is silent for 2x SECONDS")
     p.add_argument("--batch-trials", type=int, default=1, metavar="K",
                    help="train up to K trials of one batch size at once as one stacked model (MLPs)")
+    p.add_argument("--replicates", type=int, metavar="R",
+                   help="train each sampled configuration with R seeds; its value is their mean (default: 1)")
     p.add_argument("--report", action="store_true", help="write reports/<study>/report.html and .json at the end")
     p.add_argument("--no-tracking", action="store_true", help="skip MLflow (Optuna storage only)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
@@ -76,9 +79,11 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
 
     command = f"{prog} " + " ".join(shlex.quote(redact_url(a)) for a in given)
     try:
+        if args.replicates is not None and args.replicates < 1:
+            raise InputError("--replicates", "must be >= 1", repr(args.replicates))
         overrides = {"n_trials": args.n_trials, "seed": args.seed, "name": args.study_name, "storage": args.storage,
                      "tracking_uri": args.tracking_uri, "timeout_s": args.timeout, "device": args.device,
-                     **parse_overrides(args.set)}
+                     "replicates": args.replicates, **parse_overrides(args.set)}
         config = load_experiment(args.experiment, **overrides)
         from .console import print_closing, quiet_libraries
         from .stores import locations

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import ExperimentConfig
+from .errors import InputError
 from .search import n_finished
 from .trainer import BUDGET_SIZES, PER_MEMBER, Diverged, group_key, train, train_stacked
 from .trial import TRIAL_ENDINGS, Objective, TrialJob
@@ -38,6 +39,15 @@ def _stop_when_done(n_trials: int):
     return callback
 
 
+def check_cohorts(config: ExperimentConfig, batch_trials: int) -> None:
+    """Stacked cohorts train each trial once, as one member: replicates (trained one after
+    another, trial.py) cannot be part of one, so the two are refused together."""
+    if batch_trials > 1 and config.replicates > 1:
+        raise InputError("--batch-trials", "cannot be combined with --replicates > 1 (replicates are trained one "
+                         "after another, not stacked); drop one of the two",
+                         f"--batch-trials {batch_trials} with --replicates {config.replicates}")
+
+
 def optimize_batched(study: optuna.Study, objective: Objective, n_trials: int, config: ExperimentConfig,
                      batch_trials: int) -> None:
     """Up to n_trials more trials, in cohorts of `batch_trials` trained as one stacked model.
@@ -47,6 +57,7 @@ def optimize_batched(study: optuna.Study, objective: Objective, n_trials: int, c
     Optuna's queue, so a continuous batch-size range still gives full groups. Each member keeps
     its own lr, momentum, seed, metrics, pruning and divergence (trainer.stacked).
     """
+    check_cohorts(config, batch_trials)
     shaping = [name for name in config.search if name not in PER_MEMBER and name not in BUDGET_SIZES[:2]]
     started, deadline = 0, time.monotonic() + (config.timeout_s or math.inf)
     while started < n_trials and n_finished(study) < config.n_trials and time.monotonic() < deadline:

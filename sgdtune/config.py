@@ -91,6 +91,7 @@ class ExperimentConfig(_Strict):
     seed: int = Field(default=0, ge=0)
     n_trials: int = Field(default=20, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
+    replicates: int = Field(default=1, ge=1, description="seeds each sampled configuration is trained with")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N | mps")
     objectives: tuple[Literal["val_acc", "compute_time_s"], ...] = Field(
         default=("val_acc",), min_length=1, max_length=2)

@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 
 from . import __version__
-from .cohorts import optimize, optimize_batched, settle
+from .cohorts import check_cohorts, optimize, optimize_batched, settle
 from .config import ExperimentConfig, file_sha256
 from .console import Progress
 from .data import load_data
@@ -51,6 +51,8 @@ def run_study(
 ) -> optuna.Study:
     """Run (or resume) the study until it has config.n_trials finished trials.
 
+    With config.replicates = R > 1 each trial trains its configuration with R seeds and its
+    value is their mean (trial.py); not with batch_trials > 1 (InputError).
     With workers > 1, that many processes on this machine share the study (workers.py).
     With heartbeat (seconds; RDB storages only), a trial whose process died is failed after
     two silent intervals and run again. The study's user attributes say where its MLflow
@@ -62,6 +64,7 @@ def run_study(
         raise InputError("--batch-trials", "must be >= 1", repr(batch_trials))
     if heartbeat is not None and heartbeat < 1:
         raise InputError("--heartbeat", "must be >= 1 (seconds)", repr(heartbeat))
+    check_cohorts(config, batch_trials)  # --batch-trials with --replicates: refused
     device = resolve_device(config.device)
     data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
     storage_url, tracking_uri = locations(config, mlruns)

@@ -193,16 +193,21 @@ class Tracker:
         self.client.log_batch(run_id, metrics=_metrics(metrics, step=0))
         self.client.set_terminated(run_id, status=status)
 
-    # -- one child run per trial ------------------------------------------------------------
+    # -- one child run per trial (and, with replicates, one per replicate under it) ----------
 
     def start_trial_run(self, parent_run_id: str, trial_number: int, params: dict, tags: dict) -> str:
+        return self.start_child_run(parent_run_id, f"trial-{trial_number}", params,
+                                    {"sgdtune.trial_number": trial_number, **tags})
+
+    def start_child_run(self, parent_run_id: str, name: str, params: dict, tags: dict) -> str:
+        """A run nested under `parent_run_id` (a trial's under the study's, a replicate's under
+        its trial's), with the study's name as a tag; its epochs and end as a trial run's."""
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{trial_number}",
+            run_name=name,
             tags={
                 "mlflow.parentRunId": parent_run_id,
                 "sgdtune.study_name": self.study_name,
-                "sgdtune.trial_number": str(trial_number),
                 **{k: str(v) for k, v in tags.items()},
             },
         )
@@ -245,9 +250,13 @@ class Tracker:
         self.client.set_terminated(run_id, status=STATUS_OF_STATE[state])
 
     def fail_stale_run(self, run_id: str, reason: str) -> bool:
-        """End a run left RUNNING by a dead worker as FAILED; False if it had already ended."""
+        """End a run left RUNNING by a dead worker as FAILED, and any of its nested runs (a
+        trial's replicates) still RUNNING; False if it had already ended."""
         from mlflow.entities import RunStatus
 
+        running = f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
+        for child in self.client.search_runs([self.experiment_id], filter_string=running):
+            self.end_trial_run(child.info.run_id, "FAIL", {}, fail_reason=reason)
         run = self.client.get_run(run_id)
         if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
             return False

@@ -7,11 +7,30 @@ other exception (divergence, a bug in a user's model, Ctrl-C) -> FAIL with a rea
 ends the trial's MLflow run the same way (FINISHED, KILLED, FAILED), so no run stays
 RUNNING, and the caller tells Optuna the state it returns (or re-raises, inside
 `study.optimize`, where Optuna's own mapping agrees).
+
+Replicates (`replicates = R > 1`): the sampled configuration is trained R times, one after
+another, replicate r with seed `derive_seed(study seed, trial number, r)` (r = 0 keeps the
+seed of a trial without replicates, so replicate 0 is exactly that trial's training). Each
+is its own MLflow run `trial-<n>-rep-<r>` nested under the trial's run (tag
+`sgdtune.replicate`), with its own epochs and summary. The trial's run gets, at its end, the
+per-epoch mean over the replicates (over those that reached the epoch) and the mean of each
+summary metric, plus `<metric>_std` (ddof=1) and `<metric>_se` (std / sqrt(R)) of the
+SPREAD_METRICS; the mean is the value Optuna sees. The pruner sees replicate 0's epochs only:
+replicate 0 is trained first, and a trial it prunes trains no other replicate.
+Sequential rather than stacked (train_stacked, one member per seed): the stacked loop calls
+each member's hook in turn, so a decision on the mean could only come at the last member's
+hook and the others would leave an epoch later; factory models cannot be stacked at all;
+and a stacked member equals `train` only up to float rounding, so replicate 0 would no
+longer be the trial a study without replicates trains. Any replicate diverging fails the
+trial (the reason names it) and no later replicate is trained; the finished replicates'
+runs are FINISHED, the one in flight ends with the trial's state.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +51,62 @@ if TYPE_CHECKING:
 EPOCH_METRIC_NAMES = set(EpochMetrics.__dataclass_fields__) - {"epoch"}
 # Endings that belong to the trial itself: told to Optuna, and the study goes on.
 TRIAL_ENDINGS = (optuna.TrialPruned, Diverged)
+# Summary metrics whose spread over replicates is logged (<name>_std, <name>_se) when every
+# replicate has them (updates_to_target: when every replicate reached the target).
+SPREAD_METRICS = ("final_val_acc", "final_val_loss", "final_gen_gap", "final_grad_noise_scale",
+                  "updates_to_target", "final_val_r2")
+
+
+@dataclass
+class Replicate:
+    """One seed of a trial with replicates: its config, nested MLflow run, epochs, result."""
+
+    index: int
+    config: TrainConfig
+    run: RunRef | None = None
+    history: list[EpochMetrics] = field(default_factory=list)
+    result: TrainResult | None = None
+    started: bool = False
+
+    def summary(self) -> dict[str, float]:
+        return self.result.summary() if self.result is not None else history_summary(self.history)
+
+
+def replicate_seed(study_seed: int, trial_number: int, replicate: int) -> int:
+    """Replicate 0 has the seed of a trial without replicates; replicate r >= 1 its own."""
+    if replicate == 0:
+        return derive_seed(study_seed, trial_number)
+    return derive_seed(study_seed, trial_number, replicate)
+
+
+def mean_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
+    """The mean over replicates of each summary metric every replicate has, and the sample
+    standard deviation (ddof=1) and standard error (std / sqrt(R)) of the SPREAD_METRICS."""
+    if not summaries:
+        return {}
+    keys = [k for k in summaries[0] if all(k in s for s in summaries)]
+    out = {k: statistics.fmean(s[k] for s in summaries) for k in keys}
+    if len(summaries) >= 2:
+        for k in SPREAD_METRICS:
+            if k in out:
+                std = statistics.stdev(s[k] for s in summaries)
+                out[f"{k}_std"], out[f"{k}_se"] = std, std / math.sqrt(len(summaries))
+    return out
+
+
+def mean_history(histories: list[list[EpochMetrics]]) -> list[EpochMetrics]:
+    """Per epoch, the mean of each metric over the replicates that reached that epoch (None
+    where one of them has none, as grad_noise_scale before the first probe)."""
+    out = []
+    for i in range(max((len(h) for h in histories), default=0)):
+        epochs = [h[i] for h in histories if len(h) > i]
+        values: dict[str, Any] = {"epoch": epochs[0].epoch}
+        for name in EpochMetrics.__dataclass_fields__:
+            if name != "epoch":
+                got = [getattr(m, name) for m in epochs]
+                values[name] = None if any(v is None for v in got) else statistics.fmean(got)
+        out.append(EpochMetrics(**values))
+    return out
 
 
 @dataclass
@@ -43,9 +118,31 @@ class TrialJob:
     plan: BatchPlan
     run: RunRef | None
     objective: Objective
-    history: list[EpochMetrics] = field(default_factory=list)
+    history: list[EpochMetrics] = field(default_factory=list)  # with replicates: their mean, at the end
     run_id_recorded: bool = False
     values: float | tuple[float, ...] | None = None  # the objective value(s), once COMPLETE
+    replicates: list[Replicate] = field(default_factory=list)  # empty without replicates (R = 1)
+    current: Replicate | None = None  # the replicate in training
+
+    def train(self, data: Dataset) -> TrainResult | list[TrainResult]:
+        """Train the trial: its one config, or its replicates one after another (each run
+        ended as it completes). An exception ends training; `finish` records it."""
+        if not self.replicates:
+            return train(self.config, data, self.on_epoch)
+        obj = self.objective
+        for rep in self.replicates:
+            self.current, rep.started = rep, True
+            if obj.tracker is not None:
+                rep.run = obj.tracker.start_child_run(
+                    self.run, f"trial-{self.trial.number}-rep-{rep.index}",
+                    params={**obj.run_params(rep.config, self.plan), "replicates": len(self.replicates)},
+                    tags={"sgdtune.replicate": rep.index, "sgdtune.replicate_of_trial": self.trial.number,
+                          "sgdtune.device": obj.device_tag, "sgdtune.trial_state": "RUNNING"},
+                )
+            rep.result = train(rep.config, data, lambda m, rep=rep: self._epoch(m, rep.history, rep.run, rep.index))
+            self._end_replicate(rep, TrialState.COMPLETE)
+            self.current = None
+        return [rep.result for rep in self.replicates]
 
     def record_run_id(self, wait: bool) -> None:
         """The trial's user attribute mlflow_run_id, once the writer process has made the run
@@ -56,22 +153,35 @@ class TrialJob:
 
     def on_epoch(self, m: EpochMetrics) -> None:
         """The trainer's hook: log the epoch, show it, report it to the pruner."""
-        self.history.append(m)
+        self._epoch(m, self.history, self.run, 0)
+
+    def _epoch(self, m: EpochMetrics, history: list[EpochMetrics], run: RunRef | None, replicate: int) -> None:
+        """An epoch of the trial (or of one replicate, into its own run); the pruner sees
+        those of replicate 0 only."""
+        history.append(m)
         obj = self.objective
-        if self.run is not None:
-            obj.tracker.log_epoch(self.run, m.as_dict(), step=m.epoch)
+        if run is not None:
+            obj.tracker.log_epoch(run, m.as_dict(), step=m.epoch)
             self.record_run_id(wait=False)
         if obj.progress:
             obj.progress.epoch_done(m, self.plan.epochs)
-        if obj.prune:
+        if obj.prune and replicate == 0:
             self.trial.report(m.val_acc, m.epoch)
             if self.trial.should_prune():
-                raise optuna.TrialPruned(f"val_acc {m.val_acc:.4f} at epoch {m.epoch}")
+                where = " of replicate 0" if self.replicates else ""
+                raise optuna.TrialPruned(f"val_acc {m.val_acc:.4f} at epoch {m.epoch}{where}")
 
-    def finish(self, ending: TrainResult | BaseException) -> TrialState:
-        """Record how the trial ended and end its MLflow run; the trial's Optuna state."""
-        if isinstance(ending, TrainResult):
-            summary = ending.summary()
+    def finish(self, ending: TrainResult | list[TrainResult] | BaseException) -> TrialState:
+        """Record how the trial ended and end its MLflow run (and, with replicates, the run
+        of the replicate in training); the trial's Optuna state. `ending`: the training
+        result, the replicates' results, or the exception that ended training."""
+        if self.replicates:
+            self.history = mean_history([r.history for r in self.replicates])
+        if isinstance(ending, (TrainResult, list)):
+            if isinstance(ending, TrainResult):
+                summary = ending.summary()
+            else:
+                summary = mean_summary([r.summary() for r in self.replicates])
             self.values = self.objective.values(summary)
             self._end(TrialState.COMPLETE, summary)
             return TrialState.COMPLETE
@@ -79,23 +189,40 @@ class TrialJob:
         if isinstance(ending, optuna.TrialPruned):
             self._end(TrialState.PRUNED, partial)
             return TrialState.PRUNED
+        of = f"replicate {self.current.index}: " if self.current is not None else ""
         if isinstance(ending, Diverged):
-            kind, reason = "diverged", str(ending)
+            kind, reason = "diverged", f"{of}{ending}"
             self.trial.set_user_attr("failed_at_update", ending.update)
             partial["failed_at_update"] = ending.update
+            if self.current is not None:
+                self.trial.set_user_attr("failed_replicate", self.current.index)
         elif isinstance(ending, KeyboardInterrupt):
             kind, reason = "interrupted", "interrupted (Ctrl-C)"
         else:  # a bug in a user's model, say: the run must not stay RUNNING
-            kind, reason = "error", f"{type(ending).__name__}: {ending}"
+            kind, reason = "error", f"{of}{type(ending).__name__}: {ending}"
         self.trial.set_user_attr(FAIL_KIND, kind)
         self.trial.set_user_attr("fail_reason", reason)
         self._end(TrialState.FAIL, partial, reason)
         return TrialState.FAIL
 
+    def _end_replicate(self, rep: Replicate, state: TrialState, reason: str | None = None) -> None:
+        """End a replicate's run: COMPLETE as it completes, else with its trial's ending."""
+        if rep.run is not None:
+            once = {k: v for k, v in rep.summary().items() if k not in EPOCH_METRIC_NAMES}
+            self.objective.tracker.end_trial_run(rep.run, state.name, once, fail_reason=reason)
+
     def _end(self, state: TrialState, summary: dict, reason: str | None = None) -> None:
         obj = self.objective
         self.trial.set_user_attr("summary", summary)
+        if self.replicates:
+            if self.current is not None:  # the replicate in training ends as its trial does
+                self._end_replicate(self.current, state, reason)
+                self.current = None
+            self.trial.set_user_attr("replicate_summaries", [r.summary() for r in self.replicates if r.started])
         if self.run is not None:
+            if self.replicates:  # the trial's curves: the mean over replicates, per epoch
+                for m in self.history:
+                    obj.tracker.log_epoch(self.run, m.as_dict(), step=m.epoch)
             # `updates` and `examples_seen` are per-epoch metrics too: their latest value is
             # already the summary, and logging them again would add a point to their curves.
             once = {k: v for k, v in summary.items() if k not in EPOCH_METRIC_NAMES}
@@ -127,7 +254,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         job = self.begin(trial)
         try:
-            result = train(job.config, self.data, job.on_epoch)
+            result = job.train(self.data)
         except BaseException as e:
             job.finish(e)
             raise  # Optuna maps it as finish() did
@@ -139,23 +266,32 @@ class Objective:
         duration is the trial's)."""
         trial.set_user_attr("worker_pid", os.getpid())  # lets a supervisor find a dead worker's trial
         params = suggest(trial, self.config.search)
-        train_config = self.config.trial_config(params, seed=derive_seed(self.config.seed, trial.number))
+        n_reps = self.config.replicates
+        configs = [self.config.trial_config(params, seed=replicate_seed(self.config.seed, trial.number, r))
+                   for r in range(n_reps)]
+        train_config = configs[0]
         plan = BatchPlan.of(self.data.n_train, train_config)
         run = None
         if self.tracker is not None:
+            run_params = self.run_params(train_config, plan)
+            if n_reps > 1:
+                run_params["replicates"] = n_reps
             run = self.tracker.start_trial_run(
                 self.parent_run,
                 trial.number,
-                params=self.run_params(train_config, plan),
+                params=run_params,
                 tags={"sgdtune.device": self.device_tag, "sgdtune.trial_state": "RUNNING"},
             )
         if self.progress:
             self.progress.trial_started(trial.number, train_config, plan)
-        return TrialJob(trial, train_config, plan, run, self)
+        replicates = [Replicate(r, c) for r, c in enumerate(configs)] if n_reps > 1 else []
+        return TrialJob(trial, train_config, plan, run, self, replicates=replicates)
 
     def values(self, summary: dict[str, float]) -> float | tuple[float, ...]:
-        """The objective value(s) Optuna sees, from a complete trial's summary."""
-        values = [summary["final_val_acc"] if o == "val_acc" else summary[o] for o in self.config.objectives]
+        """The objective value(s) Optuna sees, from a complete trial's summary (with
+        replicates, their mean); val_acc of a regression is its R² score."""
+        acc = "final_val_acc" if "final_val_acc" in summary else "final_val_r2"  # a regression's R²
+        values = [summary[acc] if o == "val_acc" else summary[o] for o in self.config.objectives]
         return values[0] if len(values) == 1 else tuple(values)
 
     def run_params(self, tc: TrainConfig, plan: BatchPlan) -> dict[str, Any]:

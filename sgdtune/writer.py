@@ -152,6 +152,10 @@ class BackgroundTracker:
     def start_trial_run(self, parent: RunRef | str, trial_number: int, params: dict, tags: dict) -> RunRef:
         return self._call("start_trial_run", parent, trial_number, params, tags, creates_run=True)
 
+    def start_child_run(self, parent: RunRef | str, name: str, params: dict, tags: dict) -> RunRef:
+        """A run nested under `parent` (a trial's replicate under the trial's run)."""
+        return self._call("start_child_run", parent, name, params, tags, creates_run=True)
+
     def log_epoch(self, run: RunRef | str, metrics: dict[str, float], step: int) -> None:
         self._call("log_epoch", run, metrics, step)
 
