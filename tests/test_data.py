@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from sgdtune.data import DataConfig, load_data, load_digits, stratified_split, synthetic_classification
+from sgdtune.data import (
+    DataConfig,
+    linear_regression,
+    load_data,
+    load_digits,
+    random_split,
+    stratified_split,
+    synthetic_classification,
+)
 from sgdtune.errors import InputError
 
 
@@ -81,3 +89,131 @@ def test_synthetic_scales_to_a_million_examples_as_float32():
     x, y = synthetic_classification(1_000_000, 64, 10, seed=0)
     assert x.shape == (1_000_000, 64) and x.dtype == np.float32
     assert set(np.unique(y)) == set(range(10))
+
+
+# -- regression ---------------------------------------------------------------------------
+
+
+def write_csv(path, header: str, rows: list[str]):
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_a_regression_csv_keeps_its_float_targets_as_given_and_standardizes_the_features_only(tmp_path):
+    targets = [round(0.37 * i - 3.1, 2) for i in range(40)]  # 40 distinct floats, not class codes
+    path = write_csv(tmp_path / "d.csv", "f1,y,f2", [f"{i},{t},{(i * 7) % 11}" for i, t in enumerate(targets)])
+    config = DataConfig(dataset="csv", path=path, label="y", task="regression", val_fraction=0.25)
+    data = load_data(config, seed=0)
+    assert (data.task, data.n_classes, data.n_train, data.n_val, data.n_features) == ("regression", 1, 30, 10, 2)
+    assert data.y_train.dtype == torch.float32 and data.y_train.shape == (30,) and data.y_val.shape == (10,)
+    # Targets as given (no class mapping, no standardizing): the split's rows of the column.
+    train_idx, val_idx = random_split(40, 0.25, seed=0)
+    expected = np.array(targets, dtype=np.float32)
+    assert np.array_equal(data.y_train.numpy(), expected[train_idx])
+    assert np.array_equal(data.y_val.numpy(), expected[val_idx])
+    f1 = np.arange(40, dtype=np.float32)  # the features are standardized with training statistics
+    assert np.allclose(data.x_train[:, 0].numpy(), (f1[train_idx] - f1[train_idx].mean()) / f1[train_idx].std(),
+                       atol=1e-5)
+
+
+def test_the_regression_split_is_a_seeded_random_partition():
+    train, val = random_split(101, 0.2, seed=4)
+    assert len(val) == 21 and np.array_equal(np.sort(np.concatenate([train, val])), np.arange(101))
+    again, other = random_split(101, 0.2, seed=4), random_split(101, 0.2, seed=5)
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
+    assert not np.array_equal(other[1], val)
+    # The positions stratified_split gives when it cannot stratify (a class of one).
+    y = np.array([0] + [1] * 100)
+    assert all(np.array_equal(a, b) for a, b in zip(stratified_split(y, 0.2, seed=4), (train, val)))
+    with pytest.raises(InputError, match=r"data.val_fraction: must leave examples on both sides"):
+        random_split(3, 0.9, seed=0)
+
+
+def test_a_regression_npz_target_is_taken_as_float32(tmp_path):
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=50) * 100.0
+    np.savez(tmp_path / "d.npz", X=rng.normal(size=(50, 3)), t=y)
+    data = load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz", label="t", task="regression"), seed=2)
+    assert data.n_classes == 1 and data.y_train.dtype == torch.float32
+    train_idx, val_idx = random_split(50, 0.2, seed=2)
+    assert np.array_equal(data.y_val.numpy(), y[val_idx].astype(np.float32))
+
+
+def test_a_non_numeric_regression_npz_target_names_the_field(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.zeros((4, 2)), t=np.array(["a", "b", "c", "d"]))
+    with pytest.raises(InputError, match=r"^data.label: array 't' must hold numbers \(a regression target\); got dt"):
+        load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz", label="t", task="regression"), seed=0)
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_a_single_row_names_the_field(tmp_path, task):
+    path = write_csv(tmp_path / "one.csv", "a,y", ["1.5,2.5"])
+    with pytest.raises(InputError, match=r"^data.path: must hold at least 2 examples .*; got 1 in csv:one.csv$"):
+        load_data(DataConfig(dataset="csv", path=path, label="y", task=task), seed=0)
+    header_only = write_csv(tmp_path / "none.csv", "a,y", [])
+    with pytest.raises(InputError, match=r"^data.path: must hold at least 2 examples .*; got 0 in csv:none.csv$"):
+        load_data(DataConfig(dataset="csv", path=header_only, label="y", task=task), seed=0)
+
+
+def test_a_non_numeric_target_cell_is_named_by_line_and_column(tmp_path):
+    rows = [f"{i},{i * 0.5}" for i in range(10)]
+    rows[2] = "2,abc"
+    path = write_csv(tmp_path / "d.csv", "a,y", rows)
+    with pytest.raises(InputError, match=r"^data.label: every cell of column 'y' must be a finite number "
+                                         r"\(a regression target\); got 'abc' at line 4 \(data row 3\), "
+                                         r"column 'y' of '.*d.csv'$"):
+        load_data(DataConfig(dataset="csv", path=path, label="y", task="regression"), seed=0)
+
+
+def test_a_non_numeric_or_empty_feature_cell_is_named_by_line_and_column(tmp_path):
+    rows = [f"{i},{i * 0.5},{i % 3}" for i in range(10)]
+    rows[6] = "6,3.0,"
+    path = write_csv(tmp_path / "d.csv", "a,y,b", rows)
+    with pytest.raises(InputError, match=r"^data.path: every feature cell must be a finite number; got an empty "
+                                         r"cell at line 8 \(data row 7\), column 'b' of '.*d.csv'$"):
+        load_data(DataConfig(dataset="csv", path=path, label="y", task="regression"), seed=0)
+    rows[6] = "six,3.0,0"
+    write_csv(path, "a,y,b", rows)
+    with pytest.raises(InputError, match=r"got 'six' at line 8 \(data row 7\), column 'a'"):
+        load_data(DataConfig(dataset="csv", path=path, label="y"), seed=0)  # classification too
+
+
+def test_the_linear_dataset_follows_its_law_and_is_not_standardized():
+    config = DataConfig(dataset="linear", task="regression", n_samples=500, n_features=6, noise=0.25, val_fraction=0.2)
+    x, y, w_star = linear_regression(500, 6, 0.25, seed=9)
+    assert x.dtype == np.float32 and y.dtype == np.float32 and w_star.shape == (6,)
+    eps = (y.astype(np.float64) - x.astype(np.float64) @ w_star) / 0.25  # the noise, back out of the law
+    assert abs(eps.mean()) < 0.15 and abs(eps.std() - 1.0) < 0.1
+    again, other = linear_regression(500, 6, 0.25, seed=9), linear_regression(500, 6, 0.25, seed=10)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (x, y, w_star)))
+    assert not np.array_equal(other[2], w_star)
+
+    data = load_data(config, seed=9)
+    assert (data.name, data.task, data.n_classes, data.n_train, data.n_val) == ("linear", "regression", 1, 400, 100)
+    train_idx, val_idx = random_split(500, 0.2, seed=9)
+    assert np.array_equal(data.x_train.numpy(), x[train_idx]) and np.array_equal(data.y_val.numpy(), y[val_idx])
+    standardized = load_data(config.model_copy(update={"standardize": True}), seed=9)
+    assert torch.allclose(standardized.x_train.mean(dim=0), torch.zeros(6), atol=1e-5)
+    assert torch.equal(standardized.y_train, data.y_train)  # targets never
+
+
+def test_the_default_task_is_classification_and_standardize_follows_the_dataset():
+    assert DataConfig().task == "classification" and DataConfig().standardizes
+    assert not DataConfig(dataset="linear", task="regression").standardizes
+    assert DataConfig(dataset="digits", standardize=False).standardizes is False
+    assert load_data(DataConfig(), seed=0).task == "classification"
+
+
+@pytest.mark.parametrize("table,message", [
+    ('dataset = "linear"\n', "data.task: must be 'regression' when dataset = 'linear'; got 'classification'"),
+    ('task = "regression"\n', "data.task: 'regression' needs dataset = 'linear', 'csv' or 'npz'; "
+                              "got dataset = 'digits'"),
+    ('task = "ranking"\n', "data.task: must be one of 'classification' or 'regression'; got 'ranking'"),
+])
+def test_task_rules_name_the_field(tmp_path, table, message):
+    from sgdtune.config import load_experiment
+
+    (tmp_path / "x.toml").write_text(f"[data]\n{table}")
+    with pytest.raises(InputError) as info:
+        load_experiment(tmp_path / "x.toml")
+    assert message in str(info.value)
