@@ -23,8 +23,8 @@ def make_data(n: int = 240, d: int = 6, k: int = 3, seed: int = 0, n_val: int = 
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(batch_size=8, lr=0.05, momentum=0.0, epochs=3, probe_size=32, measure_every=20,
-                model=ModelConfig(hidden=(16, 16)))
+    base = dict(batch_size=8, lr=0.05, momentum=0.0, epochs=3, probe_size="auto", measure_every_epochs=1,
+                sharpness_every=2, model=ModelConfig(hidden=(16, 16)))
     return TrainConfig(**{**base, **kw})
 
 
@@ -48,8 +48,17 @@ def assert_same_trial(got, want, tol: float = TOL) -> None:
         assert (g.lr, g.noise_temperature) == (w.lr, w.noise_temperature)
         for name in ("train_loss", "val_loss", "train_acc", "val_acc", "loss_noise"):
             assert abs(getattr(g, name) - getattr(w, name)) <= tol, (name, g.epoch, getattr(g, name), getattr(w, name))
-        assert g.grad_noise_scale == (w.grad_noise_scale and pytest.approx(w.grad_noise_scale, rel=1e-5))
+        for name in ("grad_noise_scale", "grad_noise_scale_se", "sharpness", "lr_sharpness"):
+            value, alone = getattr(g, name), getattr(w, name)
+            assert (value is None) == (alone is None), (name, g.epoch)
+            assert value is None or value == pytest.approx(alone, rel=tol, abs=tol), (name, g.epoch, value, alone)
+        assert g.grad_noise_scale_bound == w.grad_noise_scale_bound
     assert got.plan == want.plan and got.lr == want.lr
+    assert set(got.summary()) == set(want.summary())
+    for name in ("final_grad_noise_scale", "final_sharpness", "grad_noise_scale_at_target"):
+        assert (name in got.summary()) == (name in want.summary())
+        if name in want.summary():
+            assert got.summary()[name] == pytest.approx(want.summary()[name], rel=tol)
     assert (got.updates_to_target, got.examples_to_target) == (want.updates_to_target, want.examples_to_target)
 
 
@@ -102,7 +111,7 @@ def test_stacked_evaluation_equals_train_evaluate_member_by_member(monkeypatch, 
 
 def test_full_batch_members_match_training_alone():
     data = make_data()
-    configs = [cfg(batch_size=1000, lr=0.5, epochs=4, seed=s, measure_every=2) for s in (4, 5)]
+    configs = [cfg(batch_size=1000, lr=0.5, epochs=4, seed=s, measure_every_epochs=2) for s in (4, 5)]
     for config, result in zip(configs, train_stacked(configs, data)):
         assert_same_trial(result, train(config, data))
 

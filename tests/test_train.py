@@ -21,7 +21,8 @@ def make_data(n: int = 60, d: int = 4, k: int = 3, seed: int = 0, n_val: int = 1
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(batch_size=8, lr=0.1, momentum=0.0, epochs=1, probe_size=0, model=ModelConfig(hidden=()))
+    base = dict(batch_size=8, lr=0.1, momentum=0.0, epochs=1, probe_size=0, sharpness_every=0,
+                model=ModelConfig(hidden=()))
     return TrainConfig(**{**base, **kw})
 
 
@@ -192,7 +193,7 @@ class FakeStepper:
     def __init__(self, k: int, nan_at: set[tuple[int, int]] = frozenset()):
         self.alive = list(range(k))  # config indices of the members, in stepper order
         self.nan_at, self.updates = nan_at, 0
-        self.batches, self.lrs, self.probes, self.kept = [], [], [], []
+        self.batches, self.lrs, self.probes, self.kept, self.sharpened = [], [], [], [], []
 
     def begin_epoch(self, orders):
         self.orders = torch.stack(orders)
@@ -209,11 +210,19 @@ class FakeStepper:
     def evaluate(self, x, y, positions):
         return [(1.0, 0.5) for _ in positions]
 
-    def gradient_stats(self, x, y):
-        from sgdtune.science.noise import GradientStats
+    def noise_sums(self, x, y, positions, chunks):
+        """Two chunks of half the probe whose sums give tr(Sigma) = 2 and |g_mean|^2 = 1."""
+        from sgdtune.science.noise import ChunkSums
 
-        self.probes.append(self.updates)
-        return [GradientStats(2.0, 1.0, x.shape[0]) for _ in self.alive]
+        self.probes.append((self.updates, x.shape[0], len(positions)))
+        b = x.shape[0]
+        half = torch.tensor([b / 2, b / 2], dtype=torch.float64)
+        sum_sq = torch.full((2,), (2.0 * (b - 1) + b) / 2, dtype=torch.float64)
+        return [ChunkSums(half, sum_sq, torch.full((2, 2), b * b / 4.0, dtype=torch.float64)) for _ in positions]
+
+    def sharpness(self, x, y, positions):
+        self.sharpened.append((self.updates, x.shape[0], len(positions)))
+        return [3.0 for _ in positions]
 
     def keep(self, positions):
         self.alive = [self.alive[p] for p in positions]
@@ -225,7 +234,8 @@ def test_the_loop_owns_shuffle_warmup_probes_and_divergence_for_any_stepper():
     from sgdtune.trainer.loop import Loop
 
     data = make_data(n=60)  # 6 updates an epoch at B = 10
-    configs = [cfg(batch_size=10, epochs=3, measure_every=4, probe_size=8, seed=s) for s in (0, 1, 2)]
+    configs = [cfg(batch_size=10, epochs=3, measure_every_epochs=2, probe_size="auto", sharpness_every=2, seed=s)
+               for s in (0, 1, 2)]
     scaled = {"lr_scaling": "linear", "base_batch_size": 5}  # lr 0.1 -> 0.2
     configs[0] = configs[0].model_copy(update=scaled)
     configs[1] = configs[1].model_copy(update={**scaled, "warmup_epochs": 1.0})
@@ -242,8 +252,9 @@ def test_the_loop_owns_shuffle_warmup_probes_and_divergence_for_any_stepper():
     # Warmup: member 1 from 0.1 to 0.2 over 6 updates, set after each of them.
     assert [u for u, _ in stepper.lrs] == [1, 2, 3, 4, 5, 6]
     assert [lrs[1] for _, lrs in stepper.lrs] == pytest.approx([0.1 + 0.1 * u / 6 for u in range(1, 7)])
-    # Probes every 4 updates and at epoch ends (a tenth of measure_every after the last), once per count.
-    assert stepper.probes == [4, 6, 8, 12, 16, 18]
+    # Noise and sharpness at the end of epoch 2 and at the end, on the whole set (n = 60 <= 4,096).
+    assert stepper.probes == [(12, 60, 2), (18, 60, 2)]
+    assert [(u, size) for u, size, _ in stepper.sharpened] == [(12, 60), (12, 60), (18, 60), (18, 60)]
     # Member 2's NaN at update 8 is found at the epoch's end; it leaves, the others go on.
     assert isinstance(results[2], Diverged) and (results[2].update, results[2].epoch) == (8, 2)
     assert stepper.kept == [[0, 1]]
@@ -251,7 +262,13 @@ def test_the_loop_owns_shuffle_warmup_probes_and_divergence_for_any_stepper():
     for i in (0, 1):
         history = results[i].history
         assert [m.updates for m in history] == [6, 12, 18]
-        assert history[-1].grad_noise_scale == pytest.approx(2.0)  # tr(Sigma) / |G|^2 of the stats above
+        assert history[-1].grad_noise_scale == pytest.approx(2.0)  # tr(Sigma) / |G|^2 of the sums above
+        assert history[-1].grad_noise_scale_se == 0.0  # the whole training set: exact
+        assert history[-1].grad_noise_scale_bound == 0.0
+        assert history[0].grad_noise_scale is None and history[0].sharpness is None
+        assert history[-1].sharpness == 3.0 and history[-1].lr_sharpness == pytest.approx(3.0 * history[-1].lr)
+        summary = results[i].summary()
+        assert summary["final_grad_noise_scale"] == pytest.approx(2.0) and summary["final_sharpness"] == 3.0
         losses = [(i + 1) / u for u in range(13, 19)]  # the last epoch's, member i's own column
         want = math.sqrt(sum((b - a) ** 2 for a, b in zip(losses, losses[1:])) / len(losses[1:]) / 2)
         assert history[-1].loss_noise == pytest.approx(want)

@@ -13,13 +13,19 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 
-def loss_noise(batch_losses: torch.Tensor) -> float:
+def loss_noise(batch_losses: torch.Tensor, short_last: bool = False) -> float:
     """Standard deviation of an epoch's mini-batch losses around their local trend.
 
     Uses the mean square successive difference (von Neumann): for losses x_t = trend_t + e_t
     with a slowly moving trend, E[(x_{t+1} - x_t)^2] = 2 Var(e), so the downward trend of
     training is not counted as noise. One batch per epoch (full-batch GD) gives 0.
+
+    short_last: the last loss is that of a short batch (r < B examples: B does not divide n,
+    or the budget cut it); it is left out, since its larger variance (sigma^2 / r) would
+    inflate the difference it enters (docs/science.md, section 2). Full batches alone count.
     """
+    if short_last:
+        batch_losses = batch_losses[:-1]
     if batch_losses.numel() < 2:
         return 0.0
     diffs = torch.diff(batch_losses.double())
@@ -232,13 +238,58 @@ def _chunk_sums(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> 
     return sum_sq, torch.cat([g.double().sum(dim=0).reshape(-1) for g in grads])
 
 
+@dataclass(frozen=True)
+class ChunkSums:
+    """What `noise_scale_estimate` keeps of each of K disjoint chunks of a probe: all its
+    standard errors and point estimates follow from these (float64, on the CPU)."""
+
+    sizes: torch.Tensor  # (K,) examples per chunk
+    sum_sq: torch.Tensor  # (K,) sum_i |g_i|^2 over the chunk
+    gram: torch.Tensor  # (K, K) inner products of the chunks' summed gradients s_c
+
+    @classmethod
+    def of(cls, sizes, sum_sq, sums: torch.Tensor) -> ChunkSums:
+        """From per-chunk sizes, sums of squares and summed gradients `sums` (K, P)."""
+        sums = sums.double()
+        return cls(torch.as_tensor(sizes, dtype=torch.float64).cpu(),
+                   torch.as_tensor(sum_sq, dtype=torch.float64).cpu(), (sums @ sums.T).cpu())
+
+
+def chunk_sums(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunks: int = 8) -> ChunkSums:
+    """ChunkSums of the probe (x, y) cut in order into min(chunks, b // 2) near-equal chunks
+    (tensor_split), per-example gradients vectorized (see `noise_scale_estimate`). The model
+    runs in eval mode; its train/eval flags, parameters and .grad are left as they were."""
+    b = x.shape[0]
+    if b < 4:
+        raise ValueError(f"the probe needs at least 4 examples for a standard error; got {b}")
+    if chunks < 2:
+        raise ValueError(f"chunks must be >= 2; got {chunks}")
+    k = min(chunks, b // 2)  # every chunk keeps >= 2 examples
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            parts = [_chunk_sums(model, loss_fn, xc, yc)
+                     for xc, yc in zip(torch.tensor_split(x, k), torch.tensor_split(y, k))]
+    finally:
+        for module, training in modes:
+            module.training = training
+    sizes = [float(xc.shape[0]) for xc in torch.tensor_split(x, k)]
+    return ChunkSums.of(sizes, [s for s, _ in parts], torch.stack([v for _, v in parts]))
+
+
 def noise_scale_estimate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
-                         chunks: int = 8) -> NoiseScaleEstimate:
+                         chunks: int = 8, population: int | None = None) -> NoiseScaleEstimate:
     """tr(Sigma), |G|^2 and B_simple = tr(Sigma) / |G|^2 on a probe of b examples, with standard
     errors (docs/science.md, section 3).
 
     The point estimates are those of `gradient_stats` on the whole probe (unbiased for
     i.i.d. examples): tr(Sigma) = sum_i |g_i - g_mean|^2 / (b - 1), |G|^2 = |g_mean|^2 - tr(Sigma)/b.
+    With `population` = N, the probe is taken to be drawn without replacement from N
+    examples whose own mean gradient is G (the training set): then |G|^2 = |g_mean|^2 -
+    tr(Sigma) (1/b - 1/N), unbiased for that G (exactly |g_mean|^2 when b = N), and the
+    jackknife variances carry the finite-population factor 1 - b/N (0 when the probe is the
+    whole set: the values are then exact, with no sampling error).
 
     Standard errors: delete-a-chunk jackknife. The probe is cut, in order, into `chunks`
     disjoint chunks of near-equal size (tensor_split; sizes differ by at most 1, treated as
@@ -258,10 +309,11 @@ def noise_scale_estimate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Te
     (an unbiased U-statistic variance estimate was tried: right on average, but negative on a
     quarter of probes and three times noisier).
 
-    Like `gradient_stats`, this assumes the probe's examples are i.i.d. draws from the set
+    Without `population` this assumes the probe's examples are i.i.d. draws from the set
     whose mean gradient is G. At parameters fitted to the probe itself that fails: |G|^2 then
     reads about -tr(Sigma)/b with a small SE (docs/science.md, section 3, "Finite
-    population"); the flag is set and the bound refers to the probe's own gradient.
+    population"); the flag is set and the bound refers to the probe's own gradient. Pass
+    population = N (as the trainer does) to measure the training set's own G.
 
     Per-example gradients are vectorized: the one-pass Linear trick (`linear_gradient_stats`)
     plus one backward pass per chunk for all-Linear models, `per_example_gradients`
@@ -275,36 +327,28 @@ def noise_scale_estimate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Te
     thread: 40-50 ms at K = 8 (75 ms at K = 16), against 11 ms for `linear_gradient_stats`
     and 7 ms for one plain forward+backward; 1.0-1.8 s through vmap.
     """
-    b = x.shape[0]
-    if b < 4:
-        raise ValueError(f"the probe needs at least 4 examples for a standard error; got {b}")
-    if chunks < 2:
-        raise ValueError(f"chunks must be >= 2; got {chunks}")
-    k = min(chunks, b // 2)  # every chunk keeps >= 2 examples
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.enable_grad():
-            parts = [_chunk_sums(model, loss_fn, xc, yc)
-                     for xc, yc in zip(torch.tensor_split(x, k), torch.tensor_split(y, k))]
-    finally:
-        for module, training in modes:
-            module.training = training
-    sizes = torch.tensor([float(xc.shape[0]) for xc in torch.tensor_split(x, k)], dtype=torch.float64)
-    sum_sq = torch.tensor([s for s, _ in parts], dtype=torch.float64)
-    sums = torch.stack([v for _, v in parts])
-    gram = (sums @ sums.T).cpu()
+    return estimate_from_sums(chunk_sums(model, loss_fn, x, y, chunks), population)
+
+
+def estimate_from_sums(sums: ChunkSums, population: int | None = None) -> NoiseScaleEstimate:
+    """The NoiseScaleEstimate of `noise_scale_estimate` from a probe's ChunkSums (the stacked
+    trainer computes those for every member in stacked passes)."""
+    sizes, sum_sq, gram = sums.sizes, sums.sum_sq, sums.gram
+    k, b = int(sizes.numel()), int(round(float(sizes.sum())))
+    if population is not None and population < b:
+        raise ValueError(f"population must be >= the probe size {b}; got {population}")
+    inv_population = 0.0 if population is None else 1.0 / population
 
     def statistics(n, total_sq, sum_norm_sq):  # tensors: the whole probe, or each leave-one-out
         mean_sq = sum_norm_sq / n.square()
         trace = (total_sq - n * mean_sq) / (n - 1)
-        return trace, mean_sq - trace / n
+        return trace, mean_sq - trace * (1 / n - inv_population)
 
     trace, grad_sq = (float(t) for t in statistics(sizes.sum(), sum_sq.sum(), gram.sum()))
     loo_norm_sq = gram.sum() - 2 * gram.sum(dim=1) + gram.diagonal()
     loo_trace, loo_grad_sq = statistics(sizes.sum() - sizes, sum_sq.sum() - sum_sq, loo_norm_sq)
     dt, dg = loo_trace - loo_trace.mean(), loo_grad_sq - loo_grad_sq.mean()
-    factor = (k - 1) / k
+    factor = (k - 1) / k * (1.0 - b * inv_population)  # the jackknife's, times the finite-population factor
     var_trace, var_grad_sq = factor * float(dt.square().sum()), factor * float(dg.square().sum())
     cov = factor * float((dt * dg).sum())
     trace_se, grad_sq_se = math.sqrt(var_trace), math.sqrt(var_grad_sq)

@@ -10,7 +10,7 @@
 
 from .config import BatchPlan, TrainConfig, lr_at, scaled_lr
 from .groups import BUDGET_SIZES, PER_MEMBER, check_group, group_key
-from .loop import FINITE_CHECK_EVERY, fixed_subset, probe_at_epoch_end
+from .loop import FINITE_CHECK_EVERY, auto_probe_size, fixed_subset, loss_function
 from .module_step import STEP_CHUNK, evaluate, make_optimizer, train
 from .results import Diverged, EpochMetrics, TrainResult, history_summary
 from .stacked import MAX_STACKED_ROWS, StackedMLP, train_stacked
@@ -19,5 +19,5 @@ __all__ = [
     "BUDGET_SIZES", "FINITE_CHECK_EVERY", "MAX_STACKED_ROWS", "PER_MEMBER", "STEP_CHUNK",
     "BatchPlan", "Diverged", "EpochMetrics", "StackedMLP", "TrainConfig", "TrainResult",
     "check_group", "evaluate", "fixed_subset", "group_key", "history_summary", "lr_at", "make_optimizer",
-    "probe_at_epoch_end", "scaled_lr", "train", "train_stacked",
+    "auto_probe_size", "loss_function", "scaled_lr", "train", "train_stacked",
 ]

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..model import ModelConfig
 
@@ -37,14 +37,46 @@ class TrainConfig(BaseModel):
     target_val_acc: float | None = Field(default=None, gt=0, le=1)
     target_every: int = Field(default=10, ge=1, description="updates between val checks for the target")
     stop_at_target: bool = Field(default=False, description="end training once target_val_acc is reached")
-    measure_every: int = Field(
-        default=100, ge=1,
-        description="updates between noise probes; an epoch end probes too once a tenth of that has passed",
+    measure_every_epochs: int | Literal["auto"] = Field(
+        default="auto",
+        description="epochs between gradient-noise measurements (at epoch ends; always at the end of "
+                    "training and when a target is first reached); 'auto' = as often as keeps the "
+                    "measurement's modelled cost <= 5% of the steps' (PROBE_COST_SHARE in loop.py)",
     )
-    probe_size: int = Field(default=128, ge=0, description="examples in the noise probe; 0 = off")
+    probe_size: int | Literal["auto"] = Field(
+        default="auto",
+        description="examples in the gradient-noise probe (a fixed subset of the training set); "
+                    "0 = off; 'auto' = the whole training set when n <= 4,096, else 8x the last "
+                    "B_simple rounded up to a power of two, within [1,024, 65,536]",
+    )
+    sharpness_every: int = Field(
+        default=25, ge=0,
+        description="epochs between sharpness measurements (top Hessian eigenvalue), plus one at the "
+                    "end of training; 0 = off",
+    )
+    sharpness_size: int = Field(default=2048, ge=1, description="examples in the fixed sharpness probe (n if fewer)")
     eval_size: int = Field(default=10_000, ge=1, description="training examples evaluated per epoch")
     seed: int = Field(default=0, ge=0, description="initial weights and shuffle order")
     model: ModelConfig = ModelConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_update_cadence(cls, values):
+        if isinstance(values, dict) and "measure_every" in values:
+            raise ValueError(
+                "train.measure_every (updates between noise probes) was removed: the gradient noise scale "
+                "is measured at epoch ends now; use train.measure_every_epochs (an int, or 'auto')"
+            )
+        return values
+
+    @field_validator("probe_size", "measure_every_epochs")
+    @classmethod
+    def _positive(cls, value, info):
+        smallest = 4 if info.field_name == "probe_size" else 1
+        if isinstance(value, int) and not (value >= smallest or (value == 0 and info.field_name == "probe_size")):
+            allowed = "0 (off), >= 4 or 'auto'" if info.field_name == "probe_size" else ">= 1 or 'auto'"
+            raise ValueError(f"must be {allowed}; got {value}")
+        return value
 
     @property
     def budget_size(self) -> int:

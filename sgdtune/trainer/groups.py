@@ -5,7 +5,7 @@ from __future__ import annotations
 from .config import TrainConfig
 
 # TrainConfig fields that may differ between the members of a group. Every other field
-# (batch_size, model, optimizer, budget, drop_last, measure_every, probe_size, eval_size)
+# (batch_size, model, optimizer, budget, drop_last, the measurement settings, eval_size)
 # must be equal: the members share one stacked model and one sequence of batch slices.
 PER_MEMBER = frozenset({
     "lr", "momentum", "weight_decay", "lr_scaling", "base_batch_size", "warmup_epochs", "seed",
@@ -38,10 +38,16 @@ def group_key(config: TrainConfig) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in _shared_fields(config).items()))
 
 
-def check_group(configs: list[TrainConfig]) -> None:
-    """ValueError naming the first field that keeps these configs from one stacked group."""
+def check_group(configs: list[TrainConfig], task: str = "classification") -> None:
+    """ValueError naming the first field that keeps these configs from one stacked group (or
+    the task: stacked training is for classification only)."""
     if not configs:
         raise ValueError("train_stacked needs at least one config; got an empty list")
+    if task != "classification":
+        raise ValueError(
+            f"train_stacked trains classification only; got data.task = {task!r}. "
+            "Train each trial one at a time with sgdtune.trainer.train."
+        )
     first = configs[0]
     if first.model.factory is not None:
         raise ValueError(

@@ -5,7 +5,8 @@ target, metrics and result. What updates the weights is a `Stepper`, the only pa
 differs between one nn.Module stepped by torch.optim (module_step.py, K = 1) and K MLPs
 stacked along a leading axis (stacked.py). Everything else is here, once for every K: the
 timed shuffle, warmup, the finite check every FINITE_CHECK_EVERY updates, the cadence of
-noise probes and target checks, evaluation at epoch end, EpochMetrics and TrainResult.
+target checks, evaluation at epoch end, the epoch-end measurements (gradient noise scale,
+sharpness: docs/science.md, sections 3 and 7), EpochMetrics and TrainResult.
 
 A member leaves the loop (the stepper drops its slice) when its budget is spent, when its
 hook raises an Exception (a pruner), or when its loss turns non-finite; the others go on
@@ -13,9 +14,23 @@ unchanged. The members share one sequence of batch slices (the longest member's 
 shorter budget is a prefix of it), each slice taken from the member's own permutation.
 
 Per update the loop does one stepper.step and a few integer comparisons, with no tensor op
-of its own and no sync but the finite check's, once per FINITE_CHECK_EVERY updates: probes,
-target checks and members ending mid-epoch are due at update counts known in advance
-(`_next_due`), so nothing is scanned member by member between them.
+of its own and no sync but the finite check's, once per FINITE_CHECK_EVERY updates: target
+checks and members ending mid-epoch are due at update counts known in advance (`_next_due`),
+so nothing is scanned member by member between them. Measurements run at epoch ends (and
+when a member first reaches its target), outside the timed steps.
+
+The measurements, per member (docs/science.md, section 3):
+- gradient noise scale: tr(Sigma), |G|^2 and B_simple with jackknife standard errors
+  (science.noise.estimate_from_sums over PROBE_CHUNKS disjoint chunks), on a probe drawn
+  without replacement from the n training examples, with the finite-population |G|^2.
+  Probe: `probe_size` examples, or with "auto" the whole set when n <= AUTO_WHOLE_SET, else
+  AUTO_PROBE_FACTOR x the member's last B_simple, rounded up to a power of two within
+  [AUTO_MIN_PROBE, AUTO_MAX_PROBE]. Cadence: every `measure_every_epochs` epochs, or with
+  "auto" at the first epoch end where the modelled probe cost is <= PROBE_COST_SHARE of the
+  modelled step cost since the last one (`noise_due`); always at the end of training and
+  when the target is first reached.
+- sharpness: science.sharpness.sharpness on the first `sharpness_size` examples of the fixed
+  order, every `sharpness_every` epochs and at the end of training.
 """
 
 from __future__ import annotations
@@ -26,15 +41,62 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from ..data import Dataset
-from ..science.noise import GradientStats, NoiseScaleMeter, loss_noise, noise_temperature
+from ..science.noise import ChunkSums, NoiseScaleEstimate, estimate_from_sums, loss_noise, noise_temperature
 from ..timing import StepTimer, peak_memory_mb, reset_peak_memory
 from .config import BatchPlan, TrainConfig, lr_at
 from .results import Diverged, EpochMetrics, TrainResult
 
 FINITE_CHECK_EVERY = 32  # updates between NaN/inf checks: one cheap sync per 32 steps
 FIXED_SUBSET_SEED = 20180101  # the probe and train-eval subsets are the same for every trial
+
+# The gradient noise probe (docs/science.md, section 3).
+PROBE_CHUNKS = 8  # disjoint chunks behind the jackknife standard errors (K - 1 = 7 degrees of freedom)
+AUTO_WHOLE_SET = 4096  # probe_size "auto": the whole training set up to this n (then exact: no sampling error)
+AUTO_PROBE_FACTOR = 8  # ... else this many times the last B_simple, so that |G|^2 is resolved
+AUTO_MIN_PROBE, AUTO_MAX_PROBE = 1024, 65_536  # ... rounded up to a power of two within these
+# measure_every_epochs "auto": a probe is due once its modelled cost is at most this share of
+# the modelled cost of the steps since the last one. Costs in example-equivalents of one
+# forward+backward pass: an update costs STEP_OVERHEAD + B, a probe PROBE_CHUNKS x
+# CHUNK_OVERHEAD + PROBE_PASSES x probe size (benchmarks/trainer.py measures the real ratio).
+PROBE_COST_SHARE = 0.05
+STEP_OVERHEAD, CHUNK_OVERHEAD, PROBE_PASSES = 200, 1000, 3
+# Sharpness: Lanczos stops when its top Ritz value moves by <= SHARPNESS_TOL (relative) twice.
+SHARPNESS_TOL, SHARPNESS_ITERS, SHARPNESS_SEED = 1e-3, 60, 0
+
+
+def loss_function(task: str):
+    """The training loss of a task, `loss(out, y, reduction="mean")`: cross-entropy for
+    classification, torch's mean squared error (no 1/2) of out.squeeze(-1) for regression."""
+    if task == "classification":
+        return F.cross_entropy
+    if task == "regression":
+        return lambda out, y, reduction="mean": F.mse_loss(out.squeeze(-1), y, reduction=reduction)
+    raise ValueError(f"task must be 'classification' or 'regression'; got {task!r}")
+
+
+def auto_probe_size(n: int, last_simple: float | None) -> int:
+    """probe_size "auto": n when n <= AUTO_WHOLE_SET; else AUTO_PROBE_FACTOR x the last B_simple
+    (or its lower bound), rounded up to a power of two within [AUTO_MIN_PROBE, AUTO_MAX_PROBE], at most n."""
+    if n <= AUTO_WHOLE_SET:
+        return n
+    want = AUTO_MIN_PROBE if last_simple is None else AUTO_PROBE_FACTOR * last_simple
+    size = AUTO_MIN_PROBE
+    while size < min(want, AUTO_MAX_PROBE):
+        size *= 2
+    return min(size, n)
+
+
+def probe_cost(probe_size: int) -> float:
+    """Modelled cost of one noise measurement, in example-equivalents (see PROBE_COST_SHARE)."""
+    return min(PROBE_CHUNKS, probe_size // 2) * CHUNK_OVERHEAD + PROBE_PASSES * probe_size
+
+
+def step_cost(updates: int, examples: int) -> float:
+    """Modelled cost of `updates` steps over `examples` examples, in example-equivalents."""
+    return updates * STEP_OVERHEAD + examples
 
 
 class Stepper(Protocol):
@@ -46,17 +108,22 @@ class Stepper(Protocol):
     def step(self, x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """One update of every member on its own batch: the rows orders[i][start:stop] of x
         (n, d) and y (n,) for member i; when that is all n rows (full batch), x and y as they
-        are, without a gather. Returns the K mean cross-entropies before the update, (K,) (or
+        are, without a gather. Returns the K mean training losses before the update, (K,) (or
         a scalar when K = 1), without a sync."""
 
     def set_lr(self, lrs: list[float]) -> None:
         """The members' learning rates from the next update on."""
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[tuple[float, float]]:
-        """(mean cross-entropy, accuracy) on (x, y) of the members at `positions`, in that order."""
+        """(mean loss, score) on (x, y) of the members at `positions`, in that order; the score
+        is the accuracy (classification) or R^2 (regression)."""
 
-    def gradient_stats(self, x: torch.Tensor, y: torch.Tensor) -> list[GradientStats]:
-        """Every member's per-example gradient statistics on the probe batch (x, y)."""
+    def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
+        """The per-chunk gradient sums (science.noise.chunk_sums) of the members at `positions`
+        on the probe (x, y), cut into `chunks` chunks by tensor_split."""
+
+    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
+        """The top Hessian eigenvalue of the mean loss on (x, y) of the members at `positions`."""
 
     def keep(self, positions: list[int]) -> None:
         """Keep the members at `positions` (in this order) and drop the others."""
@@ -68,13 +135,6 @@ def fixed_subset(n: int, size: int, device: torch.device) -> torch.Tensor:
     return torch.randperm(n, generator=g)[: min(size, n)].to(device)
 
 
-def probe_at_epoch_end(updates: int, last_probe: int, measure_every: int, final: bool) -> bool:
-    """Whether an epoch end runs the noise probe: once a tenth of measure_every updates has
-    passed since the last probe, and always at the end of training. With only a few updates
-    per epoch (large B), probing every epoch would cost more than the training itself."""
-    return final or updates - max(last_probe, 0) >= -(-measure_every // 10)
-
-
 @dataclass(eq=False)
 class _Member:
     """One trial's own state beside its slice of the stepper."""
@@ -83,16 +143,20 @@ class _Member:
     config: TrainConfig
     plan: BatchPlan
     shuffler: torch.Generator
-    meter: NoiseScaleMeter | None  # the EMA of docs/science.md, section 3, fed by the probes
     lr_target: float
     warmup_updates: int
     lr_now: float
+    noise_size: int  # examples in its next noise probe; 0 = off
     history: list[EpochMetrics] = field(default_factory=list)
     compute_s: float = 0.0  # its share of the step time
     gpu_s: float = 0.0
     epoch_start_s: float = 0.0
     probe_s: float = 0.0  # its share of the noise probes and target checks
-    last_probe: int = -1
+    sharpness_s: float = 0.0  # its sharpness measurements
+    noise: NoiseScaleEstimate | None = None  # the last noise measurement
+    noise_update: int = -1  # ... at this update count
+    noise_mark: tuple[int, int] = (0, 0)  # (updates, examples) at the last measurement
+    noise_at_target: tuple[float, float] | None = None
     target_pending: bool = False
     stop: bool = False  # reached its target with stop_at_target: its training ends at this update
     updates_to_target: int | None = None
@@ -101,8 +165,9 @@ class _Member:
 
 class Loop:
     """The epoch/step loop over the members of `configs` (which agree on batch_size,
-    drop_last, measure_every, probe_size and eval_size). Build the stepper with `lrs`, the
-    members' learning rates at the first update, then call `run` once.
+    drop_last, measure_every_epochs, probe_size, sharpness_every, sharpness_size and
+    eval_size). Build the stepper with `lrs`, the members' learning rates at the first
+    update, then call `run` once.
 
     `on_epoch(i, metrics)` is called after each of member i's epochs; if it raises an
     Exception, member i leaves and its result is that exception. Any other BaseException
@@ -110,7 +175,11 @@ class Loop:
 
     Times: the step time is split evenly among the members in the loop while it ran, so a
     member's compute_time_s, epoch_time_s and gpu_time_s are its share; probe_time_s is its
-    share of the noise probes and target checks it took part in.
+    share of the noise probes and target checks it took part in; sharpness_time_s its own
+    sharpness measurements.
+
+    The task is `getattr(data, "task", "classification")`: "regression" trains on the mean
+    squared error and scores R^2 (`loss_function`).
     """
 
     def __init__(self, configs: list[TrainConfig], data: Dataset,
@@ -120,13 +189,20 @@ class Loop:
         self.device = device = data.x_train.device
         x, y, n = data.x_train, data.y_train, data.n_train
         first = configs[0]
-        self.measure_every = first.measure_every
-        eval_idx = fixed_subset(n, first.eval_size, device)
+        self.task = getattr(data, "task", "classification")
+        self.loss_fn = loss_function(self.task)
+        order = fixed_subset(n, n, device)  # the fixed order: every probe and subset is a prefix of it
+        eval_idx = order[: first.eval_size]
         self.x_eval, self.y_eval = x[eval_idx], y[eval_idx]
-        self.probe = None
-        if first.probe_size >= 2:
-            probe_idx = fixed_subset(n, first.probe_size, device)
-            self.probe = x[probe_idx], y[probe_idx]
+        self.probe_order = order
+        self.auto_probe = first.probe_size == "auto"
+        noise_size = auto_probe_size(n, None) if self.auto_probe else min(first.probe_size, n)
+        if noise_size < 4:  # off (0), or too few examples for a standard error
+            noise_size = 0
+        self.sharpness_probe = None
+        if first.sharpness_every > 0:
+            sharp_idx = order[: first.sharpness_size]
+            self.sharpness_probe = x[sharp_idx], y[sharp_idx]
 
         self.members: list[_Member] = []
         for i, c in enumerate(configs):
@@ -137,7 +213,7 @@ class Loop:
                 config=c,
                 plan=plan,
                 shuffler=torch.Generator(device=device).manual_seed(c.seed),
-                meter=NoiseScaleMeter(None, None) if self.probe is not None else None,  # fed by update()
+                noise_size=noise_size,
                 lr_target=c.effective_lr,
                 warmup_updates=warmup,
                 lr_now=lr_at(0, c.lr, c.effective_lr, warmup),
@@ -153,6 +229,7 @@ class Loop:
         self.losses: list[torch.Tensor] = []  # this epoch's step losses, one tensor of K per update
         self.checked = 0  # losses already checked for NaN/inf
         self.updates_before = 0  # updates before this epoch
+        self.examples_before = 0  # examples before this epoch
         self.stepper: Stepper | None = None
 
     @property
@@ -172,7 +249,7 @@ class Loop:
             if not self.members:
                 break
             self.losses = losses = []  # a member leaving edits it in place
-            self.checked, self.updates_before = 0, self.updates
+            self.checked, self.updates_before, self.examples_before = 0, self.updates, self.examples
             for m in self.members:
                 m.epoch_start_s = m.compute_s
             self.timer.start()  # the shuffle is part of an epoch's training work
@@ -204,11 +281,11 @@ class Loop:
         self.stepper.set_lr([m.lr_now for m in self.members])
 
     def _next_due(self) -> int:
-        """The first update after this one at which a probe, a target check or a member's end
-        can fall. Members only leave and targets only stop pending, so a value computed
-        earlier is never later than the true one."""
+        """The first update after this one at which a target check or a member's end can fall.
+        Members only leave and targets only stop pending, so a value computed earlier is never
+        later than the true one."""
         u = self.updates
-        due = (u // self.measure_every + 1) * self.measure_every
+        due = self.plan.total_updates + 1  # never, unless a member's end or target comes first
         for m in self.members:
             if m.plan.total_updates > u:
                 due = min(due, m.plan.total_updates)
@@ -217,16 +294,13 @@ class Loop:
         return due
 
     def _due(self, epoch: int) -> None:
-        """What falls at this update: the probe every measure_every updates, the target checks
-        every target_every, and the epoch end of members whose training ends mid-epoch."""
+        """What falls at this update: the target checks every target_every updates, and the
+        epoch end of members whose training ends mid-epoch."""
         u = self.updates
         targets = [m for m in self.members if m.target_pending and u % m.config.target_every == 0]
-        if u % self.measure_every == 0 or targets:
+        if targets:
             self.timer.stop()
-            if u % self.measure_every == 0:
-                self._probe(self.members)
-            if targets:
-                self._check_targets(targets)
+            self._check_targets(targets)
             self.timer.start()
         ending = [m for m in self.members if m.stop or m.plan.total_updates == u]
         if ending and u < self.plan.total_updates:  # the loop's last update ends its epoch anyway
@@ -293,20 +367,54 @@ class Loop:
     def _evaluate(self, members: list[_Member], x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
         return self.stepper.evaluate(x, y, [self.members.index(m) for m in members])
 
-    def _probe(self, members: list[_Member]) -> None:
-        """Noise probe of these members, at most once per update count. One pass serves all
-        members; its time is split among the members probed."""
-        members = [m for m in members if m.meter is not None and m.last_probe != self.updates]
+    def _noise_due(self, m: _Member, epoch: int, final: bool) -> bool:
+        """Whether member m's epoch end measures the gradient noise scale (see the module's
+        docstring): always at its end; else every measure_every_epochs epochs, or with "auto"
+        once the probe's modelled cost is <= PROBE_COST_SHARE of the steps' since the last."""
+        if not m.noise_size:
+            return False
+        every = m.config.measure_every_epochs
+        if final:
+            return True
+        if every != "auto":
+            return epoch % every == 0
+        updates, examples = m.noise_mark
+        since = step_cost(self.updates - updates, self.examples - examples)
+        return PROBE_COST_SHARE * since >= probe_cost(m.noise_size)
+
+    def _measure_noise(self, members: list[_Member]) -> None:
+        """Noise measurement of these members, at most once per update count: members with
+        the same probe size share one pass (the stepper's noise_sums); the time is split among
+        the members measured."""
+        members = [m for m in members if m.noise_size and m.noise_update != self.updates]
         if not members:
             return
         t0 = time.perf_counter()
-        stats = self.stepper.gradient_stats(*self.probe)
+        n = self.data.n_train
+        by_size: dict[int, list[_Member]] = {}
         for m in members:
-            m.last_probe = self.updates
-            m.meter.update(stats[self.members.index(m)])
+            by_size.setdefault(m.noise_size, []).append(m)
+        for size, group in by_size.items():
+            idx = self.probe_order[:size]
+            sums = self.stepper.noise_sums(self.data.x_train[idx], self.data.y_train[idx],
+                                           [self.members.index(m) for m in group], PROBE_CHUNKS)
+            for m, chunk in zip(group, sums):
+                m.noise = estimate_from_sums(chunk, population=n)
+                m.noise_update, m.noise_mark = self.updates, (self.updates, self.examples)
+                if self.auto_probe:
+                    m.noise_size = auto_probe_size(n, m.noise.simple)
         share = (time.perf_counter() - t0) / len(members)
         for m in members:
             m.probe_s += share
+
+    def _measure_sharpness(self, members: list[_Member]) -> dict[_Member, float]:
+        """Sharpness of these members on the fixed sharpness probe, each timed to itself."""
+        out = {}
+        for m in members:
+            t0 = time.perf_counter()
+            (out[m],) = self.stepper.sharpness(*self.sharpness_probe, [self.members.index(m)])
+            m.sharpness_s += time.perf_counter() - t0
+        return out
 
     def _check_targets(self, members: list[_Member], val_accs: list[float] | None = None) -> None:
         """Record the first update count at which a member's val_acc >= its target; a member
@@ -318,10 +426,14 @@ class Loop:
             share = (time.perf_counter() - t0) / len(members)
             for m in members:
                 m.probe_s += share
-        for m, val_acc in zip(members, val_accs):
-            if val_acc >= m.config.target_val_acc:
-                m.updates_to_target, m.examples_to_target, m.target_pending = self.updates, self.examples, False
-                m.stop = m.config.stop_at_target
+        reached = [m for m, val_acc in zip(members, val_accs) if val_acc >= m.config.target_val_acc]
+        for m in reached:
+            m.updates_to_target, m.examples_to_target, m.target_pending = self.updates, self.examples, False
+            m.stop = m.config.stop_at_target
+        self._measure_noise(reached)  # the noise scale where the target is first reached
+        for m in reached:
+            if m.noise_update == self.updates:
+                m.noise_at_target = (m.noise.simple, m.noise.simple_se)
 
     def _end_epoch(self, epoch: int, members: list[_Member]) -> None:
         """Epoch end for these members (all, or those whose training ends mid-epoch):
@@ -339,13 +451,20 @@ class Loop:
         pending = [m for m in members if m.target_pending]
         if pending:
             self._check_targets(pending, [evaluated[m][3] for m in pending])
-        self._probe([m for m in members if probe_at_epoch_end(
-            self.updates, m.last_probe, m.config.measure_every, m.stop or m.plan.total_updates == self.updates)])
+        ending = {m: m.stop or m.plan.total_updates == self.updates for m in members}
+        self._measure_noise([m for m in members if self._noise_due(m, epoch, ending[m])])
+        sharp = {}
+        if self.sharpness_probe is not None:
+            every = members[0].config.sharpness_every
+            sharp = self._measure_sharpness([m for m in members if ending[m] or epoch % every == 0])
         step_losses = self._step_losses()
         n, batch_size = self.data.n_train, self.plan.batch_size
+        short_last = self.examples - self.examples_before < len(self.losses) * batch_size
         leaving: dict[_Member, TrainResult | Exception] = {}
         for m in members:
             train_loss, train_acc, val_loss, val_acc = evaluated[m]
+            noise = m.noise if m.noise_update == self.updates else None
+            sharpness = sharp.get(m)
             metrics = EpochMetrics(
                 epoch=epoch,
                 train_loss=train_loss,
@@ -353,13 +472,18 @@ class Loop:
                 val_loss=val_loss,
                 val_acc=val_acc,
                 gen_gap=train_acc - val_acc,
-                loss_noise=loss_noise(step_losses[:, self.members.index(m)]),
-                grad_noise_scale=m.meter.value if m.meter is not None else None,
+                loss_noise=loss_noise(step_losses[:, self.members.index(m)], short_last),
+                grad_noise_scale=None if noise is None else noise.simple,
                 noise_temperature=noise_temperature(m.lr_now, n, batch_size, m.config.effective_momentum),
                 lr=m.lr_now,
                 updates=self.updates,
                 examples_seen=self.examples,
                 epoch_time_s=m.compute_s - m.epoch_start_s,
+                grad_noise_scale_se=None if noise is None else noise.simple_se,
+                grad_noise_scale_bound=None if noise is None else float(noise.bound),
+                sharpness=sharpness,
+                lr_sharpness=None if sharpness is None else m.lr_now * sharpness,
+                task=self.task,
             )
             m.history.append(metrics)
             try:
@@ -368,7 +492,7 @@ class Loop:
             except Exception as e:  # a pruner's signal, or a failure of this trial alone
                 leaving[m] = e
                 continue
-            if m.stop or m.plan.total_updates == self.updates:
+            if ending[m]:
                 leaving[m] = self._result(m)
         self._leave(leaving)
 
@@ -384,4 +508,6 @@ class Loop:
             peak_mem_mb=peak_memory_mb(self.device),
             updates_to_target=m.updates_to_target,
             examples_to_target=m.examples_to_target,
+            noise_at_target=m.noise_at_target,
+            sharpness_time_s=m.sharpness_s,
         )

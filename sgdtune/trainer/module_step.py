@@ -2,7 +2,8 @@
 
 Any model works here, the built-in MLP or a factory's: a step is autograd's backward and the
 optimizer's step, accumulated over chunks of STEP_CHUNK examples when the batch is larger,
-and the noise probe is NoiseScaleMeter's measurement (docs/science.md, section 3).
+the noise probe is science.noise.chunk_sums and the sharpness science.sharpness.sharpness
+(docs/science.md, sections 3 and 7), on the task's loss (loop.loss_function).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from torch import nn
 
 from ..data import Dataset
 from ..model import build_model
-from ..science.noise import GradientStats, NoiseScaleMeter
+from ..science.noise import ChunkSums, chunk_sums
+from ..science.sharpness import sharpness
 from .config import TrainConfig
-from .loop import Loop
+from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, Loop, loss_function
 from .results import EpochMetrics, TrainResult
 
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating
@@ -39,9 +41,10 @@ def train(
     """
     loop = Loop([config], data, None if on_epoch is None else lambda _, metrics: on_epoch(metrics))
     if model is None:
-        model = build_model(config.model, data.n_features, data.n_classes, config.seed)
+        outputs = 1 if loop.task == "regression" else data.n_classes
+        model = build_model(config.model, data.n_features, outputs, config.seed)
     model = model.to(data.x_train.device).train()
-    (result,) = loop.run(ModuleStepper(model, config, loop.lrs[0]))
+    (result,) = loop.run(ModuleStepper(model, config, loop.lrs[0], loop.task))
     if isinstance(result, Exception):  # Diverged, or what the hook raised
         raise result
     return result
@@ -56,27 +59,35 @@ def make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.op
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy, in chunks; one sync at the end."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "classification") -> tuple[float, float]:
+    """Mean loss and score, in chunks; one sync at the end. Classification: cross-entropy and
+    accuracy; regression: mean squared error and R^2 = 1 - SSE/SST, SST about the mean of y."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    correct = torch.zeros((), device=x.device, dtype=torch.float64)
     for start in range(0, x.shape[0], EVAL_CHUNK):
-        logits = model(x[start : start + EVAL_CHUNK])
+        out = model(x[start : start + EVAL_CHUNK])
         target = y[start : start + EVAL_CHUNK]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == target).sum()
+        if task == "regression":
+            loss_sum += F.mse_loss(out.squeeze(-1), target, reduction="sum").double()
+        else:
+            loss_sum += F.cross_entropy(out, target, reduction="sum").double()
+            correct += (out.argmax(dim=1) == target).sum()
     model.train(was_training)
-    loss, hits = torch.stack([loss_sum, correct.double()]).tolist()
+    if task == "regression":
+        total = (y.double() - y.double().mean()).square().sum()
+        loss, sst = torch.stack([loss_sum, total]).tolist()
+        return loss / x.shape[0], 1.0 - loss / sst if sst > 0 else 0.0
+    loss, hits = torch.stack([loss_sum, correct]).tolist()
     return loss / x.shape[0], hits / x.shape[0]
 
 
 class ModuleStepper:
     """The loop's Stepper for one member: `model` stepped by torch.optim (make_optimizer)."""
 
-    def __init__(self, model: nn.Module, config: TrainConfig, lr: float):
-        self.model = model
+    def __init__(self, model: nn.Module, config: TrainConfig, lr: float, task: str = "classification"):
+        self.model, self.task, self.loss_fn = model, task, loss_function(task)
         self.optimizer = make_optimizer(model, config, lr)
         self.order = torch.empty(0, dtype=torch.long)
 
@@ -90,14 +101,14 @@ class ModuleStepper:
         full = stop - start == x.shape[0]  # full batch: no gather of the whole set
         if stop - start > STEP_CHUNK:
             optimizer.zero_grad(set_to_none=True)
-            loss = _backward_in_chunks(model, x, y, None if full else self.order[start:stop])
+            loss = _backward_in_chunks(model, self.loss_fn, x, y, None if full else self.order[start:stop])
         else:
             if full:
                 xb, yb = x, y
             else:
                 idx = self.order[start:stop]
                 xb, yb = x[idx], y[idx]
-            loss = F.cross_entropy(model(xb), yb)
+            loss = self.loss_fn(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         optimizer.step()
@@ -108,26 +119,30 @@ class ModuleStepper:
             group["lr"] = lrs[0]
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[tuple[float, float]]:
-        return [evaluate(self.model, x, y) for _ in positions]
+        return [evaluate(self.model, x, y, self.task) for _ in positions]
 
-    def gradient_stats(self, x: torch.Tensor, y: torch.Tensor) -> list[GradientStats]:
-        # measure() also folds the stats into this throwaway meter's EMA: the loop keeps its own.
-        return [NoiseScaleMeter(x, y, F.cross_entropy).measure(self.model)]
+    def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
+        return [chunk_sums(self.model, self.loss_fn, x, y, chunks) for _ in positions]
+
+    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
+        est = sharpness(self.model, self.loss_fn, x, y, iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=SHARPNESS_SEED)
+        return [est.eigenvalue for _ in positions]
 
     def keep(self, positions: list[int]) -> None:
         if positions != [0]:
             raise ValueError(f"a ModuleStepper holds one member; got positions {positions}")
 
 
-def _backward_in_chunks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    """Backpropagate the mean cross-entropy of a batch too big for one pass, STEP_CHUNK
+def _backward_in_chunks(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
+                        idx: torch.Tensor | None) -> torch.Tensor:
+    """Backpropagate the mean loss of a batch too big for one pass, STEP_CHUNK
     examples at a time (gradients accumulate); `idx` selects the rows, None = all of x.
     Returns the batch's mean loss."""
     total = x.shape[0] if idx is None else idx.shape[0]
     loss = torch.zeros((), device=x.device)
     for start in range(0, total, STEP_CHUNK):
         rows = slice(start, start + STEP_CHUNK) if idx is None else idx[start : start + STEP_CHUNK]
-        part = F.cross_entropy(model(x[rows]), y[rows], reduction="sum") / total
+        part = loss_fn(model(x[rows]), y[rows], reduction="sum") / total
         part.backward()
         loss += part.detach()
     return loss

@@ -9,25 +9,44 @@ from .config import BatchPlan
 
 @dataclass
 class EpochMetrics:
-    """What the trainer reports after each epoch (step = epoch, 1-based)."""
+    """What the trainer reports after each epoch (step = epoch, 1-based).
+
+    For a regression task (`task = "regression"`) the losses are mean squared errors and
+    `train_acc` / `val_acc` hold the score R^2 = 1 - SSE/SST instead of the accuracy; as_dict()
+    names them `train_r2` / `val_r2`. The gradient noise scale and sharpness are None at the
+    epochs that did not measure them (docs/science.md, sections 3 and 7).
+    """
 
     epoch: int
     train_loss: float
-    train_acc: float
+    train_acc: float  # accuracy; R^2 for regression
     val_loss: float
-    val_acc: float
+    val_acc: float  # accuracy; R^2 for regression
     gen_gap: float  # train_acc - val_acc
     loss_noise: float
-    grad_noise_scale: float | None  # examples; None before a probe or when |G|^2 <= 0
+    grad_noise_scale: float | None  # B_simple (examples), or its lower bound when grad_noise_scale_bound = 1
     noise_temperature: float
     lr: float
     updates: int
     examples_seen: int
     epoch_time_s: float  # wall time of this epoch's training steps
+    grad_noise_scale_se: float | None = None  # its standard error (examples)
+    grad_noise_scale_bound: float | None = None  # 1.0: grad_noise_scale is a lower bound; 0.0: an estimate
+    sharpness: float | None = None  # top eigenvalue of the training loss's Hessian (loss / parameter^2)
+    lr_sharpness: float | None = None  # lr x sharpness: GD is stable below 2, 2(1 + m) with momentum m
+    task: str = "classification"  # not a metric: names the scores in as_dict
 
     def as_dict(self) -> dict[str, float]:
-        """Metrics for logging: every value but `epoch`, skipping the absent ones."""
-        return {k: v for k, v in asdict(self).items() if k != "epoch" and v is not None}
+        """Metrics for logging: every value but `epoch` and `task`, skipping the absent ones;
+        `train_acc`/`val_acc` are `train_r2`/`val_r2` for a regression task."""
+        names = SCORE_NAMES.get(self.task, {})
+        return {names.get(k, k): v for k, v in asdict(self).items() if k not in ("epoch", "task") and v is not None}
+
+
+# Per task, the metric names of the score fields (classification keeps the field names).
+SCORE_NAMES = {"regression": {"train_acc": "train_r2", "val_acc": "val_r2"}}
+SUMMARY_SCORE_NAMES = {"regression": {"final_val_acc": "final_val_r2", "best_val_acc": "best_val_r2",
+                                      "final_train_acc": "final_train_r2"}}
 
 
 @dataclass
@@ -44,6 +63,8 @@ class TrainResult:
     peak_mem_mb: float
     updates_to_target: int | None = None
     examples_to_target: int | None = None
+    noise_at_target: tuple[float, float] | None = None  # (B_simple, its SE) when the target was first reached
+    sharpness_time_s: float = 0.0  # the sharpness measurements (not in probe_time_s nor compute_time_s)
 
     @property
     def final(self) -> EpochMetrics:
@@ -56,11 +77,14 @@ class TrainResult:
             "gpu_time_s": self.gpu_time_s,
             "wall_time_s": self.wall_time_s,
             "noise_probe_time_s": self.probe_time_s,
+            "sharpness_time_s": self.sharpness_time_s,
             "throughput_eps": self.final.examples_seen / self.compute_time_s if self.compute_time_s > 0 else None,
             "peak_mem_mb": self.peak_mem_mb,
             "updates_to_target": self.updates_to_target,
             "examples_to_target": self.examples_to_target,
         }
+        if self.noise_at_target is not None:
+            out["grad_noise_scale_at_target"], out["grad_noise_scale_at_target_se"] = self.noise_at_target
         return {k: float(v) for k, v in out.items() if v is not None}
 
 
@@ -69,6 +93,8 @@ def history_summary(history: list[EpochMetrics]) -> dict[str, float]:
     if not history:
         return {}
     last = history[-1]
+    noise = next((m for m in reversed(history) if m.grad_noise_scale is not None), None)
+    sharp = next((m for m in reversed(history) if m.sharpness is not None), None)
     out = {
         "final_val_acc": last.val_acc,
         "best_val_acc": max(m.val_acc for m in history),
@@ -76,11 +102,17 @@ def history_summary(history: list[EpochMetrics]) -> dict[str, float]:
         "final_val_loss": last.val_loss,
         "final_gen_gap": last.gen_gap,
         "final_loss_noise": last.loss_noise,
-        "final_grad_noise_scale": last.grad_noise_scale,
         "updates": last.updates,
         "examples_seen": last.examples_seen,
     }
-    return {k: float(v) for k, v in out.items() if v is not None}
+    if noise is not None:  # the last measurement: at the last epoch of a complete trial
+        out["final_grad_noise_scale"] = noise.grad_noise_scale
+        out["final_grad_noise_scale_se"] = noise.grad_noise_scale_se
+        out["final_grad_noise_scale_bound"] = noise.grad_noise_scale_bound
+    if sharp is not None:
+        out["final_sharpness"], out["final_lr_sharpness"] = sharp.sharpness, sharp.lr_sharpness
+    names = SUMMARY_SCORE_NAMES.get(last.task, {})
+    return {names.get(k, k): float(v) for k, v in out.items() if v is not None}
 
 
 class Diverged(RuntimeError):

@@ -13,9 +13,10 @@ StackedMLP is that loop's stepper for K stacked members. Each member has
   momentum, weight decay, budget size, and optimizer state with torch.optim's formulas;
 - its own metrics and hook call: evaluation and target checks compute what
   `module_step.evaluate` computes, for all members in one stacked forward pass (tests hold
-  the two equal); the noise probe computes every member's per-example gradient statistics
-  in one stacked pass, without materializing per-example gradients (the estimators of
-  science/noise.py; tests hold them equal to NoiseScaleMeter's).
+  the two equal); the noise probe computes every member's per-chunk gradient sums
+  (science.noise.ChunkSums) in stacked passes, one per chunk, without materializing
+  per-example gradients (tests hold the estimates equal to noise_scale_estimate's); the
+  sharpness loads each member into an nn.Module and calls science.sharpness.sharpness.
 
 Members never mix: every operation acts per member along axis 0, so a NaN in one member's
 weights cannot reach another. A member leaves the group (its slice is dropped) when its
@@ -50,6 +51,7 @@ by one, a quarter of the stacked run) leave little above that.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -58,10 +60,11 @@ from torch import nn
 
 from ..data import Dataset
 from ..model import build_model
-from ..science.noise import GradientStats, gradient_stats
+from ..science.noise import ChunkSums
+from ..science.sharpness import sharpness
 from .config import TrainConfig
 from .groups import check_group
-from .loop import Loop
+from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, Loop
 from .results import EpochMetrics, TrainResult
 
 # Rows (members x examples) of one stacked step: each layer's activations are that many rows.
@@ -108,9 +111,11 @@ def train_stacked(
     ran, so `compute_time_s`, `epoch_time_s` and `gpu_time_s` are a member's share (the
     shares add up to the group's time) and `throughput_eps` is the trial's rate within the
     group. `wall_time_s` is the wall clock from the group's start to the member's end;
-    `probe_time_s` is the member's share of the noise probes and target checks it took part in.
+    `probe_time_s` is the member's share of the noise probes and target checks it took part in,
+    `sharpness_time_s` its sharpness measurements. Regression data (`data.task`) is refused:
+    train those one by one with `train`.
     """
-    check_group(configs)
+    check_group(configs, getattr(data, "task", "classification"))
     b = min(configs[0].batch_size, data.n_train)
     if len(configs) * b > MAX_STACKED_ROWS:
         raise ValueError(
@@ -175,6 +180,7 @@ class StackedMLP:
         self.buf = zeros()
         self.exp_avg, self.exp_avg_sq = (zeros(), zeros()) if self.adam else ([], [])
         self._workspaces: dict[tuple[int, int], _Workspace] = {}
+        self._template = copy.deepcopy(modules[0])  # an nn.Module to load a member into (sharpness)
         self._set_weights(self.weights)
         self.orders = torch.empty(self.size, 0, dtype=torch.long, device=self.weights[0].device)  # begin_epoch's
 
@@ -278,14 +284,15 @@ class StackedMLP:
                 self.activation(z, out=ws.values[i + 1])
         return z
 
-    def _backward(self, g: torch.Tensor, ws: _Workspace):
+    def _backward(self, g: torch.Tensor, ws: _Workspace, weights_t: list[torch.Tensor] | None = None):
         """From d(loss)/d(logits), yield (layer, d(loss)/d(z_layer), the layer's input with its
         ones column, transposed: (k, in + 1, b)), last layer first. Reads weights[i] after
-        yielding layer i."""
-        for i in range(len(self.weights) - 1, -1, -1):
+        yielding layer i (weights_t: the transposed weights of a subset of members)."""
+        weights_t = self.weights_t if weights_t is None else weights_t
+        for i in range(len(weights_t) - 1, -1, -1):
             yield i, g, ws.inputs_t[i]
             if i > 0:
-                dh = torch.bmm(g, self.weights_t[i], out=ws.grad[i - 1])
+                dh = torch.bmm(g, weights_t[i], out=ws.grad[i - 1])
                 g = self.activation_backward(dh, ws.pre[i - 1], ws.values[i], out=dh)
 
     @staticmethod
@@ -337,28 +344,56 @@ class StackedMLP:
         # difference here far (lr * value=-1/bc1 moved a test's val_loss by 8e-5).
         p.addcmul_(torch.div(m, denom, out=denom), self.lr.neg() / bias_correction1)
 
-    @torch.no_grad()
-    def gradient_stats(self, x: torch.Tensor, y: torch.Tensor) -> list[GradientStats]:
-        """Every member's per-example gradient statistics on one probe batch, in one pass.
+    def _subset(self, positions: list[int] | None) -> list[torch.Tensor]:
+        """The weights of the members at `positions` (all of them: None, or all in order)."""
+        if positions is None or positions == list(range(self.size)):
+            return self.weights
+        idx = torch.tensor(positions, dtype=torch.long, device=self.weights[0].device)
+        return [w.index_select(0, idx) for w in self.weights]
 
-        The quantities of science.noise.gradient_stats_from_per_example without materializing the
-        per-example gradients: example i's gradient in layer l is the outer product of the
-        layer's input a_i (ones column included: the bias) and its output gradient d_i, so
-        its squared norm is |d_i|^2 |a_i|^2; the mean gradient is one batched product.
-        Sums of squares come from vector norms (float32, one pass, no squared copy), combined
-        in float64.
+    @torch.no_grad()
+    def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
+        """science.noise.chunk_sums of the members at `positions` on one probe, one stacked
+        forward/backward pass per chunk for all of them.
+
+        Example i's gradient in layer l is the outer product of the layer's input a_i (ones
+        column included: the bias) and its output gradient d_i, so its squared norm is
+        |d_i|^2 |a_i|^2, and a chunk's summed gradient is one batched product h^T d: no
+        per-example gradient is materialized. Squared norms come from float32 vector norms,
+        summed in float64; the summed gradients are (members, chunks, P) float64 and their
+        Gram matrices one batched product.
         """
-        k, b = self.size, x.shape[0]
-        ws = self._fill_input(x, None)
-        _, g = self._dlogits(self._forward(ws), y.expand(k, -1), ws.minus_one)
-        sum_sq = torch.zeros(k, dtype=torch.float64, device=x.device)
-        mean_sq = torch.zeros(k, dtype=torch.float64, device=x.device)
+        weights = self._subset(positions)
+        weights_t = [w[:, :-1].transpose(1, 2) for w in weights]
+        k, k_chunks = weights[0].shape[0], min(chunks, x.shape[0] // 2)
         sq_norm = lambda t, dim: torch.linalg.vector_norm(t, dim=dim).double().square_()  # noqa: E731
-        for i, delta, h_t in self._backward(g, ws):
-            sum_sq += (sq_norm(delta, 2) * sq_norm(ws.inputs[i], 2)).sum(dim=1)  # sum_i |d_i|^2 |a_i|^2
-            grad_sum = torch.bmm(h_t, delta)  # b x the mean gradient
-            mean_sq += sq_norm(grad_sum, (1, 2)).div_(b * b)
-        return [gradient_stats(s, m, b) for s, m in zip(sum_sq.tolist(), mean_sq.tolist())]
+        sum_sq = torch.zeros(k, k_chunks, dtype=torch.float64, device=x.device)
+        sums, sizes = [], []
+        for c, (xc, yc) in enumerate(zip(torch.tensor_split(x, k_chunks), torch.tensor_split(y, k_chunks))):
+            ws = self._workspace(k, xc.shape[0])
+            ws.values[0].copy_(xc)  # broadcast over the members
+            _, g = self._dlogits(self._forward(ws, weights), yc.expand(k, -1), ws.minus_one)
+            parts = []
+            for i, delta, h_t in self._backward(g, ws, weights_t):
+                sum_sq[:, c] += (sq_norm(delta, 2) * sq_norm(ws.inputs[i], 2)).sum(dim=1)  # sum_i |d_i|^2 |a_i|^2
+                parts.append(torch.bmm(h_t, delta).reshape(k, -1).double())
+            sums.append(torch.cat(parts, dim=1))
+            sizes.append(float(xc.shape[0]))
+        stacked_sums = torch.stack(sums, dim=1)  # (k, chunks, P)
+        gram = torch.bmm(stacked_sums, stacked_sums.transpose(1, 2)).cpu()
+        sum_sq, sizes_t = sum_sq.cpu(), torch.tensor(sizes, dtype=torch.float64)
+        return [ChunkSums(sizes_t, sum_sq[j], gram[j]) for j in range(k)]
+
+    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
+        """science.sharpness.sharpness of each member at `positions`, loaded into an nn.Module
+        (one Lanczos run per member: an epoch-end measurement, not a step)."""
+        out = []
+        for position in positions:
+            module = self.load_into(self._template, position)
+            est = sharpness(module, F.cross_entropy, x, y, iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL,
+                            seed=SHARPNESS_SEED)
+            out.append(est.eigenvalue)
+        return out
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor,
@@ -366,10 +401,7 @@ class StackedMLP:
         """module_step.evaluate of every member (or of those at `positions`) in one stacked forward
         pass, EVAL_ROWS rows (members x examples) at a time: mean cross-entropy, summed in
         float64, and accuracy. One sync at the end."""
-        weights = self.weights
-        if positions is not None and positions != list(range(self.size)):
-            idx = torch.tensor(positions, dtype=torch.long, device=x.device)
-            weights = [w.index_select(0, idx) for w in weights]
+        weights = self._subset(positions)
         k = weights[0].shape[0]
         loss_sum = torch.zeros(k, dtype=torch.float64, device=x.device)
         correct = torch.zeros(k, dtype=torch.int64, device=x.device)
