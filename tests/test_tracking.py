@@ -79,3 +79,31 @@ def test_run_reader_reads_a_study_and_creates_nothing(tmp_path):
     assert reader.read_artifact(parent, "experiment", ".json") is None
     assert reader.experiments_with_runs() == [(tracker.experiment_id, "s")]  # "empty" holds no run
     assert len(MlflowClient(uri).search_experiments()) == len(before)
+
+
+# -- runs nested under a trial's run (replicates) -----------------------------------------------
+
+
+def test_a_stale_trial_run_is_failed_with_its_nested_runs_and_child_runs_list_trials_only(tmp_path):
+    uri = default_tracking_uri(tmp_path / "mlruns")
+    tracker = Tracker(uri, "s")
+    parent = tracker.start_parent_run({}, {"seed": 0})
+    trial = tracker.start_trial_run(parent, 3, {"seed": 1}, {"sgdtune.trial_state": "RUNNING"})
+    done = tracker.start_child_run(trial, "trial-3-rep-0", {"seed": 1}, {"sgdtune.replicate": 0})
+    tracker.log_epoch(done, {"val_acc": 0.5}, step=1)
+    tracker.end_trial_run(done, "COMPLETE", {"final_val_acc": 0.5})
+    running = tracker.start_child_run(trial, "trial-3-rep-1", {"seed": 2}, {"sgdtune.replicate": 1})
+
+    client = MlflowClient(uri)
+    got = client.get_run(running)
+    assert got.info.run_name == "trial-3-rep-1" and got.data.tags["mlflow.parentRunId"] == trial
+    assert got.data.tags["sgdtune.replicate"] == "1" and got.data.tags["sgdtune.study_name"] == "s"
+    assert "sgdtune.trial_number" not in got.data.tags  # find_trial_run finds the trial's own run
+    assert tracker.find_trial_run(3) == trial
+    assert list(RunReader(uri).child_runs(RunReader(uri).find_run(parent))) == [3]
+
+    assert tracker.fail_stale_run(trial, "worker died")
+    assert client.get_run(trial).info.status == "FAILED"
+    assert client.get_run(running).info.status == "FAILED"
+    assert client.get_run(running).data.tags["sgdtune.fail_reason"] == "worker died"
+    assert client.get_run(done).info.status == "FINISHED"  # an ended replicate keeps its ending

@@ -42,6 +42,22 @@ def test_every_write_reaches_the_store_and_ids_come_back(tmp_path):
     assert client.get_run(parent.id).data.metrics["n_complete"] == 1
 
 
+def test_a_run_nested_under_a_trial_run_gets_its_id_params_epochs_and_end(tmp_path):
+    uri = default_tracking_uri(tmp_path / "mlruns")
+    tracker = BackgroundTracker(uri, "s")
+    parent, run = one_trial(tracker, epochs=1)
+    rep = tracker.start_child_run(run, "trial-0-rep-1", params={"seed": 7}, tags={"sgdtune.replicate": 1})
+    tracker.log_epoch(rep, {"val_acc": 0.4}, step=1)
+    tracker.end_trial_run(rep, "COMPLETE", {"final_val_acc": 0.4})
+    tracker.end_trial_run(run, "COMPLETE", {"final_val_acc": 0.4, "final_val_acc_std": 0.0})
+    tracker.close()
+
+    got = MlflowClient(uri).get_run(rep.id)
+    assert got.info.run_name == "trial-0-rep-1" and got.info.status == "FINISHED"
+    assert got.data.tags["mlflow.parentRunId"] == run.id and got.data.tags["sgdtune.replicate"] == "1"
+    assert got.data.params == {"seed": "7"} and got.data.metrics == {"val_acc": 0.4, "final_val_acc": 0.4}
+
+
 def test_a_failed_write_is_raised_at_close_and_the_process_serves_the_next_study(tmp_path):
     uri = default_tracking_uri(tmp_path / "mlruns")
     tracker = BackgroundTracker(uri, "s")
