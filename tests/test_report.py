@@ -16,7 +16,14 @@ from optuna.trial import TrialState, create_trial
 from sgdtune import report as report_mod
 from sgdtune.cli import report_main, study_main
 from sgdtune.errors import InputError
-from sgdtune.science.fits import loglog_slope
+from sgdtune.science.fits import (
+    binomial_se,
+    critical_batch_intervals,
+    fit_steps_to_target,
+    loglog_slope,
+    loglog_slope_interval,
+    study_metrics,
+)
 from sgdtune.search import derive_seed
 from sgdtune.stores import open_storage
 from sgdtune.tracking import Tracker, default_tracking_uri
@@ -30,6 +37,11 @@ SECTIONS = {"accuracy", "equal_budget", "per_doubling", "loss_noise", "grad_nois
             "importance", "history", "top_trials", "summary", "reproducibility", "volatile", "trials", "study"}
 PLOTS = ["plot-accuracy", "plot-curves", "plot-loss-noise", "plot-grad-noise", "plot-compute", "plot-pareto",
          "plot-history", "plot-importance"]  # quick.toml has no target: no steps-to-target plot
+
+
+def quick_plots(report: dict) -> list[str]:
+    """PLOTS, with the sharpness plot where the trainer recorded final_sharpness."""
+    return PLOTS[:4] + ["plot-sharpness"] * ("sharpness" in report) + PLOTS[4:]
 
 
 def run_commands(cwd, monkeypatch, study_command: str, report_command: str) -> dict:
@@ -56,7 +68,7 @@ def quick(tmp_path_factory):
 def test_report_json_has_every_section_and_skips_steps_without_a_target(quick):
     _, report, _, _ = quick
     assert SECTIONS <= set(report)
-    assert set(report["skipped"]) == {"steps_to_target"}
+    assert set(report["skipped"]) - {"sharpness"} == {"steps_to_target"}  # sharpness: where the trainer records it
     assert "target_val_acc" in report["skipped"]["steps_to_target"]
     assert set(report["volatile"]) == {"timings", "memory_mb", "mlflow", "dates"}
     assert len(report["summary"]) >= 6
@@ -90,14 +102,21 @@ def test_report_numbers_equal_mlflow(quick):
     m = parent.data.metrics
     assert report["study"]["trials_by_state"]["COMPLETE"] == m["n_complete"]
     assert max(report["accuracy"]["final_val_acc"]) == pytest.approx(m["best_val_acc"], rel=1e-9)
-    # the slope is fitted over B <= N/8 only (1/sqrt(B) holds for B << N): quick.toml may have none
+    # every trial with B < N enters the slope (no N/8 cut); full-batch trials have no loss noise
     ln = report["loss_noise"]
+    n_train = study.user_attrs["n_train"]
     assert ("slope" in ln) == ("loss_noise_slope" in m)
     if "slope" in ln:
         assert ln["slope"] == pytest.approx(m["loss_noise_slope"], rel=1e-9)
-    assert ln["fit_max_batch_size"] == pytest.approx(study.user_attrs["n_train"] / 8)
-    assert ln["in_fit"] == [b <= study.user_attrs["n_train"] / 8 for b in ln["batch_size"]]
+        assert ln["slope_ci"]["ci_low"] <= ln["slope"] <= ln["slope_ci"]["ci_high"]
+    assert all(b < n_train for b in ln["batch_size"])
+    assert ln["excluded_full_batch"] == [r["number"] for r in report["trials"] if r["batch_size"] >= n_train]
     assert report["grad_noise"]["median_final"] == pytest.approx(m["median_grad_noise_scale"], rel=1e-9)
+    # val_acc's binomial standard error from the run's n_val
+    acc = report["accuracy"]
+    for number, p, se in zip(acc["number"], acc["final_val_acc"], acc["final_val_acc_se"]):
+        n_val = int(client.get_run(report["volatile"]["mlflow"]["run_ids"][str(number)]).data.params["n_val"])
+        assert se == pytest.approx(np.sqrt(p * (1 - p) / n_val), rel=1e-6)
 
     run_ids = report["volatile"]["mlflow"]["run_ids"]
     assert run_ids == {str(t.number): t.user_attrs["mlflow_run_id"] for t in study.get_trials()}
@@ -138,7 +157,7 @@ def test_html_is_a_function_of_report_json_alone_with_plotly_inlined_once(quick)
     assert report_mod.render_html(report) == page
     assert page.count("plotly.js v") == 1  # the bundle's banner: inlined once
     assert "<script src" not in page
-    for div in PLOTS:
+    for div in quick_plots(report):
         assert f'id="{div}"' in page
     assert 'id="plot-steps"' not in page and "Not shown: no trial recorded updates_to_target" in page
 
@@ -154,10 +173,11 @@ def test_the_recorded_commands_in_a_fresh_directory_reproduce_report_json(quick,
 
 
 def test_page_draws_every_plot_offline_in_headless_chromium(quick, chromium):
-    cwd, _, _, _ = quick
+    cwd, report, _, _ = quick
+    plots = quick_plots(report)
     with open_page(chromium, cwd / "reports/quick/report.html", wait_until="load") as visit:
-        drawn, png = draw(visit, len(PLOTS))
-    assert [d[0] for d in drawn] == PLOTS
+        drawn, png = draw(visit, len(plots))
+    assert [d[0] for d in drawn] == plots
     width, height, colours = png_stats(png)
     assert width == 1400 and height > 3000 and colours > 100
 
@@ -186,23 +206,32 @@ def draw(visit, n_plots: int):
 # -- the sections on studies made by hand: known answers, no training ---------------------------------
 
 
-def synthetic_study(updates_to_target=None, n=6) -> optuna.Study:
-    """Complete trials at B = 16..512 of N = 2048 examples with a made-up summary (no MLflow)."""
+def synthetic_study(updates_to_target=None, n=6, n_val=None, extra=None, acc=None) -> optuna.Study:
+    """Complete trials at B = 16, 32, ... (n of them) of N = 2048 examples with a made-up summary (no
+    MLflow). Without n_val or `extra` it is an older store: no validation-set size, no standard
+    errors, no sharpness. extra(i, b) adds summary metrics; acc(i, b) sets final_val_acc."""
     study = optuna.create_study(study_name="synthetic", direction="maximize")
     study.set_user_attr("objectives", ["val_acc"])
-    study.set_user_attr("n_train", 2048)
-    dists = {"batch_size": IntDistribution(16, 512, log=True), "lr": FloatDistribution(0.01, 0.1, log=True),
+    study.set_user_attr("n_train", N_TRAIN)
+    if n_val:
+        study.set_user_attr("n_val", n_val)
+    dists = {"batch_size": IntDistribution(16, 4096, log=True), "lr": FloatDistribution(0.01, 0.1, log=True),
              "epochs": CategoricalDistribution([3])}
     for i, b in enumerate(16 * 2 ** np.arange(n)):
-        acc = 0.9 - 0.01 * i
-        summary = {"final_val_acc": acc, "final_train_acc": acc + 0.02, "final_gen_gap": 0.02,
-                   "final_loss_noise": 0.4 / np.sqrt(b), "final_grad_noise_scale": 100.0 + i, "updates": 1000 / b}
+        val = acc(i, b) if acc else 0.9 - 0.01 * i
+        summary = {"final_val_acc": val, "final_train_acc": val + 0.02, "final_gen_gap": 0.02,
+                   "final_loss_noise": 0.4 / np.sqrt(b) if b < N_TRAIN else 0.0,  # full batch: one batch, no noise
+                   "final_grad_noise_scale": 100.0 + i, "updates": 1000 / b}
         if updates_to_target is not None:
             summary["updates_to_target"] = float(updates_to_target(b))
+        summary.update(extra(i, b) if extra else {})
         params = {"batch_size": int(b), "lr": 0.01 * (1 + i), "epochs": 3}
-        study.add_trial(create_trial(params=params, distributions=dists, value=acc, user_attrs={"summary": summary},
+        study.add_trial(create_trial(params=params, distributions=dists, value=val, user_attrs={"summary": summary},
                                      state=TrialState.COMPLETE))
     return study
+
+
+N_TRAIN = 2048
 
 
 def test_steps_fit_recovers_a_known_critical_batch_size():
@@ -222,10 +251,137 @@ def test_steps_fit_recovers_a_known_critical_batch_size():
 def test_loss_noise_of_a_fixed_model_has_slope_minus_one_half():
     report = report_mod.build_report(synthetic_study())
     ln = report["loss_noise"]
-    assert ln["in_fit"] == [True] * 5 + [False]  # B = 512 > N/8 = 256
+    assert ln["batch_size"] == [16, 32, 64, 128, 256, 512]  # every B < N, 512 > N/8 included
     assert ln["slope"] == pytest.approx(-0.5, abs=1e-9)
-    assert ln["slope"] == pytest.approx(loglog_slope(ln["batch_size"][:5], ln["loss_noise"][:5]), rel=1e-9)
-    assert any("Loss noise fell with batch size with log-log slope -0.50" in s for s in report["summary"])
+    assert ln["slope"] == pytest.approx(loglog_slope(ln["batch_size"], ln["loss_noise"]), rel=1e-9)
+    assert ln["slope_ci"]["ci_low"] == pytest.approx(-0.5) and ln["slope_ci"]["ci_high"] == pytest.approx(-0.5)
+    assert ln["theory_in_ci"]
+    assert any("Loss noise fell with batch size with log-log slope -0.50 (95% bootstrap interval -0.50 to -0.50;"
+               in s for s in report["summary"])
+
+
+WOBBLE = [1.0, 1.1, 0.9, 1.05, 0.95, 1.2, 0.8, 1.0]  # loss noise off the law, so the points fitted matter
+
+
+def test_the_loss_noise_slope_has_no_n_over_8_cut_and_leaves_full_batch_trials_out():
+    study = synthetic_study(n=8, extra=lambda i, b: {"final_loss_noise": 0.4 / np.sqrt(b) * WOBBLE[i]}
+                            if b < N_TRAIN else {})
+    ln = report_mod.build_report(study)["loss_noise"]
+    b, y = 16 * 2 ** np.arange(7), 0.4 / np.sqrt(16 * 2 ** np.arange(7)) * WOBBLE[:7]
+    assert ln["batch_size"] == b.tolist() and max(ln["batch_size"]) == N_TRAIN // 2  # up to N/2
+    assert ln["excluded_full_batch"] == [7]  # B = N: one batch per epoch, loss noise 0
+    assert ln["slope"] == pytest.approx(loglog_slope(b, y), rel=1e-9)
+    assert ln["slope"] != pytest.approx(loglog_slope(b[:5], y[:5]), rel=1e-3)  # the old B <= N/8 fit differs
+    assert study_metrics(study.get_trials(), N_TRAIN)["loss_noise_slope"] == pytest.approx(ln["slope"], rel=1e-9)
+    ci = ln["slope_ci"]
+    assert ci["ci_low"] < ln["slope"] < ci["ci_high"] and ci["level"] == 0.95
+    assert ci == report_mod.build_report(study)["loss_noise"]["slope_ci"]  # seeded
+
+
+@pytest.mark.parametrize("n,reason", [(1, "1 distinct batch size"), (2, "2 distinct batch sizes")])
+def test_a_loss_noise_slope_needs_3_batch_sizes(n, reason):
+    study = synthetic_study(n=n)
+    report = report_mod.build_report(study)
+    assert "slope" not in report["loss_noise"] and reason in report["loss_noise"]["fit_skipped"]
+    assert any("Loss noise: no slope fitted" in s for s in report["summary"])
+    assert "loss_noise_slope" not in study_metrics(study.get_trials(), N_TRAIN)
+
+
+def test_a_loss_noise_slope_needs_batch_sizes_spanning_a_factor_4():
+    study = synthetic_study(n=3)  # 16, 32, 64: a factor 4, fitted
+    assert "slope" in report_mod.build_report(study)["loss_noise"]
+    dists = {"batch_size": IntDistribution(16, 4096, log=True)}
+    narrow = optuna.create_study()
+    for b in (16, 24, 32):
+        narrow.add_trial(create_trial(params={"batch_size": b}, distributions=dists, value=0.5,
+                                      user_attrs={"summary": {"final_loss_noise": 0.4 / np.sqrt(b)}}))
+    assert "loss_noise_slope" not in study_metrics(narrow.get_trials(), N_TRAIN)
+
+
+def test_the_bootstrap_interval_of_b_crit_holds_the_true_value_and_is_seeded():
+    s_min, b_crit = 200.0, 100.0
+    b = 8 * 2 ** np.arange(8)  # 8 ... 1024
+
+    def noisy(seed):
+        return s_min * (1 + b_crit / b) * np.exp(np.random.default_rng(seed).normal(0, 0.05, b.size))
+
+    ci = critical_batch_intervals(b, noisy(0))
+    assert ci["b_crit"].low < b_crit < ci["b_crit"].high
+    assert ci["s_min"].low < s_min < ci["s_min"].high
+    assert ci["b_crit"].high / ci["b_crit"].low < 1.5  # 5% noise on 8 points: a tight interval
+    assert critical_batch_intervals(b, noisy(0)) == ci  # seeded: the same data, the same interval
+    assert critical_batch_intervals(b, noisy(0), seed=1) != ci
+    # over independent data sets it covers the truth most of the time (nominal 95%; a case bootstrap
+    # of 8 points runs a little below that: 19 of these 20)
+    covered = [c.low <= b_crit <= c.high for c in (critical_batch_intervals(b, noisy(k))["b_crit"] for k in range(20))]
+    assert sum(covered) >= 15
+
+
+def test_the_report_prints_the_b_crit_interval():
+    rng = np.random.default_rng(3)
+    study = synthetic_study(lambda b: 200 * (1 + 128 / b) * np.exp(rng.normal(0, 0.05)), n=7)
+    fit = report_mod.build_report(study)["steps_to_target"]["fit"]
+    ci = fit["b_crit_ci"]
+    assert ci["ci_low"] < fit["b_crit"] < ci["ci_high"] and ci["level"] == 0.95 and ci["resamples"] == 1000
+    assert fit["b_crit"] == pytest.approx(fit_steps_to_target(16 * 2 ** np.arange(7), [
+        t.user_attrs["summary"]["updates_to_target"] for t in study.get_trials()]).b_crit, rel=1e-9)
+    report = report_mod.build_report(study)
+    assert any(f"B_crit = {fit['b_crit']:.3g} examples (95% bootstrap interval {ci['ci_low']:.3g} to "
+               f"{ci['ci_high']:.3g}" in s for s in report["summary"])
+    assert report["grad_noise"]["critical_batch_size"]["ci_low"] == ci["ci_low"]
+    page = report_mod.render_html(json.loads(report_mod.to_json(report)))
+    assert f"95% CI {ci['ci_low']:.3g} to {ci['ci_high']:.3g}" in page
+
+
+def test_a_slope_interval_is_the_percentile_of_resampled_slopes():
+    x = np.array([8, 16, 32, 64, 128, 256], float)
+    y = x ** -0.5 * np.array(WOBBLE[:6])
+    ci = loglog_slope_interval(x, y)
+    assert ci.low < loglog_slope(x, y) < ci.high and ci.resamples == 1000
+    rng, slopes = np.random.default_rng(0), []  # by hand: 1,000 resamples of the 6 points, seed 0
+    for _ in range(1000):
+        idx = rng.integers(0, 6, 6)
+        if np.unique(x[idx]).size >= 2:
+            slopes.append(np.polyfit(np.log(x[idx]), np.log(y[idx]), 1)[0])
+    assert ci.failed == 1000 - len(slopes)
+    assert (ci.low, ci.high) == pytest.approx(tuple(np.quantile(slopes, [0.025, 0.975], method="inverted_cdf")))
+
+
+def test_binomial_standard_errors_of_val_acc():
+    assert binomial_se(0.9, 100) == pytest.approx(0.03, rel=1e-12)
+    assert binomial_se(0.5, 10_000) == pytest.approx(0.005, rel=1e-12)
+    assert binomial_se(1.0, 50) == 0.0
+    report = report_mod.build_report(synthetic_study(n_val=400))
+    a = report["accuracy"]
+    assert a["final_val_acc_se"] == pytest.approx([np.sqrt(p * (1 - p) / 400) for p in a["final_val_acc"]], rel=1e-9)
+    assert set(a["final_val_acc_se_source"]) == {"binomial"}
+    assert a["best_per_batch"]["final_val_acc_se"] == a["final_val_acc_se"]  # one trial per size
+    assert report["top_trials"][0]["final_val_acc_se"] == pytest.approx(0.015, rel=1e-9)  # 0.9 of 400
+
+
+def test_a_replicate_standard_error_is_combined_with_the_binomial_one():
+    report = report_mod.build_report(synthetic_study(n_val=400, extra=lambda i, b: {"final_val_acc_se": 0.02}))
+    a = report["accuracy"]
+    assert a["final_val_acc_se"][0] == pytest.approx(np.hypot(0.02, 0.015), rel=1e-9)
+    assert set(a["final_val_acc_se_source"]) == {"replicates+binomial"}
+    older = report_mod.build_report(synthetic_study(extra=lambda i, b: {"final_val_acc_se": 0.02}))  # no n_val
+    assert older["accuracy"]["final_val_acc_se"][0] == 0.02
+
+
+def two_sizes(acc_small: float, acc_large: float) -> dict:
+    return report_mod.build_report(synthetic_study(n=2, n_val=1000, acc=lambda i, b: (acc_small, acc_large)[i]))
+
+
+def test_the_summary_says_when_a_difference_is_within_noise():
+    report = two_sizes(0.900, 0.897)  # SE 0.0095 and 0.0096: 0.003 is well within 2 combined SE
+    c = report["per_doubling"]["smallest_vs_largest"]
+    assert c["difference"] == pytest.approx(0.003) and c["within_noise"]
+    assert c["se"] == pytest.approx(np.hypot(binomial_se(0.9, 1000), binomial_se(0.897, 1000)), rel=1e-9)
+    assert sum("within noise (|Δ| < 2 SE)" in s for s in report["summary"]) == 2  # equal budget and smallest/largest
+    clear = two_sizes(0.90, 0.80)
+    assert not clear["per_doubling"]["smallest_vs_largest"]["within_noise"]
+    assert not any("within noise" in s for s in clear["summary"])
+    assert any("beyond noise" in s for s in clear["summary"])
 
 
 def test_the_summary_states_the_loss_at_the_largest_batch_and_where_gains_stop():
@@ -244,6 +400,58 @@ def test_a_study_without_mlflow_still_reports_and_skips_what_needs_histories():
     assert "learning_curves" in report["skipped"]
     assert report["grad_noise"]["curves"] == []
     assert "mlflow" not in report["volatile"]
+
+
+def test_an_older_study_without_the_new_metrics_still_reports():
+    report = json.loads(report_mod.to_json(report_mod.build_report(synthetic_study())))  # no n_val, SEs, sharpness
+    assert "final_sharpness" in report["skipped"]["sharpness"]
+    assert report["accuracy"]["final_val_acc_se"] == [None] * 6 and "se_missing" in report["accuracy"]
+    assert report["per_doubling"]["smallest_vs_largest"]["within_noise"] is None
+    assert any("no standard error (validation set size unknown)" in s for s in report["summary"])
+    gn = report["grad_noise"]
+    assert gn["n_bounds"] == 0 and gn["final"]["grad_noise_scale_se"] == [None] * 6
+    page = report_mod.render_html(report)
+    assert 'id="plot-sharpness"' not in page and "Not shown: no trial recorded final_sharpness" in page
+
+
+def new_metrics(i, b):
+    """Sharpness rising with B (full batch at twice the edge of stability), noise-scale SEs, and
+    lower bounds at the two largest batch sizes."""
+    return {"final_sharpness": 10.0 * (i + 1), "final_lr_sharpness": 0.01 * (1 + i) * 10.0 * (i + 1),
+            "final_grad_noise_scale_se": 4.0 + i, "final_grad_noise_scale_bound": float(i >= 6)}
+
+
+def test_noise_scale_bounds_are_left_out_of_the_median_and_sharpness_meets_the_edge_of_stability():
+    study = synthetic_study(n=8, n_val=500, extra=new_metrics)
+    report = report_mod.build_report(study)
+    gn = report["grad_noise"]
+    assert gn["final"]["lower_bound"] == [False] * 6 + [True] * 2
+    assert gn["n_bounds"] == 2 and gn["median_final"] == pytest.approx(np.median(100.0 + np.arange(6)))
+    assert study_metrics(study.get_trials(), N_TRAIN)["median_grad_noise_scale"] == gn["median_final"]
+    assert any("2 lower bounds left out" in s for s in report["summary"])
+    sh = report["sharpness"]
+    assert sh["final_sharpness"] == [10.0 * (i + 1) for i in range(8)]
+    assert sh["full_batch"]["number"] == [7] and sh["full_batch"]["two_over_lr"] == [pytest.approx(25.0)]
+    assert sh["full_batch"]["ratio_to_edge"] == [pytest.approx(80 / 25)]
+    every_bound = report_mod.build_report(synthetic_study(extra=lambda i, b: {"final_grad_noise_scale_bound": 1.0}))
+    assert every_bound["grad_noise"]["median_is_lower_bound"]
+    assert every_bound["grad_noise"]["critical_batch_size"]["lower_bound"]
+
+
+def test_error_bars_bounds_and_sharpness_draw_in_headless_chromium(chromium, tmp_path):
+    report = report_mod.build_report(synthetic_study(lambda b: 200 * (1 + 128 / b), n=8, n_val=500,
+                                                     extra=new_metrics))
+    page = tmp_path / "report.html"
+    page.write_text(report_mod.render_html(json.loads(report_mod.to_json(report))))
+    with open_page(chromium, page) as visit:
+        drawn, _ = draw(visit, 7)
+        error_bars = visit.page.evaluate("document.querySelectorAll('.errorbar').length")
+        open_markers = visit.page.evaluate(
+            "[...document.querySelectorAll('#plot-grad-noise .legendtext')].map(t => t.textContent)")
+    assert [d[0] for d in drawn] == ["plot-accuracy", "plot-loss-noise", "plot-grad-noise", "plot-steps",
+                                     "plot-sharpness", "plot-history", "plot-importance"]
+    assert error_bars >= 8 + 8 + 6  # val_acc per trial, best per B, noise-scale estimates
+    assert any("lower bound" in t for t in open_markers)
 
 
 def test_steps_plot_and_a_report_without_mlflow_draw_in_headless_chromium(chromium, tmp_path):

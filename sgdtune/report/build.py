@@ -26,6 +26,7 @@ from .sections import (
     noise_scale_section,
     per_doubling,
     pick_across_batch_sizes,
+    sharpness_section,
     steps_section,
     timings,
     top_trials,
@@ -74,8 +75,9 @@ def build_report(study: optuna.Study, reader: RunReader | None = None, command: 
     put("equal_budget", equal_budget_comparison(complete) if complete else None,
         "no budget was tried with two batch sizes")
     put("per_doubling", per_doubling(complete), "fewer than 2 batch sizes completed")
-    put("loss_noise", loss_noise_section(complete, study.user_attrs.get("n_train", math.inf), parent_metrics),
-        "no trial with a loss noise above 0 (a single batch per epoch has none)")
+    n_train = study.user_attrs.get("n_train", math.inf)
+    put("loss_noise", loss_noise_section(complete, n_train, parent_metrics),
+        "no trial with a loss noise above 0 and B < n_train (a single batch per epoch has none)")
     frozen = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     target = next((as_number(r.params.get("target_val_acc"), float) for r in runs.values()), None)
     put("steps_to_target", steps_section(complete, frozen, target),
@@ -84,6 +86,8 @@ def build_report(study: optuna.Study, reader: RunReader | None = None, command: 
                   for r in complete if r["number"] in runs}
     put("grad_noise", noise_scale_section(complete, gns_curves, report.get("steps_to_target"), parent_metrics),
         "no trial measured the gradient noise scale (train.probe_size = 0)")
+    sharpness, why = sharpness_section(complete, n_train)
+    put("sharpness", sharpness, why)
     picked = [r for r in pick_across_batch_sizes(complete) if r["number"] in runs] if complete else []
     curves = [_learning_curve(reader, runs[r["number"]].run_id, r) for r in picked]
     put("learning_curves", {"trials": curves} if curves else None, "no complete trial with MLflow metric histories")

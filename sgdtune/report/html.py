@@ -50,6 +50,21 @@ def _lr_marker(lr: list[float], symbol: str, colorbar: bool, scale_of: list[floa
                          "ticktext": [f"{10 ** t:.3g}" for t in ticks], "x": 1.02}}
 
 
+def _error_y(se: Sequence[float | None]) -> dict | None:
+    """Plotly error bars of +-1 SE (none where the SE is unknown); None when no point has one."""
+    if all(e is None for e in se):
+        return None
+    return {"type": "data", "array": [e or 0 for e in se], "visible": True, "thickness": 1.2, "width": 3}
+
+
+def _interval_text(ci: dict | None, spec: str = ".3g") -> str:
+    """'95% CI a to b' (ci_high None: unbounded), '' without an interval."""
+    if not ci:
+        return ""
+    high = "unbounded" if ci["ci_high"] is None else format(ci["ci_high"], spec)
+    return f"{ci['level']:.0%} CI {format(ci['ci_low'], spec)} to {high}"
+
+
 def _batch_colours(sizes: Sequence[int]) -> list[str]:
     from plotly.colors import sample_colorscale
 
@@ -67,11 +82,17 @@ def fig_accuracy(a: dict):
     fig = _subplots(["val_acc and train_acc (colour: lr)", "generalization gap = train_acc - val_acc"])
     hover = [f"trial {n}<br>B {b}<br>lr {lr:.3g}<br>{bu} {s}" for n, b, lr, bu, s in
              zip(a["number"], a["batch_size"], a["lr"], a["budget"], a["budget_size"])]
-    for key, name, symbol, bar in (("final_val_acc", "val_acc", "circle", True),
-                                   ("final_train_acc", "train_acc", "diamond-open", False)):
+    for key, name, symbol, bar, se in (("final_val_acc", "val_acc ± 1 SE", "circle", True, a["final_val_acc_se"]),
+                                       ("final_train_acc", "train_acc", "diamond-open", False, [])):
         fig.add_trace(go.Scatter(x=a["batch_size"], y=a[key], mode="markers", name=name, text=hover,
                                  hovertemplate="%{text}<br>" + name + " %{y:.4f}<extra></extra>",
+                                 error_y=_error_y(se) if se else None,
                                  marker=_lr_marker(a["lr"], symbol, bar)), row=1, col=1)
+    best = a["best_per_batch"]
+    fig.add_trace(go.Scatter(x=best["batch_size"], y=best["final_val_acc"], mode="lines", name="best val_acc per B",
+                             text=[f"trial {n}" for n in best["number"]], line={"color": "#d62728", "width": 1.5},
+                             error_y=_error_y(best["final_val_acc_se"]),
+                             hovertemplate="%{text}<br>best val_acc %{y:.4f}<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Scatter(x=a["batch_size"], y=a["final_gen_gap"], mode="markers", name="gen_gap", text=hover,
                              hovertemplate="%{text}<br>gap %{y:+.4f}<extra></extra>",
                              marker=_lr_marker(a["lr"], "square", False)), row=1, col=2)
@@ -100,21 +121,19 @@ def fig_loss_noise(ln: dict):
     import plotly.graph_objects as go
 
     fitted = "slope" in ln
+    ci = _interval_text(ln.get("slope_ci"), "+.2f")
     if fitted:
-        title = f"Loss noise against batch size: fitted slope {ln['slope']:+.2f}, theory {ln['theory_slope']}"
+        title = (f"Loss noise against batch size: fitted slope {ln['slope']:+.2f}"
+                 f"{f' ({ci})' if ci else ''}, theory {ln['theory_slope']}")
     else:
         title = f"Loss noise against batch size (no fit: {ln['fit_skipped']})"
-    fig = _figure(title={"text": title})
-    for inside, name in ((True, "trials in the fit (colour: lr)"), (False, "B > N/8: not fitted (faded)")):
-        idx = [i for i, f in enumerate(ln["in_fit"]) if f == inside]
-        if idx:
-            fig.add_trace(go.Scatter(x=[ln["batch_size"][i] for i in idx], y=[ln["loss_noise"][i] for i in idx],
-                                     mode="markers", name=name, text=[f"trial {ln['number'][i]}" for i in idx],
-                                     opacity=1.0 if inside else 0.35,
-                                     marker=_lr_marker([ln["lr"][i] for i in idx], "circle", inside, ln["lr"])))
+    fig = _figure(title={"text": title, "font": {"size": 14}})
+    fig.add_trace(go.Scatter(x=ln["batch_size"], y=ln["loss_noise"], mode="markers", name="trials (colour: lr)",
+                             text=[f"trial {n}" for n in ln["number"]], marker=_lr_marker(ln["lr"], "circle", True)))
     if fitted:
         fig.add_trace(go.Scatter(x=ln["fit_line"]["batch_size"], y=ln["fit_line"]["loss_noise"], mode="lines",
-                                 name=f"least-squares fit, slope {ln['slope']:+.2f}", line={"color": "#d62728"}))
+                                 name=f"least-squares fit, slope {ln['slope']:+.2f}{f' ({ci})' if ci else ''}",
+                                 line={"color": "#d62728"}))
         fig.add_trace(go.Scatter(x=ln["theory_line"]["batch_size"], y=ln["theory_line"]["loss_noise"], mode="lines",
                                  name=f"theory on a fixed model, slope {ln['theory_slope']}",
                                  line={"color": "#555", "dash": "dash"}))
@@ -145,9 +164,18 @@ def fig_grad_noise(gn: dict):
         fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=1)
     col = 2 if curves else 1
     f = gn["final"]
-    fig.add_trace(go.Scatter(x=f["batch_size"], y=f["grad_noise_scale"], mode="markers", name="final value, per trial",
-                             text=[f"trial {n}" for n in f["number"]], marker={"size": 10, "color": "#1f77b4"}),
-                  row=1, col=col)
+    bound = f.get("lower_bound") or [False] * len(f["number"])
+    se = f.get("grad_noise_scale_se") or [None] * len(f["number"])
+    for is_bound, name, marker in (
+            (False, "final value ± 1 SE, per trial", {"size": 10, "color": "#1f77b4"}),
+            (True, "final lower bound (|G|² not resolved), per trial",
+             {"size": 12, "color": "#ff7f0e", "symbol": "triangle-up-open", "line": {"width": 2}})):
+        idx = [i for i, b in enumerate(bound) if b == is_bound]
+        if idx:
+            fig.add_trace(go.Scatter(x=[f["batch_size"][i] for i in idx], y=[f["grad_noise_scale"][i] for i in idx],
+                                     mode="markers", name=name, text=[f"trial {f['number'][i]}" for i in idx],
+                                     error_y=None if is_bound else _error_y([se[i] for i in idx]), marker=marker),
+                          row=1, col=col)
     span = [min(f["grad_noise_scale"]), max(f["grad_noise_scale"])]
     fig.add_trace(go.Scatter(x=[c["value"]] * 2, y=span, legendgroup="crit", showlegend=not curves, **crit),
                   row=1, col=col)
@@ -170,10 +198,42 @@ def fig_steps(st: dict):
                                  line={"color": "#d62728"},
                                  name=f"S_min (1 + B_crit/B): S_min {f['s_min']:.3g}, B_crit {f['b_crit']:.3g}"))
         span = [min(st["updates_to_target"]), max(st["updates_to_target"])]
+        ci = f.get("b_crit_ci")
+        if ci:
+            hi = ci["ci_high"] if ci["ci_high"] is not None else max(st["batch_size"]) * 4
+            fig.add_trace(go.Scatter(x=[ci["ci_low"], ci["ci_low"], hi, hi], y=[span[0], span[1], span[1], span[0]],
+                                     mode="lines", fill="toself", fillcolor="rgba(214,39,40,0.12)",
+                                     line={"width": 0}, hoverinfo="skip", name=f"B_crit {_interval_text(ci)}"))
         fig.add_trace(go.Scatter(x=[f["b_crit"]] * 2, y=span, mode="lines", line={"dash": "dot", "color": "#d62728"},
                                  name=f"B_crit = {f['b_crit']:.3g}"))
     fig.update_xaxes(**LOG_B)
     fig.update_yaxes(type="log", title_text="updates to target (log scale)")
+    return fig
+
+
+def fig_sharpness(sh: dict):
+    """Final sharpness against B; for full-batch trials, against 2/lr with the edge of stability y = 2/lr."""
+    import plotly.graph_objects as go
+
+    fb = sh.get("full_batch")
+    titles = ["final sharpness by batch size (colour: lr)"]
+    if fb:
+        titles.append("full batch: sharpness against 2/lr")
+    fig = _subplots(titles)
+    fig.add_trace(go.Scatter(x=sh["batch_size"], y=sh["final_sharpness"], mode="markers", name="trials",
+                             text=[f"trial {n}, lr {lr:.3g}" for n, lr in zip(sh["number"], sh["lr"])],
+                             marker=_lr_marker(sh["lr"], "circle", True)), row=1, col=1)
+    fig.update_xaxes(row=1, col=1, **LOG_B)
+    fig.update_yaxes(type="log", title_text="sharpness λ_max (top Hessian eigenvalue, log scale)", row=1, col=1)
+    if fb:
+        edge = [min(fb["two_over_lr"]) / 1.5, max(fb["two_over_lr"]) * 1.5]
+        fig.add_trace(go.Scatter(x=fb["two_over_lr"], y=fb["final_sharpness"], mode="markers",
+                                 name="full-batch trials", text=[f"trial {n}" for n in fb["number"]],
+                                 marker={"size": 11, "color": "#2ca02c"}), row=1, col=2)
+        fig.add_trace(go.Scatter(x=edge, y=edge, mode="lines", line={"dash": "dash", "color": "#333"},
+                                 name="edge of stability λ_max = 2/lr"), row=1, col=2)
+        fig.update_xaxes(type="log", title_text="2 / lr (log scale)", row=1, col=2)
+        fig.update_yaxes(type="log", title_text="sharpness λ_max (log scale)", row=1, col=2)
     return fig
 
 
@@ -253,7 +313,8 @@ def fmt(value, spec: str) -> str:
 
 
 NAV = (("summary", "summary"), ("accuracy", "accuracy"), ("curves", "curves"), ("loss-noise", "loss noise"),
-       ("grad-noise", "noise scale"), ("steps", "steps"), ("compute", "compute"), ("pareto", "Pareto"),
+       ("grad-noise", "noise scale"), ("steps", "steps"), ("sharpness", "sharpness"),
+       ("compute", "compute"), ("pareto", "Pareto"),
        ("history", "history"), ("importance", "importance"), ("top", "top trials"), ("repro", "reproducibility"))
 
 
@@ -274,7 +335,7 @@ def render_html(report: dict) -> str:
         parts.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>')
 
     def plot(fig_of, key: str, div_id: str):
-        return lambda: _plot(fig_of(report[key]), div_id)
+        return lambda: _plot(fig_of(report[key]), div_id) + _notes(notes(report, key))
 
     no_time = '<p class="skip">Not shown: no complete trial with a compute time.</p>'
     section("summary", "Summary", None, lambda: _summary_html(report["summary"], timings.get("summary", [])))
@@ -288,6 +349,8 @@ def render_html(report: dict) -> str:
             plot(fig_grad_noise, "grad_noise", "plot-grad-noise"))
     section("steps", "Updates to target against batch size", "steps_to_target",
             plot(fig_steps, "steps_to_target", "plot-steps"))
+    section("sharpness", "Sharpness against batch size and the edge of stability", "sharpness",
+            plot(fig_sharpness, "sharpness", "plot-sharpness"))
     section("compute", "Compute time and throughput against batch size", None,
             lambda: _plot(fig_compute(compute), "plot-compute") if compute else no_time)
     section("pareto", "Pareto front of val_acc against compute time", None,
@@ -303,6 +366,48 @@ def render_html(report: dict) -> str:
                 .replace("<!--GENERATED-->", html.escape(f"generated {report['volatile']['dates']['generated']}"))
                 .replace("<!--BODY-->", "\n".join(parts))
                 .replace("/*PLOTLYJS*/", get_plotlyjs()))  # last: markers inside plotly.js stay untouched
+
+
+def notes(report: dict, key: str) -> list[str]:
+    """The uncertainty behind a section's plot, in words: how its error bars and intervals are made."""
+    r = report[key]
+    if key == "accuracy":
+        out = [f"Error bars: ±1 standard error of val_acc, {r['se_rule']}."]
+        return out + ([f"{r['se_missing']}."] if "se_missing" in r else [])
+    if key == "loss_noise":
+        out = ["Every trial with B < n_train enters (successive differences within an epoch follow σ/√B at every "
+               "B < N); full-batch trials have one batch per epoch and no measurement."]
+        if r["excluded_full_batch"]:
+            out.append(f"Excluded (full batch): trials {', '.join(map(str, r['excluded_full_batch']))}.")
+        if "slope_ci" in r:
+            ci = r["slope_ci"]
+            out.append(f"Slope {r['slope']:+.3f}, {_interval_text(ci, '+.3f')} ({ci['method']}, {ci['resamples']} "
+                       f"resamples of the trials, seed {ci['seed']}).")
+        return out
+    if key == "steps_to_target" and "fit" in r:
+        f = r["fit"]
+        if "b_crit_ci" not in f:
+            return [f"No interval: {f.get('ci_skipped', 'bootstrap failed')}."]
+        ci = f["b_crit_ci"]
+        return [f"B_crit {f['b_crit']:.4g} ({_interval_text(ci, '.4g')}), S_min {f['s_min']:.4g} "
+                f"({_interval_text(f['s_min_ci'], '.4g')}): {ci['method']} over {ci['resamples']} resamples of the "
+                f"trials (seed {ci['seed']}), each refitted to the fewest updates per batch size; "
+                f"{ci['resamples_failed']} resamples with a single batch size left out."]
+    if key == "grad_noise":
+        out = [f"Median over {r['median_over']}: {r['median_final']:.4g} examples."]
+        if r["n_bounds"]:
+            out.append(f"{r['n_bounds']} trial{'s' * (r['n_bounds'] > 1)} gave only a lower bound (open triangles): "
+                       "|G|² was within 2 SE of 0.")
+        return out
+    if key == "sharpness":
+        out = ["Edge of stability: gradient descent on a quadratic is stable while λ_max < 2/lr (2(1 + m)/lr with "
+               "heavy-ball momentum m)."]
+        return out + ([f"{r['full_batch_skipped']}."] if "full_batch_skipped" in r else [])
+    return []
+
+
+def _notes(lines: list[str]) -> str:
+    return "".join(f'<p class="note">{html.escape(t)}</p>' for t in lines)
 
 
 def _summary_html(sentences: list[str], timing_sentences: list[str]) -> str:
@@ -321,7 +426,8 @@ def _top_table(report: dict) -> str:
              "time": v["timings"]["trials"].get(str(r["number"]), {}).get(metric)} for r in report["top_trials"]]
     return _table(rows, [
         ("number", "trial", ""), ("batch_size", "B", ""), ("lr", "lr", ".3g"), ("budget", "budget", ""),
-        ("final_val_acc", "val_acc", ".4f"), ("final_train_acc", "train_acc", ".4f"),
+        ("final_val_acc", "val_acc", ".4f"), ("final_val_acc_se", "± SE", ".4f"),
+        ("final_train_acc", "train_acc", ".4f"),
         ("final_gen_gap", "gen_gap", "+.4f"), ("final_loss_noise", "loss noise", ".3g"),
         ("final_grad_noise_scale", "noise scale", ".3g"), ("updates", "updates", ".0f"),
         ("updates_to_target", "to target", ".0f"), ("time", f"{metric}".replace("_", " "), ".3g"),

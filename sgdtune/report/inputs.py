@@ -68,7 +68,9 @@ def trial_rows(study: optuna.Study, runs: dict[int, RunRecord], objectives: Sequ
 
     batch_size and lr come from MLflow when present: there `lr` is what the optimizer used
     (after any scaling), while Optuna holds the suggested (base) value. Timings (in the
-    summary, or an objective such as compute_time_s) are left to "volatile".
+    summary, or an objective such as compute_time_s) are left to "volatile". n_train and
+    n_val (the split's sizes) come from the run's params, else the study's user attributes;
+    `replicates` (seeds averaged per configuration) from the run, else 1.
     """
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -85,6 +87,9 @@ def trial_rows(study: optuna.Study, runs: dict[int, RunRecord], objectives: Sequ
             "budget": budget,
             "budget_size": as_number(size, int),
             "seed": as_number(p.get("seed"), int),
+            "n_train": as_number(p.get("n_train", study.user_attrs.get("n_train")), int),
+            "n_val": as_number(p.get("n_val", study.user_attrs.get("n_val")), int),
+            "replicates": as_number(p.get("replicates", t.params.get("replicates")), int) or 1,
             "values": {o: v for o, v in zip(objectives, t.values or []) if o not in TIMING_KEYS},
             "summary": {k: v for k, v in summary.items() if k not in TIMING_KEYS + MEMORY_KEYS},
             "fail_reason": t.user_attrs.get("fail_reason"),

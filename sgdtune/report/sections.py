@@ -12,7 +12,17 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..science.fits import critical_batch_fit, loglog_slope, small_batch_limit, steps_model
+from ..science.fits import (
+    binomial_se,
+    critical_batch_fit,
+    critical_batch_intervals,
+    has_loss_noise,
+    is_bound,
+    loglog_slope,
+    loglog_slope_interval,
+    slope_unfit_reason,
+    steps_model,
+)
 from .inputs import TIMING_KEYS, best_per_batch, column
 
 THEORY_LOSS_NOISE_SLOPE = -0.5  # std of a mean of B losses ~ B^-1/2 on a fixed model (docs/science.md)
@@ -20,12 +30,59 @@ GAIN_FLOOR = 0.005  # val_acc per doubling of B below which "the gain fell off" 
 N_TOP = 10  # rows of the top-trials table
 N_CURVES = 6  # learning curves drawn, spread over the batch sizes tried
 IMPORTANCE_SEED = 0  # fANOVA's random forest: a fixed seed makes importances repeatable
+NOISE_SE = 2.0  # a difference below this many combined standard errors is "within noise"
+ACC_SE_RULE = ("binomial sqrt(p(1-p)/n_val) of the validation set; with replicates combined in quadrature with "
+               "the replicate SE (std over seeds / sqrt(R)): sqrt(SE_rep^2 + SE_binom^2), since every replicate "
+               "is scored on the same validation examples")
+
+
+# -- standard errors of val_acc ---------------------------------------------------------------
+
+
+def val_acc_se(row: dict) -> tuple[float | None, str | None]:
+    """A trial's standard error of final_val_acc and where it comes from (ACC_SE_RULE):
+    "binomial", "replicates+binomial", "replicates" (n_val unknown), or (None, None)."""
+    p, n = row["summary"]["final_val_acc"], row.get("n_val")
+    binom = binomial_se(p, n) if n else None
+    rep = row["summary"].get("final_val_acc_se")
+    if rep is not None:
+        return (float(np.hypot(rep, binom)), "replicates+binomial") if binom is not None else (rep, "replicates")
+    return (binom, "binomial") if binom is not None else (None, None)
+
+
+def compare(a: float, se_a: float | None, b: float, se_b: float | None) -> dict:
+    """a - b with its combined SE sqrt(se_a^2 + se_b^2) and whether |a - b| < NOISE_SE of it."""
+    out: dict[str, Any] = {"difference": a - b, "se": None, "within_noise": None, "rule": f"|diff| < {NOISE_SE:g} SE"}
+    if se_a is not None and se_b is not None:
+        se = float(np.hypot(se_a, se_b))
+        out.update(se=se, within_noise=bool(abs(a - b) < NOISE_SE * se), z=abs(a - b) / se if se > 0 else None)
+    return out
+
+
+def best_rows_per_batch(rows: list[dict]) -> list[dict]:
+    """The trial of best final val_acc at each batch size (ties: lower number), by ascending B."""
+    best: dict[int, dict] = {}
+    for r in sorted(rows, key=lambda r: (-r["summary"]["final_val_acc"], r["number"])):
+        best.setdefault(r["batch_size"], r)
+    return [best[b] for b in sorted(best)]
 
 
 def accuracy_section(rows: list[dict]) -> dict:
-    """val_acc, train_acc and the generalization gap of each complete trial, by batch size."""
-    return {k: column(rows, k) for k in ("number", "batch_size", "lr", "budget", "budget_size",
-                                       "final_val_acc", "final_train_acc", "final_gen_gap")}
+    """val_acc (with its standard error), train_acc and the generalization gap of each complete
+    trial by batch size, and the best val_acc per batch size with the SE of that trial."""
+    out: dict[str, Any] = {k: column(rows, k) for k in ("number", "batch_size", "lr", "budget", "budget_size",
+                                                     "n_val", "replicates", "final_val_acc", "final_train_acc",
+                                                     "final_gen_gap")}
+    se = [val_acc_se(r) for r in rows]
+    out["final_val_acc_se"], out["final_val_acc_se_source"] = [e for e, _ in se], [w for _, w in se]
+    out["se_rule"] = ACC_SE_RULE
+    if any(e is None for e, _ in se):
+        out["se_missing"] = "No n_val (validation set size) for some trials: no binomial standard error"
+    best = best_rows_per_batch(rows)
+    out["best_per_batch"] = {"batch_size": column(best, "batch_size"), "number": column(best, "number"),
+                             "final_val_acc": column(best, "final_val_acc"),
+                             "final_val_acc_se": [val_acc_se(r)[0] for r in best]}
+    return out
 
 
 def equal_budget_comparison(rows: list[dict]) -> dict | None:
@@ -35,53 +92,80 @@ def equal_budget_comparison(rows: list[dict]) -> dict | None:
     for r in rows:
         groups.setdefault((r["budget"], r["budget_size"]), []).append(r)
     key, group = max(groups.items(), key=lambda kv: (len({r["batch_size"] for r in kv[1]}), kv[0][1] or 0))
-    sizes, acc = best_per_batch(group, "final_val_acc")
-    if sizes.size < 2:
+    best = best_rows_per_batch(group)
+    if len(best) < 2:
         return None
+    acc = np.array(column(best, "final_val_acc"), float)
+    se = [val_acc_se(r)[0] for r in best]
     i = int(np.argmax(acc))
-    return {"budget": key[0], "budget_size": key[1], "batch_size": sizes.astype(int).tolist(),
-            "best_val_acc": acc.tolist(), "largest_batch_size": int(sizes[-1]), "largest_val_acc": float(acc[-1]),
-            "best_batch_size": int(sizes[i]), "best_val_acc_any": float(acc[i]), "loss": float(acc[i] - acc[-1])}
+    return {"budget": key[0], "budget_size": key[1], "batch_size": column(best, "batch_size"),
+            "best_val_acc": acc.tolist(), "best_val_acc_se": se,
+            "largest_batch_size": best[-1]["batch_size"], "largest_val_acc": float(acc[-1]), "largest_se": se[-1],
+            "best_batch_size": best[i]["batch_size"], "best_val_acc_any": float(acc[i]), "best_se": se[i],
+            "loss": float(acc[i] - acc[-1]), "loss_vs_noise": compare(acc[i], se[i], acc[-1], se[-1])}
 
 
 def per_doubling(rows: list[dict]) -> dict | None:
     """Best val_acc per batch size (over the lr and budgets tried) and its change per doubling of B."""
-    sizes, acc = best_per_batch(rows, "final_val_acc")
-    if sizes.size < 2:
+    best = best_rows_per_batch(rows)
+    if len(best) < 2:
         return None
-    gain = np.diff(acc) / np.diff(np.log2(sizes))
+    sizes = np.array(column(best, "batch_size"), float)
+    acc = np.array(column(best, "final_val_acc"), float)
+    se = [val_acc_se(r)[0] for r in best]
+    doublings = np.diff(np.log2(sizes))
+    gain = np.diff(acc) / doublings
+    gain_se = [None if a is None or b is None else float(np.hypot(a, b)) / d
+               for a, b, d in zip(se, se[1:], doublings)]
     below = np.flatnonzero(gain < GAIN_FLOOR)
-    return {"batch_size": sizes.astype(int).tolist(), "best_val_acc": acc.tolist(),
-            "gain_per_doubling": gain.tolist(), "gain_floor": GAIN_FLOOR,
-            "fell_off_at": int(sizes[below[0]]) if below.size else None}
+    return {"batch_size": sizes.astype(int).tolist(), "best_val_acc": acc.tolist(), "best_val_acc_se": se,
+            "gain_per_doubling": gain.tolist(), "gain_per_doubling_se": gain_se, "gain_floor": GAIN_FLOOR,
+            "fell_off_at": int(sizes[below[0]]) if below.size else None,
+            # the best val_acc at the smallest B against that at the largest: a difference within noise?
+            "smallest_vs_largest": compare(acc[0], se[0], acc[-1], se[-1])}
 
 
 def loss_noise_section(rows: list[dict], n_train: float, parent_metrics: dict) -> dict | None:
-    """Final loss noise against B (log-log), its fitted slope, and the theory's -0.5 through the centroid.
+    """Final loss noise against B (log-log), its fitted slope with a bootstrap interval, and the
+    theory's -0.5 through the centroid.
 
-    As in science.fits.study_metrics, the slope is fitted over B <= small_batch_limit(N) only.
+    As in science.fits.study_metrics, every trial with a loss noise enters (has_loss_noise: B < N,
+    value > 0): successive differences within an epoch follow sigma/sqrt(B) at every B < N, so
+    there is no N/8 cut. Full-batch trials (one batch per epoch, loss noise 0) carry no
+    measurement and are listed as excluded. The slope is fitted only over >= 3 distinct sizes
+    spanning >= 4x (slope_unfit_reason). The values come from trained models that differ in lr
+    and length; a "clean" measurement (forward passes only, at one model's final weights, over a
+    grid of B) would isolate the 1/sqrt(B) law, but needs trained weights the report does not
+    have (the stores keep metrics, not models), so it is not made here.
     """
-    pts = [r for r in rows if (r["summary"].get("final_loss_noise") or 0) > 0]
+    def n_of(r):
+        return r.get("n_train") or n_train
+
+    excluded = [r["number"] for r in rows if r["batch_size"] >= n_of(r)]
+    pts = [r for r in rows if has_loss_noise(r["batch_size"], r["summary"].get("final_loss_noise"), n_of(r))]
     if not pts:
         return None
     b, y = np.array(column(pts, "batch_size"), float), np.array(column(pts, "final_loss_noise"), float)
-    limit = small_batch_limit(n_train)
-    in_fit = b <= limit
     out = {"number": column(pts, "number"), "batch_size": b.astype(int).tolist(), "loss_noise": y.tolist(),
-           "lr": column(pts, "lr"), "in_fit": in_fit.tolist(), "fit_max_batch_size": limit,
+           "lr": column(pts, "lr"), "excluded_full_batch": excluded,
            "theory_slope": THEORY_LOSS_NOISE_SLOPE, "parent_run_slope": parent_metrics.get("loss_noise_slope")}
-    if np.unique(b[in_fit]).size < 2:
-        out["fit_skipped"] = f"fewer than 2 batch sizes <= N/8 = {limit:.0f}, where 1/sqrt(B) applies"
+    why = slope_unfit_reason(b)
+    if why is not None:
+        out["fit_skipped"] = why
         return out
-    bf, yf = b[in_fit], y[in_fit]
-    slope = loglog_slope(bf, yf)
-    cx, cy = np.log(bf).mean(), np.log(yf).mean()  # least-squares lines pass through the centroid
-    ends = np.array([bf.min(), bf.max()])
+    slope = loglog_slope(b, y)
+    cx, cy = np.log(b).mean(), np.log(y).mean()  # least-squares lines pass through the centroid
+    ends = np.array([b.min(), b.max()])
 
     def line(k: float) -> dict:
         return {"batch_size": ends.tolist(), "loss_noise": np.exp(cy + k * (np.log(ends) - cx)).tolist()}
 
-    out.update({"slope": slope, "fit_line": line(slope), "theory_line": line(THEORY_LOSS_NOISE_SLOPE)})
+    out.update({"slope": slope, "fit_line": line(slope), "theory_line": line(THEORY_LOSS_NOISE_SLOPE),
+                "n_fitted": len(pts), "fit_batch_sizes": [int(b.min()), int(b.max())]})
+    ci = loglog_slope_interval(b, y)
+    if ci is not None:
+        out["slope_ci"] = ci.as_dict()
+        out["theory_in_ci"] = bool(ci.low <= THEORY_LOSS_NOISE_SLOPE <= ci.high)
     return out
 
 
@@ -104,42 +188,83 @@ def steps_section(rows: list[dict], complete: list[FrozenTrial], target: float |
                       "speedup_below_1p5_above": fit.b_crit / 2,
                       "curve": {"batch_size": grid.tolist(),
                                 "updates": steps_model(grid, fit.s_min, fit.b_crit).tolist()}}
+        ci = critical_batch_intervals(out["batch_size"], out["updates_to_target"])
+        if ci is not None:  # ci_high None in report.json (inf): resamples showing perfect scaling throughout
+            out["fit"]["b_crit_ci"], out["fit"]["s_min_ci"] = ci["b_crit"].as_dict(), ci["s_min"].as_dict()
+        else:
+            out["fit"]["ci_skipped"] = "fewer than half the bootstrap resamples held 2 batch sizes"
     return out
 
 
 def noise_scale_section(
     rows: list[dict], curves: dict[int, dict], steps: dict | None, parent_metrics: dict
 ) -> dict | None:
-    """Gradient noise scale over training and the critical batch size estimate."""
+    """Gradient noise scale over training and the critical batch size estimate.
+
+    A trial's final value may carry a standard error (final_grad_noise_scale_se) and may be only
+    a lower bound (final_grad_noise_scale_bound = 1: |G|^2 not resolved). Bounds are left out of
+    the median, as in science.fits.study_metrics, and listed separately; when every value is a
+    bound the median of the bounds is reported, as a lower bound on the median."""
     final = [r for r in rows if r["summary"].get("final_grad_noise_scale") is not None]
     if not final:
         return None
     values = np.array(column(final, "final_grad_noise_scale"), float)
-    b_noise = float(np.median(values))
+    bound = np.array([is_bound(r["summary"]) for r in final])
+    estimates = values[~bound] if (~bound).any() else values
+    b_noise = float(np.median(estimates))
+    all_bounds = bool(bound.all())
     if steps and "fit" in steps:
         b_crit = {"value": steps["fit"]["b_crit"], "source": "S(B) fit to updates-to-target"}
+        ci = steps["fit"].get("b_crit_ci")
+        if ci:
+            b_crit.update({k: ci[k] for k in ("ci_low", "ci_high", "level")})
+    elif all_bounds:
+        b_crit = {"value": b_noise, "source": "a lower bound: the median of the trials' lower bounds on B_noise",
+                  "lower_bound": True}
     else:
         b_crit = {"value": b_noise, "source": "B_noise, the median final gradient noise scale"}
     b_crit["parent_run_value"] = parent_metrics.get("critical_batch_size")
     sizes = sorted({r["batch_size"] for r in rows})
-    return {"median_final": b_noise, "min_final": values.min(), "max_final": values.max(),
+    se = column(final, "final_grad_noise_scale_se")
+    return {"median_final": b_noise, "median_is_lower_bound": all_bounds,
+            "median_over": "lower bounds" if all_bounds else "estimates (lower bounds left out)",
+            "n_estimates": int((~bound).sum()), "n_bounds": int(bound.sum()),
+            "min_final": estimates.min(), "max_final": estimates.max(),
             "parent_run_median": parent_metrics.get("median_grad_noise_scale"), "critical_batch_size": b_crit,
             "batch_sizes_above": [b for b in sizes if b > b_crit["value"]],
             "batch_sizes_below": [b for b in sizes if b <= b_crit["value"]],
             "final": {"number": column(final, "number"), "batch_size": column(final, "batch_size"),
-                      "grad_noise_scale": values},
+                      "grad_noise_scale": values, "grad_noise_scale_se": se, "lower_bound": bound.tolist()},
             "curves": [{"number": r["number"], "batch_size": r["batch_size"], "epoch": curves[r["number"]]["step"],
                         "grad_noise_scale": curves[r["number"]]["value"]} for r in rows if r["number"] in curves]}
 
 
+def sharpness_section(rows: list[dict], n_train: float) -> tuple[dict | None, str]:
+    """Final sharpness (top Hessian eigenvalue of the training loss) against B, and for full-batch
+    trials (B >= N) against 2/lr, the edge of stability of gradient descent on a quadratic
+    (docs/science.md section 7; with heavy-ball momentum m the threshold is 2(1 + m)/lr)."""
+    pts = [r for r in rows if r["summary"].get("final_sharpness") is not None]
+    if not pts:
+        return None, "no trial recorded final_sharpness (the trainer did not measure it, or an older store)"
+    out: dict[str, Any] = {k: column(pts, k) for k in ("number", "batch_size", "lr", "final_sharpness",
+                                                        "final_lr_sharpness")}
+    full = [r for r in pts if r["batch_size"] >= (r.get("n_train") or n_train) and r["lr"]]
+    if full:
+        out["full_batch"] = {"number": column(full, "number"), "batch_size": column(full, "batch_size"),
+                             "lr": column(full, "lr"), "two_over_lr": [2 / r["lr"] for r in full],
+                             "final_sharpness": column(full, "final_sharpness")}
+        out["full_batch"]["ratio_to_edge"] = [s / t for s, t in zip(out["full_batch"]["final_sharpness"],
+                                                                     out["full_batch"]["two_over_lr"])]
+    else:
+        out["full_batch_skipped"] = "no full-batch trial (B >= n_train) with a sharpness: no edge-of-stability check"
+    return out, ""
+
+
 def pick_across_batch_sizes(rows: list[dict], n: int = N_CURVES) -> list[dict]:
     """The best trial at each batch size, at most n of them spread evenly over log B."""
-    best: dict[int, dict] = {}
-    for r in sorted(rows, key=lambda r: (-r["summary"]["final_val_acc"], r["number"])):
-        best.setdefault(r["batch_size"], r)
-    sizes = sorted(best)
-    keep = np.unique(np.round(np.linspace(0, len(sizes) - 1, min(n, len(sizes)))).astype(int))
-    return [best[sizes[i]] for i in keep]
+    best = best_rows_per_batch(rows)
+    keep = np.unique(np.round(np.linspace(0, len(best) - 1, min(n, len(best)))).astype(int))
+    return [best[i] for i in keep]
 
 
 def importance_section(study: optuna.Study, n_complete: int) -> tuple[dict | None, str | None]:
@@ -174,7 +299,8 @@ def top_trials(rows: list[dict], n: int = N_TOP) -> list[dict]:
             "updates", "updates_to_target")
     ranked = sorted(rows, key=lambda r: (-r["summary"]["final_val_acc"], r["number"]))[:n]
     return [{"number": r["number"], "batch_size": r["batch_size"], "lr": r["lr"], "budget": r["budget"],
-             "budget_size": r["budget_size"], **{k: r["summary"].get(k) for k in keys}} for r in ranked]
+             "budget_size": r["budget_size"], **{k: r["summary"].get(k) for k in keys},
+             "final_val_acc_se": val_acc_se(r)[0]} for r in ranked]
 
 
 def pareto_front(acc: np.ndarray, time: np.ndarray) -> np.ndarray:

@@ -8,6 +8,29 @@ from .html import fmt
 from .inputs import column
 
 
+def pm(value: float, se: float | None, spec: str = ".4f") -> str:
+    """`value ± se`, or the value alone when there is no standard error."""
+    return f"{value:{spec}}" if se is None else f"{value:{spec}} ± {se:{spec}}"
+
+
+def interval(ci: dict | None, spec: str = ".3g") -> str:
+    """'95% bootstrap interval a-b' (ci_high None: unbounded above), or '' without one."""
+    if not ci:
+        return ""
+    high = "unbounded" if ci["ci_high"] is None else f"{ci['ci_high']:{spec}}"
+    return f"{ci['level']:.0%} bootstrap interval {ci['ci_low']:{spec}} to {high}"
+
+
+def noise_verdict(c: dict) -> str:
+    """The difference with its combined SE and whether it is within noise (|diff| < 2 SE)."""
+    if c["se"] is None:
+        return f"difference {c['difference']:+.4f}, no standard error (validation set size unknown)"
+    if c["within_noise"]:
+        return f"difference {c['difference']:+.4f} ± {c['se']:.4f} (combined SE): within noise (|Δ| < 2 SE)"
+    z = f" = {c['z']:.1f} SE" if c.get("z") is not None else ""
+    return f"difference {c['difference']:+.4f} ± {c['se']:.4f} (combined SE): beyond noise (|Δ|{z} ≥ 2 SE)"
+
+
 def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
     """Sentences computed from the report's numbers; each says what it compares."""
     s = report["study"]["trials_by_state"]
@@ -17,7 +40,10 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
     best = max(complete, key=lambda r: (r["summary"]["final_val_acc"], -r["number"]))
     sizes = sorted({r["batch_size"] for r in complete})
     tried = f"batch sizes {sizes[0]}-{sizes[-1]}" if len(sizes) > 1 else f"batch size {sizes[0]}"
-    out.append(f"Best val_acc {best['summary']['final_val_acc']:.4f} at batch size {best['batch_size']} (trial "
+    se = dict(zip(report["accuracy"]["number"], report["accuracy"]["final_val_acc_se"]))
+    where = report["accuracy"]["final_val_acc_se_source"][report["accuracy"]["number"].index(best["number"])]
+    out.append(f"Best val_acc {pm(best['summary']['final_val_acc'], se[best['number']])}"
+               f"{f' (SE: {where})' if where else ''} at batch size {best['batch_size']} (trial "
                f"{best['number']}, lr {fmt(best['lr'], '.3g')}, {best['budget']} = {best['budget_size']}), among "
                f"{len(complete)} complete trial{'s' * (len(complete) > 1)} with {tried}.")
     eq = report.get("equal_budget")
@@ -27,7 +53,7 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
         if eq["loss"] > 0:
             out.append(f"{head}, the largest batch size B = {eq['largest_batch_size']} reached val_acc "
                        f"{eq['largest_val_acc']:.4f}, {eq['loss']:.4f} below the best, {eq['best_val_acc_any']:.4f} "
-                       f"at B = {eq['best_batch_size']}.")
+                       f"at B = {eq['best_batch_size']}; {noise_verdict(eq['loss_vs_noise'])}.")
         else:
             out.append(f"{head}, the largest batch size B = {eq['largest_batch_size']} gave the best val_acc, "
                        f"{eq['largest_val_acc']:.4f}.")
@@ -41,27 +67,59 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
         else:
             tail = f"every doubling up to B = {b[-1]} gained at least {pd['gain_floor']}"
         out.append(f"Best val_acc per batch size changed per doubling of B by {steps}; {tail}.")
+        acc, se_b = pd["best_val_acc"], pd["best_val_acc_se"]
+        out.append(f"Best val_acc at the smallest batch size B = {b[0]}, {pm(acc[0], se_b[0])}, against the largest, "
+                   f"B = {b[-1]}, {pm(acc[-1], se_b[-1])}: {noise_verdict(pd['smallest_vs_largest'])}.")
     st = report.get("steps_to_target")
     if st and "fit" in st:
         f = st["fit"]
+        ci_s, ci_b = interval(f.get("s_min_ci")), interval(f.get("b_crit_ci"))
+        resampled = f", {f['b_crit_ci']['resamples']} resamples of the trials" if ci_b else ""
         out.append(f"Updates to reach val_acc {st['target_val_acc']}: fit S = S_min (1 + B_crit/B) gives S_min = "
-                   f"{f['s_min']:.3g} updates and B_crit = {f['b_crit']:.3g} examples; above B = "
+                   f"{f['s_min']:.3g} updates{f' ({ci_s})' if ci_s else ''} and B_crit = {f['b_crit']:.3g} examples"
+                   f"{f' ({ci_b}{resampled})' if ci_b else ''}; above B = "
                    f"{f['speedup_below_1p5_above']:.3g} each doubling of B saves less than a third of the updates.")
     ln = report.get("loss_noise")
     if ln and "fit_skipped" in ln:
         out.append(f"Loss noise: no slope fitted ({ln['fit_skipped']}).")
     if ln and "slope" in ln:
         trend = "fell" if ln["slope"] < 0 else "rose"
-        out.append(f"Loss noise {trend} with batch size with log-log slope {ln['slope']:+.2f} (theory on a fixed "
-                   f"model: {ln['theory_slope']}) over {sum(ln['in_fit'])} trials with B <= N/8 = "
-                   f"{ln['fit_max_batch_size']:.0f}.")
+        ci = ln.get("slope_ci")
+        ci_text = f"{interval(ci, '+.2f')}; " if ci else ""
+        inside = "" if not ci else (", inside the interval" if ln["theory_in_ci"] else ", outside the interval")
+        lo, hi = ln["fit_batch_sizes"]
+        excluded = ln["excluded_full_batch"]
+        out.append(f"Loss noise {trend} with batch size with log-log slope {ln['slope']:+.2f}"
+                   f" ({ci_text}theory on a fixed model: {ln['theory_slope']}"
+                   f"{inside}) over {ln['n_fitted']} trials with B = {lo}-{hi}, every B < n_train"
+                   + (f"; full-batch trials excluded (one batch per epoch, no measurement): "
+                      f"{', '.join(map(str, excluded))}" if excluded else "") + ".")
     gn = report.get("grad_noise")
     if gn:
         c = gn["critical_batch_size"]
         above = ", ".join(map(str, gn["batch_sizes_above"])) or "none"
-        out.append(f"Gradient noise scale at the end of training: median {gn['median_final']:.3g} examples (range "
-                   f"{gn['min_final']:.3g}-{gn['max_final']:.3g}); critical batch size estimate {c['value']:.3g} "
-                   f"({c['source']}); batch sizes tried above it: {above}.")
+        ci = interval(c if "ci_low" in c else None)
+        if gn["median_is_lower_bound"]:
+            median = (f"every trial's value is only a lower bound (|G|^2 not resolved): median bound "
+                      f"{gn['median_final']:.3g} examples")
+        else:
+            bounds = f"; {gn['n_bounds']} lower bound{'s' * (gn['n_bounds'] > 1)} left out" if gn["n_bounds"] else ""
+            median = (f"median {gn['median_final']:.3g} examples over {gn['n_estimates']} estimate"
+                      f"{'s' * (gn['n_estimates'] > 1)} (range {gn['min_final']:.3g}-{gn['max_final']:.3g}{bounds})")
+        out.append(f"Gradient noise scale at the end of training: {median}; critical batch size estimate "
+                   f"{'>= ' * bool(c.get('lower_bound'))}{c['value']:.3g} ({c['source']}{f'; {ci}' if ci else ''}); "
+                   f"batch sizes tried above it: {above}.")
+    sh = report.get("sharpness")
+    if sh:
+        k = np.array(sh["final_sharpness"], float)
+        lo, hi = int(np.argmin(k)), int(np.argmax(k))
+        text = (f"Sharpness (top Hessian eigenvalue of the training loss) at the end of training ranged from "
+                f"{k[lo]:.3g} (B = {sh['batch_size'][lo]}) to {k[hi]:.3g} (B = {sh['batch_size'][hi]})")
+        fb = sh.get("full_batch")
+        if fb:
+            text += ("; full-batch trials at " + ", ".join(f"{r:.2f}" for r in fb["ratio_to_edge"])
+                     + " times the edge of stability 2/lr")
+        out.append(text + ".")
     gaps = np.array(column(complete, "final_gen_gap"), float)
     lo, hi = complete[int(np.argmin(gaps))], complete[int(np.argmax(gaps))]
     if len(complete) > 1:

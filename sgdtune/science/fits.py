@@ -6,7 +6,7 @@ and the UI import this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,16 +44,140 @@ def fit_steps_to_target(batch_sizes, updates) -> StepsFit:
     return StepsFit(float(s_min), float(e_min / s_min), float(e_min))
 
 
-def small_batch_limit(n_train: float) -> float:
-    """Largest B at which loss noise is fitted against 1/sqrt(B): N/8, since the law holds
-    for B << N (finite-population factor (N - B)/(N - 1), docs/science.md)."""
-    return n_train / 8
-
-
 def loglog_slope(x, y) -> float:
     """Slope of log(y) against log(x) by least squares (e.g. loss noise vs batch size)."""
     lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
     return float(np.polyfit(lx, ly, 1)[0])
+
+
+# -- uncertainty: binomial standard errors, percentile bootstrap intervals ------------------------
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_SEED = 0  # a fixed seed: the same data give the same interval, so report.json reproduces
+
+
+def binomial_se(p: float, n: float) -> float:
+    """Standard error sqrt(p (1 - p) / n) of an accuracy p measured on n independent examples."""
+    p = min(max(float(p), 0.0), 1.0)
+    return math.sqrt(p * (1.0 - p) / n)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A percentile bootstrap interval. `high` is inf when more than (1 - level)/2 of the resamples
+    put the statistic at infinity (e.g. B_crit for a resample that shows perfect scaling throughout)."""
+    low: float
+    high: float
+    level: float
+    resamples: int  # resamples drawn
+    failed: int  # resamples where the statistic was undefined (e.g. a single batch size): left out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ci_low": self.low, "ci_high": self.high, "level": self.level, "method": "percentile bootstrap",
+                "resamples": self.resamples, "resamples_failed": self.failed, "seed": BOOTSTRAP_SEED}
+
+
+def bootstrap_intervals(statistic: Callable[[np.ndarray], Sequence[float] | None], n: int,
+                        resamples: int = BOOTSTRAP_RESAMPLES, level: float = BOOTSTRAP_LEVEL,
+                        seed: int = BOOTSTRAP_SEED) -> list[Interval] | None:
+    """Percentile bootstrap of a (vector) statistic of n cases: `statistic(idx)` gets the indices
+    of one resample (n draws with replacement) and returns its values, or None where undefined.
+
+    Seeded, so repeatable. Values may be +-inf (kept: the order statistics are taken without
+    interpolation). None when fewer than half the resamples give a value."""
+    rng = np.random.default_rng(seed)
+    values = [v for v in (statistic(rng.integers(0, n, n)) for _ in range(resamples)) if v is not None]
+    if len(values) < resamples / 2:
+        return None
+    table = np.array(values, dtype=float).reshape(len(values), -1)
+    tail = (1.0 - level) / 2
+    lo, hi = (np.quantile(table, q, axis=0, method="inverted_cdf") for q in (tail, 1.0 - tail))
+    return [Interval(float(a), float(b), level, resamples, resamples - len(values)) for a, b in zip(lo, hi)]
+
+
+def steps_fit_limits(batch_sizes, updates) -> tuple[float, float] | None:
+    """(S_min, B_crit) of the S(B) fit, with the fit's limits instead of an error where it is
+    unphysical: S_min <= 0 < E_min means perfect scaling over the sizes seen (S_min 0, B_crit inf),
+    E_min <= 0 < S_min no gain from B at all (B_crit 0). None with fewer than 2 distinct sizes."""
+    b = np.asarray(batch_sizes, dtype=float)
+    s = np.asarray(updates, dtype=float)
+    if np.unique(b).size < 2:
+        return None
+    w = 1.0 / s
+    design = np.stack([np.ones_like(b), 1.0 / b], axis=1) * w[:, None]
+    (s_min, e_min), *_ = np.linalg.lstsq(design, s * w, rcond=None)
+    if s_min > 0 and e_min > 0:
+        return float(s_min), float(e_min / s_min)
+    if e_min > 0:
+        return 0.0, math.inf
+    if s_min > 0:
+        return float(s_min), 0.0
+    return None
+
+
+def best_per_size(batch_sizes, values) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct batch sizes (ascending) and the smallest value at each."""
+    b, v = np.asarray(batch_sizes, dtype=float), np.asarray(values, dtype=float)
+    sizes = np.unique(b)
+    return sizes, np.array([v[b == x].min() for x in sizes])
+
+
+def critical_batch_intervals(batch_sizes, updates, **kw) -> dict[str, Interval] | None:
+    """Bootstrap intervals of B_crit and S_min: the trials (B, updates-to-target) are resampled
+    with replacement, and each resample is fitted as critical_batch_fit fits the study (fewest
+    updates per batch size), so the interval carries the scatter between trials and the pick of
+    the best lr per size. Resamples with one batch size are left out; an unphysical resample
+    counts at its limit (steps_fit_limits)."""
+    b, s = np.asarray(batch_sizes, dtype=float), np.asarray(updates, dtype=float)
+
+    def statistic(idx):
+        fit = steps_fit_limits(*best_per_size(b[idx], s[idx]))
+        return None if fit is None else (fit[1], fit[0])
+
+    out = bootstrap_intervals(statistic, b.size, **kw)
+    return None if out is None else {"b_crit": out[0], "s_min": out[1]}
+
+
+# -- loss noise against B ------------------------------------------------------------------------
+
+MIN_SLOPE_SIZES = 3  # distinct batch sizes a log-log slope is fitted over ...
+MIN_SLOPE_SPAN = 4.0  # ... spanning at least this factor (two octaves)
+
+
+def has_loss_noise(batch_size: float | None, loss_noise: float | None, n_train: float = math.inf) -> bool:
+    """Whether a trial measured loss noise: at least two batches per epoch (B < N) and a value > 0.
+    A full-batch trial (one batch per epoch) logs 0: no measurement, not a noise-free one.
+
+    Every B < N counts: successive differences of an epoch's without-replacement batches follow
+    sigma/sqrt(B) at every B < N (the finite-population factor cancels, docs/science.md section 2).
+    """
+    return batch_size is not None and batch_size < n_train and (loss_noise or 0.0) > 0.0
+
+
+def slope_unfit_reason(batch_sizes) -> str | None:
+    """Why a log-log slope over these batch sizes would mean little, or None when it may be fitted:
+    it needs MIN_SLOPE_SIZES distinct sizes spanning a factor MIN_SLOPE_SPAN."""
+    sizes = np.unique(np.asarray(batch_sizes, dtype=float))
+    if sizes.size < MIN_SLOPE_SIZES:
+        return f"{sizes.size} distinct batch size{'s' * (sizes.size != 1)} with a loss noise; a slope needs " \
+               f"at least {MIN_SLOPE_SIZES}"
+    if sizes[-1] / sizes[0] < MIN_SLOPE_SPAN:
+        return f"the batch sizes with a loss noise span a factor {sizes[-1] / sizes[0]:.3g} " \
+               f"({sizes[0]:.0f}-{sizes[-1]:.0f}); a slope needs at least {MIN_SLOPE_SPAN:.0f}"
+    return None
+
+
+def loglog_slope_interval(x, y, **kw) -> Interval | None:
+    """Bootstrap interval of loglog_slope: the (x, y) points resampled with replacement
+    (resamples with a single distinct x left out)."""
+    lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
+
+    def statistic(idx):
+        return None if np.unique(lx[idx]).size < 2 else (float(np.polyfit(lx[idx], ly[idx], 1)[0]),)
+
+    out = bootstrap_intervals(statistic, lx.size, **kw)
+    return None if out is None else out[0]
 
 
 # -- study-level aggregates -------------------------------------------------------------
@@ -82,9 +206,17 @@ def critical_batch_fit(trials: Iterable[Any]) -> StepsFit | None:
         return None
 
 
+def is_bound(summary: dict[str, float]) -> bool:
+    """Whether a trial's final gradient noise scale is only a lower bound (|G|^2 not resolved)."""
+    return (summary.get("final_grad_noise_scale_bound") or 0.0) >= 0.5
+
+
 def study_metrics(trials: Iterable[Any], n_train: float = math.inf) -> dict[str, float]:
     """The parent run's metrics: counts, best val_acc, loss-noise slope, critical batch
-    size and the median of the trials' final gradient noise scales."""
+    size and the median of the trials' final gradient noise scales.
+
+    The loss-noise slope is fitted over every trial with a loss noise (has_loss_noise: B < N,
+    value > 0; no N/8 cut) when slope_unfit_reason finds the batch sizes sufficient."""
     trials = list(trials)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     out: dict[str, float] = {
@@ -95,15 +227,15 @@ def study_metrics(trials: Iterable[Any], n_train: float = math.inf) -> dict[str,
     accs = [_summary(t)["final_val_acc"] for t in complete if "final_val_acc" in _summary(t)]
     if accs:
         out["best_val_acc"] = max(accs)
-    small_b = small_batch_limit(n_train)
     noisy = [(t.params["batch_size"], _summary(t)["final_loss_noise"]) for t in complete
-             if t.params.get("batch_size", math.inf) <= small_b and _summary(t).get("final_loss_noise", 0) > 0]
-    if len({b for b, _ in noisy}) >= 2:
+             if has_loss_noise(t.params.get("batch_size"), _summary(t).get("final_loss_noise"), n_train)]
+    if noisy and slope_unfit_reason([b for b, _ in noisy]) is None:
         out["loss_noise_slope"] = loglog_slope(*zip(*noisy))
     fit = critical_batch_fit(complete)
     if fit is not None:
         out["critical_batch_size"], out["s_min"] = fit.b_crit, fit.s_min
-    gns = [_summary(t)["final_grad_noise_scale"] for t in complete if "final_grad_noise_scale" in _summary(t)]
-    if gns:
+    gns = [_summary(t)["final_grad_noise_scale"] for t in complete
+           if "final_grad_noise_scale" in _summary(t) and not is_bound(_summary(t))]
+    if gns:  # lower bounds (|G|^2 not resolved) are left out: a median of estimates, not of bounds
         out["median_grad_noise_scale"] = float(np.median(gns))
     return out
