@@ -49,7 +49,7 @@ def test_the_noise_meter_does_not_depend_on_the_training_batch_size():
     values = {}
     for batch in (8, 512):
         config = TrainConfig(batch_size=batch, lr=1e-9, momentum=0.0, budget="updates", updates=4, epochs=None,
-                             probe_size=256, measure_every=1, model=ModelConfig(hidden=(32,)))
+                             probe_size=256, sharpness_every=0, model=ModelConfig(hidden=(32,)))
         values[batch] = train(config, data).final.grad_noise_scale
     assert values[8] is not None and values[8] > 1
     assert values[512] == pytest.approx(values[8], rel=1e-3)  # same parameters, same probe
@@ -74,6 +74,13 @@ def test_loss_noise_falls_like_one_over_sqrt_b_on_a_fixed_model():
                              model=ModelConfig(hidden=(16,)))
         noise.append(train(config, data).final.loss_noise)
     assert loglog_slope(batches, noise) == pytest.approx(-0.5, abs=0.08)
+
+
+def test_loss_noise_leaves_out_a_short_last_batch():
+    losses = torch.tensor([1.0, 1.2, 0.9, 1.1, 3.0], dtype=torch.float64)
+    assert loss_noise(losses, short_last=True) == loss_noise(losses[:-1])
+    assert loss_noise(losses) > loss_noise(losses[:-1])
+    assert loss_noise(losses[:2], short_last=True) == 0.0
 
 
 def test_loss_noise_ignores_a_linear_trend_and_is_zero_for_one_batch():

@@ -140,3 +140,133 @@ def test_the_model_is_left_as_it_was_and_chunks_are_capped():
         noise_scale_estimate(model, nn.functional.cross_entropy, x[:3], y[:3])
     with pytest.raises(ValueError, match="chunks must be >= 2"):
         noise_scale_estimate(model, nn.functional.cross_entropy, x, y, chunks=1)
+
+
+# -- in training: the loop's epoch-end measurement (docs/science.md, section 3) ----------------
+
+
+def _digits():
+    from sgdtune.data import DataConfig, load_data
+
+    return load_data(DataConfig(dataset="digits"), seed=0)
+
+
+@pytest.mark.parametrize("probe_size", ["auto", 256])
+def test_the_logged_noise_scale_is_noise_scale_estimate_on_the_same_probe_and_weights(probe_size):
+    from sgdtune.model import ModelConfig, build_model
+    from sgdtune.trainer import TrainConfig, fixed_subset, train
+    from sgdtune.trainer.loop import PROBE_CHUNKS
+
+    data = _digits()
+    n = data.n_train
+    config = TrainConfig(batch_size=64, lr=0.05, epochs=2, probe_size=probe_size, sharpness_every=0,
+                         model=ModelConfig(hidden=(32,)))
+    model = build_model(config.model, data.n_features, data.n_classes, config.seed)
+    result = train(config, data, model=model)  # the model keeps the final weights
+    size = n if probe_size == "auto" else 256  # auto: the whole set (n = 1,437 <= 16,384)
+    idx = fixed_subset(n, size, data.x_train.device)
+    want = noise_scale_estimate(model, nn.functional.cross_entropy, data.x_train[idx], data.y_train[idx],
+                                chunks=PROBE_CHUNKS, population=n)
+    final, summary = result.final, result.summary()
+    assert final.grad_noise_scale == pytest.approx(want.simple, rel=1e-6)
+    assert final.grad_noise_scale_se == pytest.approx(want.simple_se, rel=1e-6, abs=1e-9)
+    assert final.grad_noise_scale_bound == float(want.bound) == 0.0
+    assert summary["final_grad_noise_scale"] == final.grad_noise_scale
+    assert summary["final_grad_noise_scale_se"] == final.grad_noise_scale_se
+    assert summary["final_grad_noise_scale_bound"] == 0.0
+    assert math.isfinite(final.grad_noise_scale_se) and final.grad_noise_scale > 1
+    if probe_size == "auto":  # the whole training set: |G|^2 = |g_mean|^2 exactly, no sampling error
+        assert final.grad_noise_scale_se == 0.0 and want.grad_sq_norm > 0
+    else:
+        assert final.grad_noise_scale_se > 0
+
+
+def _regression_data(n: int, n_val: int, d: int = 5, seed: int = 0, noise: float = 0.3):
+    from sgdtune.data import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n + n_val, d, generator=g)
+    y = x @ torch.linspace(-1, 1, d) + 0.5 + noise * torch.randn(n + n_val, generator=g)
+    return Dataset("lin", x[:n], y[:n], x[n:], y[n:], n_classes=1, task="regression")
+
+
+def test_near_the_optimum_the_logged_value_is_a_flagged_finite_lower_bound():
+    from sgdtune.model import ModelConfig
+    from sgdtune.trainer import TrainConfig, train
+
+    data = _regression_data(4000, 100)
+    ones = torch.ones(data.n_train, 1)
+    solution = torch.linalg.lstsq(torch.cat([data.x_train, ones], 1).double(), data.y_train.double()).solution.float()
+    model = nn.Linear(data.n_features, 1)
+    with torch.no_grad():
+        model.weight.copy_(solution[:-1].unsqueeze(0))
+        model.bias.copy_(solution[-1:])
+    config = TrainConfig(batch_size=100, lr=1e-9, momentum=0.0, epochs=1, probe_size=64, sharpness_every=0,
+                         model=ModelConfig(hidden=()))
+    final = train(config, data, model=model).final  # G = 0 at the training set's least-squares weights
+    assert final.grad_noise_scale_bound == 1.0
+    assert math.isfinite(final.grad_noise_scale) and final.grad_noise_scale > 0
+    assert math.isfinite(final.grad_noise_scale_se)
+
+
+def test_regression_trains_on_mse_scores_r2_and_measures_the_known_answers():
+    from sgdtune.model import ModelConfig
+    from sgdtune.trainer import TrainConfig, train, train_stacked
+
+    data = _regression_data(500, 200)
+    config = TrainConfig(batch_size=50, lr=0.05, momentum=0.0, epochs=5, model=ModelConfig(hidden=()))  # defaults
+    model = nn.Linear(data.n_features, 1)
+    result = train(config, data, model=model)
+    first, final = result.history[0], result.final
+    assert final.train_loss < first.train_loss
+    with torch.no_grad():
+        for x, y, loss, score in ((data.x_val, data.y_val, final.val_loss, final.val_acc),
+                                  (data.x_train, data.y_train, final.train_loss, final.train_acc)):
+            residual = (model(x).squeeze(-1) - y).double()
+            assert loss == pytest.approx(float(residual.square().mean()), rel=1e-5)
+            sst = float((y.double() - y.double().mean()).square().sum())
+            assert score == pytest.approx(1 - float(residual.square().sum()) / sst, rel=1e-5)
+    logged, summary = final.as_dict(), result.summary()
+    assert {"train_r2", "val_r2"} <= set(logged) and not {"train_acc", "val_acc", "task"} & set(logged)
+    assert summary["final_val_r2"] == final.val_acc and summary["final_train_r2"] == final.train_acc
+    assert summary["best_val_r2"] == max(m.val_acc for m in result.history) and "final_val_acc" not in summary
+    assert summary["final_gen_gap"] == pytest.approx(final.train_acc - final.val_acc)
+
+    # Known answers at the final weights, all n = 500 examples in both probes (the defaults).
+    xa = torch.cat([data.x_train, torch.ones(data.n_train, 1)], 1).double()
+    w = torch.cat([model.weight.detach().view(-1), model.bias.detach()]).double()
+    per_example = 2 * (xa @ w - data.y_train.double()).unsqueeze(1) * xa  # gradients of (w.x - y)^2
+    mean = per_example.mean(0)
+    trace = float((per_example - mean).square().sum()) / (data.n_train - 1)
+    assert final.grad_noise_scale == pytest.approx(trace / float(mean.square().sum()), rel=1e-3)
+    top = float(torch.linalg.eigvalsh(2 * xa.T @ xa / data.n_train)[-1])  # MSELoss's Hessian: 2 X^T X / n
+    assert final.sharpness == pytest.approx(top, rel=1e-3)
+    assert summary["final_sharpness"] == final.sharpness
+    assert summary["final_lr_sharpness"] == pytest.approx(0.05 * top, rel=1e-3)
+
+    with pytest.raises(ValueError, match="classification only; got data.task = 'regression'"):
+        train_stacked([config], data)
+
+
+def test_the_noise_scale_is_finite_at_the_end_of_every_critical_batch_like_trial():
+    from sgdtune.model import ModelConfig
+    from sgdtune.trainer import Diverged, TrainConfig, train_stacked
+
+    data = _digits()
+    complete = 0
+    for batch in (8, 64, 512, 1024):
+        configs = [TrainConfig(batch_size=batch, lr=lr, momentum=0.9, budget="updates", updates=120, epochs=None,
+                               target_val_acc=0.95, target_every=5, stop_at_target=True, sharpness_every=0,
+                               model=ModelConfig(hidden=(128,)), seed=0) for lr in (0.03, 0.3)]
+        for result in train_stacked(configs, data):
+            if isinstance(result, Diverged):
+                continue
+            complete += 1
+            summary = result.summary()
+            assert math.isfinite(summary["final_grad_noise_scale"]) and summary["final_grad_noise_scale"] > 0
+            assert math.isfinite(summary["final_grad_noise_scale_se"])
+            assert summary["final_grad_noise_scale_bound"] in (0.0, 1.0)
+            if result.updates_to_target is not None:
+                assert math.isfinite(summary["grad_noise_scale_at_target"])
+                assert summary["grad_noise_scale_at_target"] == summary["final_grad_noise_scale"]  # stopped there
+    assert complete >= 6

@@ -272,3 +272,17 @@ def test_the_loop_owns_shuffle_warmup_probes_and_divergence_for_any_stepper():
         losses = [(i + 1) / u for u in range(13, 19)]  # the last epoch's, member i's own column
         want = math.sqrt(sum((b - a) ** 2 for a, b in zip(losses, losses[1:])) / len(losses[1:]) / 2)
         assert history[-1].loss_noise == pytest.approx(want)
+
+
+@pytest.mark.parametrize("batch,short", [(10, False), (7, True), (60, False)])
+def test_loss_noise_in_training_leaves_out_the_short_last_batch_of_an_epoch(batch, short):
+    from sgdtune.science.noise import loss_noise
+    from sgdtune.trainer.loop import Loop
+
+    data = make_data(n=60)
+    stepper = FakeStepper(1)
+    (result,) = Loop([cfg(batch_size=batch, epochs=2)], data).run(stepper)
+    per_epoch = -(-60 // batch)
+    losses = torch.tensor([1 / u for u in range(per_epoch + 1, 2 * per_epoch + 1)], dtype=torch.float64)
+    kept = losses[:-1] if short else losses  # 60 = 8 x 7 + 4: the batch of 4 is left out
+    assert result.final.loss_noise == loss_noise(kept)

@@ -46,15 +46,18 @@ class TrainConfig(BaseModel):
     probe_size: int | Literal["auto"] = Field(
         default="auto",
         description="examples in the gradient-noise probe (a fixed subset of the training set); "
-                    "0 = off; 'auto' = the whole training set when n <= 4,096, else 8x the last "
-                    "B_simple rounded up to a power of two, within [1,024, 65,536]",
+                    "0 = off; 'auto' = the whole training set when n <= 16,384, else 16x the last "
+                    "B_simple rounded up to a power of two, within [2,048, 65,536]",
     )
     sharpness_every: int = Field(
         default=25, ge=0,
         description="epochs between sharpness measurements (top Hessian eigenvalue), plus one at the "
                     "end of training; 0 = off",
     )
-    sharpness_size: int = Field(default=2048, ge=1, description="examples in the fixed sharpness probe (n if fewer)")
+    sharpness_size: int = Field(
+        default=8192, ge=1,
+        description="examples in the fixed sharpness probe (n if fewer: then the training loss's own Hessian)",
+    )
     eval_size: int = Field(default=10_000, ge=1, description="training examples evaluated per epoch")
     seed: int = Field(default=0, ge=0, description="initial weights and shuffle order")
     model: ModelConfig = ModelConfig()
