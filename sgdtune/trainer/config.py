@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
                     "B_simple rounded up to a power of two, within [2,048, 65,536]",
     )
     sharpness_every: int = Field(
-        default=25, ge=0,
+        default=50, ge=0,
         description="epochs between sharpness measurements (top Hessian eigenvalue), plus one at the "
                     "end of training; 0 = off",
     )

@@ -64,7 +64,7 @@ AUTO_MIN_PROBE, AUTO_MAX_PROBE = 2048, 65_536  # ... rounded up to a power of tw
 # forward+backward pass: an update costs STEP_OVERHEAD + B, a probe PROBE_CHUNKS x
 # CHUNK_OVERHEAD + PROBE_PASSES x probe size (benchmarks/trainer.py measures the real ratio).
 PROBE_COST_SHARE = 0.05
-STEP_OVERHEAD, CHUNK_OVERHEAD, PROBE_PASSES = 200, 1000, 3
+STEP_OVERHEAD, CHUNK_OVERHEAD, PROBE_PASSES = 200, 50, 2
 # Sharpness: Lanczos stops when its top Ritz value moves by <= SHARPNESS_TOL (relative) twice.
 SHARPNESS_TOL, SHARPNESS_ITERS, SHARPNESS_SEED = 1e-3, 60, 0
 
@@ -153,7 +153,8 @@ class _Member:
     compute_s: float = 0.0  # its share of the step time
     gpu_s: float = 0.0
     epoch_start_s: float = 0.0
-    probe_s: float = 0.0  # its share of the noise probes and target checks
+    probe_s: float = 0.0  # its share of the noise probes
+    target_s: float = 0.0  # its share of the target checks between epoch ends
     sharpness_s: float = 0.0  # its sharpness measurements
     noise: NoiseScaleEstimate | None = None  # the last noise measurement
     noise_update: int = -1  # ... at this update count
@@ -177,8 +178,8 @@ class Loop:
 
     Times: the step time is split evenly among the members in the loop while it ran, so a
     member's compute_time_s, epoch_time_s and gpu_time_s are its share; probe_time_s is its
-    share of the noise probes and target checks it took part in; sharpness_time_s its own
-    sharpness measurements.
+    share of the noise probes it took part in, target_time_s of the target checks between
+    epoch ends; sharpness_time_s its own sharpness measurements.
 
     The task is `getattr(data, "task", "classification")`: "regression" trains on the mean
     squared error and scores R^2 (`loss_function`).
@@ -427,7 +428,7 @@ class Loop:
             val_accs = [acc for _, acc in self._evaluate(members, self.data.x_val, self.data.y_val)]
             share = (time.perf_counter() - t0) / len(members)
             for m in members:
-                m.probe_s += share
+                m.target_s += share
         reached = [m for m, val_acc in zip(members, val_accs) if val_acc >= m.config.target_val_acc]
         for m in reached:
             m.updates_to_target, m.examples_to_target, m.target_pending = self.updates, self.examples, False
@@ -511,5 +512,6 @@ class Loop:
             updates_to_target=m.updates_to_target,
             examples_to_target=m.examples_to_target,
             noise_at_target=m.noise_at_target,
+            target_time_s=m.target_s,
             sharpness_time_s=m.sharpness_s,
         )

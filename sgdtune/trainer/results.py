@@ -59,12 +59,13 @@ class TrainResult:
     compute_time_s: float
     gpu_time_s: float | None
     wall_time_s: float
-    probe_time_s: float
+    probe_time_s: float  # the gradient-noise measurements
     peak_mem_mb: float
     updates_to_target: int | None = None
     examples_to_target: int | None = None
     noise_at_target: tuple[float, float] | None = None  # (B_simple, its SE) when the target was first reached
     sharpness_time_s: float = 0.0  # the sharpness measurements (not in probe_time_s nor compute_time_s)
+    target_time_s: float = 0.0  # the target checks between epoch ends
 
     @property
     def final(self) -> EpochMetrics:
@@ -78,6 +79,7 @@ class TrainResult:
             "wall_time_s": self.wall_time_s,
             "noise_probe_time_s": self.probe_time_s,
             "sharpness_time_s": self.sharpness_time_s,
+            "target_check_time_s": self.target_time_s,
             "throughput_eps": self.final.examples_seen / self.compute_time_s if self.compute_time_s > 0 else None,
             "peak_mem_mb": self.peak_mem_mb,
             "updates_to_target": self.updates_to_target,

@@ -111,9 +111,9 @@ def train_stacked(
     ran, so `compute_time_s`, `epoch_time_s` and `gpu_time_s` are a member's share (the
     shares add up to the group's time) and `throughput_eps` is the trial's rate within the
     group. `wall_time_s` is the wall clock from the group's start to the member's end;
-    `probe_time_s` is the member's share of the noise probes and target checks it took part in,
-    `sharpness_time_s` its sharpness measurements. Regression data (`data.task`) is refused:
-    train those one by one with `train`.
+    `probe_time_s` is the member's share of the noise probes it took part in, `target_time_s`
+    of the target checks between epoch ends, `sharpness_time_s` its sharpness measurements.
+    Regression data (`data.task`) is refused: train those one by one with `train`.
     """
     check_group(configs, getattr(data, "task", "classification"))
     b = min(configs[0].batch_size, data.n_train)
