@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..tracking import RunReader, RunRecord, redact_url, ui_url
-from .inputs import TIMING_KEYS, as_number, complete_rows, trial_rows
+from .inputs import as_number, complete_rows, is_timing, trial_rows
 from .sections import (
     accuracy_section,
     equal_budget_comparison,
@@ -45,7 +45,7 @@ def build_report(study: optuna.Study, reader: RunReader | None = None, command: 
     parent_id = study.user_attrs.get("mlflow_parent_run_id") if reader else None
     parent = reader.find_run(parent_id) if parent_id else None
     runs = reader.child_runs(parent) if parent else {}
-    parent_metrics = {k: v for k, v in parent.metrics.items() if k not in TIMING_KEYS} if parent else {}
+    parent_metrics = {k: v for k, v in parent.metrics.items() if not is_timing(k)} if parent else {}
     objectives = study.user_attrs.get("objectives", ["val_acc"])
     rows = trial_rows(study, runs, objectives)
     complete = complete_rows(rows)

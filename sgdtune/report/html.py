@@ -221,12 +221,14 @@ def fig_sharpness(sh: dict):
         titles.append("full batch: sharpness against 2/lr")
     fig = _subplots(titles)
     fig.add_trace(go.Scatter(x=sh["batch_size"], y=sh["final_sharpness"], mode="markers", name="trials",
-                             text=[f"trial {n}, lr {lr:.3g}" for n, lr in zip(sh["number"], sh["lr"])],
+                             text=[f"trial {n}, lr {lr:.3g}" + ("" if k is None else f", lr·λ_max {k:.3g}")
+                                   for n, lr, k in zip(sh["number"], sh["lr"], sh["final_lr_sharpness"])],
                              marker=_lr_marker(sh["lr"], "circle", True)), row=1, col=1)
     fig.update_xaxes(row=1, col=1, **LOG_B)
     fig.update_yaxes(type="log", title_text="sharpness λ_max (top Hessian eigenvalue, log scale)", row=1, col=1)
     if fb:
-        edge = [min(fb["two_over_lr"]) / 1.5, max(fb["two_over_lr"]) * 1.5]
+        seen = fb["two_over_lr"] + fb["final_sharpness"]
+        edge = [min(seen) / 1.2, max(seen) * 1.2]  # the line spans the points on both axes
         fig.add_trace(go.Scatter(x=fb["two_over_lr"], y=fb["final_sharpness"], mode="markers",
                                  name="full-batch trials", text=[f"trial {n}" for n in fb["number"]],
                                  marker={"size": 11, "color": "#2ca02c"}), row=1, col=2)

@@ -17,6 +17,17 @@ TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_
 MEMORY_KEYS = ("peak_mem_mb",)
 
 
+def is_timing(key: str) -> bool:
+    """A timing metric (any `*_time_s`, throughput), or its spread over replicates (`_std`, `_se`):
+    it differs between two runs of one command, so the report keeps it under "volatile"."""
+    base = key.removesuffix("_std").removesuffix("_se")
+    return base in TIMING_KEYS or base.endswith("_time_s")
+
+
+def is_memory(key: str) -> bool:
+    return key.removesuffix("_std").removesuffix("_se") in MEMORY_KEYS
+
+
 # -- finding the study and its runs -----------------------------------------------------------
 
 
@@ -90,8 +101,8 @@ def trial_rows(study: optuna.Study, runs: dict[int, RunRecord], objectives: Sequ
             "n_train": as_number(p.get("n_train", study.user_attrs.get("n_train")), int),
             "n_val": as_number(p.get("n_val", study.user_attrs.get("n_val")), int),
             "replicates": as_number(p.get("replicates", t.params.get("replicates")), int) or 1,
-            "values": {o: v for o, v in zip(objectives, t.values or []) if o not in TIMING_KEYS},
-            "summary": {k: v for k, v in summary.items() if k not in TIMING_KEYS + MEMORY_KEYS},
+            "values": {o: v for o, v in zip(objectives, t.values or []) if not is_timing(o)},
+            "summary": {k: v for k, v in summary.items() if not (is_timing(k) or is_memory(k))},
             "fail_reason": t.user_attrs.get("fail_reason"),
         })
     return rows

@@ -23,7 +23,7 @@ from ..science.fits import (
     slope_unfit_reason,
     steps_model,
 )
-from .inputs import TIMING_KEYS, best_per_batch, column
+from .inputs import best_per_batch, column, is_timing
 
 THEORY_LOSS_NOISE_SLOPE = -0.5  # std of a mean of B losses ~ B^-1/2 on a fixed model (docs/science.md)
 GAIN_FLOOR = 0.005  # val_acc per doubling of B below which "the gain fell off" (half a point)
@@ -313,7 +313,7 @@ def pareto_front(acc: np.ndarray, time: np.ndarray) -> np.ndarray:
 
 def timings(study: optuna.Study, complete: list[dict]) -> dict:
     """Compute time, throughput and the val_acc / compute-time Pareto front (all volatile)."""
-    measured = {t.number: {k: v for k, v in t.user_attrs.get("summary", {}).items() if k in TIMING_KEYS}
+    measured = {t.number: {k: v for k, v in t.user_attrs.get("summary", {}).items() if is_timing(k)}
                 for t in study.get_trials(deepcopy=False)}
     out: dict[str, Any] = {"trials": {str(n): m for n, m in measured.items() if m}}
     rows = [r for r in complete if "compute_time_s" in measured.get(r["number"], {})]
