@@ -1,4 +1,4 @@
-"""The trainer against a minimal PyTorch loop, and what its noise probe costs.
+"""The trainer against a minimal PyTorch loop, and what its measurements cost.
 
 Same data (digits, split and standardized by sgdtune), same model (the default MLP,
 64-128-10), same initial weights, same optimizer (SGD, momentum 0.9), same epochs. The
@@ -8,6 +8,11 @@ and slices, no evaluation, no tracking. The two alternate epoch by epoch: the tr
 machine load. Both are timed over the same span, the shuffle and the steps of one epoch:
 the minimal loop with perf_counter around it, the trainer by its `epoch_time_s`, whose
 timer brackets exactly that (its evaluation and noise probes are outside).
+
+The measurements at their defaults (probe_size and measure_every_epochs "auto",
+sharpness_every 50; docs/science.md, sections 3 and 7) are timed apart from the steps:
+noise_probe_time_s / compute_time_s and sharpness_time_s / compute_time_s, side by side, on
+the epoch budgets above and on a critical_batch-like trial that stops at its target.
 """
 
 from __future__ import annotations
@@ -55,8 +60,27 @@ class MinimalLoop:
 
 
 def trainer_config(batch_size: int, epochs: int, probe: bool) -> TrainConfig:
-    extra = {} if probe else {"probe_size": 0}  # probe on: the defaults (probe_size, measure_every)
+    # probe on: the defaults (probe_size, measure_every_epochs, sharpness_every, sharpness_size)
+    extra = {} if probe else {"probe_size": 0, "sharpness_every": 0}
     return TrainConfig(batch_size=batch_size, epochs=epochs, lr=LR, momentum=MOMENTUM, seed=SEED, model=MODEL, **extra)
+
+
+def target_config(batch_size: int) -> TrainConfig:
+    """A trial of experiments/critical_batch.toml: to 95% val_acc, checked every 5 updates, then stop."""
+    return TrainConfig(batch_size=batch_size, lr=0.1, momentum=MOMENTUM, budget="updates", updates=1500, epochs=None,
+                       target_val_acc=0.95, target_every=5, stop_at_target=True, seed=SEED, model=MODEL)
+
+
+def cost_checks(label: str, results: list, note: str) -> list[Check]:
+    """Noise-probe and sharpness time over step time, medians over `results`, side by side."""
+    noise = statistics.median(r.probe_time_s / r.compute_time_s for r in results)
+    sharp = statistics.median(r.sharpness_time_s / r.compute_time_s for r in results)
+    return [
+        Check(GROUP, f"noise probe time / step time, {label}", noise, 0.10, "<=", "fraction",
+              f"{note}; median of {len(results)} runs"),
+        Check(GROUP, f"sharpness time / step time, {label}", sharp, None, "", "fraction",
+              f"{note}; median of {len(results)} runs (context: no target)"),
+    ]
 
 
 def interleaved(data: Dataset, batch_size: int, epochs: int) -> list[float]:
@@ -73,23 +97,21 @@ def run(tiny: bool = False) -> list[Check]:
     rounds = 1 if tiny else 5
     epochs = TINY_EPOCHS if tiny else EPOCHS
     defaults = TrainConfig()
-    checks, probe_fraction = [], {}
+    note = (f"defaults: probe_size={defaults.probe_size!r}, measure_every_epochs={defaults.measure_every_epochs!r}, "
+            f"sharpness_every={defaults.sharpness_every}, sharpness_size={defaults.sharpness_size}")
+    checks, costs = [], []
     for batch_size, n_epochs in epochs.items():
         interleaved(data, batch_size, 1)  # warm-up, not counted
         ratios = [r for _ in range(rounds) for r in interleaved(data, batch_size, n_epochs)]
         checks.append(Check(
             GROUP, f"examples/s vs minimal loop, B={batch_size}", statistics.median(ratios), 0.95, ">=", "x",
-            f"median over {len(ratios)} alternated epoch pairs ({rounds} runs); noise probe off",
+            f"median over {len(ratios)} alternated epoch pairs ({rounds} runs); measurements off",
         ))
-        fractions = []
-        for _ in range(rounds):
-            result = train(trainer_config(batch_size, n_epochs, probe=True), data)
-            fractions.append(result.probe_time_s / result.compute_time_s)
-        probe_fraction[batch_size] = (statistics.median(fractions), len(fractions))
-    for batch_size, (fraction, n_runs) in probe_fraction.items():
-        checks.append(Check(
-            GROUP, f"noise probe time / step time, B={batch_size}", fraction, 0.10, "<=", "fraction",
-            f"defaults: probe_size={defaults.probe_size}, measure_every={defaults.measure_every} (and an epoch "
-            f"end {-(-defaults.measure_every // 10)}+ updates after the last probe); median of {n_runs} runs",
-        ))
-    return checks
+        results = [train(trainer_config(batch_size, n_epochs, probe=True), data) for _ in range(rounds)]
+        costs += cost_checks(f"B={batch_size}, {n_epochs} epochs", results, note)
+    for batch_size in (64,) if tiny else (64, 512):
+        results = [train(target_config(batch_size), data) for _ in range(rounds)]
+        stopped = statistics.median(r.final.updates for r in results)
+        costs += cost_checks(f"to 95% then stop, B={batch_size}", results,
+                             f"{note}; critical_batch.toml's trial, {stopped:.0f} updates")
+    return checks + costs

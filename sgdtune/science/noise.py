@@ -357,17 +357,18 @@ def noise_scale_estimate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Te
     population"); the flag is set and the bound refers to the probe's own gradient. Pass
     population = N (as the trainer does) to measure the training set's own G.
 
-    Per-example gradients are vectorized: the one-pass Linear trick (`linear_gradient_stats`)
-    plus one backward pass per chunk for all-Linear models, `per_example_gradients`
-    (vmap over the chunk) otherwise; the only Python loop is over the chunks. The model is
-    evaluated in eval mode (as `NoiseScaleMeter.measure`) and its train/eval flags are put
-    back module by module; parameters and .grad are not touched.
+    Per-example gradients are vectorized: for all-Linear models one forward and one backward
+    pass over the whole probe (the one-pass trick of `linear_gradient_stats`), then per chunk
+    and layer one small product D_c^T A_c (`_linear_chunk_sums`); otherwise, per chunk,
+    `per_example_gradients` (vmap over the chunk). The model is evaluated in eval mode (as
+    `NoiseScaleMeter.measure`) and its train/eval flags are put back module by module;
+    parameters and .grad are not touched.
 
-    Cost: two forward+backward passes per chunk for all-Linear models (one for the trick, one
-    for the chunk's summed gradient), vmap's per-example gradients otherwise; memory: the
-    K x P float64 chunk sums. Measured on a 64-256-256-10 ReLU MLP, 1,000 examples, one CPU
-    thread: 40-50 ms at K = 8 (75 ms at K = 16), against 11 ms for `linear_gradient_stats`
-    and 7 ms for one plain forward+backward; 1.0-1.8 s through vmap.
+    Cost: for all-Linear models about 2-3 plain forward+backward passes of the probe
+    (64-256-256-10 ReLU MLP, 1,000 examples, K = 8, one thread of a busy 2-core machine:
+    47-73 ms against 15-42 ms for one plain pass; the earlier two passes per chunk took
+    40-50 ms against 7 ms on a quiet one); vmap's per-example gradients otherwise (1.0-1.8 s
+    there). Memory: the K x P float64 chunk sums.
     """
     return estimate_from_sums(chunk_sums(model, loss_fn, x, y, chunks), population)
 
