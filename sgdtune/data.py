@@ -161,9 +161,9 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.
 
 
 def random_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation positions of n examples, a seeded random split (regression):
-    the last ceil(val_fraction * n) of a seeded permutation go to validation (the first, in
-    the permutation's order), the rest to training. The same positions as stratified_split
+    """Train and validation positions of n examples, a seeded random split (regression): the
+    first ceil(val_fraction * n) positions of a seeded permutation go to validation, the rest
+    to training, each side in the permutation's order. The same positions as stratified_split
     gives when it cannot stratify."""
     n_val = _n_val(n, val_fraction)
     perm = np.random.default_rng(seed).permutation(n)
@@ -178,8 +178,9 @@ def _n_val(n: int, val_fraction: float) -> int:
     return n_val
 
 
-def linear_regression(n_samples: int, n_features: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                          np.ndarray]:
+def linear_regression(
+    n_samples: int, n_features: int, noise: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The known-answer regression problem (docs/science.md, section 3): (x, y, w_star).
 
     The law: w* ~ N(0, I_d) drawn once from the seed, then for each example x ~ N(0, I_d) and
