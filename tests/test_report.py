@@ -110,7 +110,9 @@ def test_report_numbers_equal_mlflow(quick):
         assert ln["slope"] == pytest.approx(m["loss_noise_slope"], rel=1e-9)
         assert ln["slope_ci"]["ci_low"] <= ln["slope"] <= ln["slope_ci"]["ci_high"]
     assert all(b < n_train for b in ln["batch_size"])
-    assert ln["excluded_full_batch"] == [r["number"] for r in report["trials"] if r["batch_size"] >= n_train]
+    complete = [r for r in report["trials"] if r["state"] == "COMPLETE"]
+    assert ln["excluded"]["number"] == [r["number"] for r in complete if not r["summary"]["final_loss_noise"]]
+    assert sorted(ln["number"] + ln["excluded"]["number"]) == [r["number"] for r in complete]
     assert report["grad_noise"]["median_final"] == pytest.approx(m["median_grad_noise_scale"], rel=1e-9)
     # val_acc's binomial standard error from the run's n_val
     acc = report["accuracy"]
@@ -269,7 +271,7 @@ def test_the_loss_noise_slope_has_no_n_over_8_cut_and_leaves_full_batch_trials_o
     ln = report_mod.build_report(study)["loss_noise"]
     b, y = 16 * 2 ** np.arange(7), 0.4 / np.sqrt(16 * 2 ** np.arange(7)) * WOBBLE[:7]
     assert ln["batch_size"] == b.tolist() and max(ln["batch_size"]) == N_TRAIN // 2  # up to N/2
-    assert ln["excluded_full_batch"] == [7]  # B = N: one batch per epoch, loss noise 0
+    assert ln["excluded"]["number"] == [7] and ln["excluded"]["full_batch"] == [True]  # B = N: loss noise 0
     assert ln["slope"] == pytest.approx(loglog_slope(b, y), rel=1e-9)
     assert ln["slope"] != pytest.approx(loglog_slope(b[:5], y[:5]), rel=1e-3)  # the old B <= N/8 fit differs
     assert study_metrics(study.get_trials(), N_TRAIN)["loss_noise_slope"] == pytest.approx(ln["slope"], rel=1e-9)

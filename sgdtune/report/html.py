@@ -377,10 +377,13 @@ def notes(report: dict, key: str) -> list[str]:
         out = [f"Error bars: ±1 standard error of val_acc, {r['se_rule']}."]
         return out + ([f"{r['se_missing']}."] if "se_missing" in r else [])
     if key == "loss_noise":
-        out = ["Every trial with B < n_train enters (successive differences within an epoch follow σ/√B at every "
-               "B < N); full-batch trials have one batch per epoch and no measurement."]
-        if r["excluded_full_batch"]:
-            out.append(f"Excluded (full batch): trials {', '.join(map(str, r['excluded_full_batch']))}.")
+        out = ["Every trial with a loss noise enters, at any B < n_train (successive differences within an epoch "
+               "follow σ/√B at every B < N: no N/8 cut)."]
+        ex = r["excluded"]
+        if ex["number"]:
+            out.append(f"Left out, {ex['reason']}: trials " + ", ".join(
+                f"{n} (B = {b}{', full batch' * f})" for n, b, f in zip(ex["number"], ex["batch_size"],
+                                                                      ex["full_batch"])) + ".")
         if "slope_ci" in r:
             ci = r["slope_ci"]
             out.append(f"Slope {r['slope']:+.3f}, {_interval_text(ci, '+.3f')} ({ci['method']}, {ci['resamples']} "

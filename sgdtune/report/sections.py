@@ -30,6 +30,8 @@ GAIN_FLOOR = 0.005  # val_acc per doubling of B below which "the gain fell off" 
 N_TOP = 10  # rows of the top-trials table
 N_CURVES = 6  # learning curves drawn, spread over the batch sizes tried
 IMPORTANCE_SEED = 0  # fANOVA's random forest: a fixed seed makes importances repeatable
+LOSS_NOISE_EXCLUDED = ("no loss noise (0 or not logged): fewer than two full batches per epoch (full batch B >= N, "
+                       "or B > N/2 with the short last batch left out), so no successive difference to measure")
 NOISE_SE = 2.0  # a difference below this many combined standard errors is "within noise"
 ACC_SE_RULE = ("binomial sqrt(p(1-p)/n_val) of the validation set; with replicates combined in quadrature with "
                "the replicate SE (std over seeds / sqrt(R)): sqrt(SE_rep^2 + SE_binom^2), since every replicate "
@@ -129,25 +131,30 @@ def loss_noise_section(rows: list[dict], n_train: float, parent_metrics: dict) -
     """Final loss noise against B (log-log), its fitted slope with a bootstrap interval, and the
     theory's -0.5 through the centroid.
 
-    As in science.fits.study_metrics, every trial with a loss noise enters (has_loss_noise: B < N,
-    value > 0): successive differences within an epoch follow sigma/sqrt(B) at every B < N, so
-    there is no N/8 cut. Full-batch trials (one batch per epoch, loss noise 0) carry no
-    measurement and are listed as excluded. The slope is fitted only over >= 3 distinct sizes
-    spanning >= 4x (slope_unfit_reason). The values come from trained models that differ in lr
-    and length; a "clean" measurement (forward passes only, at one model's final weights, over a
-    grid of B) would isolate the 1/sqrt(B) law, but needs trained weights the report does not
-    have (the stores keep metrics, not models), so it is not made here.
+    As in science.fits.study_metrics, every trial with a loss noise enters (has_loss_noise:
+    B < N, value > 0): successive differences within an epoch follow sigma/sqrt(B) at every
+    B < N, so there is no N/8 cut. Trials without a measurement are listed as excluded: full
+    batch (one batch per epoch, loss noise 0), and B > N/2, whose one full batch per epoch leaves
+    no successive difference once the short last batch is left out. The slope is fitted only
+    over >= 3 distinct sizes spanning >= 4x (slope_unfit_reason).
+
+    The values come from trained models that differ in lr and length. A "clean" measurement
+    (forward passes only, at one model's final weights, over a grid of B) would isolate the
+    1/sqrt(B) law, but it needs trained weights, which the stores do not keep (metrics only),
+    so the report does not make it.
     """
     def n_of(r):
         return r.get("n_train") or n_train
 
-    excluded = [r["number"] for r in rows if r["batch_size"] >= n_of(r)]
     pts = [r for r in rows if has_loss_noise(r["batch_size"], r["summary"].get("final_loss_noise"), n_of(r))]
+    left = [r for r in rows if r not in pts]
     if not pts:
         return None
     b, y = np.array(column(pts, "batch_size"), float), np.array(column(pts, "final_loss_noise"), float)
     out = {"number": column(pts, "number"), "batch_size": b.astype(int).tolist(), "loss_noise": y.tolist(),
-           "lr": column(pts, "lr"), "excluded_full_batch": excluded,
+           "lr": column(pts, "lr"),
+           "excluded": {"number": column(left, "number"), "batch_size": column(left, "batch_size"),
+                        "full_batch": [r["batch_size"] >= n_of(r) for r in left], "reason": LOSS_NOISE_EXCLUDED},
            "theory_slope": THEORY_LOSS_NOISE_SLOPE, "parent_run_slope": parent_metrics.get("loss_noise_slope")}
     why = slope_unfit_reason(b)
     if why is not None:

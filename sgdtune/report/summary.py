@@ -88,11 +88,11 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
         ci_text = f"{interval(ci, '+.2f')}; " if ci else ""
         inside = "" if not ci else (", inside the interval" if ln["theory_in_ci"] else ", outside the interval")
         lo, hi = ln["fit_batch_sizes"]
-        excluded = ln["excluded_full_batch"]
+        excluded = ln["excluded"]["number"]
         out.append(f"Loss noise {trend} with batch size with log-log slope {ln['slope']:+.2f}"
                    f" ({ci_text}theory on a fixed model: {ln['theory_slope']}"
                    f"{inside}) over {ln['n_fitted']} trials with B = {lo}-{hi}, every B < n_train"
-                   + (f"; full-batch trials excluded (one batch per epoch, no measurement): "
+                   + (f"; trials without a measurement (fewer than two full batches per epoch) left out: "
                       f"{', '.join(map(str, excluded))}" if excluded else "") + ".")
     gn = report.get("grad_noise")
     if gn:
