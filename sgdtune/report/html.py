@@ -188,7 +188,10 @@ def fig_steps(st: dict):
     import plotly.graph_objects as go
 
     fig = _figure(title={"text": f"Updates to reach val_acc {st['target_val_acc']}"})
-    fig.add_trace(go.Scatter(x=st["batch_size"], y=st["updates_to_target"], mode="markers", name="trials",
+    se = st.get("updates_to_target_se")
+    fig.add_trace(go.Scatter(x=st["batch_size"], y=st["updates_to_target"], mode="markers",
+                             name="trials ± 1 SE over replicates" if se else "trials",
+                             error_y=_error_y(se) if se else None,
                              marker={"color": "#aaa", "size": 8}, text=[f"trial {n}" for n in st["number"]]))
     fig.add_trace(go.Scatter(x=st["best"]["batch_size"], y=st["best"]["updates_to_target"], mode="markers",
                              name="fewest per batch size", marker={"color": "#1f77b4", "size": 11}))
@@ -400,6 +403,10 @@ def notes(report: dict, key: str) -> list[str]:
                 f"{ci['resamples_failed']} resamples with a single batch size left out."]
     if key == "grad_noise":
         out = [f"Median over {r['median_over']}: {r['median_final']:.4g} examples."]
+        se = [e for e in r["final"]["grad_noise_scale_se"] if e is not None]
+        if se and not any(se):
+            out.append("Every standard error is 0, as for a probe of the whole training set: no sampling error, "
+                       "the value is exact for the final weights.")
         if r["n_bounds"]:
             out.append(f"{r['n_bounds']} trial{'s' * (r['n_bounds'] > 1)} gave only a lower bound (open triangles): "
                        "|G|² was within 2 SE of 0.")

@@ -183,6 +183,8 @@ def steps_section(rows: list[dict], complete: list[FrozenTrial], target: float |
         return None
     out = {"target_val_acc": target, **{k: column(pts, k) for k in
                                          ("number", "batch_size", "updates_to_target", "examples_to_target")}}
+    if any(r["summary"].get("updates_to_target_se") is not None for r in pts):  # replicates: their SE
+        out["updates_to_target_se"] = column(pts, "updates_to_target_se")
     sizes, best = best_per_batch(pts, "updates_to_target", best=min)
     out["best"] = {"batch_size": sizes.astype(int).tolist(), "updates_to_target": best.tolist()}
     if sizes.size >= 2:  # measured speed-up per doubling between neighbouring sizes
@@ -209,7 +211,8 @@ def noise_scale_section(
     """Gradient noise scale over training and the critical batch size estimate.
 
     A trial's final value may carry a standard error (final_grad_noise_scale_se) and may be only
-    a lower bound (final_grad_noise_scale_bound = 1: |G|^2 not resolved). Bounds are left out of
+    a lower bound (final_grad_noise_scale_bound = 1: |G|^2 not resolved; with replicates the flag
+    is their mean, and a value counts as a bound when at least half the replicates were). Bounds are left out of
     the median, as in science.fits.study_metrics, and listed separately; when every value is a
     bound the median of the bounds is reported, as a lower bound on the median."""
     final = [r for r in rows if r["summary"].get("final_grad_noise_scale") is not None]
@@ -263,7 +266,7 @@ def sharpness_section(rows: list[dict], n_train: float) -> tuple[dict | None, st
         out["full_batch"]["ratio_to_edge"] = [s / t for s, t in zip(out["full_batch"]["final_sharpness"],
                                                                      out["full_batch"]["two_over_lr"])]
     else:
-        out["full_batch_skipped"] = "no full-batch trial (B >= n_train) with a sharpness: no edge-of-stability check"
+        out["full_batch_skipped"] = "No full-batch trial (B >= n_train) with a sharpness: no edge-of-stability check"
     return out, ""
 
 
