@@ -113,5 +113,6 @@ def run(tiny: bool = False) -> list[Check]:
         results = [train(target_config(batch_size), data) for _ in range(rounds)]
         stopped = statistics.median(r.final.updates for r in results)
         costs += cost_checks(f"to 95% then stop, B={batch_size}", results,
-                             f"{note}; critical_batch.toml's trial, {stopped:.0f} updates")
+                             f"{note}; critical_batch.toml's trial, {stopped:.0f} updates: its one end-of-trial "
+                             "measurement is a whole pass over the set, against ~1.3 epochs of steps")
     return checks + costs
