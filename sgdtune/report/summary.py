@@ -66,6 +66,11 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
                     f"B = {pd['fell_off_at']}")
         else:
             tail = f"every doubling up to B = {b[-1]} gained at least {pd['gain_floor']}"
+        ses = pd["gain_per_doubling_se"]
+        if all(e is not None for e in ses):
+            small = sum(abs(g) < 2 * e for g, e in zip(pd["gain_per_doubling"], ses))
+            tail += (f" ({small} of {len(ses)} step{'s' * (len(ses) > 1)} smaller than 2 standard errors, "
+                     f"{min(ses):.4f}-{max(ses):.4f} per doubling)")
         out.append(f"Best val_acc per batch size changed per doubling of B by {steps}; {tail}.")
         acc, se_b = pd["best_val_acc"], pd["best_val_acc_se"]
         out.append(f"Best val_acc at the smallest batch size B = {b[0]}, {pm(acc[0], se_b[0])}, against the largest, "
