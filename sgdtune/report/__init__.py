@@ -9,6 +9,11 @@ Two rules keep it reproducible and honest:
 - What differs between two runs of the same command (timings, memory, MLflow ids, paths,
   dates) lives under the top-level key "volatile"; the rest is a function of the study.
 
+Uncertainty is part of the numbers: val_acc carries its binomial standard error (combined
+with the replicate SE when trials average seeds), B_crit, S_min and the loss-noise slope a
+seeded percentile bootstrap interval (ci_low, ci_high, level), the noise scale its SE or a
+lower-bound flag; the summary says when a difference is within noise (|diff| < 2 SE).
+
 The modules, in the order the data flows: inputs (the study, its MLflow runs, one row per
 trial), sections (the numbers, section by section), summary (sentences from them), build
 (report.json assembled), html (the page drawn from report.json), write (the files, the
