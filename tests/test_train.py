@@ -286,3 +286,12 @@ def test_loss_noise_in_training_leaves_out_the_short_last_batch_of_an_epoch(batc
     losses = torch.tensor([1 / u for u in range(per_epoch + 1, 2 * per_epoch + 1)], dtype=torch.float64)
     kept = losses[:-1] if short else losses  # 60 = 8 x 7 + 4: the batch of 4 is left out
     assert result.final.loss_noise == loss_noise(kept)
+
+
+def test_the_update_based_measure_every_is_refused_with_its_replacement_named():
+    with pytest.raises(ValueError, match="measure_every_epochs"):
+        TrainConfig(measure_every=100)
+    with pytest.raises(ValueError, match="0 \\(off\\), >= 4 or 'auto'"):
+        TrainConfig(probe_size=2)
+    assert TrainConfig().probe_size == "auto" and TrainConfig().measure_every_epochs == "auto"
+    assert TrainConfig(probe_size=128, measure_every_epochs=3).probe_size == 128
