@@ -40,8 +40,18 @@ def _stop_when_done(n_trials: int):
 
 
 def check_cohorts(config: ExperimentConfig, batch_trials: int) -> None:
-    """Stacked cohorts train each trial once, as one member: replicates (trained one after
-    another, trial.py) cannot be part of one, so the two are refused together."""
+    """Stacked cohorts train each trial once, as one member of a stacked classification MLP:
+    replicates (trained one after another, trial.py), regression and the grid sampler's
+    fixed points cannot be part of one."""
+    if batch_trials > 1 and config.data.task == "regression":
+        raise InputError("--batch-trials", "stacks classification MLPs only; train a regression study one trial "
+                         "at a time (drop --batch-trials)",
+                         f"--batch-trials {batch_trials} with data.task = 'regression'")
+    if batch_trials > 1 and config.sampler.name == "grid":
+        raise InputError("--batch-trials", "cannot be used with the grid sampler (it fixes every value itself, so a "
+                         "cohort cannot share a batch size, and it ends a study only inside study.optimize); use "
+                         "sampler.name = 'random' or 'tpe' with --batch-trials, or drop the flag",
+                         f"--batch-trials {batch_trials} with sampler.name = 'grid'")
     if batch_trials > 1 and config.replicates > 1:
         raise InputError("--batch-trials", "cannot be combined with --replicates > 1 (replicates are trained one "
                          "after another, not stacked); drop one of the two",

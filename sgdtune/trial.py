@@ -104,7 +104,10 @@ def mean_history(histories: list[list[EpochMetrics]]) -> list[EpochMetrics]:
         for name in EpochMetrics.__dataclass_fields__:
             if name != "epoch":
                 got = [getattr(m, name) for m in epochs]
-                values[name] = None if any(v is None for v in got) else statistics.fmean(got)
+                if isinstance(got[0], str):  # the task: the same for every replicate
+                    values[name] = got[0]
+                else:
+                    values[name] = None if any(v is None for v in got) else statistics.fmean(got)
         out.append(EpochMetrics(**values))
     return out
 

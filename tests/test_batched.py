@@ -313,3 +313,22 @@ def test_the_stacking_benchmark_runs_at_tiny_size():
     for b in (8, 64):
         assert f"trials/min stacked vs one by one, B={b}, 1 thread " in proc.stdout
         assert f"max |final val_loss stacked - alone|, B={b}, 1 thread " in proc.stdout
+
+
+def test_batch_trials_on_a_regression_study_is_refused_before_anything_is_written(workdir, capsys):
+    from sgdtune.cli import study_main as main
+
+    assert main(["experiments/linear_regression.toml", "--batch-trials", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-trials: stacks classification MLPs only" in err and "data.task = 'regression'" in err
+    assert not (workdir / "mlruns" / "optuna.journal").exists()
+
+
+def test_batch_trials_with_the_grid_sampler_is_refused_naming_both(workdir, capsys):
+    from sgdtune.cli import study_main as main
+
+    assert main(["experiments/critical_batch.toml", "--batch-trials", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-trials: cannot be used with the grid sampler" in err
+    assert "got --batch-trials 2 with sampler.name = 'grid'" in err
+    assert not (workdir / "mlruns" / "optuna.journal").exists()
