@@ -49,3 +49,13 @@ def test_seed_inside_train_points_to_the_top_level(tmp_path):
 def test_a_missing_experiment_file_is_named():
     with pytest.raises(InputError, match="experiment: must be an existing TOML file; got 'nope.toml'"):
         load_experiment("nope.toml")
+
+
+def test_the_readme_experiment_example_is_a_valid_experiment(tmp_path):
+    import re
+
+    readme = (EXPERIMENTS.parent / "README.md").read_text()
+    block = re.search(r"### Experiments are files.*?```toml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "x.toml").write_text(block)
+    config = load_experiment(tmp_path / "x.toml")
+    assert (config.train.probe_size, config.train.measure_every_epochs, config.replicates) == ("auto", "auto", 1)
