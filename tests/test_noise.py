@@ -157,3 +157,29 @@ def test_models_outside_the_one_pass_trick_fall_back_to_per_example_gradients(mo
     stats = meter.measure(model)
     expected = gradient_stats_from_per_example(per_example_gradients(model, torch.nn.functional.cross_entropy, x, y))
     assert stats.trace_cov == pytest.approx(expected.trace_cov, rel=1e-5)
+
+
+def test_loss_noise_at_fixed_weights_falls_like_one_over_sqrt_b_and_is_seeded():
+    from sgdtune.science.noise import fixed_model_loss_noise
+
+    losses = torch.rand(20_000, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 3
+    curve = fixed_model_loss_noise(losses, seed=0)
+    assert list(curve) == [8 * 2**k for k in range(10)]  # up to n/4
+    sigma, n = float(losses.std()), losses.numel()
+    for b, value in curve.items():
+        assert value == pytest.approx(sigma / math.sqrt(b) * math.sqrt(n / (n - 1)), rel=0.2)
+    assert loglog_slope(list(curve), list(curve.values())) == pytest.approx(-0.5, abs=0.05)
+    assert fixed_model_loss_noise(losses, seed=0) == curve
+    assert fixed_model_loss_noise(losses, seed=1) != curve
+
+
+def test_a_trained_run_reports_the_fixed_weight_loss_noise_slope_alone_and_stacked():
+    from sgdtune.trainer import train_stacked
+
+    data = load_data(DataConfig(dataset="digits"), seed=0)
+    configs = [TrainConfig(batch_size=32, lr=lr, epochs=2, seed=5, model=ModelConfig(hidden=[32]))
+               for lr in (0.05, 0.1)]
+    alone = [train(c, data).summary()["fixed_model_loss_noise_slope"] for c in configs]
+    stacked = [r.summary()["fixed_model_loss_noise_slope"] for r in train_stacked(configs, data)]
+    assert all(-1.0 < s < -0.2 for s in alone)  # a fixed model: near -1/2, no training trend
+    assert stacked == pytest.approx(alone, abs=1e-3)

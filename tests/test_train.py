@@ -224,6 +224,9 @@ class FakeStepper:
         self.sharpened.append((self.updates, x.shape[0], len(positions)))
         return [3.0 for _ in positions]
 
+    def example_losses(self, x, y, positions):  # every example the same loss: no spread, no slope
+        return [torch.ones(x.shape[0]) for _ in positions]
+
     def keep(self, positions):
         self.alive = [self.alive[p] for p in positions]
         self.orders = self.orders[positions]

@@ -155,7 +155,9 @@ def loss_noise_section(rows: list[dict], n_train: float, parent_metrics: dict) -
            "lr": column(pts, "lr"),
            "excluded": {"number": column(left, "number"), "batch_size": column(left, "batch_size"),
                         "full_batch": [r["batch_size"] >= n_of(r) for r in left], "reason": LOSS_NOISE_EXCLUDED},
-           "theory_slope": THEORY_LOSS_NOISE_SLOPE, "parent_run_slope": parent_metrics.get("loss_noise_slope")}
+           "theory_slope": THEORY_LOSS_NOISE_SLOPE, "parent_run_slope": parent_metrics.get("loss_noise_slope"),
+           # the clean measurement: forward-only batches of B over one model, the best trial's final weights
+           "fixed_model_slope": parent_metrics.get("fixed_model_loss_noise_slope")}
     why = slope_unfit_reason(b)
     if why is not None:
         out["fit_skipped"] = why

@@ -99,6 +99,10 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
                    f"{inside}) over {ln['n_fitted']} trials with B = {lo}-{hi}, every B < n_train"
                    + (f"; trials without a measurement (fewer than two full batches per epoch) left out: "
                       f"{', '.join(map(str, excluded))}" if excluded else "") + ".")
+    if ln and ln.get("fixed_model_slope") is not None:
+        out.append(f"At the best trial's final weights, with no training between batches, loss noise fell with "
+                   f"log-log slope {ln['fixed_model_slope']:+.2f} over B = 8 to n/4 (theory: -0.5); the slope "
+                   "across trials also carries their different learning rates and training lengths.")
     gn = report.get("grad_noise")
     if gn:
         c = gn["critical_batch_size"]

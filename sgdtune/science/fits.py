@@ -213,8 +213,9 @@ def is_bound(summary: dict[str, float]) -> bool:
 
 
 def study_metrics(trials: Iterable[Any], n_train: float = math.inf) -> dict[str, float]:
-    """The parent run's metrics: counts, best val_acc, loss-noise slope, critical batch
-    size and the median of the trials' final gradient noise scales.
+    """The parent run's metrics: counts, best val_acc, loss-noise slope (across trials, and at
+    the best trial's final weights), critical batch size and the median of the trials' final
+    gradient noise scales.
 
     The loss-noise slope is fitted over every trial with a loss noise (has_loss_noise: B < N,
     value > 0; no N/8 cut) when slope_unfit_reason finds the batch sizes sufficient."""
@@ -228,6 +229,9 @@ def study_metrics(trials: Iterable[Any], n_train: float = math.inf) -> dict[str,
     accs = [_summary(t)["final_val_acc"] for t in complete if "final_val_acc" in _summary(t)]
     if accs:
         out["best_val_acc"] = max(accs)
+        best = max((t for t in complete if "final_val_acc" in _summary(t)), key=lambda t: _summary(t)["final_val_acc"])
+        if "fixed_model_loss_noise_slope" in _summary(best):  # the clean slope: one model, no trend
+            out["fixed_model_loss_noise_slope"] = _summary(best)["fixed_model_loss_noise_slope"]
     noisy = [(t.params["batch_size"], _summary(t)["final_loss_noise"]) for t in complete
              if has_loss_noise(t.params.get("batch_size"), _summary(t).get("final_loss_noise"), n_train)]
     if noisy and slope_unfit_reason([b for b, _ in noisy]) is None:

@@ -406,3 +406,33 @@ def estimate_from_sums(sums: ChunkSums, population: int | None = None) -> NoiseS
     else:  # no spread and no gradient at all (e.g. every g_i = 0): B_simple >= 0 is all one can say
         simple, simple_se = 0.0, 0.0
     return NoiseScaleEstimate(trace, trace_se, grad_sq, grad_sq_se, simple, simple_se, b, bound, k)
+
+
+# -- loss noise at fixed weights ---------------------------------------------------------
+
+
+def fixed_model_loss_noise(example_losses: torch.Tensor, seed: int = 0,
+                           min_differences: int = 64) -> dict[int, float]:
+    """`loss_noise` of a model that does not move: for each B on a grid (8, 16, ... up to n/4),
+    the mini-batch mean losses of shuffled passes over the n per-example losses, and the same
+    successive-difference estimator as in training. No update happens between batches, so
+    the training trend is absent and the value follows sigma/sqrt(B) * sqrt(n/(n-1)) at
+    every B < n (docs/science.md, section 2): the clean measurement of the slope -1/2. Each
+    B pools the differences of as many seeded passes as give `min_differences` of them.
+    Forward-only and cheap: the per-example losses come from one pass; here only sums."""
+    losses = example_losses.detach().double().flatten().cpu()
+    n = losses.numel()
+    g = torch.Generator().manual_seed(seed)
+    out: dict[int, float] = {}
+    b = 8
+    while b <= n // 4:
+        per_pass = n // b
+        passes = -(-min_differences // (per_pass - 1))
+        squares = []
+        for _ in range(passes):
+            means = losses[torch.randperm(n, generator=g)[: per_pass * b]].view(per_pass, b).mean(dim=1)
+            squares.append(torch.diff(means).square())
+        out[b] = math.sqrt(float(torch.cat(squares).mean()) / 2.0)
+        b *= 2
+    return out
+

@@ -44,7 +44,15 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset
-from ..science.noise import ChunkSums, NoiseScaleEstimate, estimate_from_sums, loss_noise, noise_temperature
+from ..science.fits import loglog_slope
+from ..science.noise import (
+    ChunkSums,
+    NoiseScaleEstimate,
+    estimate_from_sums,
+    fixed_model_loss_noise,
+    loss_noise,
+    noise_temperature,
+)
 from ..timing import StepTimer, peak_memory_mb, reset_peak_memory
 from .config import BatchPlan, TrainConfig, lr_at
 from .results import Diverged, EpochMetrics, TrainResult
@@ -127,6 +135,9 @@ class Stepper(Protocol):
     def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
         """The top Hessian eigenvalue of the mean loss on (x, y) of the members at `positions`."""
 
+    def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
+        """Per-example losses (n,) on (x, y) of the members at `positions`, forward only."""
+
     def keep(self, positions: list[int]) -> None:
         """Keep the members at `positions` (in this order) and drop the others."""
 
@@ -156,6 +167,7 @@ class _Member:
     probe_s: float = 0.0  # its share of the noise probes
     target_s: float = 0.0  # its share of the target checks between epoch ends
     sharpness_s: float = 0.0  # its sharpness measurements
+    fixed_loss_noise_slope: float | None = None  # at its final weights (science.noise.fixed_model_loss_noise)
     noise: NoiseScaleEstimate | None = None  # the last noise measurement
     noise_update: int = -1  # ... at this update count
     noise_mark: tuple[int, int] = (0, 0)  # (updates, examples) at the last measurement
@@ -496,8 +508,19 @@ class Loop:
                 leaving[m] = e
                 continue
             if ending[m]:
+                self._measure_fixed_loss_noise(m)
                 leaving[m] = self._result(m)
         self._leave(leaving)
+
+    def _measure_fixed_loss_noise(self, m: _Member) -> None:
+        """The loss-noise slope of this member's final weights over a grid of B, forward only
+        on the fixed train-evaluation subset; timed into its probe time."""
+        t0 = time.perf_counter()
+        (losses,) = self.stepper.example_losses(self.x_eval, self.y_eval, [self.members.index(m)])
+        curve = fixed_model_loss_noise(losses)
+        if len(curve) >= 2 and all(v > 0 for v in curve.values()):  # else: too few examples, or no spread
+            m.fixed_loss_noise_slope = loglog_slope(list(curve), list(curve.values()))
+        m.probe_s += time.perf_counter() - t0
 
     def _result(self, m: _Member) -> TrainResult:
         return TrainResult(
@@ -514,4 +537,5 @@ class Loop:
             noise_at_target=m.noise_at_target,
             target_time_s=m.target_s,
             sharpness_time_s=m.sharpness_s,
+            fixed_model_loss_noise_slope=m.fixed_loss_noise_slope,
         )

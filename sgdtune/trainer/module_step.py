@@ -121,6 +121,15 @@ class ModuleStepper:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[tuple[float, float]]:
         return [evaluate(self.model, x, y, self.task) for _ in positions]
 
+    @torch.no_grad()
+    def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
+        was_training = self.model.training
+        self.model.eval()
+        losses = torch.cat([self.loss_fn(self.model(x[i : i + EVAL_CHUNK]), y[i : i + EVAL_CHUNK], reduction="none")
+                            for i in range(0, x.shape[0], EVAL_CHUNK)])
+        self.model.train(was_training)
+        return [losses for _ in positions]
+
     def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
         return [chunk_sums(self.model, self.loss_fn, x, y, chunks) for _ in positions]
 

@@ -64,6 +64,8 @@ class TrainResult:
     updates_to_target: int | None = None
     examples_to_target: int | None = None
     noise_at_target: tuple[float, float] | None = None  # (B_simple, its SE) when the target was first reached
+    # Slope of log loss_noise against log B at the final weights, forward only (docs/science.md, §2).
+    fixed_model_loss_noise_slope: float | None = None
     # Not in summary() (tests/test_study.py's TIMING set lists the volatile keys it may hold):
     sharpness_time_s: float = 0.0  # the sharpness measurements (not in probe_time_s nor compute_time_s)
     target_time_s: float = 0.0  # the target checks between epoch ends
@@ -83,6 +85,7 @@ class TrainResult:
             "peak_mem_mb": self.peak_mem_mb,
             "updates_to_target": self.updates_to_target,
             "examples_to_target": self.examples_to_target,
+            "fixed_model_loss_noise_slope": self.fixed_model_loss_noise_slope,
         }
         if self.noise_at_target is not None:
             out["grad_noise_scale_at_target"], out["grad_noise_scale_at_target_se"] = self.noise_at_target

@@ -396,6 +396,17 @@ class StackedMLP:
         return out
 
     @torch.no_grad()
+    def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
+        """Per-example cross-entropies of each member at `positions`, loaded into an nn.Module
+        (once per member at the end of its training)."""
+        out = []
+        for position in positions:
+            module = self.load_into(self._template, position).eval()
+            out.append(torch.cat([F.cross_entropy(module(x[i : i + EVAL_ROWS]), y[i : i + EVAL_ROWS], reduction="none")
+                                  for i in range(0, x.shape[0], EVAL_ROWS)]))
+        return out
+
+    @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor,
                  positions: list[int] | None = None) -> list[tuple[float, float]]:
         """module_step.evaluate of every member (or of those at `positions`) in one stacked forward
