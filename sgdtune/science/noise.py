@@ -67,15 +67,11 @@ def gradient_stats_from_per_example(per_example_grads) -> GradientStats:
     return gradient_stats(sum_sq, mean_sq, grads[0].shape[0])
 
 
-def linear_gradient_stats(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> GradientStats | None:
-    """gradient_stats in one forward/backward pass, for models whose parameters all sit in
-    nn.Linear layers fed (b, d) inputs (the MLPs sgdtune builds); None for any other model.
-
-    Example i's gradient in a linear layer is the outer product of the layer's output
-    gradient d_i and its input a_i (plus d_i for the bias), so its squared norm is
-    |d_i|^2 (|a_i|^2 + 1) and the mean gradient is one matrix product: no per-example
-    gradient is ever built (Goodfellow 2015, "Efficient per-example gradient computations").
-    """
+def _linear_layer_gradients(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor):
+    """For a model whose parameters all sit in nn.Linear layers, each used once on (b, d)
+    inputs, with outputs nothing modified in place afterwards (ReLU(inplace=True) would hide
+    the pre-activation): [(layer, its input a, d(sum of losses)/d(its output))] from one
+    forward and one backward pass. None for any other model (then per-example gradients)."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     in_linears = sum(p.numel() for m in linears for p in m.parameters())
     if not linears or in_linears != sum(p.numel() for p in model.parameters()):
@@ -88,17 +84,29 @@ def linear_gradient_stats(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.T
     finally:
         for h in hooks:
             h.remove()
-    # The trick needs each layer used once, on (b, d) inputs, with outputs that nothing
-    # modified in place afterwards (ReLU(inplace=True) would hide the pre-activation).
     if (len(seen) != len(linears) or len({id(m) for m, *_ in seen}) != len(linears)
             or any(a.dim() != 2 or z._version != v for _, a, z, v in seen)):
         return None
-    b = x.shape[0]
     # The sum of per-example losses, so that each row of an output gradient is one example's.
-    total = loss_fn(out, y) * b
-    deltas = torch.autograd.grad(total, [z for _, _, z, _ in seen])
+    deltas = torch.autograd.grad(loss_fn(out, y) * x.shape[0], [z for _, _, z, _ in seen])
+    return [(layer, a, d) for (layer, a, _, _), d in zip(seen, deltas)]
+
+
+def linear_gradient_stats(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> GradientStats | None:
+    """gradient_stats in one forward/backward pass, for models whose parameters all sit in
+    nn.Linear layers fed (b, d) inputs (the MLPs sgdtune builds); None for any other model.
+
+    Example i's gradient in a linear layer is the outer product of the layer's output
+    gradient d_i and its input a_i (plus d_i for the bias), so its squared norm is
+    |d_i|^2 (|a_i|^2 + 1) and the mean gradient is one matrix product: no per-example
+    gradient is ever built (Goodfellow 2015, "Efficient per-example gradient computations").
+    """
+    layers = _linear_layer_gradients(model, loss_fn, x, y)
+    if layers is None:
+        return None
+    b = x.shape[0]
     sum_sq = mean_sq = 0.0
-    for (layer, a, _, _), d in zip(seen, deltas):
+    for layer, a, d in layers:
         d2, a2 = d.square().sum(dim=1), a.detach().square().sum(dim=1)
         has_bias = layer.bias is not None
         sum_sq += float((d2 * (a2 + has_bias)).sum())
@@ -287,27 +295,14 @@ def _linear_chunk_sums(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tens
     otherwise. Per layer, example i's gradient is d_i a_i^T (and d_i for the bias), so a
     chunk's sum |g_i|^2 is sum |d_i|^2 (|a_i|^2 + 1) and its summed gradient D_c^T A_c: one
     small product per chunk and layer, no per-example gradient, no autograd per chunk."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears or sum(p.numel() for m in linears for p in m.parameters()) != sum(
-            p.numel() for p in model.parameters()):
+    layers = _linear_layer_gradients(model, loss_fn, x, y)
+    if layers is None:
         return None
-    seen: list[tuple[nn.Linear, torch.Tensor, torch.Tensor, int]] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append((mod, inp[0], out, out._version)))
-             for m in linears]
-    try:
-        out = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    if (len(seen) != len(linears) or len({id(m) for m, *_ in seen}) != len(linears)
-            or any(a.dim() != 2 or z._version != v for _, a, z, v in seen)):
-        return None
-    deltas = torch.autograd.grad(loss_fn(out, y) * x.shape[0], [z for _, _, z, _ in seen])
     sizes = [t.shape[0] for t in torch.tensor_split(torch.arange(x.shape[0]), k)]
     bounds = [sum(sizes[:c]) for c in range(k + 1)]
     sum_sq = torch.zeros(k, dtype=torch.float64, device=x.device)
     sums: list[list[torch.Tensor]] = [[] for _ in range(k)]
-    for (layer, a, _, _), d in zip(seen, deltas):
+    for layer, a, d in layers:
         a = a.detach()
         has_bias = layer.bias is not None
         per_example = d.square().sum(dim=1).double() * (a.square().sum(dim=1).double() + has_bias)
