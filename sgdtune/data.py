@@ -4,6 +4,11 @@ Two tasks. Classification (the default): integer labels 0..k-1, a stratified spl
 outputs. Regression (`task = "regression"`): float32 targets of shape (n,) taken as they are,
 a plain seeded random split, one output. In both, the features are standardized with the
 training split's statistics (unless `standardize = false`); regression targets never are.
+
+A held-out test set: mnist1d comes with its own (1,000 examples); for the others
+`test_fraction` > 0 carves one off (seeded, stratified for classification) before the
+validation split. Validation is what pruning and the sampler see; the test set is evaluated
+once at the end of training (final_test_acc / final_test_loss), never used for selection.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: Literal["digits", "synthetic", "linear", "csv", "npz"] = "digits"
+    dataset: Literal["digits", "mnist1d", "synthetic", "linear", "csv", "npz"] = "digits"
     task: Literal["classification", "regression"] = Field(
         default="classification",
         description="classification: integer classes, stratified split; regression: float targets as given, "
@@ -42,6 +47,11 @@ class DataConfig(BaseModel):
     n_classes: int = Field(default=10, ge=2, description="synthetic only")
     noise: float = Field(default=0.5, ge=0.0, description="linear only: standard deviation s of the target noise")
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="a held-out test set carved off (seeded; stratified for classification) before the validation "
+        "split, evaluated once at the end of training; 0 = none. mnist1d has its own test set and needs 0",
+    )
     standardize: bool | None = Field(
         default=None,
         description="standardize the features with training statistics; default: true, except for "
@@ -57,7 +67,10 @@ class DataConfig(BaseModel):
     def _file_sources_need_a_file(self) -> DataConfig:
         if self.dataset == "linear" and self.task != "regression":
             raise ValueError(f"data.task: must be 'regression' when dataset = 'linear'; got {self.task!r}")
-        if self.task == "regression" and self.dataset in ("digits", "synthetic"):
+        if self.dataset == "mnist1d" and self.test_fraction > 0:
+            raise ValueError(f"data.test_fraction: must be 0 for dataset = 'mnist1d' (it has its own test set); "
+                             f"got {self.test_fraction}")
+        if self.task == "regression" and self.dataset in ("digits", "mnist1d", "synthetic"):
             raise ValueError(f"data.task: 'regression' needs dataset = 'linear', 'csv' or 'npz'; "
                              f"got dataset = {self.dataset!r}")
         if self.dataset in ("csv", "npz"):
@@ -81,6 +94,12 @@ class Dataset:
     y_val: torch.Tensor
     n_classes: int
     task: Literal["classification", "regression"] = "classification"
+    x_test: torch.Tensor | None = None  # the held-out test set, or None
+    y_test: torch.Tensor | None = None
+
+    @property
+    def n_test(self) -> int:
+        return 0 if self.x_test is None else self.x_test.shape[0]
 
     @property
     def n_train(self) -> int:
@@ -100,6 +119,9 @@ def load_arrays(config: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     classification, float32 values as given for regression."""
     if config.dataset == "digits":
         return load_digits()
+    if config.dataset == "mnist1d":
+        x, y, _, _ = load_mnist1d()
+        return x, y
     if config.dataset == "synthetic":
         return synthetic_classification(
             config.n_samples, config.n_features, config.n_classes, seed
@@ -133,6 +155,25 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def load_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST-1D (Greydanus, 2020) from the `mnist1d` package's own generator with its default
+    arguments: (x, y, x_test, y_test), 4,000 + 1,000 sequences of length 40, 10 classes; about
+    a second, no download. The generator seeds NumPy's global RNG, which is saved and restored
+    around it so that nothing else sees a difference."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise InputError("data.dataset", "'mnist1d' needs the mnist1d package: pip install 'mnist1d>=0.0.2'",
+                         "'mnist1d' (package not installed)") from None
+    state = np.random.get_state()
+    try:
+        data = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(state)
+    return (data["x"].astype(np.float32), data["y"].astype(np.int64),
+            data["x_test"].astype(np.float32), data["y_test"].astype(np.int64))
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -387,7 +428,10 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
     works in place, and on a CPU the tensors share the arrays' memory.
     """
     regression = config.task == "regression"
-    if config.dataset == "synthetic":  # features come later, block by block, into the split
+    x_te = y_te = None
+    if config.dataset == "mnist1d":
+        x, y, x_te, y_te = load_mnist1d()
+    elif config.dataset == "synthetic":  # features come later, block by block, into the split
         x = None
         y, features = synthetic_parts(config.n_samples, config.n_features, config.n_classes, seed)
     else:
@@ -397,6 +441,19 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
         raise InputError("data.path", "must hold at least 2 examples (one to train on, one to validate)",
                          f"{len(y)} in {name}")
     n_classes = 1 if regression else int(y.max()) + 1
+    if config.test_fraction > 0:  # the test set first, then validation from what is left
+        rest_idx, test_idx = (random_split(len(y), config.test_fraction, seed) if regression
+                              else stratified_split(y, config.test_fraction, seed))
+        if x is None:
+            x = np.empty((len(y), config.n_features), dtype=np.float32)
+            for rows, block in features():
+                x[rows] = block
+        x_te, y_te = x[test_idx], y[test_idx]
+        x, y = x[rest_idx], y[rest_idx]
+        del rest_idx, test_idx
+        if len(y) < 2:
+            raise InputError("data.test_fraction", "must leave at least 2 examples to train and validate on",
+                             repr(config.test_fraction))
     # Split positions only (they depend on n and y alone), so that each copy of the features
     # happens when the memory it needs is there.
     if regression:
@@ -417,7 +474,7 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
         mean = x_tr.mean(axis=0)
         std = x_tr.std(axis=0)
         std[std == 0] = 1.0  # constant features (digits has some) stay 0 rather than NaN
-        for part in (x_tr, x_va):  # (x - mean) / std, in place
+        for part in (x_tr, x_va) if x_te is None else (x_tr, x_va, x_te):  # (x - mean) / std, in place
             part -= mean
             part /= std
     to = dict(device=device)
@@ -429,4 +486,6 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
         y_val=torch.as_tensor(y_va, **to),
         n_classes=n_classes,
         task=config.task,
+        x_test=None if x_te is None else torch.as_tensor(x_te, dtype=torch.float32, **to),
+        y_test=None if y_te is None else torch.as_tensor(y_te, **to),
     )

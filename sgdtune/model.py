@@ -1,8 +1,10 @@
-"""Model builders: a plain MLP, or a user's factory "pkg.module:function"."""
+"""Model builders: a plain MLP, a small CNN (1-D sequences or square images), or a user's
+factory "pkg.module:function"."""
 
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Literal
 
 import torch
@@ -17,9 +19,20 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Literal["mlp"] = "mlp"
+    name: Literal["mlp", "cnn"] = Field(
+        default="mlp",
+        description="mlp: Linear layers; cnn: convolutions (stride 2, no BatchNorm) then the hidden Linear "
+        "layers and a Linear head, on 1-D sequences or, when n_features is a square (digits: 64), square images",
+    )
     hidden: tuple[int, ...] = Field(
-        default=(128,), description="hidden layer widths; [] = a linear model (one nn.Linear, with a bias)")
+        default=(128,), description="hidden layer widths; [] = a linear model (one nn.Linear, with a bias); "
+        "for the cnn, the Linear layers between the convolutions and the head")
+    channels: tuple[int, ...] = Field(default=(32, 32, 32), description="cnn only: the convolutions' widths")
+    kernel_size: int = Field(default=5, ge=1, description="cnn only: kernel size (padding kernel_size // 2)")
+    stride: int = Field(default=2, ge=1, description="cnn only: every convolution's stride")
+    image: Literal["auto", "1d", "2d"] = Field(
+        default="auto", description="cnn only: 1d (sequences), 2d (square images) or auto: 2d when n_features is a "
+        "perfect square (digits: 64 = 8x8), else 1d (MNIST-1D: 40)")
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     factory: str | None = Field(
         default=None,
@@ -32,6 +45,13 @@ class ModelConfig(BaseModel):
         if any(w < 1 for w in hidden):
             raise ValueError(f"every hidden width must be >= 1; got {list(hidden)}")
         return hidden
+
+    @field_validator("channels")
+    @classmethod
+    def _positive_channels(cls, channels: tuple[int, ...]) -> tuple[int, ...]:
+        if not channels or any(c < 1 for c in channels):
+            raise ValueError(f"must be one or more widths >= 1; got {list(channels)}")
+        return channels
 
     @field_validator("factory")
     @classmethod
@@ -61,6 +81,10 @@ def describe_model(config: ModelConfig, n_features: int, n_classes: int) -> str:
     layer (the activation plays no part), or the factory string."""
     if config.factory:
         return config.factory
+    if config.name == "cnn":
+        dims, shape = cnn_input(config, n_features)
+        widths = "-".join(str(w) for w in (*config.channels, *config.hidden, n_classes))
+        return f"cnn{dims}({'x'.join(str(d) for d in (1, *shape))}-{widths},{config.activation})"
     widths = "-".join(str(w) for w in (n_features, *config.hidden, n_classes))
     if not config.hidden:
         return f"linear({widths})"
@@ -75,6 +99,11 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int, seed: int)
     nn.Linear(n_features, n_classes): a linear model z = W x + b, bias included (torch's
     default initialization, uniform in +-1/sqrt(n_features) for W and b).
 
+    The CNN (model.name = "cnn") is the MNIST-1D paper's shape: len(channels) convolutions of
+    kernel_size, stride and padding kernel_size // 2, each followed by the activation, then the
+    `hidden` Linear layers and a Linear head. No BatchNorm: it would couple the examples of a
+    batch, and the noise probe needs per-example gradients.
+
     Initialization draws from torch's global generator, so it is forked and seeded here
     rather than left to whatever ran before.
     """
@@ -82,6 +111,8 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int, seed: int)
         torch.manual_seed(seed)
         if config.factory:
             return resolve_factory(config.factory)(n_features, n_classes)
+        if config.name == "cnn":
+            return CNN(config, n_features, n_classes)
         layers: list[nn.Module] = []
         width = n_features
         for hidden in config.hidden:
@@ -89,3 +120,41 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int, seed: int)
             width = hidden
         layers.append(nn.Linear(width, n_classes))
         return nn.Sequential(*layers)
+
+
+def cnn_input(config: ModelConfig, n_features: int) -> tuple[str, tuple[int, ...]]:
+    """('1d', (n,)) for sequences, ('2d', (s, s)) for square images (n_features = s * s)."""
+    side = math.isqrt(n_features)
+    square = side > 1 and side * side == n_features
+    if config.image == "2d" and not square:
+        raise ValueError(f"model.image = '2d' needs n_features to be a perfect square; got {n_features}")
+    if config.image == "2d" or (config.image == "auto" and square):
+        return "2d", (side, side)
+    return "1d", (n_features,)
+
+
+class CNN(nn.Module):
+    """Convolutions on (B, 1, n) or (B, 1, s, s) inputs, given flat as (B, n_features)."""
+
+    def __init__(self, config: ModelConfig, n_features: int, n_classes: int):
+        super().__init__()
+        dims, self.shape = cnn_input(config, n_features)
+        conv = nn.Conv2d if dims == "2d" else nn.Conv1d
+        layers: list[nn.Module] = []
+        width = 1
+        for channels in config.channels:
+            layers += [conv(width, channels, config.kernel_size, stride=config.stride, padding=config.kernel_size // 2),
+                       ACTIVATIONS[config.activation]()]
+            width = channels
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, 1, *self.shape)).numel()
+        head: list[nn.Module] = [nn.Flatten()]
+        for hidden in config.hidden:
+            head += [nn.Linear(flat, hidden), ACTIVATIONS[config.activation]()]
+            flat = hidden
+        head.append(nn.Linear(flat, n_classes))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.reshape(x.shape[0], 1, *self.shape)))

@@ -54,7 +54,7 @@ TRIAL_ENDINGS = (optuna.TrialPruned, Diverged)
 # Summary metrics whose spread over replicates is logged (<name>_std, <name>_se) when every
 # replicate has them (updates_to_target: when every replicate reached the target).
 SPREAD_METRICS = ("final_val_acc", "final_val_loss", "final_gen_gap", "final_grad_noise_scale",
-                  "updates_to_target", "final_val_r2")
+                  "updates_to_target", "final_val_r2", "final_test_acc", "final_test_r2")
 
 
 @dataclass
@@ -315,6 +315,7 @@ class Objective:
             "dataset": self.data.name,
             "n_train": self.data.n_train,
             "n_val": self.data.n_val,
+            "n_test": self.data.n_test,
             "model": describe_model(tc.model, self.data.n_features, self.data.n_classes),
             "seed": tc.seed,
             "iterations_per_epoch": plan.iterations_per_epoch,

@@ -168,6 +168,7 @@ class _Member:
     target_s: float = 0.0  # its share of the target checks between epoch ends
     sharpness_s: float = 0.0  # its sharpness measurements
     fixed_loss_noise_slope: float | None = None  # at its final weights (science.noise.fixed_model_loss_noise)
+    test: tuple[float, float] | None = None  # (loss, score) on the held-out test set, at the end
     noise: NoiseScaleEstimate | None = None  # the last noise measurement
     noise_update: int = -1  # ... at this update count
     noise_mark: tuple[int, int] = (0, 0)  # (updates, examples) at the last measurement
@@ -509,6 +510,7 @@ class Loop:
                 continue
             if ending[m]:
                 self._measure_fixed_loss_noise(m)
+                self._evaluate_test(m)
                 leaving[m] = self._result(m)
         self._leave(leaving)
 
@@ -521,6 +523,12 @@ class Loop:
         if len(curve) >= 2 and all(v > 0 for v in curve.values()):  # else: too few examples, or no spread
             m.fixed_loss_noise_slope = loglog_slope(list(curve), list(curve.values()))
         m.probe_s += time.perf_counter() - t0
+
+    def _evaluate_test(self, m: _Member) -> None:
+        """The held-out test set, once, at the member's final weights (never seen by pruning or
+        the sampler); nothing when the data has none."""
+        if self.data.n_test > 0:
+            (m.test,) = self._evaluate([m], self.data.x_test, self.data.y_test)
 
     def _result(self, m: _Member) -> TrainResult:
         return TrainResult(
@@ -538,4 +546,5 @@ class Loop:
             target_time_s=m.target_s,
             sharpness_time_s=m.sharpness_s,
             fixed_model_loss_noise_slope=m.fixed_loss_noise_slope,
+            test=m.test,
         )

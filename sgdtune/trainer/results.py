@@ -66,6 +66,9 @@ class TrainResult:
     noise_at_target: tuple[float, float] | None = None  # (B_simple, its SE) when the target was first reached
     # Slope of log loss_noise against log B at the final weights, forward only (docs/science.md, §2).
     fixed_model_loss_noise_slope: float | None = None
+    # (loss, score) on the held-out test set at the final weights (final_test_loss, final_test_acc
+    # or final_test_r2); None without a test set. Evaluated once, never used for selection.
+    test: tuple[float, float] | None = None
     # Not in summary() (tests/test_study.py's TIMING set lists the volatile keys it may hold):
     sharpness_time_s: float = 0.0  # the sharpness measurements (not in probe_time_s nor compute_time_s)
     target_time_s: float = 0.0  # the target checks between epoch ends
@@ -87,6 +90,9 @@ class TrainResult:
             "examples_to_target": self.examples_to_target,
             "fixed_model_loss_noise_slope": self.fixed_model_loss_noise_slope,
         }
+        if self.test is not None:
+            score = "final_test_r2" if self.final.task == "regression" else "final_test_acc"
+            out["final_test_loss"], out[score] = self.test
         if self.noise_at_target is not None:
             out["grad_noise_scale_at_target"], out["grad_noise_scale_at_target_se"] = self.noise_at_target
         return {k: float(v) for k, v in out.items() if v is not None}
