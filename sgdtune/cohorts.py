@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .config import ExperimentConfig
 from .errors import InputError
 from .search import n_finished
-from .trainer import BUDGET_SIZES, PER_MEMBER, Diverged, group_key, train, train_stacked
+from .trainer import BUDGET_SIZES, PER_MEMBER, Diverged, UnstackableModel, group_key, train, train_stacked
 from .trial import TRIAL_ENDINGS, Objective, TrialJob
 
 
@@ -40,11 +40,11 @@ def _stop_when_done(n_trials: int):
 
 
 def check_cohorts(config: ExperimentConfig, batch_trials: int) -> None:
-    """Stacked cohorts train each trial once, as one member of a stacked classification MLP:
+    """Stacked cohorts train each trial once, as one member of a stacked classification model:
     replicates (trained one after another, trial.py), regression and the grid sampler's
     fixed points cannot be part of one."""
     if batch_trials > 1 and config.data.task == "regression":
-        raise InputError("--batch-trials", "stacks classification MLPs only; train a regression study one trial "
+        raise InputError("--batch-trials", "stacks classification models only; train a regression study one trial "
                          "at a time (drop --batch-trials)",
                          f"--batch-trials {batch_trials} with data.task = 'regression'")
     if batch_trials > 1 and config.sampler.name == "grid":
@@ -87,8 +87,10 @@ def run_cohort(study: optuna.Study, objective: Objective, jobs: list[TrialJob]) 
     error is told, then raised; Ctrl-C ends every trial of the group in flight."""
     groups: dict[tuple, list[TrialJob]] = defaultdict(list)
     for job in jobs:
-        groups[group_key(job.config) if job.config.model.factory is None else (id(job),)].append(job)
-    for group in groups.values():
+        groups[group_key(job.config)].append(job)  # any model: equal keys, equal parameter shapes
+    todo = list(groups.values())
+    while todo:
+        group = todo.pop(0)
         try:
             if len(group) == 1:
                 try:
@@ -96,8 +98,12 @@ def run_cohort(study: optuna.Study, objective: Objective, jobs: list[TrialJob]) 
                 except Exception as e:  # noqa: BLE001 - told to Optuna below, re-raised if a bug
                     endings = [e]
             else:
-                endings = train_stacked([j.config for j in group], objective.data,
-                                        on_epoch=lambda i, m, group=group: group[i].on_epoch(m))
+                try:
+                    endings = train_stacked([j.config for j in group], objective.data,
+                                            on_epoch=lambda i, m, group=group: group[i].on_epoch(m))
+                except UnstackableModel:  # buffers (BatchNorm) or dropout, found before any training
+                    todo[:0] = [[job] for job in group]  # one by one
+                    continue
         except KeyboardInterrupt as e:
             for job in group:
                 study.tell(job.trial, state=job.finish(e))

@@ -221,8 +221,8 @@ def test_group_key_ignores_what_members_may_differ_in():
     "configs,message",
     [
         ([], r"at least one config; got an empty list"),
-        ([cfg(model=ModelConfig(factory="torch.nn:Identity"))],
-         r"built-in MLP only; got model.factory = 'torch.nn:Identity'"),
+        ([cfg(model=ModelConfig(factory="torch.nn:BatchNorm1d"))],  # running statistics: buffers
+         r"whose state is its parameters alone; this one has buffers \['running_mean'"),
         ([cfg(budget="examples", examples=100, epochs=None), cfg(budget="examples", examples=200, epochs=None)],
          r"same examples .*got 100 in configs\[0\] and 200"),
     ],
@@ -320,7 +320,7 @@ def test_batch_trials_on_a_regression_study_is_refused_before_anything_is_writte
 
     assert main(["experiments/linear_regression.toml", "--batch-trials", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "--batch-trials: stacks classification MLPs only" in err and "data.task = 'regression'" in err
+    assert "--batch-trials: stacks classification models only" in err and "data.task = 'regression'" in err
     assert not (workdir / "mlruns" / "optuna.journal").exists()
 
 

@@ -5,10 +5,12 @@
     loop.py         the one epoch/step loop for K >= 1 trials side by side, over a Stepper
     module_step.py  the Stepper of one nn.Module under torch.optim; train()
     stacked.py      the Stepper of K stacked MLPs (StackedMLP); train_stacked()
+    func_stacked.py the Stepper of K stacked copies of any other model, through torch.func (FuncStacked)
     groups.py       which configs can be stacked together: group_key, check_group
 """
 
 from .config import BatchPlan, TrainConfig, lr_at, scaled_lr
+from .func_stacked import FuncStacked, UnstackableModel, check_stackable
 from .groups import BUDGET_SIZES, PER_MEMBER, check_group, group_key
 from .loop import FINITE_CHECK_EVERY, auto_probe_size, fixed_subset, loss_function
 from .module_step import STEP_CHUNK, evaluate, make_optimizer, train
@@ -17,7 +19,8 @@ from .stacked import MAX_STACKED_ROWS, StackedMLP, train_stacked
 
 __all__ = [
     "BUDGET_SIZES", "FINITE_CHECK_EVERY", "MAX_STACKED_ROWS", "PER_MEMBER", "STEP_CHUNK",
-    "BatchPlan", "Diverged", "EpochMetrics", "StackedMLP", "TrainConfig", "TrainResult",
+    "BatchPlan", "Diverged", "EpochMetrics", "FuncStacked", "StackedMLP", "UnstackableModel",
+    "check_stackable", "TrainConfig", "TrainResult",
     "check_group", "evaluate", "fixed_subset", "group_key", "history_summary", "lr_at", "make_optimizer",
     "auto_probe_size", "loss_function", "scaled_lr", "train", "train_stacked",
 ]

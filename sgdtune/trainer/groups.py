@@ -1,4 +1,6 @@
-"""Which configs can train together as one stacked model (stacked.py), and how to group them."""
+"""Which configs can train together as one stacked model (stacked.py, func_stacked.py), and
+how to group them: by every field that shapes the model (model.*, the factory's name
+included, so the members' parameters have equal shapes) or the shared batches."""
 
 from __future__ import annotations
 
@@ -49,11 +51,6 @@ def check_group(configs: list[TrainConfig], task: str = "classification") -> Non
             "Train each trial one at a time with sgdtune.trainer.train."
         )
     first = configs[0]
-    if first.model.factory is not None:
-        raise ValueError(
-            f"train_stacked stacks the built-in MLP only; got model.factory = {first.model.factory!r}. "
-            "Train a factory model one trial at a time with sgdtune.trainer.train."
-        )
     want = _shared_fields(first)
     for i, config in enumerate(configs[1:], start=1):
         got = _shared_fields(config)

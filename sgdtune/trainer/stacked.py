@@ -63,6 +63,7 @@ from ..model import build_model
 from ..science.noise import ChunkSums
 from ..science.sharpness import sharpness
 from .config import TrainConfig
+from .func_stacked import FuncStacked, check_stackable
 from .groups import check_group
 from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, Loop
 from .results import EpochMetrics, TrainResult
@@ -98,7 +99,10 @@ def train_stacked(
     data: Dataset,
     on_epoch: Callable[[int, EpochMetrics], None] | None = None,
 ) -> list[TrainResult | Exception]:
-    """Train the configs as one stacked model; one result per config, in their order.
+    """Train the configs as one stacked model; one result per config, in their order: the
+    built-in MLP as StackedMLP (hand-written batched products), any other model (a CNN, a
+    factory's) through torch.func (func_stacked.FuncStacked). A model with buffers
+    (BatchNorm) or dropout raises func_stacked.UnstackableModel (a ValueError) before training.
 
     The configs must agree on every field but PER_MEMBER and the budget's size (ValueError
     otherwise; `group_key` groups them). After each of its epochs, member i is handed to
@@ -123,10 +127,21 @@ def train_stacked(
             f"{b} = {len(configs) * b}. Stack fewer members, or train batches this large "
             "one trial at a time with sgdtune.trainer.train (stacking gains little there)."
         )
-    loop = Loop(configs, data, on_epoch)
     device = data.x_train.device
     modules = [build_model(c.model, data.n_features, data.n_classes, c.seed).to(device) for c in configs]
-    return loop.run(StackedMLP(modules, configs, loop.lrs))
+    if uses_stacked_mlp(configs[0]):
+        loop = Loop(configs, data, on_epoch)
+        return loop.run(StackedMLP(modules, configs, loop.lrs))
+    for module in modules:
+        check_stackable(module)  # before the loop starts: UnstackableModel, nothing trained yet
+    loop = Loop(configs, data, on_epoch)
+    return loop.run(FuncStacked(modules, configs, loop.lrs, loop.task))
+
+
+def uses_stacked_mlp(config: TrainConfig) -> bool:
+    """Whether train_stacked runs the hand-written StackedMLP (the built-in MLP: 1.3-2x faster per
+    step than torch.func on it) rather than FuncStacked (any other model)."""
+    return config.model.factory is None and getattr(config.model, "name", "mlp") == "mlp"
 
 
 class _Workspace:

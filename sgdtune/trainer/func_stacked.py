@@ -1,0 +1,211 @@
+"""K trials of any one model trained side by side through torch.func: the loop's stepper for
+stacked models that are not the built-in MLP (a CNN, a factory's model).
+
+The members' parameters are stacked along a leading axis (torch.func.stack_module_state),
+and one update is `vmap(grad_and_value(loss))` over that axis, the loss being
+`functional_call(template, member's params, xb)`: one batched forward/backward for K
+trials, each on its own batch (the rows orders[i][start:stop]). The optimizer is written
+out per member, with (K,) learning rates, momenta and weight decays:
+
+- SGD is torch.optim.SGD (no dampening, no Nesterov): g += wd p; buf = m buf + g; p -= lr buf.
+  The buffer starts at zero, so the first step gives torch's buf = g, and m = 0 gives plain
+  SGD (buf = g): one formula for every member;
+- Adam is torch.optim.Adam (betas 0.9/0.999, eps 1e-8, L2 weight decay, bias correction),
+  the step size rounded as torch's (-lr / bias_correction1 first).
+
+Members never mix: every op acts per member along axis 0. Measurements at epoch ends load a
+member into a template nn.Module (its parameters copied in) and call what ModuleStepper
+calls: module_step.evaluate, science.noise.chunk_sums, science.sharpness.sharpness.
+
+Models whose training changes state outside their parameters cannot be stacked this way:
+buffers (BatchNorm's running statistics) and dropout (vmap's random draws are not those of
+the model trained alone). `check_stackable` refuses them with UnstackableModel (a
+ValueError); cohorts.py then trains such trials one by one.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from ..science.noise import ChunkSums, chunk_sums
+from ..science.sharpness import sharpness
+from .config import TrainConfig
+from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, loss_function
+from .module_step import evaluate
+
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which make_optimizer uses
+EVAL_CHUNK = 8192  # examples per stacked forward pass when evaluating
+
+
+class UnstackableModel(ValueError):
+    """The model keeps state outside its parameters (buffers, dropout): train it one by one."""
+
+
+def check_stackable(module: nn.Module) -> None:
+    """UnstackableModel when `module` has buffers (BatchNorm's running statistics) or dropout."""
+    buffers = [name for name, _ in module.named_buffers()]
+    if buffers:
+        raise UnstackableModel(
+            f"stacked training needs a model whose state is its parameters alone; this one has buffers "
+            f"{buffers[:3]} (BatchNorm's running statistics, say). Train it one trial at a time with "
+            "sgdtune.trainer.train."
+        )
+    dropout = [name for name, m in module.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if dropout:
+        raise UnstackableModel(
+            f"stacked training cannot reproduce dropout's random draws member by member; this model has "
+            f"dropout at {dropout[:3]}. Train it one trial at a time with sgdtune.trainer.train."
+        )
+
+
+class FuncStacked:
+    """The loop's Stepper for K members of one model through torch.func (see the module's docstring)."""
+
+    def __init__(self, modules: list[nn.Module], configs: list[TrainConfig], lrs: list[float],
+                 task: str = "classification"):
+        for module in modules:
+            check_stackable(module)
+        self.task, self.loss_fn = task, loss_function(task)
+        self.template = copy.deepcopy(modules[0])  # what functional_call runs, and where a member is loaded
+        params, _ = stack_module_state(modules)
+        self.names = list(params)
+        self.params = [params[name].detach().clone() for name in self.names]
+        self.adam = configs[0].optimizer == "adam"
+        self.steps = 0
+        self.lr = self._vector(lrs)
+        self.momentum = self._vector([c.effective_momentum for c in configs])
+        self.weight_decay = self._vector([c.weight_decay for c in configs])
+        self.use_decay = any(c.weight_decay != 0 for c in configs)
+        self.use_momentum = any(c.effective_momentum != 0 for c in configs)
+        zeros = lambda: [torch.zeros_like(p) for p in self.params]  # noqa: E731
+        self.buf = zeros() if not self.adam and self.use_momentum else []
+        self.exp_avg, self.exp_avg_sq = (zeros(), zeros()) if self.adam else ([], [])
+        self.orders = torch.empty(self.size, 0, dtype=torch.long, device=self.params[0].device)
+
+        template, loss_fn, names = self.template, self.loss_fn, self.names
+
+        def loss(params: list[torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            return loss_fn(functional_call(template, dict(zip(names, params)), (xb,)), yb)
+
+        member_grad = grad_and_value(loss)
+        self._grads = vmap(member_grad)  # each member on its own batch
+        self._grads_full = vmap(member_grad, in_dims=(0, None, None))  # every member on all of x
+        self._forward = vmap(lambda params, xb: functional_call(template, dict(zip(names, params)), (xb,)),
+                             in_dims=(0, None))
+
+    @property
+    def size(self) -> int:
+        return self.params[0].shape[0]
+
+    def _vector(self, values: list[float]) -> torch.Tensor:
+        p = self.params[0]
+        return torch.tensor(values, dtype=p.dtype, device=p.device)
+
+    @staticmethod
+    def _per_member(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A (K,) vector shaped to broadcast against a stacked parameter (K, ...)."""
+        return v.view(-1, *([1] * (like.dim() - 1)))
+
+    # -- the Stepper interface ---------------------------------------------------------------
+
+    def begin_epoch(self, orders: list[torch.Tensor]) -> None:
+        self.orders = torch.stack(orders)
+
+    def set_lr(self, lrs: list[float]) -> None:
+        self.lr = self._vector(lrs)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        if stop - start == x.shape[0]:
+            grads, losses = self._grads_full(self.params, x, y)
+        else:
+            idx = self.orders[:, start:stop]
+            grads, losses = self._grads(self.params, x[idx], y[idx])
+        with torch.no_grad():
+            if self.adam:
+                self._adam(grads)
+            else:
+                self._sgd(grads)
+        return losses.detach()
+
+    def _sgd(self, grads: list[torch.Tensor]) -> None:
+        """torch.optim.SGD per member: g += wd p; buf = m buf + g (buf = g at the first step:
+        it starts at 0); p -= lr buf."""
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            if self.use_decay:
+                g = g.addcmul(p, self._per_member(self.weight_decay, p))
+            if self.use_momentum:
+                g = self.buf[i].mul_(self._per_member(self.momentum, p)).add_(g)
+            p.addcmul_(g, self._per_member(self.lr, p), value=-1.0)
+
+    def _adam(self, grads: list[torch.Tensor]) -> None:
+        """torch.optim.Adam per member (betas 0.9/0.999, eps 1e-8, L2 weight decay)."""
+        self.steps += 1
+        beta1, beta2 = ADAM_BETAS
+        bias_correction1 = 1 - beta1**self.steps
+        bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
+        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            if self.use_decay:
+                g = g.addcmul(p, self._per_member(self.weight_decay, p))
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = v.sqrt().div_(bias_correction2_sqrt).add_(ADAM_EPS)
+            # The step size rounded as torch's: -lr / bias_correction1 first (see stacked.py).
+            p.addcmul_(m.div(denom), self._per_member(self.lr.neg() / bias_correction1, p))
+
+    def keep(self, positions: list[int]) -> None:
+        idx = torch.tensor(positions, dtype=torch.long, device=self.params[0].device)
+        pick = lambda ts: [t.index_select(0, idx) for t in ts]  # noqa: E731
+        self.params, self.buf = pick(self.params), pick(self.buf)
+        self.exp_avg, self.exp_avg_sq = pick(self.exp_avg), pick(self.exp_avg_sq)
+        self.lr, self.momentum, self.weight_decay = pick([self.lr, self.momentum, self.weight_decay])
+        self.orders = self.orders.index_select(0, idx)
+
+    @torch.no_grad()
+    def load_into(self, module: nn.Module, position: int) -> nn.Module:
+        """Copy the parameters of the member at `position` into `module` and return it."""
+        own = dict(module.named_parameters())
+        for name, p in zip(self.names, self.params):
+            own[name].copy_(p[position])
+        return module
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[tuple[float, float]]:
+        """module_step.evaluate of the members at `positions`: classification in one stacked
+        forward pass per chunk (loss summed in float64, accuracy), one sync at the end;
+        regression member by member through module_step.evaluate."""
+        if self.task != "classification":
+            return [evaluate(self.load_into(self.template, p), x, y, self.task) for p in positions]
+        idx = torch.tensor(positions, dtype=torch.long, device=x.device)
+        params = [p.index_select(0, idx) for p in self.params]
+        k = len(positions)
+        loss_sum = torch.zeros(k, dtype=torch.float64, device=x.device)
+        correct = torch.zeros(k, dtype=torch.float64, device=x.device)
+        for start in range(0, x.shape[0], EVAL_CHUNK):
+            out = self._forward(params, x[start : start + EVAL_CHUNK])  # (k, b, classes)
+            target = y[start : start + EVAL_CHUNK]
+            losses = self.loss_fn(out.flatten(0, 1), target.repeat(k), reduction="none").view(k, -1)
+            loss_sum += losses.sum(dim=1).double()
+            correct += (out.argmax(dim=2) == target).sum(dim=1)
+        n = x.shape[0]
+        losses, hits = torch.stack([loss_sum, correct]).tolist()
+        return [(loss / n, hit / n) for loss, hit in zip(losses, hits)]
+
+    def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
+        return [chunk_sums(self.load_into(self.template, p), self.loss_fn, x, y, chunks) for p in positions]
+
+    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
+        return [sharpness(self.load_into(self.template, p), self.loss_fn, x, y, iters=SHARPNESS_ITERS,
+                          tol=SHARPNESS_TOL, seed=SHARPNESS_SEED).eigenvalue for p in positions]
+
+    @torch.no_grad()
+    def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
+        out = []
+        for position in positions:
+            module = self.load_into(self.template, position)
+            out.append(torch.cat([self.loss_fn(module(x[i : i + EVAL_CHUNK]), y[i : i + EVAL_CHUNK], reduction="none")
+                                  for i in range(0, x.shape[0], EVAL_CHUNK)]))
+        return out
