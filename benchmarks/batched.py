@@ -16,7 +16,11 @@ Threads: every figure is measured twice, both sides given the same torch intra-o
   every op when the other core is busy, so these figures swing with the machine's load:
   each row gives the 1-minute load average seen before it was measured.
 
-    python -m benchmarks.batched [--tiny] [--threads N] [--rounds R]
+The CNN group: the same, for the built-in CNN (model.name = "cnn": 8x8 digits as images,
+convolutions 16-16 of stride 2, a 64-unit hidden layer), which train_stacked stacks through
+torch.func (trainer/func_stacked.py), at one thread only.
+
+    python -m benchmarks.batched [--tiny] [--threads N] [--rounds R] [--no-cnn]
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from sgdtune.trainer import TrainConfig, train, train_stacked
 GROUP = "batched"
 K = 8
 MODEL = ModelConfig(hidden=(256, 256))
+CNN = ModelConfig(name="cnn", channels=(16, 16), kernel_size=3, hidden=(64,))
+CNN_THREADS = 1
 EPOCHS = {8: 2, 64: 10}  # ~200-400 updates per trial
 TINY_EPOCHS = {8: 1, 64: 1}
 THREADS = (1, 2)
@@ -50,9 +56,9 @@ LR_RANGE = (0.001, 0.01)  # at B = 8, times sqrt(B / 8): steady trials, so the e
 SHARPNESS_EVERY = 0
 
 
-def configs(batch_size: int, epochs: int, k: int = K) -> list[TrainConfig]:
+def configs(batch_size: int, epochs: int, k: int = K, model: ModelConfig = MODEL) -> list[TrainConfig]:
     lrs = np.geomspace(*LR_RANGE, k) * (batch_size / 8) ** 0.5
-    return [TrainConfig(batch_size=batch_size, epochs=epochs, lr=float(lr), momentum=0.9, seed=seed, model=MODEL,
+    return [TrainConfig(batch_size=batch_size, epochs=epochs, lr=float(lr), momentum=0.9, seed=seed, model=model,
                         sharpness_every=SHARPNESS_EVERY)
             for seed, lr in enumerate(lrs)]
 
@@ -80,10 +86,11 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
 
 
-def run(tiny: bool = False, rounds: int | None = None, threads: tuple[int, ...] = THREADS) -> list[dict]:
+def run(tiny: bool = False, rounds: int | None = None, threads: tuple[int, ...] = THREADS,
+        cnn: bool = True) -> list[dict]:
     """The figures, as {group, name, value, target, op, unit, ok, detail} dicts: for each
-    thread count, then each batch size, the trials/min ratio and the val_loss difference.
-    Leaves torch's thread count as it found it."""
+    thread count, then each batch size, the trials/min ratio and the val_loss difference;
+    then (cnn) the same for the CNN at CNN_THREADS. Leaves torch's thread count as it found it."""
     data = load_data(DataConfig(dataset="digits"), seed=0)
     rounds = rounds or (1 if tiny else 5)
     k = 4 if tiny else K
@@ -94,12 +101,16 @@ def run(tiny: bool = False, rounds: int | None = None, threads: tuple[int, ...] 
             torch.set_num_threads(n_threads)
             for batch_size, epochs in (TINY_EPOCHS if tiny else EPOCHS).items():
                 out += measure(data, configs(batch_size, epochs, k), rounds, n_threads)
+        if cnn:
+            torch.set_num_threads(CNN_THREADS)
+            for batch_size, epochs in (TINY_EPOCHS if tiny else EPOCHS).items():
+                out += measure(data, configs(batch_size, epochs, k, CNN), rounds, CNN_THREADS, "CNN ")
     finally:
         torch.set_num_threads(before)
     return out
 
 
-def measure(data, group: list[TrainConfig], rounds: int, n_threads: int) -> list[dict]:
+def measure(data, group: list[TrainConfig], rounds: int, n_threads: int, what: str = "") -> list[dict]:
     """The two figures of one batch size at the current thread count."""
     batch_size, epochs, k = group[0].batch_size, group[0].epochs, len(group)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # not on Windows
@@ -116,7 +127,7 @@ def measure(data, group: list[TrainConfig], rounds: int, n_threads: int) -> list
         diffs.append(max(abs(a.final.val_loss - b.final.val_loss) for a, b in zip(single, stacked)))
     ratio = statistics.median(a / b for a, b in zip(alone_s, stacked_s))
     per_min = lambda ts: k * 60 / statistics.median(ts)  # noqa: E731
-    where = f"B={batch_size}, {plural(n_threads, 'thread')}"
+    where = f"{what}B={batch_size}, {plural(n_threads, 'thread')}"
     return [
         figure(
             f"trials/min stacked vs one by one, {where}", ratio, 3.0, ">=", "x",
@@ -154,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, action="append",
                    help="torch intra-op threads, both sides; repeat for several (default: 1, then 2)")
     p.add_argument("--rounds", type=int, help="alternated rounds per batch size and thread count (default 5, tiny 1)")
+    p.add_argument("--no-cnn", action="store_true", help="skip the CNN group (torch.func stacking)")
     args = p.parse_args(argv)
     if any(t < 1 for t in args.threads or ()):
         p.error(f"--threads: must be >= 1; got {min(args.threads)}")
     threads = tuple(args.threads or THREADS)
-    rows = run(tiny=args.tiny, rounds=args.rounds, threads=threads)
+    rows = run(tiny=args.tiny, rounds=args.rounds, threads=threads, cnn=not args.no_cnn)
     tiny = " (--tiny: too small for the figures to mean anything)" if args.tiny else ""
     print_table(rows, f"stacked training, torch threads: {', '.join(map(str, threads))} (both sides){tiny}")
     return 0

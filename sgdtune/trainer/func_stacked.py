@@ -15,7 +15,12 @@ out per member, with (K,) learning rates, momenta and weight decays:
 
 Members never mix: every op acts per member along axis 0. Measurements at epoch ends load a
 member into a template nn.Module (its parameters copied in) and call what ModuleStepper
-calls: module_step.evaluate, science.noise.chunk_sums, science.sharpness.sharpness.
+calls: science.noise.chunk_sums, science.sharpness.sharpness (evaluation is one stacked
+forward pass, vmap over the members). The noise probe thus costs what it costs one by one:
+every member's per-example gradients at once (vmap over the members of vmap over the
+examples of grad) was tried and took 1.9x longer than member by member (a CNN on the 2-core
+CPU: the doubly batched convolutions' weight gradients are slow), so for a CNN at B = 8 it
+is about half of a stacked run (benchmarks/batched.py).
 
 Models whose training changes state outside their parameters cannot be stacked this way:
 buffers (BatchNorm's running statistics) and dropout (vmap's random draws are not those of

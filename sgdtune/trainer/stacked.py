@@ -139,8 +139,9 @@ def train_stacked(
 
 
 def uses_stacked_mlp(config: TrainConfig) -> bool:
-    """Whether train_stacked runs the hand-written StackedMLP (the built-in MLP: 1.3-2x faster per
-    step than torch.func on it) rather than FuncStacked (any other model)."""
+    """Whether train_stacked runs the hand-written StackedMLP (the built-in MLP) rather than
+    FuncStacked (any other model). On the MLP, StackedMLP's steps took 0.38 of FuncStacked's
+    time at B = 8 and 0.8 at B = 64 (K = 8, 64-256-256-10, one thread, warm)."""
     return config.model.factory is None and getattr(config.model, "name", "mlp") == "mlp"
 
 
