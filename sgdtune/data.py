@@ -14,6 +14,7 @@ once at the end of training (final_test_acc / final_test_loss), never used for s
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -161,12 +162,20 @@ def load_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MNIST-1D (Greydanus, 2020) from the `mnist1d` package's own generator with its default
     arguments: (x, y, x_test, y_test), 4,000 + 1,000 sequences of length 40, 10 classes; about
     a second, no download. The generator seeds NumPy's global RNG, which is saved and restored
-    around it so that nothing else sees a difference."""
+    around it so that nothing else sees a difference. Generated once per process (the same
+    arrays every time); each call returns fresh copies."""
     try:
-        from mnist1d.data import get_dataset_args, make_dataset
+        import mnist1d.data  # noqa: F401
     except ImportError:
         raise InputError("data.dataset", "'mnist1d' needs the mnist1d package: pip install 'mnist1d>=0.0.2'",
                          "'mnist1d' (package not installed)") from None
+    return tuple(a.copy() for a in _generate_mnist1d())
+
+
+@functools.lru_cache(maxsize=1)
+def _generate_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
     state = np.random.get_state()
     try:
         data = make_dataset(get_dataset_args())

@@ -1,5 +1,7 @@
 """Datasets: sources, stratified seeded split, standardization with training statistics only."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -217,3 +219,53 @@ def test_task_rules_name_the_field(tmp_path, table, message):
     with pytest.raises(InputError) as info:
         load_experiment(tmp_path / "x.toml")
     assert message in str(info.value)
+
+
+def test_test_fraction_0_leaves_the_split_of_before_exactly_and_no_test_set():
+    data = load_data(DataConfig(dataset="digits", test_fraction=0.0), seed=3)
+    assert data.x_test is None and data.y_test is None and data.n_test == 0
+    x, y = load_digits()
+    train_idx, val_idx = stratified_split(y, 0.2, 3)  # what load_data did before the test set existed
+    mean, std = x[train_idx].mean(axis=0), x[train_idx].std(axis=0)
+    std[std == 0] = 1.0
+    assert torch.equal(data.y_train, torch.as_tensor(y[train_idx]))
+    assert torch.equal(data.y_val, torch.as_tensor(y[val_idx]))
+    assert torch.allclose(data.x_train, torch.as_tensor((x[train_idx] - mean) / std), atol=1e-6)
+    assert torch.allclose(data.x_val, torch.as_tensor((x[val_idx] - mean) / std), atol=1e-6)
+
+
+def test_a_test_fraction_carves_a_stratified_seeded_test_set_before_validation():
+    data = load_data(DataConfig(dataset="digits", test_fraction=0.25, val_fraction=0.2), seed=0)
+    assert data.n_test == math.ceil(0.25 * 1797) and data.n_train + data.n_val + data.n_test == 1797
+    assert data.n_val == math.ceil(0.2 * (1797 - data.n_test))
+    test_counts = torch.bincount(data.y_test, minlength=10).numpy()
+    train_counts = torch.bincount(data.y_train, minlength=10).numpy()
+    assert np.all(np.abs(test_counts / data.n_test - train_counts / data.n_train) < 0.01)  # stratified
+    x, _ = load_digits()
+    distinct = {tuple(r) for r in x}
+    train_rows = {tuple(r) for r in data.x_train.numpy().round(4)}
+    test_rows = {tuple(r) for r in data.x_test.numpy().round(4)}
+    assert len(train_rows & test_rows) <= 1797 - len(distinct)  # only duplicated images can be on both sides
+    again = load_data(DataConfig(dataset="digits", test_fraction=0.25, val_fraction=0.2), seed=0)
+    assert torch.equal(again.x_test, data.x_test) and torch.equal(again.y_val, data.y_val)
+    other = load_data(DataConfig(dataset="digits", test_fraction=0.25, val_fraction=0.2), seed=1)
+    assert not torch.equal(other.y_test, data.y_test)
+    regression = load_data(DataConfig(dataset="linear", task="regression", n_samples=100, n_features=3,
+                                      test_fraction=0.1), seed=0)
+    assert (regression.n_train, regression.n_val, regression.n_test) == (72, 18, 10)
+
+
+def test_a_trial_with_a_test_set_logs_final_test_acc_and_n_test(workdir):
+    from mlflow import MlflowClient
+
+    from sgdtune.config import load_experiment
+    from sgdtune.stores import locations
+    from sgdtune.study import run_study
+
+    config = load_experiment("experiments/quick.toml", n_trials=1, **{"data.test_fraction": 0.2})
+    study = run_study(config)
+    (trial,) = study.get_trials()
+    run = MlflowClient(tracking_uri=locations(config)[1]).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.data.params["n_test"] == str(math.ceil(0.2 * 1797))
+    assert 0.0 <= run.data.metrics["final_test_acc"] <= 1.0 and run.data.metrics["final_test_loss"] > 0
+    assert trial.values[0] == pytest.approx(run.data.metrics["final_val_acc"])  # selection stays on validation

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgdtune.data import DataConfig, load_data, load_mnist1d
+from sgdtune.data import DataConfig, _generate_mnist1d, load_data, load_mnist1d
 from sgdtune.errors import InputError
 from sgdtune.model import ModelConfig, build_model, describe_model
 from sgdtune.trainer import TrainConfig, train
@@ -36,6 +36,7 @@ def test_mnist1d_is_deterministic_and_leaves_the_global_numpy_rng_alone(mnist1d)
     np.random.seed(1234)
     expected = np.random.get_state()[1].copy(), np.random.random()
     np.random.seed(1234)
+    _generate_mnist1d.cache_clear()  # the generator itself, not its cached arrays
     again = load_data(DataConfig(dataset="mnist1d"), seed=0)
     assert np.array_equal(np.random.get_state()[1], expected[0]) and np.random.random() == expected[1]
     for a, b in [(again.x_train, mnist1d.x_train), (again.y_val, mnist1d.y_val), (again.x_test, mnist1d.x_test)]:
