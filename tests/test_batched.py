@@ -313,6 +313,7 @@ def test_the_stacking_benchmark_runs_at_tiny_size():
     for b in (8, 64):
         assert f"trials/min stacked vs one by one, B={b}, 1 thread " in proc.stdout
         assert f"max |final val_loss stacked - alone|, B={b}, 1 thread " in proc.stdout
+        assert f"trials/min stacked vs one by one, CNN B={b}, 1 thread " in proc.stdout  # torch.func stacking
 
 
 def test_batch_trials_on_a_regression_study_is_refused_before_anything_is_written(workdir, capsys):

@@ -168,3 +168,41 @@ def test_regression_stays_refused():
     data = Dataset("toy", x[:60], x[:60, 0], x[60:], x[60:, 0], n_classes=1, task="regression")
     with pytest.raises(ValueError, match=r"classification only"):
         train_stacked([TrainConfig(batch_size=8, model=CONV1D)], data)
+
+
+class FakeJob:
+    """What run_cohort uses of a TrialJob."""
+
+    def __init__(self, config: TrainConfig):
+        self.config, self.trial, self.values, self.ending = config, object(), None, None
+
+    def on_epoch(self, metrics) -> None:
+        pass
+
+    def finish(self, ending):
+        self.ending = ending
+        return "COMPLETE"
+
+
+def test_cohorts_stack_factory_models_and_train_unstackable_ones_one_by_one(monkeypatch):
+    from types import SimpleNamespace
+
+    from sgdtune import cohorts
+
+    stacked_sizes = []
+
+    def spy(configs, data, on_epoch=None):
+        stacked_sizes.append(len(configs))
+        return train_stacked(configs, data, on_epoch)
+
+    monkeypatch.setattr(cohorts, "train_stacked", spy)
+    told = []
+    study = SimpleNamespace(tell=lambda trial, values=None, state=None: told.append(trial))
+    batchnorm = ModelConfig(factory="torch.nn:BatchNorm1d")
+    jobs = [FakeJob(cfg(model=CONV1D, lr=0.05, seed=1, epochs=1)), FakeJob(cfg(model=batchnorm, seed=1, epochs=1)),
+            FakeJob(cfg(model=CONV1D, lr=0.02, seed=2, epochs=1)), FakeJob(cfg(model=batchnorm, seed=2, epochs=1))]
+    cohorts.run_cohort(study, SimpleNamespace(data=make_data(d=16)), jobs)
+    assert stacked_sizes == [2, 2]  # the two CNNs stacked; the BatchNorm pair tried, refused, then one by one
+    assert sorted(map(id, told)) == sorted(id(j.trial) for j in jobs)  # each told once
+    assert all(hasattr(j.ending, "final") for j in jobs)
+    assert_same_trial(jobs[2].ending, train(jobs[2].config, make_data(d=16)))
