@@ -2,9 +2,12 @@
 stacked models that are not the built-in MLP (a CNN, a factory's model).
 
 The members' parameters are stacked along a leading axis (torch.func.stack_module_state),
-and one update is `vmap(grad_and_value(loss))` over that axis, the loss being
-`functional_call(template, member's params, xb)`: one batched forward/backward for K
-trials, each on its own batch (the rows orders[i][start:stop]). The optimizer is written
+and one update is a forward pass vmapped over that axis (`functional_call(template, member's
+params, xb)`, each member on its own batch, the rows orders[i][start:stop]), the members'
+mean losses (vmap of the loss) and one autograd backward of their sum: the gradient in
+member i's slice is member i's own. One batched forward/backward for K trials; torch.func's
+vmap(grad_and_value(loss)) gives the same gradients (to 1e-8) and took 1.3x as long (a CNN,
+K = 8, B = 8, one thread). The optimizer is written
 out per member, with (K,) learning rates, momenta and weight decays:
 
 - SGD is torch.optim.SGD (no dampening, no Nesterov): g += wd p; buf = m buf + g; p -= lr buf.
@@ -37,7 +40,7 @@ import copy
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from ..science.noise import ChunkSums, chunk_sums
 from ..science.sharpness import sharpness
@@ -96,14 +99,12 @@ class FuncStacked:
 
         template, loss_fn, names = self.template, self.loss_fn, self.names
 
-        def loss(params: list[torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            return loss_fn(functional_call(template, dict(zip(names, params)), (xb,)), yb)
+        def forward(params: list[torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
+            return functional_call(template, dict(zip(names, params)), (xb,))
 
-        member_grad = grad_and_value(loss)
-        self._grads = vmap(member_grad)  # each member on its own batch
-        self._grads_full = vmap(member_grad, in_dims=(0, None, None))  # every member on all of x
-        self._forward = vmap(lambda params, xb: functional_call(template, dict(zip(names, params)), (xb,)),
-                             in_dims=(0, None))
+        self._losses = vmap(lambda out, yb: loss_fn(out, yb))  # (K, B, ...), (K, B) -> (K,) mean losses
+        self._forward_each = vmap(forward)  # each member on its own batch
+        self._forward = vmap(forward, in_dims=(0, None))  # every member on the same x
 
     @property
     def size(self) -> int:
@@ -127,11 +128,16 @@ class FuncStacked:
         self.lr = self._vector(lrs)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        params = [p.detach().requires_grad_() for p in self.params]
         if stop - start == x.shape[0]:
-            grads, losses = self._grads_full(self.params, x, y)
+            out, yb = self._forward(params, x), y.expand(self.size, -1)
         else:
             idx = self.orders[:, start:stop]
-            grads, losses = self._grads(self.params, x[idx], y[idx])
+            out, yb = self._forward_each(params, x[idx]), y[idx]
+        losses = self._losses(out, yb)
+        # The members' losses are independent, so the gradient of their sum in member i's
+        # slice is member i's gradient.
+        grads = torch.autograd.grad(losses.sum(), params)
         with torch.no_grad():
             if self.adam:
                 self._adam(grads)
