@@ -24,9 +24,9 @@ every member's per-example gradients at once (vmap over the members of vmap over
 examples of grad) was tried and took 1.9x longer than member by member (a CNN on the 2-core
 CPU: the doubly batched convolutions' weight gradients are slow), so for a CNN at B = 8 it
 is about half of a stacked run. benchmarks/batched.py's CNN group (digits as 8x8 images,
-convolutions 16-16, K = 8, one thread, a loaded 2-core machine, 3 rounds): 1.74x the trials
-per minute at B = 8 (steps alone 2.3x), 1.56x at B = 64 (steps 2.2x); the steps are mostly
-vmap's grouped convolutions' backward. The first vmap in a process takes a few seconds more.
+convolutions 16-16, K = 8, one thread, 2-core machine at load 3, 3 rounds): 2.1x the trials
+per minute at B = 8 (steps alone 2.9x), 1.65x at B = 64 (steps 2.3x); the steps are mostly
+the grouped convolutions' backward that vmap turns them into. The first vmap in a process takes a few seconds more.
 
 Models whose training changes state outside their parameters cannot be stacked this way:
 buffers (BatchNorm's running statistics) and dropout (vmap's random draws are not those of
