@@ -17,6 +17,7 @@ import csv
 import functools
 import math
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -130,9 +131,45 @@ def load_arrays(config: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if config.dataset == "linear":
         x, y, _ = linear_regression(config.n_samples, config.n_features, config.noise, seed)
         return x, y
-    if config.dataset == "csv":
-        return _read_csv(config.path, config.label, config.task)
-    return _read_npz(config.path, config.label, config.task)
+    read = _read_csv if config.dataset == "csv" else _read_npz
+    x, values, where = read(config.path, config.label, config.task)
+    check_size(len(values), config)  # before the classes: one row is too few rows, not one class
+    return x, _as_targets(values, config.task, where)
+
+
+def min_examples(val_fraction: float, test_fraction: float = 0.0) -> int:
+    """The fewest examples n whose splits leave at least one example on every side: ceil(test_fraction x n)
+    test examples (when test_fraction > 0), then ceil(val_fraction x m) of the m left to validation, and
+    at least one to train on (stratified_split, random_split)."""
+    def rest(n: int, fraction: float) -> int:  # what a split by `fraction` leaves to the other side
+        return n - math.ceil(fraction * n)
+
+    m = max(2, math.ceil(1 / (1 - val_fraction)) - 1)  # the fewest to split into train and validation
+    while not 0 < m - rest(m, val_fraction) < m:
+        m += 1
+    if test_fraction <= 0:
+        return m
+    n = max(m + 1, math.ceil(m / (1 - test_fraction)) - 1)
+    while not (math.ceil(test_fraction * n) >= 1 and rest(n, test_fraction) >= m):
+        n += 1
+    return n
+
+
+def check_size(n: int, config: DataConfig) -> None:
+    """InputError when n examples are too few for the validation and test fractions (min_examples)."""
+    need = min_examples(config.val_fraction, config.test_fraction)
+    if n >= need:
+        return
+    fractions = f"val_fraction = {config.val_fraction}" + (
+        f" and test_fraction = {config.test_fraction}" if config.test_fraction > 0 else "")
+    held_out = "validation and test sets" if config.test_fraction > 0 else "validation set"
+    rule = (f"must have at least {need} {{rows}} for {fractions} (ceil(fraction x n) go to the {held_out}, "
+            f"and at least one must stay to train on)")
+    if config.dataset in ("csv", "npz"):
+        raise InputError("data.path", rule.format(rows="data rows"),
+                         f"{n} row{'' if n == 1 else 's'} in {str(config.path)!r}")
+    field = "data.n_samples" if config.dataset in ("synthetic", "linear") else "data.val_fraction"
+    raise InputError(field, rule.format(rows="examples"), f"{n} example{'' if n == 1 else 's'} in {config.dataset}")
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -304,15 +341,22 @@ def synthetic_parts(n_samples: int, n_features: int, n_classes: int, seed: int):
     return labels.astype(np.int64), features
 
 
-def _read_csv(path: Path, label: str, task: str = "classification") -> tuple[np.ndarray, np.ndarray]:
-    """A CSV with a header row: the `label` column as targets, the others as features. Every
+def _read_csv(path: Path, label: str, task: str = "classification") -> tuple[np.ndarray, np.ndarray, str]:
+    """A CSV with a header row: (features float32, the `label` column as float64, where it is). Every
     cell must be a finite number; the first that is not is named by line and column."""
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), None)
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), None)
+    except UnicodeDecodeError as e:
+        raise InputError("data.path", "must be a CSV text file (UTF-8)",
+                         f"{str(path)!r}, undecodable byte at offset {e.start}") from None
     if not header:
         raise InputError("data.path", f"{str(path)!r} is empty; expected a header row")
     if label not in header:
         raise InputError("data.label", f"must be one of the columns {header}", repr(label))
+    if len(header) < 2:
+        raise InputError("data.path", f"must have at least one feature column besides the label {label!r}",
+                         f"only the column {label!r} in {str(path)!r}")
     col = header.index(label)
     try:
         with warnings.catch_warnings():  # a header and no rows: numpy warns, load_data says why it stops
@@ -321,13 +365,14 @@ def _read_csv(path: Path, label: str, task: str = "classification") -> tuple[np.
     except ValueError as e:  # rows of different lengths
         raise InputError("data.path", f"every row of {str(path)!r} must have the {len(header)} columns of its header",
                          str(e).strip().splitlines()[-1].strip()) from None
+    where = f"column {label!r} of {str(path)!r}"
     if table.size == 0:
-        return np.empty((0, len(header) - 1), dtype=np.float32), np.empty(0, dtype=_target_dtype(task))
+        return np.empty((0, len(header) - 1), dtype=np.float32), np.empty(0), where
     table = table.reshape(-1, len(header))  # one data row reads as 1-D
     if not np.isfinite(table).all():
         _name_the_bad_cell(path, header, col, task)
     x = np.delete(table, col, axis=1).astype(np.float32)
-    return x, _as_targets(table[:, col], task, f"column {label!r}")
+    return x, table[:, col], where
 
 
 def _name_the_bad_cell(path: Path, header: list[str], col: int, task: str) -> None:
@@ -356,13 +401,23 @@ def _name_the_bad_cell(path: Path, header: list[str], col: int, task: str) -> No
     raise InputError("data.path", f"{str(path)!r} has empty or non-numeric cells")
 
 
-def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as archive:
-        names = list(archive.files)
-        if label not in names:
-            raise InputError("data.label", f"must be one of the arrays {names}", repr(label))
-        y = archive[label]
-        features = [archive[k] for k in names if k != label]
+def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.ndarray, np.ndarray, str]:
+    """An .npz archive: (features float32, the `label` array as stored, where it is). Every
+    feature must be a finite number; the first that is not is named by row and column."""
+    try:
+        with np.load(path) as archive:
+            names = list(archive.files)
+            if label not in names:
+                raise InputError("data.label", f"must be one of the arrays {names}", repr(label))
+            y = archive[label]
+            features = {k: archive[k] for k in names if k != label}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        if isinstance(e, InputError):
+            raise
+        # np.load: not an archive (OSError, BadZipFile); an array of Python objects (ValueError: pickles)
+        raise InputError("data.path", "must be a NumPy .npz archive of numeric arrays (numpy.savez)",
+                         f"{str(path)!r} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    features, feature_names = list(features.values()), list(features)
     if len(features) == 1 and features[0].ndim == 2:
         x = features[0]
     elif features and all(f.ndim == 1 for f in features):
@@ -375,18 +430,25 @@ def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.
         raise InputError("data.label", f"array {label!r} must be 1-D (one target per row)", f"shape {y.shape}")
     if x.shape[0] != y.shape[0]:
         raise InputError("data.path", f"{x.shape[0]} feature rows but {y.shape[0]} labels")
-    return x.astype(np.float32), _as_targets(y, task, f"array {label!r}")
-
-
-def _target_dtype(task: str):
-    return np.float32 if task == "regression" else np.int64
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise InputError("data.path", "every feature array must hold numbers",
+                         f"dtype {x.dtype} in {str(path)!r}")
+    x = x.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(x))
+    if len(bad):
+        row, col = (int(i) for i in bad[0])
+        cell = f"array {feature_names[0]!r}, row {row + 1}, column {col + 1}" if len(feature_names) == 1 \
+            else f"array {feature_names[col]!r}, row {row + 1}"
+        raise InputError("data.path", "every feature must be a finite float32 number",
+                         f"{x[row, col]!r} at {cell} of {str(path)!r}")
+    return x, y, f"array {label!r} of {str(path)!r}"
 
 
 def _as_targets(values: np.ndarray, task: str, where: str) -> np.ndarray:
     """Class labels 0..k-1 (classification) or float32 targets as given (regression, which
     must be finite numbers; `where` names the column or array in the error)."""
     if task != "regression":
-        return _as_labels(values)
+        return _as_labels(values, where) if len(values) else np.empty(0, dtype=np.int64)
     kind = values.dtype
     if kind == np.bool_ or not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
         raise InputError("data.label", f"{where} must hold numbers (a regression target)", f"dtype {values.dtype}")
@@ -398,10 +460,22 @@ def _as_targets(values: np.ndarray, task: str, where: str) -> np.ndarray:
     return y
 
 
-def _as_labels(values: np.ndarray) -> np.ndarray:
-    """Map arbitrary label values to 0..k-1 (sorted order)."""
-    _, codes = np.unique(values, return_inverse=True)
-    return codes.astype(np.int64)
+def _as_labels(values: np.ndarray, where: str = "the labels") -> np.ndarray:
+    """Map arbitrary label values to 0..k-1 (sorted order); at least 2 classes, no NaN or inf."""
+    if np.issubdtype(values.dtype, np.floating):
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise InputError("data.label", f"every label in {where} must be a finite number (a class label)",
+                             f"{values[bad[0]]!r} at row {bad[0] + 1}")
+    classes, codes = np.unique(values, return_inverse=True)
+    if len(classes) == 1:  # one class trains to val_acc 1.0 and measures nothing
+        value = classes[0].item() if hasattr(classes[0], "item") else classes[0]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        raise InputError("data.label", f"classification needs at least 2 classes in {where} "
+                                       "(for a numeric target, set task = 'regression')",
+                         f"only the class {value!r} in all {len(values)} rows")
+    return codes.reshape(-1).astype(np.int64)
 
 
 def _split_blocks(blocks, train_idx: np.ndarray, val_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -446,9 +520,7 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
     else:
         x, y = load_arrays(config, seed)
     name = config.dataset if config.path is None else f"{config.dataset}:{config.path.name}"
-    if len(y) < 2:
-        raise InputError("data.path", "must hold at least 2 examples (one to train on, one to validate)",
-                         f"{len(y)} in {name}")
+    check_size(len(y), config)  # every side of the splits gets an example (min_examples)
     n_classes = 1 if regression else int(y.max()) + 1
     if config.test_fraction > 0:  # the test set first, then validation from what is left
         rest_idx, test_idx = (random_split(len(y), config.test_fraction, seed) if regression
@@ -460,9 +532,6 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
         x_te, y_te = x[test_idx], y[test_idx]
         x, y = x[rest_idx], y[rest_idx]
         del rest_idx, test_idx
-        if len(y) < 2:
-            raise InputError("data.test_fraction", "must leave at least 2 examples to train and validate on",
-                             repr(config.test_fraction))
     # Split positions only (they depend on n and y alone), so that each copy of the features
     # happens when the memory it needs is there.
     if regression:

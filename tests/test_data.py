@@ -143,17 +143,19 @@ def test_a_regression_npz_target_is_taken_as_float32(tmp_path):
 
 def test_a_non_numeric_regression_npz_target_names_the_field(tmp_path):
     np.savez(tmp_path / "d.npz", X=np.zeros((4, 2)), t=np.array(["a", "b", "c", "d"]))
-    with pytest.raises(InputError, match=r"^data.label: array 't' must hold numbers \(a regression target\); got dt"):
+    with pytest.raises(InputError, match=r"^data.label: array 't' of '.*d.npz' must hold numbers \(a regression "
+                                         r"target\); got dtype <U1$"):
         load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz", label="t", task="regression"), seed=0)
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_a_single_row_names_the_field(tmp_path, task):
     path = write_csv(tmp_path / "one.csv", "a,y", ["1.5,2.5"])
-    with pytest.raises(InputError, match=r"^data.path: must hold at least 2 examples .*; got 1 in csv:one.csv$"):
+    with pytest.raises(InputError, match=r"^data.path: must have at least 2 data rows for val_fraction = 0.2 "
+                                         r"\(.*\); got 1 row in '.*one.csv'$"):
         load_data(DataConfig(dataset="csv", path=path, label="y", task=task), seed=0)
     header_only = write_csv(tmp_path / "none.csv", "a,y", [])
-    with pytest.raises(InputError, match=r"^data.path: must hold at least 2 examples .*; got 0 in csv:none.csv$"):
+    with pytest.raises(InputError, match=r"^data.path: must have at least 2 data rows .*; got 0 rows in '.*none.csv'$"):
         load_data(DataConfig(dataset="csv", path=header_only, label="y", task=task), seed=0)
 
 
@@ -269,3 +271,158 @@ def test_a_trial_with_a_test_set_logs_final_test_acc_and_n_test(workdir):
     assert run.data.params["n_test"] == str(math.ceil(0.2 * 1797))
     assert 0.0 <= run.data.metrics["final_test_acc"] <= 1.0 and run.data.metrics["final_test_loss"] > 0
     assert trial.values[0] == pytest.approx(run.data.metrics["final_val_acc"])  # selection stays on validation
+
+
+# -- data errors: one line naming the field, the rule and what was found ---------------------
+
+
+def brute_min_examples(val_fraction: float, test_fraction: float) -> int:
+    """The definition, by counting: the fewest n whose splits leave every side an example."""
+    for n in range(1, 10_000):
+        m = n - math.ceil(test_fraction * n)
+        test_ok = test_fraction == 0 or 0 < math.ceil(test_fraction * n) < n
+        if test_ok and 0 < math.ceil(val_fraction * m) < m:
+            return n
+    raise AssertionError("none below 10,000")
+
+
+@pytest.mark.parametrize("val_fraction", [0.05, 0.2, 0.5, 0.51, 0.8, 0.95])
+@pytest.mark.parametrize("test_fraction", [0.0, 0.1, 0.5, 0.9])
+def test_min_examples_is_the_fewest_rows_every_split_can_use(val_fraction, test_fraction):
+    from sgdtune.data import min_examples
+
+    n = min_examples(val_fraction, test_fraction)
+    assert n == brute_min_examples(val_fraction, test_fraction)
+    config = DataConfig(dataset="linear", task="regression", n_samples=max(n, 10), n_features=2,
+                        val_fraction=val_fraction, test_fraction=test_fraction)
+    data = load_data(config, seed=0)  # the minimum itself splits: every side has an example
+    assert min(data.n_train, data.n_val) >= 1 and (data.n_test >= 1) == (test_fraction > 0)
+
+
+def test_too_few_rows_name_both_fractions_and_the_minimum(tmp_path):
+    path = write_csv(tmp_path / "two.csv", "a,y", ["1,0", "2,1"])
+    with pytest.raises(InputError) as info:
+        load_data(DataConfig(dataset="csv", path=path, label="y", val_fraction=0.2, test_fraction=0.25), seed=0)
+    assert str(info.value) == (
+        f"data.path: must have at least 3 data rows for val_fraction = 0.2 and test_fraction = 0.25 (ceil(fraction "
+        f"x n) go to the validation and test sets, and at least one must stay to train on); got 2 rows in '{path}'")
+    with pytest.raises(InputError, match=r"^data.n_samples: must have at least 20 examples for val_fraction = 0.95 "
+                                         r".*; got 10 examples in linear$"):
+        load_data(DataConfig(dataset="linear", task="regression", n_samples=10, val_fraction=0.95), seed=0)
+
+
+def test_one_class_only_is_refused_naming_the_column_and_the_class(tmp_path):
+    path = write_csv(tmp_path / "d.csv", "a,kind", [f"{i},7" for i in range(12)])
+    with pytest.raises(InputError) as info:
+        load_data(DataConfig(dataset="csv", path=path, label="kind"), seed=0)
+    assert str(info.value) == (f"data.label: classification needs at least 2 classes in column 'kind' of '{path}' "
+                               "(for a numeric target, set task = 'regression'); got only the class 7 in all 12 rows")
+    assert load_data(DataConfig(dataset="csv", path=path, label="kind", task="regression"), seed=0).n_train == 9
+    np.savez(tmp_path / "d.npz", X=np.ones((6, 2)), y=np.array(["cat"] * 6))
+    with pytest.raises(InputError, match=r"^data.label: classification needs at least 2 classes in array 'y' of "
+                                         r"'.*d.npz' .*; got only the class 'cat' in all 6 rows$"):
+        load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz", label="y"), seed=0)
+
+
+@pytest.mark.parametrize("cell,shown", [("nan", "'nan'"), ("-inf", "'-inf'"), ("1e999", "'1e999'")])
+def test_nan_and_inf_cells_are_named_by_line_and_column(tmp_path, cell, shown):
+    rows = [f"{i},{i % 2},{i * 3}" for i in range(10)]
+    rows[4] = f"4,0,{cell}"
+    path = write_csv(tmp_path / "d.csv", "a,y,b", rows)
+    with pytest.raises(InputError) as info:
+        load_data(DataConfig(dataset="csv", path=path, label="y"), seed=0)
+    assert str(info.value) == (f"data.path: every feature cell must be a finite number; got {shown} at line 6 "
+                               f"(data row 5), column 'b' of '{path}'")
+
+
+def test_a_missing_label_column_lists_the_columns(tmp_path):
+    path = write_csv(tmp_path / "d.csv", "a,b,class", ["1,2,0", "3,4,1"])
+    with pytest.raises(InputError) as info:
+        load_data(DataConfig(dataset="csv", path=path), seed=0)
+    assert str(info.value) == "data.label: must be one of the columns ['a', 'b', 'class']; got 'label'"
+    only_label = write_csv(tmp_path / "l.csv", "label", ["0", "1", "1"])
+    with pytest.raises(InputError, match=r"^data.path: must have at least one feature column besides the label "
+                                         r"'label'; got only the column 'label' in '.*l.csv'$"):
+        load_data(DataConfig(dataset="csv", path=only_label), seed=0)
+
+
+def test_npz_errors_name_the_array_row_and_column(tmp_path):
+    x = np.arange(20, dtype=np.float64).reshape(10, 2)
+    x[3, 1] = np.inf
+    np.savez(tmp_path / "m.npz", X=x, y=np.arange(10) % 2)
+    with pytest.raises(InputError) as info:
+        load_data(DataConfig(dataset="npz", path=tmp_path / "m.npz", label="y"), seed=0)
+    assert str(info.value) == (f"data.path: every feature must be a finite float32 number; got np.float32(inf) at "
+                               f"array 'X', row 4, column 2 of '{tmp_path / 'm.npz'}'")
+    np.savez(tmp_path / "c.npz", f1=np.zeros(10), f2=np.array([0.0] * 8 + [np.nan, 0.0]), y=np.arange(10) % 2)
+    with pytest.raises(InputError, match=r"^data.path: every feature must be a finite float32 number; got "
+                                         r"np.float32\(nan\) at array 'f2', row 9 of '.*c.npz'$"):
+        load_data(DataConfig(dataset="npz", path=tmp_path / "c.npz", label="y"), seed=0)
+    np.savez(tmp_path / "e.npz", X=np.zeros((0, 3)), y=np.zeros(0))
+    with pytest.raises(InputError, match=r"^data.path: must have at least 2 data rows .*; got 0 rows in '.*e.npz'$"):
+        load_data(DataConfig(dataset="npz", path=tmp_path / "e.npz", label="y"), seed=0)
+    labels = np.array([0.0, 1.0] * 5)
+    labels[6] = np.nan
+    np.savez(tmp_path / "l.npz", X=np.zeros((10, 2)), y=labels)
+    with pytest.raises(InputError, match=r"^data.label: every label in array 'y' of '.*l.npz' must be a finite "
+                                         r"number \(a class label\); got np.float64\(nan\) at row 7$"):
+        load_data(DataConfig(dataset="npz", path=tmp_path / "l.npz", label="y"), seed=0)
+    (tmp_path / "not.npz").write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match=r"^data.path: must be a NumPy .npz archive of numeric arrays "
+                                         r"\(numpy.savez\); got '.*not.npz' \(.*\)$"):
+        load_data(DataConfig(dataset="npz", path=tmp_path / "not.npz"), seed=0)
+
+
+def test_a_binary_file_given_as_csv_is_named(tmp_path):
+    (tmp_path / "b.csv").write_bytes(b"a,b,label\n\xff\xfe\x00\x81\n")
+    with pytest.raises(InputError, match=r"^data.path: must be a CSV text file \(UTF-8\); got '.*b.csv', "
+                                         r"undecodable byte at offset \d+$"):
+        load_data(DataConfig(dataset="csv", path=tmp_path / "b.csv"), seed=0)
+
+
+DATA_ERRORS = {  # CSV text -> the one line the CLI prints (PATH: the CSV's absolute path)
+    "header_only": ("a,b,label\n", "error: data.path: must have at least 2 data rows for val_fraction = 0.2 "
+                    "(ceil(fraction x n) go to the validation set, and at least one must stay to train on); "
+                    "got 0 rows in 'PATH'"),
+    "one_row": ("a,b,label\n1,2,0\n", "error: data.path: must have at least 2 data rows for val_fraction = 0.2 "
+                "(ceil(fraction x n) go to the validation set, and at least one must stay to train on); "
+                "got 1 row in 'PATH'"),
+    "non_numeric": ("a,b,label\n1,2,0\n3,four,1\n5,6,1\n", "error: data.path: every feature cell must be a finite "
+                    "number; got 'four' at line 3 (data row 2), column 'b' of 'PATH'"),
+    "nan_label": ("a,b,label\n1,2,0\n3,4,1\n5,6,nan\n", "error: data.label: every cell of column 'label' must be "
+                  "a finite number (a class label); got 'nan' at line 4 (data row 3), column 'label' of 'PATH'"),
+    "no_label": ("a,b,y\n1,2,0\n3,4,1\n", "error: data.label: must be one of the columns ['a', 'b', 'y']; "
+                 "got 'label'"),
+    "one_class": ("a,b,label\n1,2,5\n3,4,5\n5,6,5\n", "error: data.label: classification needs at least 2 classes "
+                  "in column 'label' of 'PATH' (for a numeric target, set task = 'regression'); got only the "
+                  "class 5 in all 3 rows"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATA_ERRORS))
+def test_data_errors_reach_the_command_line_as_one_line_and_exit_2(tmp_path, monkeypatch, capsys, case):
+    from sgdtune.cli import study_main
+
+    text, expected = DATA_ERRORS[case]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d.csv").write_text(text)
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "x.toml").write_text('[data]\ndataset = "csv"\npath = "../data/d.csv"\n'
+                                             '[search.lr]\nchoices = [0.1]\n')
+    monkeypatch.chdir(tmp_path / "exp")
+    assert study_main(["x.toml", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == expected.replace("PATH", str((tmp_path / "data" / "d.csv").resolve())) + "\n"
+    assert not (tmp_path / "exp" / "mlruns").exists()  # stopped before anything was written
+
+
+def test_a_data_error_in_a_real_process_prints_one_line_and_no_traceback(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "d.csv").write_text("a,b,label\n")
+    (tmp_path / "x.toml").write_text('[data]\ndataset = "csv"\npath = "d.csv"\n[search.lr]\nchoices = [0.1]\n')
+    proc = run_cli("sgdtune.study", str(tmp_path / "x.toml"), "--no-progress", cwd=tmp_path.parent, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [f"error: data.path: must have at least 2 data rows for val_fraction = 0.2 "
+                                        f"(ceil(fraction x n) go to the validation set, and at least one must stay to "
+                                        f"train on); got 0 rows in '{(tmp_path / 'd.csv').resolve()}'"]
