@@ -229,6 +229,7 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Experim
     if "train" in raw and isinstance(raw["train"], dict) and ("seed" in raw["train"] or "model" in raw["train"]):
         bad = "seed" if "seed" in raw["train"] else "model"
         raise InputError(f"{path}: train.{bad}", f"unknown key; set it at the top level ({bad} = ...) or in [{bad}]")
+    _paths_from_the_file(raw, path)
     for key, value in overrides.items():
         if value is not None:
             _set_dotted(raw, key, value)
@@ -236,6 +237,20 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Experim
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise InputError(str(path), format_validation_error(e)) from None
+
+
+PATH_KEYS = (("data", "path"),)  # files the experiment reads (storage, tracking_uri: from the working directory)
+
+
+def _paths_from_the_file(raw: dict, path: Path) -> None:
+    """A relative path written in the file is relative to the file's folder (`~` expanded); an
+    absolute one is kept. Overrides (--set, keyword arguments) come later: they stay relative to
+    the working directory, where the person typing them is."""
+    for table, key in PATH_KEYS:
+        value = raw.get(table, {}).get(key) if isinstance(raw.get(table), dict) else None
+        if isinstance(value, str) and value:
+            given = Path(value).expanduser()
+            raw[table][key] = str(given if given.is_absolute() else (path.parent / given).resolve())
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
