@@ -45,11 +45,13 @@ class _Strict(BaseModel):
 class ParamRange(_Strict):
     """One searched parameter: a range (low..high, optionally log or stepped) or choices."""
 
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = Field(default=None, gt=0)
-    choices: tuple[float, ...] | None = Field(default=None, min_length=1)
+    low: float | None = Field(default=None, description="lowest value, inclusive, in the searched key's unit")
+    high: float | None = Field(default=None, description="highest value, inclusive; needs low <= high")
+    log: bool = Field(default=False, description="sample on a log scale; needs low > 0 and no step")
+    step: float | None = Field(default=None, gt=0, description="spacing of the values from low to high "
+                               "(the grid sampler needs a step or choices)")
+    choices: tuple[float, ...] | None = Field(default=None, min_length=1,
+                                              description="the values to pick from, in place of low and high")
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> ParamRange:
@@ -73,12 +75,16 @@ class ParamRange(_Strict):
 
 
 class SamplerConfig(_Strict):
-    name: Literal["tpe", "random", "grid", "cmaes", "gp"] = "tpe"
+    name: Literal["tpe", "random", "grid", "cmaes", "gp"] = Field(
+        default="tpe", description="Optuna sampler, seeded from the study seed; tpe is multivariate; grid "
+        "needs choices or a step in every [search.X]")
     n_startup_trials: int = Field(default=10, ge=0, description="random trials before modelling (tpe, gp, cmaes)")
 
 
 class PrunerConfig(_Strict):
-    name: Literal["median", "hyperband", "none"] = "median"
+    name: Literal["median", "hyperband", "none"] = Field(
+        default="median", description="stops a trial early on its val_acc at epoch ends (single-objective "
+        "studies only; a study of 2 objectives never prunes); hyperband's smallest resource: n_warmup_steps epochs")
     n_startup_trials: int = Field(default=5, ge=0, description="trials before the median pruner acts")
     n_warmup_steps: int = Field(default=2, ge=0, description="epochs before a trial may be pruned")
 
@@ -86,17 +92,25 @@ class PrunerConfig(_Strict):
 class ExperimentConfig(_Strict):
     """One study: what to train, what to search, how to search and where to store it."""
 
-    name: str = Field(default="batch_tradeoff", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
-    description: str = ""
-    seed: int = Field(default=0, ge=0)
-    n_trials: int = Field(default=20, ge=1)
-    timeout_s: float | None = Field(default=None, gt=0)
+    name: str = Field(default="batch_tradeoff", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
+                      description="study name = MLflow experiment name")
+    description: str = Field(default="", description="free text for people; the file itself is logged with "
+                             "the study's parent run")
+    seed: int = Field(default=0, ge=0, description="study seed: seeds the sampler; each trial's seed derives from "
+                      "it and the trial number")
+    n_trials: int = Field(default=20, ge=1, description="finished trials to reach (complete, pruned, or failed by "
+                          "divergence); a resumed study counts those it has")
+    timeout_s: float | None = Field(default=None, gt=0, description="seconds after which no new trial starts; "
+                                    "unset = no limit")
     replicates: int = Field(default=1, ge=1, description="seeds each sampled configuration is trained with")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N | mps")
     objectives: tuple[Literal["val_acc", "compute_time_s"], ...] = Field(
-        default=("val_acc",), min_length=1, max_length=2)
+        default=("val_acc",), min_length=1, max_length=2,
+        description="val_acc (maximized; R² for regression) and/or compute_time_s (seconds of training steps, "
+        "minimized); two = a Pareto front, and no pruning")
     storage: str | None = Field(default=None, description="Optuna storage URL; default: mlruns/optuna.journal")
-    tracking_uri: str | None = Field(default=None, description="MLflow URI; default: sqlite:///mlruns/mlflow.db")
+    tracking_uri: str | None = Field(default=None, description="MLflow tracking URI with a scheme MLflow "
+                                     "knows (sqlite:///path, http://host:port, ...); default: sqlite:///mlruns/mlflow.db")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

@@ -36,19 +36,30 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: Literal["digits", "mnist1d", "synthetic", "linear", "csv", "npz"] = "digits"
+    dataset: Literal["digits", "mnist1d", "synthetic", "linear", "csv", "npz"] = Field(
+        default="digits",
+        description="digits: 1,797 8x8 images, 10 classes; mnist1d: 4,000 sequences of 40 (+ 1,000 test), 10 "
+        "classes, needs the mnist1d package; synthetic: Gaussian class clusters; linear: regression with a known "
+        "answer; csv, npz: your file (path, label)",
+    )
     task: Literal["classification", "regression"] = Field(
         default="classification",
         description="classification: integer classes, stratified split; regression: float targets as given, "
-        "random split, one output, targets not standardized",
+        "random split, one output, targets not standardized; needs dataset = linear, csv or npz (linear needs it)",
     )
-    path: Path | None = Field(default=None, description="the file, for csv and npz")
+    path: Path | None = Field(default=None, description="the file, for csv and npz; relative to the experiment "
+                              "file's folder when written in it, to the working directory when given by --set")
     label: str = Field(default="label", description="label/target column (csv) or array name (npz)")
-    n_samples: int = Field(default=10_000, ge=10, le=50_000_000, description="synthetic and linear only")
-    n_features: int = Field(default=64, ge=2, description="synthetic and linear only")
+    n_samples: int = Field(default=10_000, ge=10, le=50_000_000,
+                           description="examples generated, synthetic and linear only")
+    n_features: int = Field(default=64, ge=2, description="features per example, synthetic and linear only")
     n_classes: int = Field(default=10, ge=2, description="synthetic only")
     noise: float = Field(default=0.5, ge=0.0, description="linear only: standard deviation s of the target noise")
-    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(
+        default=0.2, gt=0.0, lt=1.0,
+        description="share held out for validation, ceil(val_fraction x n) of the n examples left after any test "
+        "set (seeded; stratified for classification); what pruning and the sampler see",
+    )
     test_fraction: float = Field(
         default=0.0, ge=0.0, lt=1.0,
         description="a held-out test set carved off (seeded; stratified for classification) before the validation "

@@ -25,18 +25,21 @@ class ModelConfig(BaseModel):
         "layers and a Linear head, on 1-D sequences or, when n_features is a square (digits: 64), square images",
     )
     hidden: tuple[int, ...] = Field(
-        default=(128,), description="hidden layer widths; [] = a linear model (one nn.Linear, with a bias); "
-        "for the cnn, the Linear layers between the convolutions and the head")
-    channels: tuple[int, ...] = Field(default=(32, 32, 32), description="cnn only: the convolutions' widths")
+        default=(128,), description="hidden layer widths, each >= 1; [] = a linear model (one nn.Linear, with a "
+        "bias); for the cnn, the Linear layers between the convolutions and the head")
+    channels: tuple[int, ...] = Field(default=(32, 32, 32),
+                                      description="cnn only: the convolutions' widths, one or more, each >= 1")
     kernel_size: int = Field(default=5, ge=1, description="cnn only: kernel size (padding kernel_size // 2)")
     stride: int = Field(default=2, ge=1, description="cnn only: every convolution's stride")
     image: Literal["auto", "1d", "2d"] = Field(
         default="auto", description="cnn only: 1d (sequences), 2d (square images) or auto: 2d when n_features is a "
         "perfect square (digits: 64 = 8x8), else 1d (MNIST-1D: 40)")
-    activation: Literal["relu", "tanh", "gelu"] = "relu"
+    activation: Literal["relu", "tanh", "gelu"] = Field(
+        default="relu", description="the nonlinearity after every hidden Linear layer and every convolution")
     factory: str | None = Field(
         default=None,
-        description='"pkg.module:function" called as function(n_features, n_classes) -> nn.Module',
+        description='"pkg.module:function", importable when the experiment is read, called as '
+        'function(n_features, n_classes) -> nn.Module',
     )
 
     @field_validator("hidden")

@@ -23,30 +23,38 @@ class TrainConfig(BaseModel):
 
     batch_size: int = Field(default=64, ge=1, description="examples per update; >= n is full batch")
     lr: float = Field(default=0.05, gt=0, description="learning rate (the base lr when scaling)")
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam"] = Field(default="sgd", description="torch.optim.SGD (with momentum) or "
+                                              "Adam (which ignores momentum)")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(default=0.0, ge=0)
-    budget: Literal["epochs", "updates", "examples"] = "epochs"
+    weight_decay: float = Field(default=0.0, ge=0, description="L2 coefficient of the optimizer (per update)")
+    budget: Literal["epochs", "updates", "examples"] = Field(
+        default="epochs", description="what bounds training: passes over the training set, mini-batch updates, "
+        "or examples seen; its size is the key of that name")
     epochs: int | None = Field(default=10, ge=1, description="budget size when budget = 'epochs'")
     updates: int | None = Field(default=None, ge=1, description="budget size when budget = 'updates'")
     examples: int | None = Field(default=None, ge=1, description="budget size when budget = 'examples'")
-    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        default="none", description="lr used = lr x B / base_batch_size (linear), lr x sqrt(B / base_batch_size) "
+        "(sqrt), or lr (none)")
     base_batch_size: int = Field(default=256, ge=1, description="batch size at which lr = lr_base")
     warmup_epochs: float = Field(default=0.0, ge=0, description="linear warmup from lr_base (epochs)")
-    drop_last: bool = False
-    target_val_acc: float | None = Field(default=None, gt=0, le=1)
+    drop_last: bool = Field(default=False, description="skip each epoch's last partial mini-batch: floor(n/B) "
+                            "updates per epoch in place of ceil(n/B)")
+    target_val_acc: float | None = Field(default=None, gt=0, le=1, description="validation accuracy (fraction) "
+                                         "whose first reaching gives updates_to_target and examples_to_target; "
+                                         "unset = none")
     target_every: int = Field(default=10, ge=1, description="updates between val checks for the target")
     stop_at_target: bool = Field(default=False, description="end training once target_val_acc is reached")
     measure_every_epochs: int | Literal["auto"] = Field(
         default="auto",
-        description="epochs between gradient-noise measurements (at epoch ends; always at the end of "
+        description="epochs between gradient-noise measurements, >= 1 (at epoch ends; always at the end of "
                     "training and when a target is first reached); 'auto' = as often as keeps the "
                     "measurement's modelled cost <= 5% of the steps' (PROBE_COST_SHARE in loop.py)",
     )
     probe_size: int | Literal["auto"] = Field(
         default="auto",
         description="examples in the gradient-noise probe (a fixed subset of the training set); "
-                    "0 = off; 'auto' = the whole training set when n <= 16,384, else 16x the last "
+                    "0 = off, else >= 4; 'auto' = the whole training set when n <= 16,384, else 16x the last "
                     "B_simple rounded up to a power of two, within [2,048, 65,536]",
     )
     sharpness_every: int = Field(
