@@ -243,10 +243,11 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Experim
     if "train" in raw and isinstance(raw["train"], dict) and ("seed" in raw["train"] or "model" in raw["train"]):
         bad = "seed" if "seed" in raw["train"] else "model"
         raise InputError(f"{path}: train.{bad}", f"unknown key; set it at the top level ({bad} = ...) or in [{bad}]")
-    _paths_from_the_file(raw, path)
+    written = _paths_from_the_file(raw, path)
     for key, value in overrides.items():
         if value is not None:
             _set_dotted(raw, key, value)
+    _written_paths_exist(raw, written, path)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
@@ -256,15 +257,33 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Experim
 PATH_KEYS = (("data", "path"),)  # files the experiment reads (storage, tracking_uri: from the working directory)
 
 
-def _paths_from_the_file(raw: dict, path: Path) -> None:
+def _paths_from_the_file(raw: dict, path: Path) -> dict[tuple[str, str], tuple[str, str]]:
     """A relative path written in the file is relative to the file's folder (`~` expanded); an
     absolute one is kept. Overrides (--set, keyword arguments) come later: they stay relative to
-    the working directory, where the person typing them is."""
+    the working directory, where the person typing them is. Returns {key: (as written, resolved)}
+    for the relative ones."""
+    written = {}
     for table, key in PATH_KEYS:
         value = raw.get(table, {}).get(key) if isinstance(raw.get(table), dict) else None
         if isinstance(value, str) and value:
             given = Path(value).expanduser()
             raw[table][key] = str(given if given.is_absolute() else (path.parent / given).resolve())
+            if raw[table][key] != value:
+                written[table, key] = (value, raw[table][key])
+    return written
+
+
+def _written_paths_exist(raw: dict, written: dict[tuple[str, str], tuple[str, str]], path: Path) -> None:
+    """A relative data.path from the file that names no file: say what was written and where it
+    was looked for (the schema's own message would show only the latter)."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    if ("data", "path") not in written or data.get("dataset") not in ("csv", "npz"):
+        return
+    given, resolved = written["data", "path"]
+    if data.get("path") == resolved and not Path(resolved).is_file():
+        raise InputError(f"{path}: data.path", "must be an existing file",
+                         f"{given!r} (no such file: {resolved}; a relative path in an experiment file is "
+                         "relative to the file's folder)")
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:

@@ -166,9 +166,18 @@ def test_an_absolute_or_home_path_is_kept_and_a_set_path_is_relative_to_the_work
     assert "data.path: must be an existing file; got '../data/x.csv' (no such file)" in str(info.value)
 
 
-def test_a_missing_relative_path_is_shown_as_resolved(project):
-    (project / "experiments" / "gone.toml").write_text(EXPERIMENT.format(path="../data/gone.csv"))
+def test_a_missing_relative_path_says_what_was_written_and_where_it_was_looked_for(project, capsys):
+    from sgdtune.cli import study_main
+
+    toml = project / "experiments" / "gone.toml"
+    toml.write_text(EXPERIMENT.format(path="../data/gone.csv"))
     with pytest.raises(InputError) as info:
-        load_experiment(project / "experiments" / "gone.toml")
+        load_experiment(toml)
     resolved = (project / "data" / "gone.csv").resolve()
-    assert str(info.value).endswith(f"data.path: must be an existing file; got '{resolved}' (no such file)")
+    assert str(info.value) == (f"{toml}: data.path: must be an existing file; got '../data/gone.csv' (no such file: "
+                               f"{resolved}; a relative path in an experiment file is relative to the file's folder)")
+    assert study_main([str(toml), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {info.value}\n"
+    # Replaced by --set, or unused by the dataset: the written path is not looked for.
+    assert load_experiment(toml, **{"data.path": str(project / "data" / "x.csv")}).data.path.name == "x.csv"
+    assert load_experiment(toml, **{"data.dataset": "digits"}).data.dataset == "digits"
