@@ -441,7 +441,7 @@ def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.
         raise InputError("data.label", f"array {label!r} must be 1-D (one target per row)", f"shape {y.shape}")
     if x.shape[0] != y.shape[0]:
         raise InputError("data.path", f"{x.shape[0]} feature rows but {y.shape[0]} labels")
-    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+    if not (x.dtype == np.bool_ or np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise InputError("data.path", "every feature array must hold numbers",
                          f"dtype {x.dtype} in {str(path)!r}")
     x = x.astype(np.float32)

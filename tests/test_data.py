@@ -426,3 +426,13 @@ def test_a_data_error_in_a_real_process_prints_one_line_and_no_traceback(tmp_pat
     assert proc.stderr.splitlines() == [f"error: data.path: must have at least 2 data rows for val_fraction = 0.2 "
                                         f"(ceil(fraction x n) go to the validation set, and at least one must stay to "
                                         f"train on); got 0 rows in '{(tmp_path / 'd.csv').resolve()}'"]
+
+
+def test_npz_features_must_be_numbers_and_booleans_count_as_numbers(tmp_path):
+    np.savez(tmp_path / "s.npz", X=np.array([["a", "b"]] * 6), y=np.arange(6) % 2)
+    with pytest.raises(InputError, match=r"^data.path: every feature array must hold numbers; got dtype <U1 in "
+                                         r"'.*s.npz'$"):
+        load_data(DataConfig(dataset="npz", path=tmp_path / "s.npz", label="y"), seed=0)
+    np.savez(tmp_path / "b.npz", X=np.eye(6, dtype=bool), y=np.arange(6) % 2)
+    data = load_data(DataConfig(dataset="npz", path=tmp_path / "b.npz", label="y", standardize=False), seed=0)
+    assert data.x_train.dtype == torch.float32 and float(data.x_train.sum() + data.x_val.sum()) == 6.0
