@@ -208,9 +208,10 @@ pydantic schemas (sgdtune/config.py, data.py, model.py, trainer/config.py): chan
 description there, then regenerate; tests/test_reference.py fails while the two differ. -->
 
 An experiment is a TOML file (`experiments/*.toml`), read by `python -m sgdtune.study FILE`
-and by `sgdtune.load_experiment(FILE, **overrides)`. Every key below is optional; a key not
-listed here is refused. A bad value stops before anything is written, with one line naming
-the key, the rule and what was given, and exit status 2:
+and by `sgdtune.load_experiment(FILE, **overrides)`. A key left out takes its default (a few
+are needed in some cases, as their rows say); a key not listed here is refused. A bad value
+stops before anything is written, with one line naming the key, the rule and what was given,
+and exit status 2:
 
 ```
 error: experiments/x.toml: train.batch_size: must be >= 1; got 0
@@ -241,7 +242,8 @@ Setting it directly, with `--set train.X=...` or the keyword `train.X`, is refus
   the working directory. `~` is expanded; an absolute path is used as written.
 - `data.path` given with `--set data.path=...` (or as a keyword to `load_experiment`) is
   relative to **the working directory**, where the command is typed.
-- Error messages show the path as resolved, so a wrong guess is visible.
+- A relative path from the file that names no file is reported with what was written and
+  where it was looked for.
 - The stores and outputs are not experiment paths: `storage`, `tracking_uri`, `mlruns/` and
   `reports/` are relative to the working directory.
 
