@@ -35,6 +35,7 @@ STUDY_EPILOG = """examples:
   python -m sgdtune.study experiments/quick.toml --workers 2
   python -m sgdtune.study experiments/quick.toml --replicates 3   # each trial: mean of 3 seeds
   python -m sgdtune.study X.toml --set train.momentum=0.0 --set data.val_fraction=0.3
+  python -m sgdtune.study X.toml --set train.momentum=0.0 --study-name x_m0   # X's study ran with 0.9
   python -m sgdtune.study X.toml --storage postgresql://user@host/db --tracking-uri http://host:5000
 """
 
@@ -64,6 +65,11 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
                    help="train up to K trials of one batch size at once as one stacked model (MLPs)")
     p.add_argument("--replicates", type=int, metavar="R",
                    help="train each sampled configuration with R seeds; its value is their mean (default: 1)")
+    changed = p.add_mutually_exclusive_group()
+    changed.add_argument("--fresh", action="store_true", help="if the study exists, delete it (Optuna) and start "
+                         "again; its MLflow runs stay")
+    changed.add_argument("--extend", action="store_true", help="continue an existing study with a changed "
+                         "configuration (recorded in the study and its parent run)")
     p.add_argument("--report", action="store_true", help="write reports/<study>/report.html and .json at the end")
     p.add_argument("--no-tracking", action="store_true", help="skip MLflow (Optuna storage only)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
@@ -101,7 +107,8 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     try:
         study = run_study(config, experiment_path=args.experiment or default_experiment_path(), command=command,
                           track=not args.no_tracking, show_progress=not args.no_progress, workers=args.workers,
-                          heartbeat=args.heartbeat, batch_trials=args.batch_trials)
+                          heartbeat=args.heartbeat, batch_trials=args.batch_trials,
+                          on_change="fresh" if args.fresh else "extend" if args.extend else "refuse")
     except InputError as e:
         return _bad_input(e)
     except KeyboardInterrupt:

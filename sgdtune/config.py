@@ -248,6 +248,7 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Experim
         if value is not None:
             _set_dotted(raw, key, value)
     _written_paths_exist(raw, written, path)
+    _refuse_searched_overrides(overrides, raw.get("search"))
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
@@ -295,6 +296,17 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
             raise InputError(key, f"{name!r} is a value, not a table", f"{key}={value!r}")
         raw = child
     raw[last] = value
+
+
+def _refuse_searched_overrides(overrides: dict[str, Any], search: Any) -> None:
+    """An override of a [train] value that is searched would be replaced by every trial's
+    suggestion (trial_config: a searched key is the TrainConfig field of the same name)."""
+    for key, value in overrides.items():
+        table, _, name = key.partition(".")
+        if table == "train" and isinstance(search, dict) and name in search and value is not None:
+            raise InputError(key, f"is searched ([search.{name}]), so each trial's suggestion would replace it; "
+                             f"change [search.{name}] instead (e.g. --set search.{name}.high=...), or remove "
+                             f"[search.{name}] from the experiment to fix the value", repr(value))
 
 
 def file_sha256(path: str | Path) -> str:

@@ -7,6 +7,8 @@ derived from the study seed and the trial number (`derive_seed`).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -54,7 +56,7 @@ def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, w
     n_existing = 0
     if any(s.study_name == config.name for s in storage.get_all_studies()):
         n_existing = len(optuna.load_study(study_name=config.name, storage=storage).get_trials(deepcopy=False))
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         study_name=config.name,
         sampler=make_sampler(config, derive_seed(config.seed, 1, n_existing, worker)),
@@ -62,6 +64,13 @@ def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, w
         directions=config.directions,
         load_if_exists=True,
     )
+    if study.metric_names != list(config.objectives):
+        # optuna-dashboard then labels the values "val_acc", not "Objective 0". Still
+        # experimental in Optuna 5 (its warning, only, is silenced).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(config.objectives))
+    return study
 
 
 def counts_as_finished(trial: FrozenTrial) -> bool:

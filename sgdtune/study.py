@@ -27,6 +27,7 @@ from .config import ExperimentConfig, file_sha256
 from .console import Progress
 from .data import load_data
 from .errors import InputError
+from .identity import check as check_identity
 from .science.fits import study_metrics
 from .search import best_value, n_finished, open_study
 from .stores import MLRUNS, locations, open_storage
@@ -48,6 +49,7 @@ def run_study(
     workers: int = 1,
     heartbeat: int | None = None,
     batch_trials: int = 1,
+    on_change: str = "refuse",
 ) -> optuna.Study:
     """Run (or resume) the study until it has config.n_trials finished trials.
 
@@ -57,6 +59,8 @@ def run_study(
     With heartbeat (seconds; RDB storages only), a trial whose process died is failed after
     two silent intervals and run again. The study's user attributes say where its MLflow
     runs are (mlflow_experiment_id, mlflow_parent_run_id, tracking_uri, password masked).
+    A stored study run with another configuration is refused (InputError) unless on_change
+    is "fresh" (delete it, start again) or "extend" (continue it with this one; identity.py).
     """
     if workers < 1:
         raise InputError("--workers", "must be >= 1", repr(workers))
@@ -69,7 +73,9 @@ def run_study(
     data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
     storage_url, tracking_uri = locations(config, mlruns)
     storage = open_storage(storage_url, heartbeat, tracking_uri if track else None)
+    identity = check_identity(config, storage, on_change)  # before any trial or MLflow write
     study = open_study(config, storage)
+    identity.record(study)
     for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train}.items():
         study.set_user_attr(key, value)
 
@@ -77,9 +83,14 @@ def run_study(
     if track:
         artifact_location = None if config.tracking_uri else default_artifact_location(mlruns)
         tracker = BackgroundTracker(tracking_uri, config.name, artifact_location)
-        parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device)
+        parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device,
+                                   identity.parent_tags(study), replace=identity.action == "fresh")
 
-    remaining = config.n_trials - n_finished(study)
+    done = n_finished(study)
+    remaining = config.n_trials - done
+    if done > 0:
+        more = "" if remaining > 0 else "; nothing to run (a larger --n-trials runs more)"
+        print(f"resuming {config.name}: {done} of {config.n_trials} trials finished{more}", file=sys.stderr)
     progress = None
     if show_progress:
         progress = Progress(config.n_trials, config.n_trials - max(remaining, 0), best_value(study))
@@ -125,12 +136,14 @@ def record_mlflow_location(study: optuna.Study, tracker: BackgroundTracker, pare
     study.set_user_attr("tracking_uri", redact_url(tracker.tracking_uri))
 
 
-def _start_parent(tracker: BackgroundTracker, config: ExperimentConfig, path, command, storage_url, device) -> RunRef:
+def _start_parent(tracker: BackgroundTracker, config: ExperimentConfig, path, command, storage_url, device,
+                  identity_tags: dict[str, str], replace: bool = False) -> RunRef:
     tags = {
         "sgdtune.study_name": config.name,
         "sgdtune.storage": redact_url(storage_url),
         "sgdtune.device": describe_device(device),
         "sgdtune.command": command or "",
+        **identity_tags,
     }
     if path is not None:
         tags["sgdtune.experiment_sha256"] = file_sha256(path)
@@ -140,7 +153,7 @@ def _start_parent(tracker: BackgroundTracker, config: ExperimentConfig, path, co
     params = {f"version.{k}": v for k, v in package_versions().items()}
     params.update({"seed": config.seed, "n_trials": config.n_trials, "sampler": config.sampler.name,
                    "pruner": config.pruner.name, "objectives": ",".join(config.objectives)})
-    run = tracker.start_parent_run(tags, params)
+    run = tracker.start_parent_run(tags, params, replace)
     if path is not None:
         tracker.log_artifact(run, path, "experiment")
     return run

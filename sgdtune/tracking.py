@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 # runs, `--help` and the URL helpers below (sgdtune.ui) need not pay.
 
 PARENT_RUN_ROLE = "study"
+REPLACED_ROLE = "replaced-study"  # a parent run whose Optuna study was deleted by --fresh; its runs stay
 STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 FLUSH_EVERY_S = 2.0  # a running trial's epochs reach the store at least this often
@@ -158,16 +159,20 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def start_parent_run(self, tags: dict[str, str], params: dict[str, object]) -> str:
+    def start_parent_run(self, tags: dict[str, str], params: dict[str, object], replace: bool = False) -> str:
         """The study's parent run: found again on resume, else created.
 
         Two processes that start a new study at the same moment may both create one: each
         then keeps the earliest and the one that lost deletes its own, so both log under
-        the same parent.
+        the same parent. With `replace` (the study was started afresh), a parent found keeps
+        its runs under the role REPLACED_ROLE and a new one is created.
         """
         from mlflow.entities import RunTag
 
         run_id = self.find_parent_run()
+        if run_id is not None and replace:
+            self.client.set_tag(run_id, "sgdtune.role", REPLACED_ROLE)
+            run_id = None
         if run_id is None:
             run = self.client.create_run(
                 self.experiment_id,

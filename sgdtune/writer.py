@@ -140,8 +140,8 @@ class BackgroundTracker:
 
     # -- Tracker's methods --------------------------------------------------------------------
 
-    def start_parent_run(self, tags: dict[str, str], params: dict[str, object]) -> RunRef:
-        return self._call("start_parent_run", tags, params, creates_run=True)
+    def start_parent_run(self, tags: dict[str, str], params: dict[str, object], replace: bool = False) -> RunRef:
+        return self._call("start_parent_run", tags, params, replace, creates_run=True)
 
     def log_artifact(self, run: RunRef | str, path, artifact_path: str | None = None) -> None:
         self._call("log_artifact", run, os.path.abspath(path), artifact_path)
