@@ -581,6 +581,8 @@ def test_summaries_are_per_octave_of_batch_size_with_known_answers():
                for s in report["summary"])
     assert any("Trials per octave of B, complete of all (pruned): 8-15: 3/3, 16-31: 2/2, 40: 1/2 (1), 100: 1/1."
                == s for s in report["summary"])
+    lrs = "lr of the best trial per octave of B: 8-15: 0.011, 16-31: 0.013, 40: 0.016, 100: 0.017."
+    assert lrs in report["summary"]
     page = report_mod.render_html(json.loads(report_mod.to_json(report)))
     assert 'id="octaves"' in page and "<td>8-15</td>" in page
 

@@ -63,6 +63,10 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
             f"{lab}: {c}/{n}" + (f" ({p})" if p else "")
             for lab, c, n, p in zip(po["label"], po["n_complete"], po["n_trials"], po["n_pruned"])) + ".")
         out.append(octave_trend_sentence(po["fit"]))
+        lrs = [(lab, lr) for lab, lr in zip(po["label"], po["best_lr"]) if lr is not None]
+        if len(lrs) > 1:  # where lr is tuned per B, the best lr per octave shows how it scales with B
+            out.append("lr of the best trial per octave of B: " + ", ".join(f"{lab}: {lr:.3g}" for lab, lr in lrs)
+                       + ".")
     pd = report.get("per_doubling")
     if pd:
         b = pd["batch_size"]
@@ -70,7 +74,7 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
         if all(e is not None for e in ses):
             small = sum(abs(g) < 2 * e for g, e in zip(pd["gain_per_doubling"], ses))
             out.append(f"Best val_acc between neighbouring octaves of B ({small} of {len(ses)} step"
-                       f"{'s' * (len(ses) > 1)} smaller than 2 standard errors, {min(ses):.4f}-{max(ses):.4f} "
+                       f"{'s' * (len(ses) > 1)} smaller than 2 standard errors; SE {min(ses):.4f}-{max(ses):.4f} "
                        "per doubling).")
         acc, se_b = pd["best_val_acc"], pd["best_val_acc_se"]
         out.append(f"Best val_acc at the smallest batch size B = {b[0]}, {pm(acc[0], se_b[0])}, against the largest, "
