@@ -34,7 +34,7 @@ try:  # tests/ on sys.path (rootdir-relative imports) ...
 except ImportError:  # ... or tests/ is a package
     from tests.browser import chromium, open_page, png_stats  # noqa: F401
 
-SECTIONS = {"accuracy", "equal_budget", "per_doubling", "loss_noise", "grad_noise", "learning_curves",
+SECTIONS = {"accuracy", "equal_budget", "per_doubling", "per_octave", "loss_noise", "grad_noise", "learning_curves",
             "importance", "history", "top_trials", "summary", "reproducibility", "volatile", "trials", "study"}
 PLOTS = ["plot-accuracy", "plot-curves", "plot-loss-noise", "plot-grad-noise", "plot-compute", "plot-pareto",
          "plot-history", "plot-importance"]  # quick.toml has no target: no steps-to-target plot
