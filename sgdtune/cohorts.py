@@ -52,6 +52,11 @@ def check_cohorts(config: ExperimentConfig, batch_trials: int) -> None:
                          "cohort cannot share a batch size, and it ends a study only inside study.optimize); use "
                          "sampler.name = 'random' or 'tpe' with --batch-trials, or drop the flag",
                          f"--batch-trials {batch_trials} with sampler.name = 'grid'")
+    stratified = [name for name, rng in config.search.items() if rng.stratify]
+    if batch_trials > 1 and stratified:  # followers take the leader's value from the queue: values would be skipped
+        raise InputError("--batch-trials", f"cannot be combined with search.{stratified[0]}.stratify (a cohort shares "
+                         f"one {stratified[0]}, so the round-robin would skip values); drop one of the two",
+                         f"--batch-trials {batch_trials} with search.{stratified[0]}.stratify = true")
     if batch_trials > 1 and config.replicates > 1:
         raise InputError("--batch-trials", "cannot be combined with --replicates > 1 (replicates are trained one "
                          "after another, not stacked); drop one of the two",

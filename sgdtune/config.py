@@ -7,6 +7,7 @@ same message: the field, what is allowed, and what was given.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ SEARCHABLE = {
     "warmup_epochs": float,
 }
 OBJECTIVES = {"val_acc": "maximize", "compute_time_s": "minimize"}
+STRATIFIED_SAMPLERS = ("tpe", "random", "gp")  # those that model from a study's trials alone (space.StratifiedSampler)
 
 
 class _Strict(BaseModel):
@@ -52,6 +54,8 @@ class ParamRange(_Strict):
                                "(the grid sampler needs a step or choices)")
     choices: tuple[float, ...] | None = Field(default=None, min_length=1,
                                               description="the values to pick from, in place of low and high")
+    stratify: bool = Field(default=False, description="round-robin over the powers of two in [low, high] by trial "
+                           "number (log ranges); the sampler tunes the rest per value")
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> ParamRange:
@@ -67,6 +71,9 @@ class ParamRange(_Strict):
             raise ValueError(f"a log range needs low > 0; got low={self.low}")
         if self.log and self.step is not None:
             raise ValueError("a log range cannot have a step")
+        if self.stratify and not (self.log and 2 ** math.ceil(math.log2(self.low)) * 2 <= self.high):
+            raise ValueError(f"stratify needs a log range holding at least 2 powers of two; got low={self.low}, "
+                             f"high={self.high}, log={self.log}")
         return self
 
     def values(self) -> tuple[float, ...]:
@@ -153,6 +160,10 @@ class ExperimentConfig(_Strict):
                 if SEARCHABLE[key] is int and cast != value:
                     raise ValueError(f"search.{key}: must be whole numbers; got {value}")
                 _validate_as(TrainConfig, {**self.train.model_dump(exclude={"model"}), key: cast}, f"search.{key}")
+        stratified = [k for k, rng in self.search.items() if rng.stratify]
+        if len(stratified) > 1 or (stratified and self.sampler.name not in STRATIFIED_SAMPLERS):
+            raise ValueError(f"search.{stratified[0]}.stratify: works for one parameter with sampler "
+                             f"{' | '.join(STRATIFIED_SAMPLERS)}; got {stratified} with {self.sampler.name!r}")
         budget = self.train.budget
         if getattr(self.train, budget) is None and budget not in self.search:
             raise ValueError(f"train.{budget}: must be set (or searched) when budget = {budget!r}; got nothing")

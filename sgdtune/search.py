@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import ExperimentConfig
-from .space import grid
+from .space import StratifiedPruner, StratifiedSampler, grid, powers_of_two
 
 FAIL_KIND = "fail_kind"  # trial user attribute: "diverged" counts as finished, "interrupted" does not
 
@@ -25,6 +25,15 @@ def derive_seed(*parts: int) -> int:
 
 
 def make_sampler(config: ExperimentConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler; wrapped in space.StratifiedSampler when a search range has stratify = true."""
+    base = _base_sampler(config, seed)
+    for name, rng in config.search.items():
+        if rng.stratify:  # config allows one
+            return StratifiedSampler(base, name, powers_of_two(rng))
+    return base
+
+
+def _base_sampler(config: ExperimentConfig, seed: int) -> optuna.samplers.BaseSampler:
     s = config.sampler
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -44,7 +53,9 @@ def make_pruner(config: ExperimentConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     if p.name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, p.n_warmup_steps))
-    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    median = optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    stratified = next((name for name, rng in config.search.items() if rng.stratify), None)
+    return StratifiedPruner(median, stratified) if stratified else median  # the median within the stratum
 
 
 def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, worker: int = 0) -> optuna.Study:

@@ -1,10 +1,15 @@
-"""The experiment's search space as Optuna suggestions; nothing else."""
+"""The experiment's search space as Optuna suggestions, and the sampler that stratifies one
+parameter over its octaves."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from .config import SEARCHABLE, ParamRange
 
@@ -35,3 +40,87 @@ def grid(search: dict[str, ParamRange]) -> dict[str, list[Any]]:
             count = int(round((rng.high - rng.low) / rng.step)) + 1
             out[name] = [kind(rng.low + i * rng.step) for i in range(count)]
     return out
+
+
+def powers_of_two(rng: ParamRange) -> list[int]:
+    """The powers of two in [low, high], ascending (8..1024: 8, 16, ..., 1024): one per octave."""
+    k_lo, k_hi = math.ceil(math.log2(rng.low)), math.floor(math.log2(rng.high))
+    return [2 ** k for k in range(k_lo, k_hi + 1)]
+
+
+class StratifiedSampler(optuna.samplers.BaseSampler):
+    """One parameter drawn round-robin over fixed values by trial number (trial n gets
+    values[n % len(values)]), the others by a base sampler that sees only the trials at the
+    same value: e.g. every octave of B gets as many trials, and lr is tuned per batch size.
+
+    Keyed on trial.number alone, so several workers sharing a study still cover the values
+    evenly. Enqueued values win, as with any Optuna sampler.
+    """
+
+    def __init__(self, base: optuna.samplers.BaseSampler, name: str, values: list[Any]) -> None:
+        self.base, self.name, self.values = base, name, list(values)
+
+    def value_of(self, number: int) -> Any:
+        """The stratified parameter's value for trial `number`."""
+        return self.values[number % len(self.values)]
+
+    def _stratum(self, study: optuna.Study, trial: FrozenTrial) -> tuple[optuna.Study, FrozenTrial]:
+        """The trials at this trial's value (stratum_study), and a running trial standing in for
+        this one there: what the base sampler writes to its trial (TPE's and GP's shared
+        relative params) stays in the copy."""
+        view = stratum_study(study, self.name, self.value_of(trial.number))
+        view.ask()
+        return view, view.get_trials(deepcopy=False)[-1]
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        # The space comes from the whole study (it is the same in every stratum); the
+        # stratified parameter is left out so that it reaches sample_independent.
+        space = self.base.infer_relative_search_space(study, trial)
+        return {k: v for k, v in space.items() if k != self.name}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        return self.base.sample_relative(*self._stratum(study, trial), search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        if param_name == self.name:
+            return self.value_of(trial.number)
+        return self.base.sample_independent(*self._stratum(study, trial), param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+
+def stratum_study(study: optuna.Study, name: str, value: Any) -> optuna.Study:
+    """An in-memory study holding the finished trials of `study` whose param `name` is `value`:
+    the history a base sampler or pruner sees, so that it compares like with like (lr at one
+    batch size with lr at the same batch size)."""
+    view = optuna.create_study(storage=optuna.storages.InMemoryStorage(), directions=study.directions,
+                               sampler=optuna.samplers.RandomSampler(seed=0))
+    view.add_trials([t for t in study.get_trials(deepcopy=False)
+                     if t.state.is_finished() and t.params.get(name) == value])
+    return view
+
+
+class StratifiedPruner(optuna.pruners.BasePruner):
+    """A pruner that judges a trial against the trials at the same value of the stratified
+    parameter only: at equal epochs a batch of 1024 has made 128 times fewer updates than one
+    of 8, so a median over every B would prune large batches for their size alone."""
+
+    def __init__(self, base: optuna.pruners.BasePruner, name: str) -> None:
+        self.base, self.name = base, name
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if self.name not in trial.params:
+            return self.base.prune(study, trial)
+        return self.base.prune(stratum_study(study, self.name, trial.params[self.name]), trial)

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shlex
 import shutil
 
@@ -33,7 +34,7 @@ try:  # tests/ on sys.path (rootdir-relative imports) ...
 except ImportError:  # ... or tests/ is a package
     from tests.browser import chromium, open_page, png_stats  # noqa: F401
 
-SECTIONS = {"accuracy", "equal_budget", "per_doubling", "loss_noise", "grad_noise", "learning_curves",
+SECTIONS = {"accuracy", "equal_budget", "per_doubling", "per_octave", "loss_noise", "grad_noise", "learning_curves",
             "importance", "history", "top_trials", "summary", "reproducibility", "volatile", "trials", "study"}
 PLOTS = ["plot-accuracy", "plot-curves", "plot-loss-noise", "plot-grad-noise", "plot-compute", "plot-pareto",
          "plot-history", "plot-importance"]  # quick.toml has no target: no steps-to-target plot
@@ -530,3 +531,206 @@ def test_a_store_without_the_parent_run_is_bad_input_naming_the_flag(tmp_path):
     assert e.value.field == "--tracking-uri"
     assert report_mod.open_runs(synthetic_study(), uri) is None  # a study run with --no-tracking
 
+
+
+# -- per octave of B, trends only where they hold, readable plots ------------------------------------------
+
+
+def study_of(trials: list[tuple[int, float, str]], n_val: int = 1000) -> optuna.Study:
+    """Trials (B, final val_acc, state) of N = 2048 examples, lr 0.01 + 0.001 * number, no MLflow."""
+    study = optuna.create_study(study_name="octaves", direction="maximize")
+    study.set_user_attr("objectives", ["val_acc"])
+    study.set_user_attr("n_train", N_TRAIN)
+    study.set_user_attr("n_val", n_val)
+    dists = {"batch_size": IntDistribution(8, 1024, log=True), "lr": FloatDistribution(0.001, 0.3, log=True)}
+    for i, (b, acc, state) in enumerate(trials):
+        summary = {"final_val_acc": acc, "final_train_acc": acc, "final_gen_gap": 0.0,
+                   "final_loss_noise": 0.1 * WOBBLE[i % len(WOBBLE)]}  # no trend in B
+        study.add_trial(create_trial(params={"batch_size": b, "lr": 0.01 + 0.001 * i}, distributions=dists,
+                                     value=acc if state == "COMPLETE" else None, state=TrialState[state],
+                                     user_attrs={"summary": summary}, intermediate_values={1: acc}))
+    return study
+
+
+# B on a continuous range: 8, 9, 11 share the octave 8-15; 16 and 20 the octave 16-31; 40 alone in 32-63
+CONTINUOUS = [(8, 0.90, "COMPLETE"), (9, 0.95, "COMPLETE"), (11, 0.92, "COMPLETE"), (16, 0.85, "COMPLETE"),
+              (20, 0.80, "COMPLETE"), (40, 0.70, "PRUNED"), (40, 0.75, "COMPLETE"), (100, 0.60, "COMPLETE")]
+
+
+def test_summaries_are_per_octave_of_batch_size_with_known_answers():
+    report = report_mod.build_report(study_of(CONTINUOUS))
+    po = report["per_octave"]
+    assert po["octave"] == [3, 4, 5, 6]
+    assert po["label"] == ["8-15", "16-31", "40", "100"]  # one B seen: that B names the octave
+    assert (po["n_trials"], po["n_complete"], po["n_pruned"]) == ([3, 2, 2, 1], [3, 2, 1, 1], [0, 0, 1, 0])
+    assert po["best_val_acc"] == [0.95, 0.85, 0.75, 0.60] and po["best_batch_size"] == [9, 16, 40, 100]
+    assert po["best_number"] == [1, 3, 6, 7]
+    assert po["median_val_acc"] == pytest.approx([0.92, 0.825, 0.75, 0.60])
+    assert po["best_val_acc_se"][0] == pytest.approx(binomial_se(0.95, 1000), rel=1e-9)
+    fit = po["fit"]  # the best of each octave against log2(its B)
+    assert fit["gain_per_doubling"] == pytest.approx(
+        np.polyfit(np.log2([9, 16, 40, 100]), [0.95, 0.85, 0.75, 0.60], 1)[0], rel=1e-9)
+    assert fit["ci"]["ci_high"] < 0 and fit["trend"]
+    # per_doubling steps between neighbouring octaves, not between sampled values (8 -> 9 -> 11)
+    pd = report["per_doubling"]
+    assert pd["batch_size"] == [9, 16, 40, 100]
+    assert pd["gain_per_doubling"][0] == pytest.approx((0.85 - 0.95) / np.log2(16 / 9), rel=1e-9)
+    assert not any("(8->9)" in s or "(9->11)" in s for s in report["summary"])
+    assert any(s.startswith(f"Best val_acc fell with batch size: {fit['gain_per_doubling']:+.4f} per doubling of B "
+                            "(95% bootstrap")
+               for s in report["summary"])
+    assert any("Trials per octave of B, complete of all (pruned): 8-15: 3/3, 16-31: 2/2, 40: 1/2 (1), 100: 1/1."
+               == s for s in report["summary"])
+    lrs = "lr of the best trial per octave of B: 8-15: 0.011, 16-31: 0.013, 40: 0.016, 100: 0.017."
+    assert lrs in report["summary"]
+    page = report_mod.render_html(json.loads(report_mod.to_json(report)))
+    assert 'id="octaves"' in page and "<td>8-15</td>" in page
+
+
+def test_no_trend_line_or_claim_on_trendless_points():
+    # 8..1024 twice, val_acc 0.9 +- 0.004 with no trend in B
+    flat = [(2 ** (3 + i % 8), round(0.9 + 0.02 * (WOBBLE[(3 * i + i // 8) % 8] - 1), 4), "COMPLETE")
+            for i in range(16)]
+    report = report_mod.build_report(study_of(flat))
+    fit = report["per_octave"]["fit"]
+    assert fit["ci"]["ci_low"] < 0 < fit["ci"]["ci_high"] and not fit["trend"]
+    assert any(s.startswith("No trend of the best val_acc with batch size:") for s in report["summary"])
+    assert not any(s.startswith(("Best val_acc fell", "Best val_acc rose")) for s in report["summary"])
+    ln = report["loss_noise"]
+    assert ln["slope_ci"]["ci_low"] < 0 < ln["slope_ci"]["ci_high"] and not ln["trend"]
+    assert any(s.startswith("Loss noise: no trend with batch size") for s in report["summary"])
+    assert not any(s.startswith("Loss noise fell") or s.startswith("Loss noise rose") for s in report["summary"])
+    from sgdtune.report.html import fig_accuracy, fig_loss_noise
+
+    names = [t.name for t in fig_loss_noise(ln).data]
+    assert not any("fit" in (n or "") for n in names) and any("theory" in (n or "") for n in names)
+    assert "no trend" in fig_loss_noise(ln).layout.title.text
+    assert not any((t.name or "").startswith("trend") for t in fig_accuracy(report["accuracy"],
+                                                                             report["per_octave"]).data)
+    # a real trend (the known-answer set above) draws its line
+    trending = report_mod.build_report(study_of(CONTINUOUS))
+    assert any((t.name or "").startswith("trend") for t in fig_accuracy(trending["accuracy"],
+                                                                         trending["per_octave"]).data)
+    two = report_mod.build_report(study_of(CONTINUOUS[:4]))["per_octave"]["fit"]  # 2 octaves: no fit at all
+    assert not two["trend"] and "2 octaves of B with a complete trial; a trend needs at least 3" in two["skipped"]
+
+
+def test_seeds_sort_as_numbers_on_the_page():
+    report = json.loads(report_mod.to_json(report_mod.build_report(synthetic_study())))
+    report["reproducibility"]["trial_seeds"] = {str(n): 100 + n for n in (0, 1, 10, 11, 2, 9)}
+    page = report_mod.render_html(json.loads(report_mod.to_json(report)))  # report.json sorts keys as text
+    assert "0: 100, 1: 101, 2: 102, 9: 109, 10: 110, 11: 111" in page
+
+
+def test_importances_name_their_method_and_give_the_dashboards_too():
+    study = synthetic_study(n=8)
+    imp = report_mod.build_report(study)["importance"]
+    assert imp["method"] == "fANOVA (seed 0)" and "FanovaImportanceEvaluator" in imp["method_description"]
+    assert imp["dashboard_method"] == "PED-ANOVA"
+    expected = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    assert imp["ped_anova"] == pytest.approx(dict(expected), rel=1e-9)
+    page = report_mod.render_html(json.loads(report_mod.to_json(report_mod.build_report(study))))
+    assert "optuna-dashboard shows PED-ANOVA: Optuna&#x27;s PedAnovaImportanceEvaluator" in page
+    assert "Parameter importances: fANOVA (seed 0) and PED-ANOVA" in page
+
+
+def test_batch_size_is_a_colour_scale_not_a_legend_entry_per_trial():
+    from sgdtune.report.html import fig_grad_noise, fig_learning_curves
+
+    sizes = [8 * 2 ** (i % 8) for i in range(20)]
+    gn = {"critical_batch_size": {"value": 100.0, "source": "test"},
+          "curves": [{"number": i, "batch_size": b, "epoch": [1, 2, 3], "grad_noise_scale": [50.0, 80.0, 90.0 + i]}
+                     for i, b in enumerate(sizes)],
+          "final": {"number": list(range(20)), "batch_size": sizes, "grad_noise_scale": [90.0 + i for i in range(20)],
+                    "grad_noise_scale_se": [1.0] * 20, "lower_bound": [False] * 20}}
+    fig = fig_grad_noise(gn)
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert len(legend) == 2  # the final values and the critical batch size; the 20 curves read off the colour bar
+    bars = [t.marker.colorbar for t in fig.data if t.marker and t.marker.showscale]
+    assert len(bars) == 1 and bars[0].title.text == "B" and list(bars[0].ticktext) == [str(b) for b in sorted(set(
+        sizes))]
+    lc = {"trials": [{"number": i, "batch_size": b, "lr": 0.01, "epoch": [1, 2], "val_acc": [0.5, 0.6],
+                      "updates": [10, 20]} for i, b in enumerate(sizes[:8])]}
+    fig = fig_learning_curves(lc)
+    assert fig.layout.showlegend is False
+    assert sum(bool(t.marker.showscale) for t in fig.data) == 1
+
+
+def test_the_stratified_sampler_cycles_octaves_and_leaves_the_rest_to_the_base_sampler():
+    from sgdtune.config import ParamRange
+    from sgdtune.space import StratifiedSampler, powers_of_two, suggest
+
+    rng = ParamRange(low=8, high=1024, log=True, stratify=True)
+    assert powers_of_two(rng) == [8, 16, 32, 64, 128, 256, 512, 1024]
+    assert powers_of_two(ParamRange(low=6, high=100, log=True)) == [8, 16, 32, 64]
+    search = {"batch_size": rng, "lr": ParamRange(low=0.001, high=0.3, log=True)}
+    study = optuna.create_study(sampler=StratifiedSampler(optuna.samplers.RandomSampler(seed=3), "batch_size",
+                                                          powers_of_two(rng)))
+    study.optimize(lambda t: suggest(t, search)["lr"], n_trials=20)
+    assert [t.params["batch_size"] for t in study.trials] == [8, 16, 32, 64, 128, 256, 512, 1024] * 2 + [8, 16, 32,
+                                                                                                          64]
+    plain = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))  # the base sampler alone, lr only
+    plain.optimize(lambda t: t.suggest_float("lr", 0.001, 0.3, log=True), n_trials=20)
+    assert [t.params["lr"] for t in study.trials] == [t.params["lr"] for t in plain.trials]
+
+
+def test_the_stratified_study_conditions_sampler_and_pruner_on_the_batch_size():
+    from sgdtune.config import load_experiment
+    from sgdtune.search import make_pruner, make_sampler
+    from sgdtune.space import stratum_study
+
+    config = load_experiment(EXPERIMENTS / "batch_tradeoff.toml")
+    assert config.search["batch_size"].stratify
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(config, 0), pruner=make_pruner(config))
+    # trials 0-7 complete, one per B: val_acc after epoch 5 falls with B (fewer updates)
+    for _ in range(8):
+        trial = study.ask()
+        b = suggest_b(trial)
+        for epoch in range(1, 6):
+            trial.report(1.0 - b / 2048 * epoch / 5, epoch)
+        study.tell(trial, 1.0 - b / 2048)
+    assert [t.params["batch_size"] for t in study.trials] == [8, 16, 32, 64, 128, 256, 512, 1024]
+    view = stratum_study(study, "batch_size", 1024)  # a copy: its own trial numbers
+    assert [(t.params["batch_size"], t.value) for t in view.trials] == [(1024, 0.5)]
+    # trial 15 is at B = 1024: as good as the earlier B = 1024 trial, far below the median over all B
+    for _ in range(8):
+        trial = study.ask()
+        b = suggest_b(trial)
+        for epoch in range(1, 5):
+            trial.report(1.0 - b / 2048 * epoch / 5, epoch)
+        pruned = trial.should_prune()
+        study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(trial, 1.0 - b / 2048)
+    assert study.trials[15].params["batch_size"] == 1024 and study.trials[15].state == TrialState.COMPLETE
+    assert optuna.pruners.MedianPruner(n_warmup_steps=3).prune(study, study.trials[15])  # a plain median would
+
+
+def suggest_b(trial) -> int:
+    from sgdtune.config import load_experiment
+    from sgdtune.space import suggest
+
+    return suggest(trial, load_experiment(EXPERIMENTS / "batch_tradeoff.toml").search)["batch_size"]
+
+
+@pytest.mark.parametrize("sets,message", [
+    ({"search.epochs.stratify": True}, "stratify needs a log range holding at least 2 powers of two"),
+    ({"search.lr.stratify": True}, "works for one parameter with sampler tpe | random | gp; got ['batch_size', 'lr']"),
+    ({"search.batch_size.low": 600}, "stratify needs a log range holding at least 2 powers of two"),
+    ({"sampler.name": "cmaes"}, "search.batch_size.stratify: works for one parameter with sampler tpe | random | gp"),
+])
+def test_bad_stratify_settings_are_input_errors(sets, message):
+    from sgdtune.config import load_experiment
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_experiment(EXPERIMENTS / "batch_tradeoff.toml", **sets)
+
+
+def test_stacked_cohorts_refuse_a_stratified_batch_size():
+    from sgdtune.cohorts import check_cohorts
+    from sgdtune.config import load_experiment
+
+    config = load_experiment(EXPERIMENTS / "batch_tradeoff.toml")
+    with pytest.raises(InputError, match=re.escape("--batch-trials: cannot be combined with "
+                                                   "search.batch_size.stratify")):
+        check_cohorts(config, 4)
+    check_cohorts(config, 1)  # one trial at a time: fine

@@ -25,6 +25,7 @@ from .sections import (
     loss_noise_section,
     noise_scale_section,
     per_doubling,
+    per_octave,
     pick_across_batch_sizes,
     sharpness_section,
     steps_section,
@@ -74,7 +75,8 @@ def build_report(study: optuna.Study, reader: RunReader | None = None, command: 
     put("accuracy", accuracy_section(complete) if complete else None, no_rows)
     put("equal_budget", equal_budget_comparison(complete) if complete else None,
         "no budget was tried with two batch sizes")
-    put("per_doubling", per_doubling(complete), "fewer than 2 batch sizes completed")
+    put("per_doubling", per_doubling(complete), "fewer than 2 octaves of batch size completed")
+    put("per_octave", per_octave(rows, complete), no_rows)
     n_train = study.user_attrs.get("n_train", math.inf)
     put("loss_noise", loss_noise_section(complete, n_train, parent_metrics),
         "no trial with a loss noise above 0 and B < n_train (a single batch per epoch has none)")

@@ -19,24 +19,54 @@ TEMPLATE = "report_page.html"  # in the sgdtune package folder, beside the other
 LOG_B = {"type": "log", "title": {"text": "batch size B (examples, log scale)"}}
 MARGIN = {"l": 70, "r": 30, "t": 60, "b": 60}
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+# The legend sits at the foot of the figure (container coordinates), below the x-axis titles,
+# and axes grow their margins to fit their titles, so neither is clipped nor overlaps.
+LEGEND = {"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom", "x": 0.0}
+AXES = {"automargin": True}
 
 
 def _figure(**layout):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.update_layout(**{"template": "plotly_white", "height": 440, "margin": MARGIN,
-                         "legend": {"orientation": "h", "y": -0.2}, **layout})
+    fig.update_layout(**{"template": "plotly_white", "height": 480, "margin": MARGIN, "legend": LEGEND, **layout})
+    fig.update_xaxes(**AXES)
+    fig.update_yaxes(**AXES)
     return fig
 
 
 def _subplots(titles: Sequence[str], **layout):
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.1)
-    fig.update_layout(template="plotly_white", height=460, margin=MARGIN, legend={"orientation": "h", "y": -0.25},
-                      **layout)
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.14)
+    fig.update_layout(template="plotly_white", height=500, margin=MARGIN, legend=LEGEND, **layout)
+    fig.update_xaxes(**AXES)
+    fig.update_yaxes(**AXES)
     return fig
+
+
+B_SCALE_END = 0.85  # of Plasma: its pale end is skipped, so every B stays visible on white
+
+
+def _b_scale(sizes: Sequence[int]) -> dict:
+    """A marker colour scale over log2(B), min to max of `sizes`, its colour bar reading in B."""
+    from plotly.colors import sample_colorscale
+
+    log = np.log2(np.array(sizes, float))
+    lo, hi = float(log.min()), float(log.max())
+    hi = hi if hi > lo else lo + 1
+    stops = np.linspace(0, 1, 11)
+    ticks = np.arange(np.ceil(lo), np.floor(hi) + 1)
+    return {"colorscale": [[float(t), c] for t, c in zip(stops, sample_colorscale("Plasma",
+                                                                                    (stops * B_SCALE_END).tolist()))],
+            "cmin": lo, "cmax": hi,
+            "colorbar": {"title": {"text": "B"}, "tickvals": ticks.tolist(),
+                         "ticktext": [f"{2 ** t:.0f}" for t in ticks], "x": 1.02}}
+
+
+def _b_markers(batch_size: int, n: int, scale: dict, colorbar: bool) -> dict:
+    """n markers coloured by B on the shared scale; the colour bar on one trace only."""
+    return {"color": [float(np.log2(batch_size))] * n, "size": 6, "showscale": colorbar, **scale}
 
 
 def _lr_marker(lr: list[float], symbol: str, colorbar: bool, scale_of: list[float] | None = None) -> dict:
@@ -76,7 +106,14 @@ def _batch_colours(sizes: Sequence[int]) -> list[str]:
     return sample_colorscale("Plasma", where.tolist())
 
 
-def fig_accuracy(a: dict):
+def _epoch_tick(epochs: Sequence[int]) -> int:
+    """Whole-epoch ticks, at most about 15 of them."""
+    return max(1, math.ceil(max(epochs, default=1) / 15))
+
+
+def fig_accuracy(a: dict, po: dict | None = None):
+    """val_acc, train_acc and the gap against B; the best per octave (`po`: report["per_octave"]),
+    and its fitted trend over the octaves only where the fit found one."""
     import plotly.graph_objects as go
 
     fig = _subplots(["val_acc and train_acc (colour: lr)", "generalization gap = train_acc - val_acc"])
@@ -88,11 +125,24 @@ def fig_accuracy(a: dict):
                                  hovertemplate="%{text}<br>" + name + " %{y:.4f}<extra></extra>",
                                  error_y=_error_y(se) if se else None,
                                  marker=_lr_marker(a["lr"], symbol, bar)), row=1, col=1)
-    best = a["best_per_batch"]
-    fig.add_trace(go.Scatter(x=best["batch_size"], y=best["final_val_acc"], mode="lines", name="best val_acc per B",
+    if po:
+        has = [i for i, v in enumerate(po["best_val_acc"]) if v is not None]
+        best = {"batch_size": [po["best_batch_size"][i] for i in has], "number": [po["best_number"][i] for i in has],
+                "final_val_acc": [po["best_val_acc"][i] for i in has],
+                "final_val_acc_se": [po["best_val_acc_se"][i] for i in has]}
+        name = "best val_acc per octave of B"
+    else:
+        best, name = a["best_per_batch"], "best val_acc per B"
+    fig.add_trace(go.Scatter(x=best["batch_size"], y=best["final_val_acc"], mode="lines", name=name,
                              text=[f"trial {n}" for n in best["number"]], line={"color": "#d62728", "width": 1.5},
                              error_y=_error_y(best["final_val_acc_se"]),
                              hovertemplate="%{text}<br>best val_acc %{y:.4f}<extra></extra>"), row=1, col=1)
+    fit = (po or {}).get("fit", {})
+    if fit.get("trend"):
+        ci = _interval_text(fit["ci"], "+.4f")
+        fig.add_trace(go.Scatter(x=fit["line"]["batch_size"], y=fit["line"]["val_acc"], mode="lines",
+                                 line={"color": "#111", "dash": "dash"},
+                                 name=f"trend {fit['gain_per_doubling']:+.4f} per doubling ({ci})"), row=1, col=1)
     fig.add_trace(go.Scatter(x=a["batch_size"], y=a["final_gen_gap"], mode="markers", name="gen_gap", text=hover,
                              hovertemplate="%{text}<br>gap %{y:+.4f}<extra></extra>",
                              marker=_lr_marker(a["lr"], "square", False)), row=1, col=2)
@@ -105,13 +155,16 @@ def fig_accuracy(a: dict):
 def fig_learning_curves(lc: dict):
     import plotly.graph_objects as go
 
-    fig = _subplots(["val_acc by epoch", "val_acc by update"])
-    for c, colour in zip(lc["trials"], _batch_colours([c["batch_size"] for c in lc["trials"]])):
+    fig = _subplots(["val_acc by epoch (colour: B)", "val_acc by update (colour: B)"], showlegend=False)
+    sizes = [c["batch_size"] for c in lc["trials"]]
+    scale = _b_scale(sizes)
+    for i, (c, colour) in enumerate(zip(lc["trials"], _batch_colours(sizes))):
         name = f"B = {c['batch_size']} (trial {c['number']}, lr {c['lr']:.3g})"
         for col, x in ((1, c["epoch"]), (2, c["updates"])):
-            fig.add_trace(go.Scatter(x=x, y=c["val_acc"], mode="lines+markers", name=name, legendgroup=name,
-                                     showlegend=col == 1, line={"color": colour}), row=1, col=col)
-    fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=1)
+            fig.add_trace(go.Scatter(x=x, y=c["val_acc"], mode="lines+markers", name=name, line={"color": colour},
+                                     marker=_b_markers(c["batch_size"], len(x), scale, i == 0 and col == 1)),
+                          row=1, col=col)
+    fig.update_xaxes(title_text="epoch", dtick=_epoch_tick([e for c in lc["trials"] for e in c["epoch"]]), row=1, col=1)
     fig.update_xaxes(title_text="updates (log scale)", type="log", row=1, col=2)
     fig.update_yaxes(title_text="val_acc (fraction correct)")
     return fig
@@ -120,11 +173,14 @@ def fig_learning_curves(lc: dict):
 def fig_loss_noise(ln: dict):
     import plotly.graph_objects as go
 
-    fitted = "slope" in ln
+    fitted = "slope" in ln and ln.get("trend", True)
     ci = _interval_text(ln.get("slope_ci"), "+.2f")
     if fitted:
         title = (f"Loss noise against batch size: fitted slope {ln['slope']:+.2f}"
                  f"{f' ({ci})' if ci else ''}, theory {ln['theory_slope']}")
+    elif "slope" in ln:
+        title = (f"Loss noise against batch size: no trend (slope {ln['slope']:+.2f}"
+                 f"{f', {ci} includes 0' if ci else ''}; no line drawn)")
     else:
         title = f"Loss noise against batch size (no fit: {ln['fit_skipped']})"
     fig = _figure(title={"text": title, "font": {"size": 14}})
@@ -134,6 +190,7 @@ def fig_loss_noise(ln: dict):
         fig.add_trace(go.Scatter(x=ln["fit_line"]["batch_size"], y=ln["fit_line"]["loss_noise"], mode="lines",
                                  name=f"least-squares fit, slope {ln['slope']:+.2f}{f' ({ci})' if ci else ''}",
                                  line={"color": "#d62728"}))
+    if "theory_line" in ln:  # a reference, drawn with or without a trend in the data
         fig.add_trace(go.Scatter(x=ln["theory_line"]["batch_size"], y=ln["theory_line"]["loss_noise"], mode="lines",
                                  name=f"theory on a fixed model, slope {ln['theory_slope']}",
                                  line={"color": "#555", "dash": "dash"}))
@@ -150,27 +207,34 @@ def fig_grad_noise(gn: dict):
     crit = {"mode": "lines", "line": {"dash": "dash", "color": "#333"},
             "name": f"critical batch size ~ {c['value']:.3g} ({c['source']})"}
     curves = gn["curves"]
-    titles = ["over training", "at the end of training, by batch size"]
+    titles = ["over training (colour: B)", "at the end of training, by batch size"]
     fig = _subplots(titles if curves else titles[1:])
+    f = gn["final"]
+    scale = _b_scale([k["batch_size"] for k in curves] + list(f["batch_size"]))  # one scale for both panels
     if curves:
-        for curve, colour in zip(curves, _batch_colours([k["batch_size"] for k in curves])):
+        sizes = [k["batch_size"] for k in curves]
+        for i, (curve, colour) in enumerate(zip(curves, _batch_colours(sizes))):
             name = f"B = {curve['batch_size']} (trial {curve['number']})"
             fig.add_trace(go.Scatter(x=curve["epoch"], y=curve["grad_noise_scale"], mode="lines+markers", name=name,
-                                     line={"color": colour}), row=1, col=1)
+                                     showlegend=False, line={"color": colour},
+                                     marker=_b_markers(curve["batch_size"], len(curve["epoch"]), scale, i == 0)),
+                          row=1, col=1)
         # A trace, not add_hline: a shape's annotation on a log axis would take y as log10(y).
         epochs = [e for k in curves for e in k["epoch"]]
         fig.add_trace(go.Scatter(x=[min(epochs), max(epochs)], y=[c["value"]] * 2, legendgroup="crit", **crit),
                       row=1, col=1)
-        fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=1)
+        fig.update_xaxes(title_text="epoch", dtick=_epoch_tick(epochs), row=1, col=1)
     col = 2 if curves else 1
-    f = gn["final"]
     bound = f.get("lower_bound") or [False] * len(f["number"])
     se = f.get("grad_noise_scale_se") or [None] * len(f["number"])
     for is_bound, name, marker in (
-            (False, "final value ± 1 SE, per trial", {"size": 10, "color": "#1f77b4"}),
+            (False, "final value ± 1 SE, per trial (colour: B)", {"size": 10, "line": {"width": 1, "color": "#333"}}),
             (True, "final lower bound (|G|² not resolved), per trial",
              {"size": 12, "color": "#ff7f0e", "symbol": "triangle-up-open", "line": {"width": 2}})):
         idx = [i for i, b in enumerate(bound) if b == is_bound]
+        if idx and not is_bound:
+            marker = {**_b_markers(1, 1, scale, not curves), **marker, "color": [
+                float(np.log2(f["batch_size"][i])) for i in idx]}
         if idx:
             fig.add_trace(go.Scatter(x=[f["batch_size"][i] for i in idx], y=[f["grad_noise_scale"][i] for i in idx],
                                      mode="markers", name=name, text=[f"trial {f['number'][i]}" for i in idx],
@@ -180,7 +244,8 @@ def fig_grad_noise(gn: dict):
     fig.add_trace(go.Scatter(x=[c["value"]] * 2, y=span, legendgroup="crit", showlegend=not curves, **crit),
                   row=1, col=col)
     fig.update_xaxes(row=1, col=col, **LOG_B)
-    fig.update_yaxes(type="log", title_text="gradient noise scale B_simple (examples, log scale)")
+    fig.update_yaxes(type="log", title_text="noise scale B_simple (examples, log scale)")
+    fig.update_layout(height=540)
     return fig
 
 
@@ -289,11 +354,17 @@ def fig_importance(imp: dict):
     import plotly.graph_objects as go
 
     ranked = sorted(imp["importance"].items(), key=lambda kv: kv[1])
-    fig = _figure(title={"text": f"Parameter importances ({imp['method']})"}, height=120 + 50 * len(ranked),
-                  showlegend=False)
-    fig.add_trace(go.Bar(x=[v for _, v in ranked], y=[k for k, _ in ranked], orientation="h",
+    ped = imp.get("ped_anova")
+    title = f"Parameter importances: {imp['method']}" + (f" and {imp['dashboard_method']}" if ped else "")
+    fig = _figure(title={"text": title}, height=200 + (90 if ped else 50) * len(ranked), barmode="group",
+                  showlegend=bool(ped))
+    fig.add_trace(go.Bar(x=[v for _, v in ranked], y=[k for k, _ in ranked], orientation="h", name=imp["method"],
                          text=[f"{v:.2f}" for _, v in ranked], textposition="auto"))
-    fig.update_xaxes(title_text="importance (share of objective variance, 0-1)", range=[0, 1])
+    if ped:
+        fig.add_trace(go.Bar(x=[ped.get(k, 0.0) for k, _ in ranked], y=[k for k, _ in ranked], orientation="h",
+                             name=f"{imp['dashboard_method']} (as optuna-dashboard shows)",
+                             text=[f"{ped.get(k, 0.0):.2f}" for k, _ in ranked], textposition="auto"))
+    fig.update_xaxes(title_text="importance (each method's values sum to 1)", range=[0, 1])
     fig.update_yaxes(title_text="parameter")
     return fig
 
@@ -317,7 +388,8 @@ def fmt(value, spec: str) -> str:
     return format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
 
 
-NAV = (("summary", "summary"), ("accuracy", "accuracy"), ("curves", "curves"), ("loss-noise", "loss noise"),
+NAV = (("summary", "summary"), ("accuracy", "accuracy"), ("octaves", "octaves"), ("curves", "curves"),
+       ("loss-noise", "loss noise"),
        ("grad-noise", "noise scale"), ("steps", "steps"), ("sharpness", "sharpness"),
        ("compute", "compute"), ("pareto", "Pareto"),
        ("history", "history"), ("importance", "importance"), ("top", "top trials"), ("repro", "reproducibility"))
@@ -345,7 +417,9 @@ def render_html(report: dict) -> str:
     no_time = '<p class="skip">Not shown: no complete trial with a compute time.</p>'
     section("summary", "Summary", None, lambda: _summary_html(report["summary"], timings.get("summary", [])))
     section("accuracy", "Accuracy and generalization gap against batch size", "accuracy",
-            plot(fig_accuracy, "accuracy", "plot-accuracy"))
+            lambda: _plot(fig_accuracy(report["accuracy"], report.get("per_octave")), "plot-accuracy")
+            + _notes(notes(report, "accuracy")))
+    section("octaves", "Per octave of batch size", "per_octave", lambda: _octave_table(report["per_octave"]))
     section("curves", "Learning curves across the batch-size range", "learning_curves",
             plot(fig_learning_curves, "learning_curves", "plot-curves"))
     section("loss-noise", "Loss noise against batch size", "loss_noise",
@@ -390,7 +464,18 @@ def notes(report: dict, key: str) -> list[str]:
         if "slope_ci" in r:
             ci = r["slope_ci"]
             out.append(f"Slope {r['slope']:+.3f}, {_interval_text(ci, '+.3f')} ({ci['method']}, {ci['resamples']} "
-                       f"resamples of the trials, seed {ci['seed']}).")
+                       f"resamples of the trials, seed {ci['seed']})"
+                       + (": the interval includes 0, no trend, so no fitted line is drawn." if not r.get("trend", True)
+                          else "."))
+        return out
+    if key == "importance":
+        out = [f"{r['method']}: {r['method_description']}."] if "method_description" in r else []
+        if "dashboard_method" in r:
+            out.append(f"optuna-dashboard shows {r['dashboard_method']}: {r['dashboard_method_description']}; the "
+                       "two answer different "
+                       "questions (variance over the whole space against what sets the best trials apart), so their "
+                       "rankings can differ." + ("" if "ped_anova" in r else
+                                                 f" Not computed here: {r.get('ped_anova_skipped', '')}."))
         return out
     if key == "steps_to_target" and "fit" in r:
         f = r["fit"]
@@ -416,6 +501,41 @@ def notes(report: dict, key: str) -> list[str]:
                "heavy-ball momentum m)."]
         return out + ([f"{r['full_batch_skipped']}."] if "full_batch_skipped" in r else [])
     return []
+
+
+def octave_trend_sentence(fit: dict) -> str:
+    """The change of the best val_acc per doubling of B over octaves, or why no trend is claimed."""
+    if "gain_per_doubling" not in fit:
+        return f"No trend of the best val_acc with batch size fitted: {fit['skipped']}."
+    g, ci = fit["gain_per_doubling"], fit.get("ci")
+    sizes = fit["batch_size"]
+    over = f"least-squares line over the best trial of {fit['n_octaves']} octaves, B = {sizes[0]}-{sizes[-1]}"
+    if not ci:
+        return f"No trend of the best val_acc with batch size claimed ({g:+.4f} per doubling; {fit['skipped']})."
+    within = _bootstrap_text(ci, "+.4f")
+    if fit["trend"]:
+        trend = "rose" if g > 0 else "fell"
+        return f"Best val_acc {trend} with batch size: {g:+.4f} per doubling of B ({within}; {over})."
+    return (f"No trend of the best val_acc with batch size: {g:+.4f} per doubling of B, {within}, which includes 0 "
+            f"({over}).")
+
+
+def _bootstrap_text(ci: dict, spec: str) -> str:
+    """'95% bootstrap interval a to b', as the summary words it."""
+    return _interval_text(ci, spec).replace(" CI ", " bootstrap interval ", 1)
+
+
+def _octave_table(po: dict) -> str:
+    """Trials and the best val_acc per octave of B, then the trend over octaves in words."""
+    keys = ("label", "n_trials", "n_complete", "n_pruned", "n_fail", "best_val_acc", "best_val_acc_se",
+            "best_batch_size", "best_lr", "best_number", "median_val_acc")
+    rows = [dict(zip(keys, values)) for values in zip(*(po[k] for k in keys))]
+    table = _table(rows, [
+        ("label", "B (octave)", ""), ("n_trials", "trials", ""), ("n_complete", "complete", ""),
+        ("n_pruned", "pruned", ""), ("n_fail", "failed", ""), ("median_val_acc", "median val_acc", ".4f"),
+        ("best_val_acc", "best val_acc", ".4f"), ("best_val_acc_se", "± SE", ".4f"), ("best_batch_size", "at B", ""),
+        ("best_lr", "lr", ".3g"), ("best_number", "trial", "")])
+    return table + _notes([octave_trend_sentence(po["fit"]), f"Rule: {po['fit']['rule']}."])
 
 
 def _notes(lines: list[str]) -> str:
@@ -447,6 +567,14 @@ def _top_table(report: dict) -> str:
     ])
 
 
+def numeric_key(item: tuple[str, object]) -> tuple[int, float | str]:
+    """Sort key of a (key, value) pair whose key is a number as text ("10" after "9"); others after, as text."""
+    try:
+        return 0, float(item[0])
+    except ValueError:
+        return 1, item[0]
+
+
 def _reproducibility_html(report: dict) -> str:
     r = report["reproducibility"]
     mlflow = report["volatile"].get("mlflow", {})
@@ -455,7 +583,7 @@ def _reproducibility_html(report: dict) -> str:
     items = [
         ("study command", r.get("study_command")), ("report command", r["report_command"]),
         ("experiment file", f.get("name")), ("sha256", sha), ("study seed", r.get("study_seed")),
-        ("trial seeds", ", ".join(f"{k}: {s}" for k, s in r["trial_seeds"].items())),
+        ("trial seeds", ", ".join(f"{k}: {s}" for k, s in sorted(r["trial_seeds"].items(), key=numeric_key))),
         ("trials by state", ", ".join(f"{k.lower()} {n}" for k, n in r["trials_by_state"].items())),
         ("device", r.get("device")), ("git commit", r.get("git_commit") or "(not a git checkout)"),
         ("package versions", ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items())),

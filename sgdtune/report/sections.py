@@ -13,6 +13,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..science.fits import (
+    BOOTSTRAP_LEVEL,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    Interval,
     binomial_se,
     critical_batch_fit,
     critical_batch_intervals,
@@ -107,9 +111,25 @@ def equal_budget_comparison(rows: list[dict]) -> dict | None:
             "loss": float(acc[i] - acc[-1]), "loss_vs_noise": compare(acc[i], se[i], acc[-1], se[-1])}
 
 
+def octave(batch_size: float) -> int:
+    """The octave k of B: 2^k <= B < 2^(k+1) (B = 8..15 -> 3)."""
+    return int(np.floor(np.log2(batch_size)))
+
+
+def best_rows_per_octave(rows: list[dict]) -> list[dict]:
+    """The trial of best final val_acc in each octave of B (ties: lower number), by ascending B.
+    Where B takes only powers of two (a grid, stratify = true) an octave is one batch size."""
+    best: dict[int, dict] = {}
+    for r in sorted(rows, key=lambda r: (-r["summary"]["final_val_acc"], r["number"])):
+        best.setdefault(octave(r["batch_size"]), r)
+    return [best[k] for k in sorted(best)]
+
+
 def per_doubling(rows: list[dict]) -> dict | None:
-    """Best val_acc per batch size (over the lr and budgets tried) and its change per doubling of B."""
-    best = best_rows_per_batch(rows)
+    """Best val_acc per octave of B (over the lr and budgets tried) and its change per doubling
+    between neighbouring octaves; `batch_size` is each octave's best trial's B. Per octave, not
+    per sampled value: on a continuous range neighbouring values (8, 9) differ by noise alone."""
+    best = best_rows_per_octave(rows)
     if len(best) < 2:
         return None
     sizes = np.array(column(best, "batch_size"), float)
@@ -125,6 +145,96 @@ def per_doubling(rows: list[dict]) -> dict | None:
             "fell_off_at": int(sizes[below[0]]) if below.size else None,
             # the best val_acc at the smallest B against that at the largest: a difference within noise?
             "smallest_vs_largest": compare(acc[0], se[0], acc[-1], se[-1])}
+
+
+MIN_TREND_OCTAVES = 3  # octaves with a complete trial before a trend over B is fitted
+
+
+def per_octave(rows: list[dict], complete: list[dict]) -> dict | None:
+    """Trials per octave of B (all states, from the Optuna params) and, over the complete ones,
+    the best and median val_acc; then the change of the best val_acc per doubling of B, from a
+    least-squares line of best val_acc against log2(B) over the octaves, with a seeded percentile
+    bootstrap interval (trials resampled, the best per octave picked again, the line refitted).
+    A trend is claimed only when the interval excludes 0."""
+    known = [r for r in rows if r["batch_size"]]
+    if not complete:
+        return None
+    ks = sorted({octave(r["batch_size"]) for r in known})
+    best = {octave(r["batch_size"]): r for r in best_rows_per_octave(complete)}
+    out: dict[str, Any] = {"octave": ks, "batch_size_low": [2 ** k for k in ks],
+                           "batch_size_high": [2 ** (k + 1) - 1 for k in ks],
+                           "batch_sizes": [sorted({r["batch_size"] for r in known if octave(r["batch_size"]) == k})
+                                           for k in ks]}
+    # one B seen in an octave (a grid, stratify = true): that B names it; else its range
+    out["label"] = [str(v[0]) if len(v) == 1 else f"{2 ** k}-{2 ** (k + 1) - 1}"
+                    for k, v in zip(ks, out["batch_sizes"])]
+    for state in ("COMPLETE", "PRUNED", "FAIL"):
+        out[f"n_{state.lower()}"] = [sum(r["state"] == state and octave(r["batch_size"]) == k for r in known)
+                                     for k in ks]
+    out["n_trials"] = [sum(octave(r["batch_size"]) == k for r in known) for k in ks]
+    pick = [best.get(k) for k in ks]
+    out["best_number"] = [r and r["number"] for r in pick]
+    out["best_batch_size"] = [r and r["batch_size"] for r in pick]
+    out["best_lr"] = [r and r["lr"] for r in pick]
+    out["best_val_acc"] = [r and r["summary"]["final_val_acc"] for r in pick]
+    out["best_val_acc_se"] = [r and val_acc_se(r)[0] for r in pick]
+    out["median_val_acc"] = [float(np.median([r["summary"]["final_val_acc"] for r in complete
+                                              if octave(r["batch_size"]) == k])) if best.get(k) else None
+                             for k in ks]
+    out["fit"] = octave_trend(complete)
+    return out
+
+
+def octave_trend(complete: list[dict]) -> dict:
+    """Best val_acc per octave against log2(B of that best): slope (val_acc per doubling of B),
+    its bootstrap interval, and whether the interval excludes 0 (`trend`)."""
+    best = best_rows_per_octave(complete)
+    rule = f"a trend needs >= {MIN_TREND_OCTAVES} octaves with a complete trial and an interval excluding 0"
+    if len(best) < MIN_TREND_OCTAVES:
+        return {"trend": False, "rule": rule, "n_octaves": len(best),
+                "skipped": f"{len(best)} octave{'s' * (len(best) != 1)} of B with a complete trial; "
+                           f"a trend needs at least {MIN_TREND_OCTAVES}"}
+    b = np.log2(np.array(column(complete, "batch_size"), float))
+    acc = np.array(column(complete, "final_val_acc"), float)
+    k = np.floor(b)
+
+    def slope(idx) -> tuple[float] | None:
+        order = idx[np.lexsort((idx, -acc[idx]))]  # best first, ties: lower index (lower trial number)
+        _, first = np.unique(k[order], return_index=True)
+        chosen = order[first]
+        return None if chosen.size < 2 else (float(np.polyfit(b[chosen], acc[chosen], 1)[0]),)
+
+    value = slope(np.arange(b.size))[0]
+    ci = octave_bootstrap(slope, k)
+    out: dict[str, Any] = {"gain_per_doubling": value, "n_octaves": len(best), "rule": rule,
+                           "batch_size": column(best, "batch_size"), "best_val_acc": column(best, "final_val_acc")}
+    if ci is None:
+        out.update(trend=False, skipped="fewer than half the bootstrap resamples held 2 octaves")
+        return out
+    out["ci"] = {**ci[0].as_dict(), "method": "percentile bootstrap, trials resampled within each octave"}
+    out["trend"] = bool(ci[0].low > 0 or ci[0].high < 0)
+    # the fitted line over the octaves' best trials, for the plot (drawn only with a trend)
+    lb = np.log2(np.array(out["batch_size"], float))
+    intercept = float(np.mean(out["best_val_acc"]) - value * lb.mean())
+    ends = np.array([lb.min(), lb.max()])
+    out["line"] = {"batch_size": (2 ** ends).tolist(), "val_acc": (intercept + value * ends).tolist()}
+    return out
+
+
+def octave_bootstrap(statistic, octaves: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                     level: float = BOOTSTRAP_LEVEL, seed: int = BOOTSTRAP_SEED) -> list[Interval] | None:
+    """science.fits.bootstrap_intervals with the trials resampled within each octave (a stratified
+    bootstrap): every resample keeps every octave, as the study's design does."""
+    groups = [np.flatnonzero(octaves == v) for v in np.unique(octaves)]
+    rng = np.random.default_rng(seed)
+    values = [v for v in (statistic(np.concatenate([rng.choice(g, g.size) for g in groups]))
+                          for _ in range(resamples)) if v is not None]
+    if len(values) < resamples / 2:
+        return None
+    table = np.array(values, dtype=float).reshape(len(values), -1)
+    tail = (1.0 - level) / 2
+    lo, hi = (np.quantile(table, q, axis=0, method="inverted_cdf") for q in (tail, 1.0 - tail))
+    return [Interval(float(a), float(b), level, resamples, resamples - len(values)) for a, b in zip(lo, hi)]
 
 
 def loss_noise_section(rows: list[dict], n_train: float, parent_metrics: dict) -> dict | None:
@@ -175,6 +285,8 @@ def loss_noise_section(rows: list[dict], n_train: float, parent_metrics: dict) -
     if ci is not None:
         out["slope_ci"] = ci.as_dict()
         out["theory_in_ci"] = bool(ci.low <= THEORY_LOSS_NOISE_SLOPE <= ci.high)
+    # the fitted line is drawn, and the slope stated as a trend, only when its interval excludes 0
+    out["trend"] = bool(ci is not None and (ci.low > 0 or ci.high < 0))
     return out
 
 
@@ -279,8 +391,16 @@ def pick_across_batch_sizes(rows: list[dict], n: int = N_CURVES) -> list[dict]:
     return [best[i] for i in keep]
 
 
+IMPORTANCE_METHOD = ("Optuna's FanovaImportanceEvaluator (seed {seed}), the share of the objective's variance over "
+                     "the whole search space that each parameter explains, from a random forest fitted to the "
+                     "complete trials")
+DASHBOARD_METHOD = ("Optuna's PedAnovaImportanceEvaluator (default settings), how far each parameter's distribution "
+                    "in the best 10% of trials departs from that over all trials")
+
+
 def importance_section(study: optuna.Study, n_complete: int) -> tuple[dict | None, str | None]:
-    """fANOVA importances of the params for the first objective (seeded: repeatable)."""
+    """fANOVA importances of the params for the first objective (seeded: repeatable), and beside
+    them PED-ANOVA's, the method optuna-dashboard shows, so the two pages can be reconciled."""
     if n_complete < 2:
         return None, f"parameter importances need at least 2 complete trials; got {n_complete}"
     target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
@@ -289,7 +409,16 @@ def importance_section(study: optuna.Study, n_complete: int) -> tuple[dict | Non
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED), target=target)
     except (ValueError, RuntimeError) as e:
         return None, f"parameter importances: {e}"
-    return {"method": f"fANOVA (seed {IMPORTANCE_SEED})", "importance": dict(imp)}, None
+    out: dict[str, Any] = {"method": f"fANOVA (seed {IMPORTANCE_SEED})", "importance": dict(imp),
+                           "method_description": IMPORTANCE_METHOD.format(seed=IMPORTANCE_SEED),
+                           "dashboard_method": "PED-ANOVA", "dashboard_method_description": DASHBOARD_METHOD}
+    try:
+        ped = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=target)
+        out["ped_anova"] = dict(ped)
+    except (ValueError, RuntimeError) as e:  # e.g. too few trials for its quantiles
+        out["ped_anova_skipped"] = str(e)
+    return out, None
 
 
 def history_section(study: optuna.Study, objective: str) -> dict | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .html import fmt
+from .html import fmt, octave_trend_sentence
 from .inputs import column
 
 
@@ -57,21 +57,25 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
         else:
             out.append(f"{head}, the largest batch size B = {eq['largest_batch_size']} gave the best val_acc, "
                        f"{eq['largest_val_acc']:.4f}.")
+    po = report.get("per_octave")
+    if po:
+        out.append("Trials per octave of B, complete of all (pruned): " + ", ".join(
+            f"{lab}: {c}/{n}" + (f" ({p})" if p else "")
+            for lab, c, n, p in zip(po["label"], po["n_complete"], po["n_trials"], po["n_pruned"])) + ".")
+        out.append(octave_trend_sentence(po["fit"]))
+        lrs = [(lab, lr) for lab, lr in zip(po["label"], po["best_lr"]) if lr is not None]
+        if len(lrs) > 1:  # where lr is tuned per B, the best lr per octave shows how it scales with B
+            out.append("lr of the best trial per octave of B: " + ", ".join(f"{lab}: {lr:.3g}" for lab, lr in lrs)
+                       + ".")
     pd = report.get("per_doubling")
     if pd:
         b = pd["batch_size"]
-        steps = ", ".join(f"{g:+.4f} ({lo}->{hi})" for g, lo, hi in zip(pd["gain_per_doubling"], b, b[1:]))
-        if pd["fell_off_at"] is not None:
-            tail = (f"the first interval gaining less than {pd['gain_floor']} per doubling starts at "
-                    f"B = {pd['fell_off_at']}")
-        else:
-            tail = f"every doubling up to B = {b[-1]} gained at least {pd['gain_floor']}"
         ses = pd["gain_per_doubling_se"]
         if all(e is not None for e in ses):
             small = sum(abs(g) < 2 * e for g, e in zip(pd["gain_per_doubling"], ses))
-            tail += (f" ({small} of {len(ses)} step{'s' * (len(ses) > 1)} smaller than 2 standard errors, "
-                     f"{min(ses):.4f}-{max(ses):.4f} per doubling)")
-        out.append(f"Best val_acc per batch size changed per doubling of B by {steps}; {tail}.")
+            out.append(f"Best val_acc between neighbouring octaves of B ({small} of {len(ses)} step"
+                       f"{'s' * (len(ses) > 1)} smaller than 2 standard errors; SE {min(ses):.4f}-{max(ses):.4f} "
+                       "per doubling).")
         acc, se_b = pd["best_val_acc"], pd["best_val_acc_se"]
         out.append(f"Best val_acc at the smallest batch size B = {b[0]}, {pm(acc[0], se_b[0])}, against the largest, "
                    f"B = {b[-1]}, {pm(acc[-1], se_b[-1])}: {noise_verdict(pd['smallest_vs_largest'])}.")
@@ -87,7 +91,13 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
     ln = report.get("loss_noise")
     if ln and "fit_skipped" in ln:
         out.append(f"Loss noise: no slope fitted ({ln['fit_skipped']}).")
-    if ln and "slope" in ln:
+    if ln and "slope" in ln and not ln.get("trend", True):
+        lo, hi = ln["fit_batch_sizes"]
+        ci = ln.get("slope_ci")
+        within = f", {interval(ci, '+.2f')}, which includes 0" if ci else ""
+        out.append(f"Loss noise: no trend with batch size over {ln['n_fitted']} trials with B = {lo}-{hi} (log-log "
+                   f"slope {ln['slope']:+.2f}{within}; no line drawn).")
+    if ln and "slope" in ln and ln.get("trend", True):
         trend = "fell" if ln["slope"] < 0 else "rose"
         ci = ln.get("slope_ci")
         ci_text = f"{interval(ci, '+.2f')}; " if ci else ""
