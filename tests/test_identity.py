@@ -91,7 +91,8 @@ def test_the_study_records_its_configuration_and_sha256(tiny_cli):
     assert study.user_attrs["config_sha256"] == fingerprint(config)
     recorded = json.loads(study.user_attrs["config_json"])
     assert recorded["train"]["momentum"] == 0.9 and recorded["seed"] == 0
-    assert recorded["search"]["lr"] == {"low": 0.05, "high": 0.2, "log": True, "step": None, "choices": None}
+    assert recorded["search"]["lr"] == {"low": 0.05, "high": 0.2, "log": True, "step": None, "choices": None,
+                                         "stratify": False}
     # What does not change a trial's computation is not part of it; a searched [train] value neither.
     assert not {"name", "n_trials", "timeout_s", "storage", "tracking_uri", "device"} & set(recorded)
     assert "lr" not in recorded["train"] and "batch_size" not in recorded["train"]
@@ -225,7 +226,8 @@ def test_diff_names_dotted_keys_and_counts_a_field_added_since_as_its_default(tm
     old["search"]["epochs"] = {"low": 1, "high": 2}
     assert config_diff(json.dumps(old), config) == [  # a searched [train] value is not recorded
         "train.epochs: (none) -> 1",
-        'search.epochs: {"low": 1.0, "high": 2.0, "log": false, "step": null, "choices": null} -> (none)']
+        'search.epochs: {"low": 1.0, "high": 2.0, "log": false, "step": null, "choices": null, '
+        '"stratify": false} -> (none)']
 
 
 def test_the_readme_api_example_runs_beside_an_earlier_quick_study(workdir):
