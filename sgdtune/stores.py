@@ -283,7 +283,11 @@ def check_tracking(tracking_uri: str, storage: optuna.storages.BaseStorage, stud
     if scheme in ("http", "https"):
         probe_server(tracking_uri)
     elif scheme == "sqlite" and tracking_uri.partition(":///")[2]:
-        writable_file("--tracking-uri", Path(tracking_uri.partition(":///")[2].partition("?")[0]), tracking_uri)
+        try:
+            writable_file("--tracking-uri", Path(tracking_uri.partition(":///")[2].partition("?")[0]), tracking_uri)
+        except InputError as e:  # the rule the writer process gives for a store it cannot open, and why
+            raise InputError("--tracking-uri", "must be a tracking store MLflow can open",
+                             f"{redact(tracking_uri)!r} (it {e.rule})") from None
     recorded = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == study_name), {})
     parent = recorded.get("mlflow_parent_run_id")
     if parent and not holds_run(tracking_uri, parent):
