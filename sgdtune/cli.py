@@ -175,8 +175,8 @@ UI_EPILOG = """examples:
   python -m sgdtune.ui                         # MLflow UI on http://127.0.0.1:5000
   python -m sgdtune.ui --optuna                # and optuna-dashboard on http://127.0.0.1:8080
   python -m sgdtune.ui --port 5001 --tracking-uri sqlite:////abs/path/mlruns/mlflow.db
-  python -m sgdtune.ui --host 0.0.0.0          # other machines too (MLflow's security middleware
-                                               # may then want --allowed-hosts: run mlflow server)
+  python -m sgdtune.ui --host 10.0.0.5         # a private network too (no login: README, Security;
+                                               # MLflow may then want --allowed-hosts: run mlflow server)
 
 Ctrl-C stops the servers. Open the printed runs-table URL (MLflow 3 otherwise opens its GenAI
 view); tick trials and press Compare to set their params and metrics side by side.
