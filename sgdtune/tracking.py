@@ -239,7 +239,7 @@ class Tracker:
 
         tags = [RunTag("sgdtune.trial_state", state)]
         if fail_reason:
-            tags.append(RunTag("sgdtune.fail_reason", fail_reason[:5000]))
+            tags.append(RunTag("sgdtune.fail_reason", redact_url(fail_reason)[:5000]))  # errors may quote a URL
         epochs = self._unwritten.pop(run_id, [])
         params = self._unwritten_params.pop(run_id, [])
         self._written_at.pop(run_id, None)

@@ -44,6 +44,17 @@ def test_redact_tree_masks_every_string_of_a_report():
     assert redact_tree(tree) == {"a": ["postgresql://u:***@h/db", 1.5, None], "b": {"c": "x?token=***"}, "n": 3}
 
 
+def test_a_fail_reason_quoting_a_url_is_masked_in_its_tag(tmp_path):
+    from sgdtune.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "s")
+    parent = tracker.start_parent_run({}, {})
+    run = tracker.start_trial_run(parent, 0, {}, {})
+    tracker.end_trial_run(run, "FAIL", {}, fail_reason="OperationalError: postgresql://u:PW-123@h/db refused")
+    tag = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(run).data.tags["sgdtune.fail_reason"]
+    assert tag == "OperationalError: postgresql://u:***@h/db refused"
+
+
 def pg_dump(url: str) -> str:
     """Every table of a database as SQL text (pg_dump, password from the environment)."""
     rest = url.split("@", 1)[1]  # 127.0.0.1:PORT/NAME

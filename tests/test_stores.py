@@ -218,6 +218,9 @@ def test_an_emptied_mlflow_store_is_refused_not_replaced(workdir):
     assert study(workdir).returncode == 0
     parent = trials_in("mlruns/optuna.journal")  # one trial, with its run
     recorded = optuna.load_study(study_name="quick", storage=open_storage("mlruns/optuna.journal")).user_attrs
+    port = free_port()  # the report, too, refuses a server that does not answer, in seconds
+    proc = run_cli("sgdtune.report", "--tracking-uri", f"http://127.0.0.1:{port}", cwd=workdir, timeout=60)
+    refused(proc, "--tracking-uri", "cannot connect to the MLflow server", f"127.0.0.1:{port}")
     db = workdir / "mlruns" / "mlflow.db"
     for extra in workdir.glob("mlruns/mlflow.db-*"):
         extra.unlink()

@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 
 from ..errors import InputError
-from ..stores import check_name, open_storage
+from ..stores import check_name, open_storage, probe_server
 from ..tracking import RunReader, RunRecord, redact_url, store_exists
 
 TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_s", "throughput_eps")
@@ -67,6 +67,8 @@ def open_runs(study: optuna.Study, tracking_uri: str) -> RunReader | None:
     hint = f"; the study recorded its runs at {recorded!r}" if recorded and recorded != tracking_uri else ""
     if not store_exists(tracking_uri):
         raise InputError("--tracking-uri", "must name an existing MLflow store", f"{redact_url(tracking_uri)!r}{hint}")
+    if tracking_uri.startswith(("http://", "https://")):
+        probe_server(tracking_uri)  # a server that does not answer: refused in seconds
     reader = RunReader(tracking_uri)
     if reader.find_run(parent_id) is None:
         raise InputError("--tracking-uri", f"must hold the study's parent run {parent_id}",
