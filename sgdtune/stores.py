@@ -105,7 +105,7 @@ def _open_rdb(url: str, kind: str, heartbeat: int | None, tracking_uri: str | No
     if kind == "sqlite":
         database = url.partition(":///")[2]  # sqlite:///rel/path, sqlite:////abs/path; sqlite:// is in memory
         if database and database != ":memory:":
-            writable_file("--storage", Path(database.partition("?")[0]), url)
+            writable_file("--storage", Path(database.partition("?")[0]), url, "optuna.db")
     elif kind == "postgresql" and "connect_timeout" not in url:
         kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     if heartbeat is not None:
@@ -161,12 +161,11 @@ def _rdb_problem(error: Exception, kind: str) -> str:
     return f"cannot be opened as an Optuna {kind} storage ({first})"
 
 
-def writable_file(flag: str, path: Path, shown: str) -> None:
+def writable_file(flag: str, path: Path, shown: str, example: str = "optuna.journal") -> None:
     """Check that `path` can be a store's file: not a folder, in a folder that exists (made
     here) and can be written (SQLite and the journal write beside the file), itself writable."""
     if path.is_dir():
-        inside = Path(path, "optuna.journal" if flag == "--storage" else "mlflow.db")
-        raise InputError(flag, f"names a folder, not a file; give a file inside it (e.g. {inside})",
+        raise InputError(flag, f"names a folder, not a file; give a file inside it (e.g. {Path(path, example)})",
                          repr(redact(shown)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +283,8 @@ def check_tracking(tracking_uri: str, storage: optuna.storages.BaseStorage, stud
         probe_server(tracking_uri)
     elif scheme == "sqlite" and tracking_uri.partition(":///")[2]:
         try:
-            writable_file("--tracking-uri", Path(tracking_uri.partition(":///")[2].partition("?")[0]), tracking_uri)
+            writable_file("--tracking-uri", Path(tracking_uri.partition(":///")[2].partition("?")[0]), tracking_uri,
+                          "mlflow.db")
         except InputError as e:  # the rule the writer process gives for a store it cannot open, and why
             raise InputError("--tracking-uri", "must be a tracking store MLflow can open",
                              f"{redact(tracking_uri)!r} (it {e.rule})") from None

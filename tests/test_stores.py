@@ -65,7 +65,8 @@ def test_storage_naming_a_folder_is_refused(workdir):
     (workdir / "a-folder").mkdir()
     line = refused(study(workdir, "--storage", "a-folder"), "--storage", "names a folder", "a-folder")
     assert "a-folder/optuna.journal" in line  # what to give instead
-    refused(study(workdir, "--storage", f"sqlite:///{workdir}/a-folder"), "--storage", "names a folder")
+    refused(study(workdir, "--storage", f"sqlite:///{workdir}/a-folder"), "--storage", "names a folder",
+            "a-folder/optuna.db")
     assert list((workdir / "a-folder").iterdir()) == []
     assert no_mlflow_run(workdir)
 
@@ -297,4 +298,15 @@ def test_heartbeats_use_the_retry_api_that_is_not_deprecated(tmp_path):
         warnings.simplefilter("always")
         storage = open_storage(f"sqlite:///{tmp_path}/deep/optuna.db", heartbeat=2)
     assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
-    assert isinstance(storage.heartbeat_stale_trial_callback.retry, optuna.storages.RetryHeartbeatStaleTrialCallback)
+    handler = storage.heartbeat_stale_trial_callback
+    assert isinstance(handler.retry, optuna.storages.RetryHeartbeatStaleTrialCallback)
+    # A stale trial (its worker lost) is queued again with the same parameters.
+    s = optuna.create_study(study_name="hb", storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "heartbeat ... used with Study.optimize": ask is enough here
+        trial = s.ask({"lr": optuna.distributions.FloatDistribution(0.01, 1.0)})
+    s.tell(trial, state=TrialState.FAIL)
+    handler(s, s.trials[0])
+    queued = s.trials[1]
+    assert queued.state == TrialState.WAITING and queued.params == s.trials[0].params
+    assert queued.system_attrs["failed_trial"] == 0
