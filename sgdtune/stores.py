@@ -186,25 +186,36 @@ def _open_journal(path: Path) -> optuna.storages.JournalStorage:
 
     writable_file("--storage", path, str(path))
     lock = optuna.storages.journal.JournalFileOpenLock(str(path))
-    if path.exists() and path.stat().st_size and not _journal_is_whole(path):
-        # Only the last record is in doubt: check again, and repair, while no process writes.
+    if path.exists() and path.stat().st_size and not _last_record_whole(path):
+        # The last record is torn, or being written: look again, and repair, while no process
+        # writes (Optuna's own lock).
         lock.acquire()
         try:
-            if not _journal_is_whole(path):
-                repair_journal(path)
+            repair_journal(path)
         finally:
             lock.release()
     try:
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock))
-    except (ValueError, KeyError, TypeError, IndexError) as e:  # records that are JSON but not Optuna's
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        # Damage before the last line (only now read in full: Optuna's replay found it), or
+        # records that are JSON but not Optuna's.
+        _journal_damage(path.read_bytes(), path)
         raise InputError("--storage", f"must be an Optuna journal file; its records cannot be replayed ({e!r}); "
                          "pass another --storage for a new study", repr(str(path))) from None
 
 
-def _journal_is_whole(path: Path) -> bool:
-    """Every line a complete JSON record, the last one ended (a refusal is raised for damage
-    before the last line); False when the last record is torn."""
-    return _journal_damage(path.read_bytes(), path) is None
+def _last_record_whole(path: Path, chunk: int = 1 << 20) -> bool:
+    """The file's last line is a JSON record ended by its newline (reads the file's end only)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - chunk))
+        tail = f.read()
+    if not tail.endswith(b"\n"):
+        return False
+    start = tail.rfind(b"\n", 0, len(tail) - 1)
+    if start < 0 and size > len(tail):  # one record longer than the chunk: read it all
+        return _last_record_whole(path, size + 1)
+    return _is_record(tail[start + 1:-1])
 
 
 def _journal_damage(data: bytes, path: Path) -> tuple[int, bool] | None:
