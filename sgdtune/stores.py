@@ -322,7 +322,12 @@ def probe_server(tracking_uri: str) -> None:
 
     parts = urllib.parse.urlsplit(tracking_uri)
     host = parts.hostname or ""
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    try:
+        port = parts.port
+    except ValueError:
+        raise InputError("--tracking-uri", "must be a server address http://HOST:PORT with a numeric port",
+                         repr(redact(tracking_uri))) from None
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
     url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
     reason = "no answer"
     for attempt in range(PROBE_ATTEMPTS):
