@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,7 +114,10 @@ def _open_rdb(url: str, kind: str, heartbeat: int | None, tracking_uri: str | No
                       heartbeat_stale_trial_callback=StaleTrialHandler(tracking_uri))
     for attempt in range(1, SCHEMA_ATTEMPTS + 1):
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            with warnings.catch_warnings():
+                # Heartbeats are "experimental" in Optuna: a note for sgdtune's code, not its users.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
         except sqlalchemy.exc.SQLAlchemyError as e:
             if attempt < SCHEMA_ATTEMPTS and _schema_race(e):
                 # Several processes created the tables at once (PostgreSQL: UniqueViolation on
@@ -357,7 +361,9 @@ class StaleTrialHandler:
         import optuna
 
         self.tracking_uri = tracking_uri
-        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8: see _open_rdb
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.tracking_uri:  # a worker lost early in a trial may not have recorded its run id
