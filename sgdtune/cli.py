@@ -17,12 +17,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, InputError
+from .redact import redact
 
 EXIT_INTERRUPTED = 130
 
 
 def _bad_input(error: InputError) -> int:
-    print(f"error: {error}", file=sys.stderr)
+    print(f"error: {redact(str(error))}", file=sys.stderr)  # a driver's message may quote a URL
     return EXIT_BAD_INPUT
 
 
@@ -81,10 +82,12 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     args = study_parser(prog).parse_args(argv)
     given = list(argv) if argv is not None else sys.argv[1:]
     from .config import default_experiment_path, load_experiment, parse_overrides
-    from .tracking import redact_url
+    from .stores import check_name
 
-    command = f"{prog} " + " ".join(shlex.quote(redact_url(a)) for a in given)
+    command = f"{prog} " + " ".join(shlex.quote(redact(a)) for a in given)
     try:
+        if args.study_name is not None:
+            check_name(args.study_name, "--study-name")  # it names reports/<name>/
         if args.replicates is not None and args.replicates < 1:
             raise InputError("--replicates", "must be >= 1", repr(args.replicates))
         overrides = {"n_trials": args.n_trials, "seed": args.seed, "name": args.study_name, "storage": args.storage,
@@ -115,7 +118,7 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         print("\ninterrupted: finished trials are kept; run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except TrackingError as e:  # the store failed mid-study: one line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 1
     storage_url, tracking_uri = locations(config)
     print_closing(study, config, storage_url, None if args.no_tracking else tracking_uri)
@@ -179,8 +182,8 @@ UI_EPILOG = """examples:
   python -m sgdtune.ui                         # MLflow UI on http://127.0.0.1:5000
   python -m sgdtune.ui --optuna                # and optuna-dashboard on http://127.0.0.1:8080
   python -m sgdtune.ui --port 5001 --tracking-uri sqlite:////abs/path/mlruns/mlflow.db
-  python -m sgdtune.ui --host 0.0.0.0          # other machines too (MLflow's security middleware
-                                               # may then want --allowed-hosts: run mlflow server)
+  python -m sgdtune.ui --host 10.0.0.5         # a private network too (no login: README, Security;
+                                               # MLflow may then want --allowed-hosts: run mlflow server)
 
 Ctrl-C stops the servers. Open the printed runs-table URL (MLflow 3 otherwise opens its GenAI
 view); tick trials and press Compare to set their params and metrics side by side.

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .data import DataConfig
 from .errors import InputError
 from .model import ModelConfig
+from .stores import NAME_RULE, name_problem
 from .trainer import TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -99,8 +100,7 @@ class PrunerConfig(_Strict):
 class ExperimentConfig(_Strict):
     """One study: what to train, what to search, how to search and where to store it."""
 
-    name: str = Field(default="batch_tradeoff", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
-                      description="study name = MLflow experiment name")
+    name: str = Field(default="batch_tradeoff", description="study name = MLflow experiment name")
     description: str = Field(default="", description="free text for people; the file itself is logged with "
                              "the study's parent run")
     seed: int = Field(default=0, ge=0, description="study seed: seeds the sampler; each trial's seed derives from "
@@ -124,6 +124,13 @@ class ExperimentConfig(_Strict):
     search: dict[str, ParamRange] = Field(default_factory=dict)
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_not_a_path(cls, name: str) -> str:
+        if name_problem(name):
+            raise ValueError(f"{NAME_RULE}; got {name!r}")
+        return name
 
     @field_validator("device")
     @classmethod

@@ -28,11 +28,12 @@ from .console import Progress
 from .data import load_data
 from .errors import InputError
 from .identity import check as check_identity
+from .redact import redact_url
 from .science.fits import study_metrics
 from .search import best_value, n_finished, open_study
-from .stores import MLRUNS, locations, open_storage
+from .stores import MLRUNS, check_tracking, locations, open_storage
 from .timing import describe_device, resolve_device
-from .tracking import default_artifact_location, redact_url
+from .tracking import default_artifact_location
 from .trial import Objective
 from .workers import WorkerSpec, supervise
 from .writer import BackgroundTracker, RunRef
@@ -73,6 +74,8 @@ def run_study(
     data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
     storage_url, tracking_uri = locations(config, mlruns)
     storage = open_storage(storage_url, heartbeat, tracking_uri if track else None)
+    if track:  # both stores checked before anything is written (stores.py)
+        check_tracking(tracking_uri, storage, config.name, storage_url)
     identity = check_identity(config, storage, on_change)  # before any trial or MLflow write
     study = open_study(config, storage)
     identity.record(study)
@@ -83,6 +86,7 @@ def run_study(
     if track:
         artifact_location = None if config.tracking_uri else default_artifact_location(mlruns)
         tracker = BackgroundTracker(tracking_uri, config.name, artifact_location)
+        tracker.experiment_id  # noqa: B018 - waits until the store is open: InputError here, not at a trial's end
         parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device,
                                    identity.parent_tags(study), replace=identity.action == "fresh")
 
@@ -142,10 +146,11 @@ def _start_parent(tracker: BackgroundTracker, config: ExperimentConfig, path, co
         "sgdtune.study_name": config.name,
         "sgdtune.storage": redact_url(storage_url),
         "sgdtune.device": describe_device(device),
-        "sgdtune.command": command or "",
+        "sgdtune.command": redact_url(command or ""),
         **identity_tags,
     }
     if path is not None:
+        path = masked_copy(path)
         tags["sgdtune.experiment_sha256"] = file_sha256(path)
     commit = _git_commit()
     if commit:
@@ -157,6 +162,24 @@ def _start_parent(tracker: BackgroundTracker, config: ExperimentConfig, path, co
     if path is not None:
         tracker.log_artifact(run, path, "experiment")
     return run
+
+
+def masked_copy(path: str | Path) -> Path:
+    """The experiment file to record: itself, or where it holds a secret (a storage URL with
+    its password) a copy with it masked, in a temporary folder removed at exit. The recorded
+    sha256 is the copy's: a hash of the original would let a password be guessed offline."""
+    text = Path(path).read_text()
+    if redact_url(text) == text:
+        return Path(path)
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="sgdtune-experiment-"))
+    atexit.register(shutil.rmtree, folder, True)  # after run_study has closed its tracker
+    copy = folder / Path(path).name
+    copy.write_text(redact_url(text))
+    return copy
 
 
 def _git_commit() -> str | None:

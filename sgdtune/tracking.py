@@ -26,13 +26,18 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # A progress bar for one small artifact (the experiment file, the report) is noise.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# A tracking server that stops answering mid-study: an error within about a minute, not
+# MLflow's default of 7 retries of 120 s each (stores.probe_server refuses one down at start).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
-import re  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
+
+from .redact import redact_url  # noqa: E402, F401 - the masking every writer here applies
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param
@@ -67,14 +72,6 @@ def default_tracking_uri(root: Path | str = "mlruns") -> str:
 
 def default_artifact_location(root: Path | str = "mlruns") -> str:
     return (Path(root).resolve() / "artifacts").as_uri()
-
-
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-
-
-def redact_url(text: str | None) -> str | None:
-    """Any URL password in `text` replaced by '***' (postgresql://u:***@host/db)."""
-    return _PASSWORD_IN_URL.sub(r"\1***@", text) if text else text
 
 
 def quiet_logging() -> None:
@@ -247,7 +244,7 @@ class Tracker:
 
         tags = [RunTag("sgdtune.trial_state", state)]
         if fail_reason:
-            tags.append(RunTag("sgdtune.fail_reason", fail_reason[:5000]))
+            tags.append(RunTag("sgdtune.fail_reason", redact_url(fail_reason)[:5000]))  # errors may quote a URL
         epochs = self._unwritten.pop(run_id, [])
         params = self._unwritten_params.pop(run_id, [])
         self._written_at.pop(run_id, None)
@@ -276,6 +273,16 @@ def store_exists(tracking_uri: str) -> bool:
     """False for a SQLite store whose file is missing (opening it would create an empty one);
     True otherwise, since a server's or a database's existence shows only when it is asked."""
     return not tracking_uri.startswith("sqlite:///") or Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+
+
+def holds_run(tracking_uri: str, run_id: str) -> bool:
+    """Whether the store holds the run; False for a missing or empty (0-byte) SQLite file,
+    which is not opened: MLflow would create its tables in it."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+    return RunReader(tracking_uri).find_run(run_id) is not None
 
 
 @dataclass(frozen=True)

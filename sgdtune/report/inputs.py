@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 
 from ..errors import InputError
-from ..stores import open_storage
+from ..stores import check_name, open_storage, probe_server
 from ..tracking import RunReader, RunRecord, redact_url, store_exists
 
 TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_s", "throughput_eps")
@@ -32,7 +32,10 @@ def is_memory(key: str) -> bool:
 
 
 def load_study(storage: str, study_name: str | None) -> optuna.Study:
-    """The named study, or the only one in the storage. Raises InputError naming the flag."""
+    """The named study, or the only one in the storage. Raises InputError naming the flag
+    (also for a name that cannot be a folder: reports/<name>/)."""
+    if study_name is not None:
+        check_name(study_name, "--study-name")
     if "://" not in storage and not Path(storage).is_file():
         raise InputError("--storage", "must be an existing Optuna journal file or a database URL",
                          f"{storage!r} (run `python -m sgdtune.study` first, or pass --storage)")
@@ -47,7 +50,7 @@ def load_study(storage: str, study_name: str | None) -> optuna.Study:
         if len(names) > 1:
             raise InputError("--study-name", f"required when the storage holds several studies; one of {listed}",
                              "none")
-        study_name = names[0]
+        study_name = check_name(names[0], "--study-name")  # a study named by another tool
     if study_name not in names:
         raise InputError("--study-name", f"must be one of {listed}", repr(study_name))
     return optuna.load_study(study_name=study_name, storage=open_storage(storage))
@@ -64,6 +67,8 @@ def open_runs(study: optuna.Study, tracking_uri: str) -> RunReader | None:
     hint = f"; the study recorded its runs at {recorded!r}" if recorded and recorded != tracking_uri else ""
     if not store_exists(tracking_uri):
         raise InputError("--tracking-uri", "must name an existing MLflow store", f"{redact_url(tracking_uri)!r}{hint}")
+    if tracking_uri.startswith(("http://", "https://")):
+        probe_server(tracking_uri)  # a server that does not answer: refused in seconds
     reader = RunReader(tracking_uri)
     if reader.find_run(parent_id) is None:
         raise InputError("--tracking-uri", f"must hold the study's parent run {parent_id}",

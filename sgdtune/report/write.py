@@ -8,8 +8,10 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import InputError
+from ..redact import redact_tree, redact_url
 from ..stores import MLRUNS, default_storage_url
-from ..tracking import Tracker, default_tracking_uri, redact_url
+from ..tracking import Tracker, default_tracking_uri
 from .build import build_report, to_json
 from .html import render_html
 from .inputs import load_study, open_runs
@@ -31,8 +33,9 @@ def write_report(study_name: str | None = None, storage: str | None = None, trac
         flags = {"--study-name": study_name, "--storage": storage if storage != default_storage_url(MLRUNS) else None,
                  "--tracking-uri": tracking_uri, "--out": None if str(out_dir) == "reports" else str(out_dir)}
         command = report_command([x for flag, value in flags.items() if value for x in (flag, str(value))])
-    text = to_json(build_report(study, reader, command))
-    folder = Path(out_dir) / study.study_name
+    # Every string masked (a URL password in a tag, an experiment file recorded verbatim).
+    text = to_json(redact_tree(build_report(study, reader, command)))
+    folder = report_folder(out_dir, study.study_name)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(text)
     (folder / "report.html").write_text(render_html(json.loads(text)))  # drawn from the file's content alone
@@ -41,6 +44,16 @@ def write_report(study_name: str | None = None, storage: str | None = None, trac
         for name in ("report.json", "report.html"):
             tracker.log_artifact(study.user_attrs["mlflow_parent_run_id"], folder / name, "report")
     return folder
+
+
+def report_folder(out_dir: str | Path, study_name: str) -> Path:
+    """<out_dir>/<study_name>, refused (InputError) unless it lies inside out_dir: the name
+    was checked (config.check_name), this checks the path it became."""
+    root = Path(out_dir).resolve()
+    folder = (root / study_name).resolve()
+    if folder.parent != root:
+        raise InputError("--study-name", f"must name a folder inside {str(out_dir)!r}", repr(study_name))
+    return Path(out_dir) / study_name
 
 
 def report_command(argv: Sequence[str]) -> str:

@@ -1,0 +1,312 @@
+"""Bad stores through the real command line: each an exit 2 with one line naming the flag and
+the problem, no traceback, nothing written; a torn journal repaired, a store that lost the
+study's runs refused, the schema created by several processes at once, names that are paths."""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import free_port, run_cli
+from optuna.trial import TrialState
+
+from sgdtune.errors import InputError
+from sgdtune.report.write import report_folder
+from sgdtune.stores import check_name, open_storage, repair_journal
+
+FAST = ["--no-progress", "--n-trials", "1", "--set", "search.epochs.low=1", "--set", "search.epochs.high=1"]
+
+
+def refused(proc: subprocess.CompletedProcess, flag: str, *words: str) -> str:
+    """The one error line of a refused command (exit 2), which names the flag and the words."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {flag}: "), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def trials_in(storage: str, name: str = "quick") -> list:
+    """The study's trials; [] where the storage holds no such study (or does not exist)."""
+    if "://" not in storage and not Path(storage).exists():
+        return []
+    store = open_storage(storage)
+    if name not in [s.study_name for s in store.get_all_studies()]:
+        return []
+    return optuna.load_study(study_name=name, storage=store).get_trials()
+
+
+def no_mlflow_run(cwd: Path) -> bool:
+    db = cwd / "mlruns" / "mlflow.db"
+    if not db.exists() or db.stat().st_size == 0:
+        return True
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    return not any(client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+def study(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return run_cli("sgdtune.study", "experiments/quick.toml", *FAST, *args, cwd=cwd, timeout=timeout)
+
+
+# -- a store that cannot be opened ------------------------------------------------------------
+
+
+def test_storage_naming_a_folder_is_refused(workdir):
+    (workdir / "a-folder").mkdir()
+    line = refused(study(workdir, "--storage", "a-folder"), "--storage", "names a folder", "a-folder")
+    assert "a-folder/optuna.journal" in line  # what to give instead
+    refused(study(workdir, "--storage", f"sqlite:///{workdir}/a-folder"), "--storage", "names a folder",
+            "a-folder/optuna.db")
+    assert list((workdir / "a-folder").iterdir()) == []
+    assert no_mlflow_run(workdir)
+
+
+def test_unsupported_scheme_lists_the_allowed_ones(workdir):
+    refused(study(workdir, "--storage", "redis://127.0.0.1:6379/0"), "--storage",
+            "sqlite://, postgresql://, mysql://", "'redis://127.0.0.1:6379/0'")
+    assert no_mlflow_run(workdir) and trials_in("mlruns/optuna.journal") == []
+
+
+def _without_root_powers() -> list[str]:
+    """Where the tests run as root (who writes anywhere), drop the capability that lets root
+    ignore permissions, so a read-only folder is read-only to the command too."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("runs as root and setpriv is missing: no folder is read-only to root")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+@pytest.mark.parametrize("storage", ["ro/optuna.journal", "sqlite:///ro/optuna.db"])
+def test_storage_in_a_read_only_folder_is_refused(workdir, storage):
+    (workdir / "ro").mkdir()
+    os.chmod(workdir / "ro", 0o555)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([*_without_root_powers(), sys.executable, "-m", "sgdtune.study", "experiments/quick.toml",
+                           *FAST, "--storage", storage], cwd=workdir, capture_output=True, text=True, timeout=240,
+                          env=env)
+    refused(proc, "--storage", "is read-only", "'ro'", repr(storage))
+    assert list((workdir / "ro").iterdir()) == []
+    assert not (workdir / "mlruns" / "mlflow.db").exists()
+
+
+def test_the_readme_heartbeat_recipe_works_in_a_fresh_directory(workdir):
+    """sqlite:///mlruns/optuna.db before mlruns/ exists: the folder is made (was: exit 1)."""
+    proc = study(workdir, "--storage", "sqlite:///mlruns/optuna.db", "--heartbeat", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "FutureWarning" not in proc.stderr
+    assert [t.state for t in trials_in("sqlite:///mlruns/optuna.db")] == [TrialState.COMPLETE]
+
+
+@pytest.mark.postgres
+def test_a_wrong_postgresql_password_is_refused_and_not_shown(workdir, postgres):
+    url = postgres("stores_auth").replace(":Pw-", ":Wrong-")
+    line = refused(study(workdir, "--storage", url), "--storage", "authentication failed", "postgresql://sgd:***@")
+    assert "Wrong-" not in line
+
+
+def test_a_refused_database_port_is_refused_naming_it(workdir):
+    port = free_port()
+    refused(study(workdir, "--storage", f"postgresql://sgd:Sekrit-77@127.0.0.1:{port}/x"), "--storage",
+            "connection refused", f"postgresql://sgd:***@127.0.0.1:{port}/x")
+
+
+def test_an_unreachable_tracking_server_is_refused_before_any_trial(workdir):
+    port = free_port()
+    # The server is probed first (2 tries of 5 s): exit 2 at once, where MLflow's own
+    # retries took 253 s and a trial was failed first; the timeout makes a regression fail.
+    proc = study(workdir, "--tracking-uri", f"http://127.0.0.1:{port}", timeout=60)
+    refused(proc, "--tracking-uri", "cannot connect to the MLflow server", "2 tries of 5 s", f"127.0.0.1:{port}")
+    assert trials_in("mlruns/optuna.journal") == []
+    assert no_mlflow_run(workdir)
+
+
+# -- the journal: damaged in the middle refused, torn at the end repaired -----------------------
+
+
+def _journal_with_trials(path: Path, n: int) -> list:
+    storage = open_storage(str(path))
+    s = optuna.create_study(study_name="quick", storage=storage, directions=["maximize"])
+    for i in range(n):
+        s.add_trial(optuna.trial.create_trial(params={"lr": 0.1 * (i + 1)}, value=i / 10,
+                                              distributions={"lr": optuna.distributions.FloatDistribution(0.01, 1)}))
+    return [(t.params, t.values) for t in s.get_trials()]
+
+
+def test_garbage_in_a_journal_is_refused_and_the_file_kept(workdir):
+    journal = workdir / "mlruns" / "optuna.journal"
+    journal.parent.mkdir()
+    _journal_with_trials(journal, 2)
+    lines = journal.read_bytes().split(b"\n")
+    lines[1] = b"#garbage#" + lines[1][9:]
+    damaged = b"\n".join(lines)
+    journal.write_bytes(damaged)
+    refused(study(workdir), "--storage", f"line 2 of {len(lines) - 1} is damaged", "restore a copy")
+    assert journal.read_bytes() == damaged
+    assert not list(journal.parent.glob("*.torn-*"))
+    assert no_mlflow_run(workdir)
+
+    journal.write_bytes(b"hello, not a journal\n")
+    refused(study(workdir), "--storage", "not an Optuna journal record")
+
+
+def test_a_journal_with_a_torn_last_record_is_repaired_with_a_backup(tmp_path, capsys):
+    journal = tmp_path / "optuna.journal"
+    before = _journal_with_trials(journal, 3)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code":5,"worker_id":"ab')  # a crash in the middle of a write
+    storage = open_storage(str(journal))
+    err = capsys.readouterr().err
+    assert "repaired the Optuna journal" in err and "cut off its last record" in err and "(28 bytes)" in err
+    assert journal.read_bytes() == whole
+    backups = list(tmp_path.glob("optuna.journal.torn-*"))
+    assert len(backups) == 1 and backups[0].read_bytes() == whole + b'{"op_code":5,"worker_id":"ab'
+    s = optuna.load_study(study_name="quick", storage=storage)
+    assert [(t.params, t.values) for t in s.get_trials()] == before
+    # The next write starts a line of its own: every trial stays readable.
+    s.add_trial(optuna.trial.create_trial(params={"lr": 0.5}, value=0.5,
+                                          distributions={"lr": optuna.distributions.FloatDistribution(0.01, 1)}))
+    again = optuna.load_study(study_name="quick", storage=open_storage(str(journal)))
+    assert len(again.get_trials()) == 4 and capsys.readouterr().err == ""
+
+
+def test_a_last_record_that_lost_only_its_newline_is_kept(tmp_path, capsys):
+    journal = tmp_path / "optuna.journal"
+    before = _journal_with_trials(journal, 2)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-1])
+    assert repair_journal(journal).name.startswith("optuna.journal.torn-")
+    assert "ended its last record" in capsys.readouterr().err
+    assert journal.read_bytes() == whole
+    assert [(t.params, t.values) for t in optuna.load_study(study_name="quick", storage=open_storage(
+        str(journal))).get_trials()] == before
+
+
+def test_an_sqlite_file_given_as_a_journal_says_how_to_pass_it(tmp_path):
+    db = tmp_path / "optuna.db"
+    open_storage(f"sqlite:///{db}")
+    with pytest.raises(InputError, match=r"an SQLite database: pass it as sqlite:///PATH"):
+        open_storage(str(db))
+
+
+def test_a_torn_journal_through_the_cli_keeps_every_trial(workdir):
+    assert study(workdir, "--n-trials", "2").returncode == 0
+    journal = workdir / "mlruns" / "optuna.journal"
+    before = [(t.number, t.params, t.values) for t in trials_in(str(journal))]
+    journal.write_bytes(journal.read_bytes() + b'{"op_code":4,"worker_id":"x","study_id":0,"datetime_st')
+    proc = study(workdir, "--n-trials", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "repaired the Optuna journal mlruns/optuna.journal" in proc.stderr
+    after = trials_in(str(journal))
+    assert [(t.number, t.params, t.values) for t in after[:2]] == before
+    assert [t.state for t in after] == [TrialState.COMPLETE] * 3
+
+
+# -- an MLflow store that lost the study's runs -------------------------------------------------
+
+
+def test_an_emptied_mlflow_store_is_refused_not_replaced(workdir):
+    assert study(workdir).returncode == 0
+    parent = trials_in("mlruns/optuna.journal")  # one trial, with its run
+    recorded = optuna.load_study(study_name="quick", storage=open_storage("mlruns/optuna.journal")).user_attrs
+    port = free_port()  # the report, too, refuses a server that does not answer, in seconds
+    proc = run_cli("sgdtune.report", "--tracking-uri", f"http://127.0.0.1:{port}", cwd=workdir, timeout=60)
+    refused(proc, "--tracking-uri", "cannot connect to the MLflow server", f"127.0.0.1:{port}")
+    db = workdir / "mlruns" / "mlflow.db"
+    for extra in workdir.glob("mlruns/mlflow.db-*"):
+        extra.unlink()
+    db.write_bytes(b"")  # truncated to 0 bytes
+    line = refused(study(workdir, "--n-trials", "2"), "--tracking-uri", recorded["mlflow_parent_run_id"],
+                   "mlruns/optuna.journal", str(db), "--study-name")
+    assert "does not hold" in line
+    assert db.stat().st_size == 0  # not silently made a new, empty store
+    assert len(trials_in("mlruns/optuna.journal")) == len(parent) == 1
+
+
+# -- PostgreSQL: the schema created by several processes at once ------------------------------
+
+
+@pytest.mark.postgres
+def test_three_threads_create_the_schema_of_a_fresh_database_at_once(postgres):
+    url = postgres("stores_race_threads")
+    barrier, results = threading.Barrier(3), []
+
+    def open_one():
+        barrier.wait()
+        try:
+            results.append(open_storage(url))
+        except Exception as e:  # noqa: BLE001 - the assertion below shows it
+            results.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, optuna.storages.RDBStorage) for r in results), results
+
+
+@pytest.mark.postgres
+def test_three_processes_start_one_study_on_a_fresh_postgresql_database(workdir, postgres):
+    url = postgres("stores_race")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "sgdtune.study", "experiments/quick.toml", *FAST, "--storage",
+                               url, "--no-tracking"], cwd=workdir, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    trials = trials_in(url)
+    assert len(trials) >= 1 and all(t.state == TrialState.COMPLETE for t in trials)
+
+
+# -- names that are not paths -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../../x", "/tmp/x", "a/b", "a\\b", ".hidden", "x\ny"])
+def test_study_names_that_are_paths_are_refused(name):
+    with pytest.raises(InputError, match=r"^--study-name: must be 1-128 letters, digits"):
+        check_name(name)
+
+
+def test_study_and_report_refuse_a_study_name_that_is_a_path(workdir):
+    refused(study(workdir, "--study-name", "..", "--report"), "--study-name", "not starting with '.'", "'..'")
+    refused(study(workdir, "--study-name", "../../x"), "--study-name", "no '/'")
+    assert not (workdir / "report.html").exists() and not (workdir / "mlruns").exists()
+    proc = run_cli("sgdtune.report", "--study-name", "..", cwd=workdir)
+    refused(proc, "--study-name", "'..'")
+
+
+def test_the_report_folder_must_lie_inside_out(tmp_path):
+    assert report_folder(tmp_path / "reports", "quick") == tmp_path / "reports" / "quick"
+    for name in ("..", "../x", str(tmp_path / "elsewhere")):
+        with pytest.raises(InputError, match="must name a folder inside"):
+            report_folder(tmp_path / "reports", name)
+
+
+def test_heartbeats_use_the_retry_api_that_is_not_deprecated(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        storage = open_storage(f"sqlite:///{tmp_path}/deep/optuna.db", heartbeat=2)
+    assert [str(w.message) for w in caught] == []  # no FutureWarning (nor Optuna's "experimental" notes)
+    handler = storage.heartbeat_stale_trial_callback
+    assert isinstance(handler.retry, optuna.storages.RetryHeartbeatStaleTrialCallback)
+    # A stale trial (its worker lost) is queued again with the same parameters.
+    s = optuna.create_study(study_name="hb", storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "heartbeat ... used with Study.optimize": ask is enough here
+        trial = s.ask({"lr": optuna.distributions.FloatDistribution(0.01, 1.0)})
+    s.tell(trial, state=TrialState.FAIL)
+    handler(s, s.trials[0])
+    queued = s.trials[1]
+    assert queued.state == TrialState.WAITING and queued.params == s.trials[0].params
+    assert queued.system_attrs["failed_trial"] == 0
