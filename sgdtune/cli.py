@@ -44,7 +44,7 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
         prog=prog,
         description="Run (or resume) an Optuna study over batch size, learning rate and budget; "
         "every trial is an MLflow run.",
-        epilog=STUDY_EPILOG,
+        epilog=STUDY_EPILOG.replace("python -m sgdtune.study", prog),  # examples as this command is typed
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("experiment", nargs="?", help="experiment TOML file (default: experiments/batch_tradeoff.toml)")
@@ -73,6 +73,12 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
 def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.study") -> int:
     """Run (or resume) a study; 0 when done, 2 on bad input, 130 on Ctrl-C."""
     args = study_parser(prog).parse_args(argv)
+    if not args.no_tracking:
+        # MLflow's writer process starts its 1-2 s of imports now, on another core, while
+        # this one imports torch below (writer.py); after parsing, so `--help` starts nothing.
+        from .writer import prestart
+
+        prestart()
     given = list(argv) if argv is not None else sys.argv[1:]
     from .config import default_experiment_path, load_experiment, parse_overrides
     from .tracking import redact_url
@@ -135,7 +141,7 @@ the study's parent MLflow run under report/.
 
 
 def report_parser(prog: str = "python -m sgdtune.report") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, epilog=REPORT_EPILOG,
+    p = argparse.ArgumentParser(prog=prog, epilog=REPORT_EPILOG.replace("python -m sgdtune.report", prog),
                                 description="Write a self-contained HTML report (and its JSON) for one study.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study-name", help="study to report (default: the only study in the storage)")
@@ -158,7 +164,8 @@ def report_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtun
     quiet_logging()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        folder = write_report(args.study_name, args.storage, args.tracking_uri, args.out, command=report_command(argv))
+        folder = write_report(args.study_name, args.storage, args.tracking_uri, args.out,
+                              command=report_command(argv, prog))
     except InputError as e:
         return _bad_input(e)
     print(f"wrote {folder / 'report.html'}")
@@ -181,7 +188,7 @@ view); tick trials and press Compare to set their params and metrics side by sid
 
 
 def ui_parser(prog: str = "python -m sgdtune.ui") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, epilog=UI_EPILOG,
+    p = argparse.ArgumentParser(prog=prog, epilog=UI_EPILOG.replace("python -m sgdtune.ui", prog),
                                 description="Serve the MLflow UI (and optuna-dashboard) on this store until Ctrl-C.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=5000, help="MLflow UI port (default: 5000)")
@@ -244,7 +251,7 @@ def surface_parser(prog: str = "python -m sgdtune.surface") -> argparse.Argument
             "  python -m sgdtune.surface                      # writes surface.html\n"
             "  python -m sgdtune.surface --out /tmp/s.html --open\n"
             "  python -m sgdtune.surface --n 10000 --seed 7"
-        ),
+        ).replace("python -m sgdtune.surface", prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=_html_path, default=Path("surface.html"),

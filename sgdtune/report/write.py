@@ -43,6 +43,7 @@ def write_report(study_name: str | None = None, storage: str | None = None, trac
     return folder
 
 
-def report_command(argv: Sequence[str]) -> str:
-    """The command line, any URL password masked."""
-    return shlex.join(["python", "-m", "sgdtune.report", *(redact_url(a) for a in argv)])
+def report_command(argv: Sequence[str], prog: str = "python -m sgdtune.report") -> str:
+    """The command line as typed (prog: `python -m sgdtune.report` or `sgdtune report`),
+    any URL password masked."""
+    return shlex.join([*prog.split(), *(redact_url(a) for a in argv)])
