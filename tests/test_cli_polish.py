@@ -4,8 +4,10 @@ Ctrl-C without a traceback, a closing table that fits the terminal."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import EXPERIMENTS, ROOT
@@ -92,3 +94,142 @@ def test_report_json_records_the_report_command_as_typed(quick, monkeypatch, tmp
     assert report_main(["--study-name", "quick", "--out", str(tmp_path)], prog=prog) == 0
     repro = json.loads((tmp_path / "quick/report.json").read_text())["reproducibility"]
     assert repro["report_command"] == f"{prog} --study-name quick --out {tmp_path}"
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_during_a_trial_prints_one_clean_line_and_no_traceback(tmp_path):
+    import optuna
+
+    from sgdtune.stores import open_storage
+
+    shutil.copytree(EXPERIMENTS, tmp_path / "experiments")
+    long_trials = ["--set", "search.epochs.low=300", "--set", "search.epochs.high=400"]  # minutes each
+    proc = subprocess.Popen([sys.executable, "-m", "sgdtune.study", "experiments/quick.toml", "--no-progress",
+                             *long_trials], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    journal = tmp_path / "mlruns/optuna.journal"
+    try:
+        deadline = time.monotonic() + 180
+        running = []
+        while not running and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            if journal.exists():
+                try:
+                    study = optuna.load_study(study_name="quick", storage=open_storage(str(journal)))
+                except KeyError:  # the study is not in the journal yet
+                    continue
+                running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        assert running, "no trial started"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert err.strip() == "interrupted: finished trials are kept; run the same command again to resume."
+    assert "Traceback" not in err + out
+
+
+def test_the_interrupt_filter_drops_a_ctrl_c_trial_and_keeps_real_errors():
+    import io
+    import logging
+
+    import optuna
+
+    from sgdtune.console import hide_interrupted_trials
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        hide_interrupted_trials()
+        study = optuna.create_study()
+
+        def broken(trial):
+            raise ValueError("a real bug")
+
+        def interrupted(trial):
+            raise KeyboardInterrupt
+
+        with pytest.raises(ValueError):
+            study.optimize(broken, n_trials=1)
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(interrupted, n_trials=1)
+        study.optimize(lambda trial: 1.0, n_trials=1)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    logged = stream.getvalue()
+    assert "Trial 0 failed with parameters: {} because of the following error: ValueError('a real bug')" in logged
+    assert 'raise ValueError("a real bug")' in logged  # its traceback
+    assert "Trial 0 failed with value None." in logged
+    assert "Trial 1" not in logged and "KeyboardInterrupt" not in logged
+    assert "Trial 2 finished with value: 1.0" in logged
+
+
+# -- the closing lines ---------------------------------------------------------------------------
+
+
+def finished_study(experiment_id: str = "7"):
+    """A real in-memory study of five finished trials, as run_study leaves them."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    study = optuna.create_study(direction="maximize", study_name="quick")
+    dists = {"batch_size": CategoricalDistribution([16, 64, 256, 1024]), "lr": FloatDistribution(0.01, 0.2, log=True),
+             "epochs": IntDistribution(2, 4)}
+    for n, (b, lr, acc) in enumerate([(16, 0.0123, 0.91), (64, 0.05, 0.95), (256, 0.1, 0.93), (1024, 0.19, 0.88)]):
+        summary = {"final_val_acc": acc, "final_gen_gap": 0.01 * n, "compute_time_s": 1.5 + n}
+        study.add_trial(optuna.trial.create_trial(
+            params={"batch_size": b, "lr": lr, "epochs": 3}, distributions=dists, value=acc,
+            user_attrs={"summary": summary, "mlflow_run_id": f"run{n}abcdef0123456789abcdef0123"}))
+    study.set_user_attr("mlflow_experiment_id", experiment_id)
+    return study
+
+
+def closing(monkeypatch, capsys, columns: int, tracking_uri: str = "sqlite:////tmp/x/mlflow.db") -> str:
+    from sgdtune.config import load_experiment
+    from sgdtune.console import print_closing
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    print_closing(finished_study(), load_experiment(EXPERIMENTS / "quick.toml"), "mlruns/optuna.journal",
+                  tracking_uri)
+    return capsys.readouterr().out
+
+
+def test_the_closing_table_fits_a_narrow_terminal_and_says_what_it_left_out(monkeypatch, capsys):
+    out = closing(monkeypatch, capsys, 60)
+    table = out.split("trials: ")[0].splitlines()
+    assert max(len(line) for line in table) <= 60
+    header = next(line for line in table if "batch_size" in line)
+    assert header.split() == ["┃", "trial", "┃", "batch_size", "┃", "lr", "┃", "val_acc", "┃", "budget", "┃"]
+    assert "(left out at 60 columns: gen_gap, compute s, mlflow run)\n" in out
+    best = next(line for line in table if "0.9500" in line)  # the best trial, whole: nothing cut
+    assert "64" in best and "0.05" in best and "epochs=3" in best and "…" not in out
+
+
+def test_the_closing_table_is_whole_in_a_wide_terminal(monkeypatch, capsys):
+    out = closing(monkeypatch, capsys, 200)
+    header = next(line for line in out.splitlines() if "batch_size" in line)
+    for column in ("trial", "batch_size", "lr", "val_acc", "budget", "gen_gap", "compute s", "mlflow run"):
+        assert column in header
+    assert "left out" not in out
+    assert "run1abcdef01 " in out  # trial 1's MLflow run id, its first 12 characters
+    rows = [line for line in out.splitlines() if "epochs=3" in line]
+    assert [row.split()[1] for row in rows] == ["1", "2", "0", "3"]  # best val_acc first
+
+
+def test_a_tracking_server_is_opened_at_its_own_url_without_credentials(monkeypatch, capsys):
+    out = closing(monkeypatch, capsys, 120, "http://alice:s3cret@127.0.0.1:5111/")
+    assert "open the MLflow UI: http://127.0.0.1:5111/#/experiments/7/runs?workflowType=machine_learning" \
+           "&viewStateShareKey=sgdtune-trials\n" in out
+    assert "mlflow ui" not in out and "s3cret" not in out
+    assert "mlflow store:   http://alice:***@127.0.0.1:5111/" in out
+
+
+def test_a_local_store_gets_the_command_that_serves_it(monkeypatch, capsys):
+    out = closing(monkeypatch, capsys, 120)
+    assert "  mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db --host 127.0.0.1 --port 5000\n" in out
+    assert "  then http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" \
+           "&viewStateShareKey=sgdtune-trials\n" in out
