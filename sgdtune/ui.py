@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .stores import MLRUNS, default_storage_url
-from .tracking import RunReader, default_tracking_uri, redact_url, store_exists, ui_url
+from .tracking import RunReader, default_tracking_uri, redact_url, save_runs_views, store_exists, ui_url
 
 START_TIMEOUT_S = 120  # mlflow server imports a lot: ~10 s on 2 CPU cores, more under load
 STOP_TIMEOUT_S = 10  # SIGTERM, then SIGKILL after this long
@@ -175,7 +175,9 @@ def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> i
             print(f"error: {failed.name} {state}; last lines of {failed.log}:\n{tail(failed.log)}", file=sys.stderr)
             return 1
         print(f"MLflow UI: {children[0].url}  (store {redact_url(tracking_uri)})")
-        for exp_id, name in RunReader(tracking_uri).experiments_with_runs():
+        experiments = RunReader(tracking_uri).experiments_with_runs()
+        save_runs_views(tracking_uri, [exp_id for exp_id, _ in experiments])  # what the URLs below open
+        for exp_id, name in experiments:
             print(f"  {name}: {ui_url(exp_id, args.port, host)}")
         if storage:
             print(f"optuna-dashboard: {children[1].url}  (storage {redact_url(storage)})")
