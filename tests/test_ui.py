@@ -73,12 +73,19 @@ def group_alive(pgid: int) -> bool:
 
 
 @pytest.mark.timeout(180)
-def test_ui_serves_the_study_runs_and_the_dashboard_then_stops_its_children(quick):
+def start_ui(cwd, reaper, *argv: str) -> subprocess.Popen:
+    """`python -m sgdtune.ui *argv` in `cwd`, stopped by `reaper` if pytest is killed."""
+    proc = subprocess.Popen([sys.executable, "-m", "sgdtune.ui", *argv], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            start_new_session=True)
+    reaper.watch(proc.pid)
+    return proc
+
+
+def test_ui_serves_the_study_runs_and_the_dashboard_then_stops_its_children(quick, reaper):
     cwd, study = quick
     port, optuna_port = free_port(), free_port()
-    argv = ["--port", str(port), "--optuna", "--optuna-port", str(optuna_port)]
-    proc = subprocess.Popen([sys.executable, "-m", "sgdtune.ui", *argv], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_ui(cwd, reaper, "--port", str(port), "--optuna", "--optuna-port", str(optuna_port))
     out = Lines(proc)
     try:
         out.wait_for("Ctrl-C stops the servers", UP_TIMEOUT_S)
@@ -95,6 +102,7 @@ def test_ui_serves_the_study_runs_and_the_dashboard_then_stops_its_children(quic
     finally:
         proc.send_signal(signal.SIGTERM)  # what Ctrl-C does, without a terminal
         proc.wait(timeout=60)
+        reaper.forget(proc.pid)  # stopped: its group id may be reused
     out.thread.join(5)
     assert proc.returncode == 0
     pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", "".join(out.lines))]
@@ -140,7 +148,7 @@ def test_bad_flags_exit_2_and_start_nothing(quick, monkeypatch, capsys, argv, me
 
 
 @pytest.mark.timeout(240)
-def test_the_printed_url_opens_the_trials_best_first_with_their_params_and_metrics(quick, chromium):  # noqa: F811
+def test_the_printed_url_opens_the_trials_best_first_with_their_params_and_metrics(quick, chromium, reaper):  # noqa: F811
     from mlflow import MlflowClient
 
     from sgdtune.runs_view import TAG
@@ -152,9 +160,7 @@ def test_the_printed_url_opens_the_trials_best_first_with_their_params_and_metri
     assert TAG in client.get_experiment(experiment_id).tags  # the study wrote its view
     client.delete_experiment_tag(experiment_id, TAG)  # as in a store from before: `sgdtune ui` writes it
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sgdtune.ui", "--port", str(port)], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_ui(cwd, reaper, "--port", str(port))
     out = Lines(proc)
     try:
         out.wait_for("Ctrl-C stops the servers", UP_TIMEOUT_S)
@@ -169,6 +175,7 @@ def test_the_printed_url_opens_the_trials_best_first_with_their_params_and_metri
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+        reaper.forget(proc.pid)  # stopped: its group id may be reused
     wanted = ["params.`batch_size`", "params.`lr`", "params.`epochs`", "metrics.`final_val_acc`",
               "metrics.`final_gen_gap`", "metrics.`final_loss_noise`", "metrics.`final_grad_noise_scale`",
               "metrics.`compute_time_s`"]
