@@ -1,10 +1,11 @@
 """The view of a study's runs that the MLflow UI opens on: its trials, best first, with
 the params and metrics that explain batch size as columns.
 
-MLflow 3's UI keeps a shareable runs-table view in an experiment tag,
-`mlflow.sharedViewState.<key>` (JSON: sort, filter, selected columns, their order), and opens
-it for a URL with `viewStateShareKey=<key>` (its "Share" button writes the same). The tracking
-modules write the tag when they open an experiment (tracking.py); `ui_path` is the URL path.
+MLflow 3's UI keeps its saved views of the runs table in experiment tags,
+`mlflow.sharedViewState.<key>` (JSON: a name, times, and the state: sort, filter, selected
+columns, their order), lists them under "Views", and opens one for a URL with
+`viewStateShareKey=<key>` (what its "Save view" writes). The tracking modules write the tag
+when they open an experiment (tracking.py); `ui_path` is the URL path.
 Sorting by a metric makes MLflow list the runs flat, so the trials show at once instead of
 under their collapsed parent run (which is a row too, at the end: it has no final_val_acc).
 Columns named here that a study does not log (a regression's R² beside accuracy, the other
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 
 KEY = "sgdtune-trials"
+NAME = "sgdtune: trials, best first"  # as the Views menu lists it
 TAG = f"mlflow.sharedViewState.{KEY}"
 PARAMS = ("batch_size", "lr", "epochs", "updates", "examples")  # the searched ones; one budget is logged
 METRICS = ("final_val_acc", "final_val_r2", "final_gen_gap", "final_loss_noise", "final_grad_noise_scale",
@@ -39,6 +41,19 @@ def view_state() -> str:
         "columnOrder": cols,
         "runsHiddenMode": "SHOW_ALL",  # charts show every trial, not the first 10
     }, sort_keys=True)
+
+
+def tag_value(now_ms: int) -> str:
+    """The tag as MLflow's UI saves a view: the state, named, with its times (ms since 1970)."""
+    return json.dumps({"name": NAME, "createdAt": now_ms, "updatedAt": now_ms, "state": view_state()})
+
+
+def is_current(value: str | None) -> bool:
+    """Whether a tag's value holds this version's view (then it need not be written again)."""
+    try:
+        return json.loads(value or "")["state"] == view_state()
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def ui_path(experiment_id: str) -> str:

@@ -115,9 +115,8 @@ def ui_url(experiment_id: str, port: int = 5000, host: str = "127.0.0.1", base: 
 def save_runs_view(client, experiment_id: str, tags: dict[str, str] | None = None) -> None:
     """Write the experiment tag that holds sgdtune's runs-table view, unless `tags` (the
     experiment's, when already read) hold it as it is."""
-    state = runs_view.view_state()
-    if (tags or {}).get(runs_view.TAG) != state:
-        client.set_experiment_tag(experiment_id, runs_view.TAG, state)
+    if not runs_view.is_current((tags or {}).get(runs_view.TAG)):
+        client.set_experiment_tag(experiment_id, runs_view.TAG, runs_view.tag_value(_now_ms()))
 
 
 def save_runs_views(tracking_uri: str, experiment_ids: list[str]) -> None:
@@ -155,7 +154,7 @@ class Tracker:
             return found.experiment_id
         try:
             return self.client.create_experiment(name, artifact_location=artifact_location,
-                                                 tags={runs_view.TAG: runs_view.view_state()})
+                                                 tags={runs_view.TAG: runs_view.tag_value(_now_ms())})
         except Exception:
             found = self.client.get_experiment_by_name(name)  # another worker made it first
             if found is None:

@@ -151,7 +151,7 @@ def test_bad_flags_exit_2_and_start_nothing(quick, monkeypatch, capsys, argv, me
 def test_the_printed_url_opens_the_trials_best_first_with_their_params_and_metrics(quick, chromium, reaper):  # noqa: F811
     from mlflow import MlflowClient
 
-    from sgdtune.runs_view import TAG
+    from sgdtune.runs_view import NAME, TAG
     from sgdtune.tracking import default_tracking_uri
 
     cwd, study = quick
@@ -171,6 +171,7 @@ def test_the_printed_url_opens_the_trials_best_first_with_their_params_and_metri
             columns = [c for _, c in sorted((int(h.get_attribute("aria-colindex")), h.get_attribute("col-id"))
                                             for h in headers)]
             body = visit.page.inner_text("body")
+            view = visit.page.locator("[data-component-id='mlflow.experiment_page.saved_views.trigger']").inner_text()
             assert visit.external_requests == []
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -181,6 +182,7 @@ def test_the_printed_url_opens_the_trials_best_first_with_their_params_and_metri
               "metrics.`compute_time_s`"]
     assert [c for c in columns if c in wanted] == wanted  # shown, params first, in the view's order
     assert "metrics.`final_val_r2`" not in columns  # named by the view, not logged by a classification study
+    assert view.strip() == NAME  # the saved view in use, as the Views menu names it
     by_accuracy = sorted(study.get_trials(), key=lambda t: -t.user_attrs["summary"]["final_val_acc"])
     shown = [name for name in re.findall(r"trial-\d+", body)]
     assert shown == [f"trial-{t.number}" for t in by_accuracy]  # flat, best first: none under a folded parent
