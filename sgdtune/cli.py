@@ -26,6 +26,16 @@ def _bad_input(error: InputError) -> int:
     return EXIT_BAD_INPUT
 
 
+def interruptible(command_main: Callable[[], int]) -> int:
+    """A command's main as its entry point runs it: a Ctrl-C that lands outside the command's
+    own handling (while it imports torch, say) ends it with one line, not a traceback."""
+    try:
+        return command_main()
+    except KeyboardInterrupt:
+        print("\ninterrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
 # -- sgdtune study --------------------------------------------------------------------------
 
 STUDY_EPILOG = """examples:
@@ -306,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         return _bad_input(InputError("command", f"must be one of {', '.join(COMMANDS)}", repr(command)))
-    return COMMANDS[command][1](rest, prog=f"sgdtune {command}") or 0
+    return interruptible(lambda: COMMANDS[command][1](rest, prog=f"sgdtune {command}") or 0)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ if __name__ == "__main__":
     # The command line parses its flags before anything heavy is imported (`--help` stays
     # quick) and starts MLflow's writer process before torch (cli.study_main); the module
     # object it runs is sgdtune.study, imported there, not this __main__ copy.
-    from sgdtune.cli import study_main
+    from sgdtune.cli import interruptible, study_main
 
-    sys.exit(study_main())
+    sys.exit(interruptible(study_main))
 
 import math
 import subprocess

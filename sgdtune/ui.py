@@ -213,6 +213,6 @@ def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> i
 
 
 if __name__ == "__main__":
-    from sgdtune.cli import ui_main
+    from sgdtune.cli import interruptible, ui_main
 
-    sys.exit(ui_main())
+    sys.exit(interruptible(ui_main))

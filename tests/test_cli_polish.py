@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import EXPERIMENTS, ROOT
@@ -129,6 +130,40 @@ def test_ctrl_c_during_a_trial_prints_one_clean_line_and_no_traceback(tmp_path):
             proc.kill()
     assert proc.returncode == 130
     assert err.strip() == "interrupted: finished trials are kept; run the same command again to resume."
+    assert "Traceback" not in err + out
+
+
+def writer_started_by(pid: int) -> bool:
+    """Whether process `pid` has started MLflow's writer process (cli.study_main, after parsing)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"sgdtune.writer" in (entry / "cmdline").read_bytes():
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                    return True
+        except OSError:  # ended meanwhile
+            continue
+    return False
+
+
+@pytest.mark.parametrize("argv", [["sgdtune.study"], ["sgdtune", "study"]], ids=["python -m", "sgdtune"])
+def test_ctrl_c_while_starting_prints_one_line_and_no_traceback(tmp_path, argv):
+    shutil.copytree(EXPERIMENTS, tmp_path / "experiments")
+    proc = subprocess.Popen([sys.executable, "-m", *argv, "experiments/quick.toml", "--no-progress"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not writer_started_by(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the study ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)  # while it imports torch (or, at the latest, runs the first trial)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert err.strip() in ("interrupted.",
+                           "interrupted: finished trials are kept; run the same command again to resume.")
     assert "Traceback" not in err + out
 
 
