@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import shlex
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, InputError
@@ -26,14 +29,36 @@ def _bad_input(error: InputError) -> int:
     return EXIT_BAD_INPUT
 
 
+@contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends (then it is raised as usual): pydantic-core,
+    which the config imports, turns an interrupt of its own import into a Rust panic."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # threads started meanwhile keep it blocked
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def interruptible(command_main: Callable[[], int]) -> int:
     """A command's main as its entry point runs it: a Ctrl-C that lands outside the command's
     own handling (while it imports torch, say) ends it with one line, not a traceback."""
     try:
-        return command_main()
+        code = command_main()
     except KeyboardInterrupt:
         print("\ninterrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        # Exit now: CPython remembers a KeyboardInterrupt that crossed C code running Python
+        # (some of torch's start-up does) and, at a normal exit, would end the process with
+        # SIGINT instead of this status, however the interrupt was handled.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    return code
 
 
 # -- sgdtune study --------------------------------------------------------------------------
@@ -90,7 +115,8 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
 
         prestart()
     given = list(argv) if argv is not None else sys.argv[1:]
-    from .config import default_experiment_path, load_experiment, parse_overrides
+    with ctrl_c_deferred():
+        from .config import default_experiment_path, load_experiment, parse_overrides
     from .tracking import redact_url
 
     command = f"{prog} " + " ".join(shlex.quote(redact_url(a)) for a in given)

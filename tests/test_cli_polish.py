@@ -100,7 +100,8 @@ def test_report_json_records_the_report_command_as_typed(quick, monkeypatch, tmp
 # -- Ctrl-C ------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_during_a_trial_prints_one_clean_line_and_no_traceback(tmp_path):
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "worker processes"])
+def test_ctrl_c_during_a_trial_prints_one_clean_line_and_no_traceback(tmp_path, workers):
     import optuna
 
     from sgdtune.stores import open_storage
@@ -108,8 +109,8 @@ def test_ctrl_c_during_a_trial_prints_one_clean_line_and_no_traceback(tmp_path):
     shutil.copytree(EXPERIMENTS, tmp_path / "experiments")
     long_trials = ["--set", "search.epochs.low=300", "--set", "search.epochs.high=400"]  # minutes each
     proc = subprocess.Popen([sys.executable, "-m", "sgdtune.study", "experiments/quick.toml", "--no-progress",
-                             *long_trials], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                             *long_trials, *workers], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     journal = tmp_path / "mlruns/optuna.journal"
     try:
         deadline = time.monotonic() + 180
@@ -123,12 +124,12 @@ def test_ctrl_c_during_a_trial_prints_one_clean_line_and_no_traceback(tmp_path):
                     continue
                 running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
         assert running, "no trial started"
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to every process of the command
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert err.strip() == "interrupted: finished trials are kept; run the same command again to resume."
     assert "Traceback" not in err + out
 
@@ -161,7 +162,7 @@ def test_ctrl_c_while_starting_prints_one_line_and_no_traceback(tmp_path, argv):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert err.strip() in ("interrupted.",
                            "interrupted: finished trials are kept; run the same command again to resume.")
     assert "Traceback" not in err + out
