@@ -179,6 +179,8 @@ def test_the_interrupt_filter_drops_a_ctrl_c_trial_and_keeps_real_errors():
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     logging.getLogger("optuna").addHandler(handler)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # an in-process study before may have set WARNING
     try:
         hide_interrupted_trials()
         study = optuna.create_study()
@@ -196,6 +198,7 @@ def test_the_interrupt_filter_drops_a_ctrl_c_trial_and_keeps_real_errors():
         study.optimize(lambda trial: 1.0, n_trials=1)
     finally:
         logging.getLogger("optuna").removeHandler(handler)
+        optuna.logging.set_verbosity(verbosity)
     logged = stream.getvalue()
     assert "Trial 0 failed with parameters: {} because of the following error: ValueError('a real bug')" in logged
     assert 'raise ValueError("a real bug")' in logged  # its traceback
