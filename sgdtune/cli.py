@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import shlex
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, InputError
@@ -25,6 +28,38 @@ EXIT_INTERRUPTED = 130
 def _bad_input(error: InputError) -> int:
     print(f"error: {redact(str(error))}", file=sys.stderr)  # a driver's message may quote a URL
     return EXIT_BAD_INPUT
+
+
+@contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends (then it is raised as usual): pydantic-core,
+    which the config imports, turns an interrupt of its own import into a Rust panic."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # threads started meanwhile keep it blocked
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def interruptible(command_main: Callable[[], int]) -> int:
+    """A command's main as its entry point runs it: a Ctrl-C that lands outside the command's
+    own handling (while it imports torch, say) ends it with one line, not a traceback."""
+    try:
+        code = command_main()
+    except KeyboardInterrupt:
+        print("\ninterrupted.", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        # Exit now: CPython remembers a KeyboardInterrupt that crossed C code running Python
+        # (some of torch's start-up does) and, at a normal exit, would end the process with
+        # SIGINT instead of this status, however the interrupt was handled.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    return code
 
 
 # -- sgdtune study --------------------------------------------------------------------------
@@ -46,7 +81,7 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
         prog=prog,
         description="Run (or resume) an Optuna study over batch size, learning rate and budget; "
         "every trial is an MLflow run.",
-        epilog=STUDY_EPILOG,
+        epilog=STUDY_EPILOG.replace("python -m sgdtune.study", prog),  # examples as this command is typed
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("experiment", nargs="?", help="experiment TOML file (default: experiments/batch_tradeoff.toml)")
@@ -80,8 +115,15 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
 def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.study") -> int:
     """Run (or resume) a study; 0 when done, 2 on bad input, 130 on Ctrl-C."""
     args = study_parser(prog).parse_args(argv)
+    if not args.no_tracking:
+        # MLflow's writer process starts its 1-2 s of imports now, on another core, while
+        # this one imports torch below (writer.py); after parsing, so `--help` starts nothing.
+        from .writer import prestart
+
+        prestart()
     given = list(argv) if argv is not None else sys.argv[1:]
-    from .config import default_experiment_path, load_experiment, parse_overrides
+    with ctrl_c_deferred():
+        from .config import default_experiment_path, load_experiment, parse_overrides
     from .stores import check_name
 
     command = f"{prog} " + " ".join(shlex.quote(redact(a)) for a in given)
@@ -145,7 +187,7 @@ the study's parent MLflow run under report/.
 
 
 def report_parser(prog: str = "python -m sgdtune.report") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, epilog=REPORT_EPILOG,
+    p = argparse.ArgumentParser(prog=prog, epilog=REPORT_EPILOG.replace("python -m sgdtune.report", prog),
                                 description="Write a self-contained HTML report (and its JSON) for one study.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study-name", help="study to report (default: the only study in the storage)")
@@ -168,7 +210,8 @@ def report_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtun
     quiet_logging()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        folder = write_report(args.study_name, args.storage, args.tracking_uri, args.out, command=report_command(argv))
+        folder = write_report(args.study_name, args.storage, args.tracking_uri, args.out,
+                              command=report_command(argv, prog))
     except InputError as e:
         return _bad_input(e)
     print(f"wrote {folder / 'report.html'}")
@@ -191,7 +234,7 @@ view); tick trials and press Compare to set their params and metrics side by sid
 
 
 def ui_parser(prog: str = "python -m sgdtune.ui") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, epilog=UI_EPILOG,
+    p = argparse.ArgumentParser(prog=prog, epilog=UI_EPILOG.replace("python -m sgdtune.ui", prog),
                                 description="Serve the MLflow UI (and optuna-dashboard) on this store until Ctrl-C.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=5000, help="MLflow UI port (default: 5000)")
@@ -254,7 +297,7 @@ def surface_parser(prog: str = "python -m sgdtune.surface") -> argparse.Argument
             "  python -m sgdtune.surface                      # writes surface.html\n"
             "  python -m sgdtune.surface --out /tmp/s.html --open\n"
             "  python -m sgdtune.surface --n 10000 --seed 7"
-        ),
+        ).replace("python -m sgdtune.surface", prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=_html_path, default=Path("surface.html"),
@@ -309,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         return _bad_input(InputError("command", f"must be one of {', '.join(COMMANDS)}", repr(command)))
-    return COMMANDS[command][1](rest, prog=f"sgdtune {command}") or 0
+    return interruptible(lambda: COMMANDS[command][1](rest, prog=f"sgdtune {command}") or 0)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import sys
+import shutil
 
 import optuna
 from optuna.trial import TrialState
@@ -62,42 +62,103 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    hide_interrupted_trials()
+
+
+class InterruptedTrialFilter(logging.Filter):
+    """Drops Optuna's report of a trial that Ctrl-C ended: it logs such a trial as failed,
+    with the KeyboardInterrupt's traceback, then its value (optuna/study/_optimize.py), where
+    the command says "interrupted" in one line. Every other record passes, real errors'
+    tracebacks included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden_from: str | None = None  # the logger whose interrupted trial was dropped
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.hidden_from = record.name
+            return False
+        if record.name == self.hidden_from and "failed with value" in record.getMessage():
+            self.hidden_from = None  # the same trial's second line
+            return False
+        return True
+
+
+def hide_interrupted_trials() -> None:
+    """InterruptedTrialFilter on Optuna's handlers: its modules' records reach them by
+    propagation, which a filter on the "optuna" logger itself would not see."""
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, InterruptedTrialFilter) for f in handler.filters):
+            handler.addFilter(InterruptedTrialFilter())
+
+
+# The closing table's columns, most wanted first: a narrow terminal drops them from the end.
+CLOSING_COLUMNS = ("trial", "batch_size", "lr", "val_acc", "budget", "gen_gap", "compute s", "mlflow run")
+LEFT_ALIGNED = ("budget", "mlflow run")
+
+
+def terminal_width() -> int:
+    """Columns of the terminal ($COLUMNS first); 120 when the output is a file or a pipe,
+    so a log gets the whole table."""
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+def fit_columns(rows: list[dict[str, str]], width: int) -> list[str]:
+    """CLOSING_COLUMNS, less those from the end that would not fit in `width` characters
+    (each column takes its widest cell plus 3 for padding and border); at least four."""
+    keep = list(CLOSING_COLUMNS)
+    while len(keep) > 4 and 1 + sum(3 + max(len(c), *(len(r[c]) for r in rows)) for c in keep) > width:
+        keep.pop()
+    return keep
 
 
 def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: str, tracking_uri: str | None,
                   top: int = 5) -> None:
-    """A table of the top trials, then where everything is and how to look at it."""
+    """A table of the top trials (as wide as the terminal allows), then where everything
+    is and how to look at it."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 120)  # a log file gets the whole table
+    width = terminal_width()
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     trials.sort(key=lambda t: -t.values[0])
-    table = Table(title=f"top trials of study '{config.name}'")
-    for col in ("trial", "batch_size", "lr", "budget", "val_acc", "gen_gap", "compute s", "mlflow run"):
-        table.add_column(col, justify="right" if col not in ("budget", "mlflow run") else "left")
+    rows = []
     for t in trials[:top]:
         s = t.user_attrs.get("summary", {})
         b = config.train.budget
-        budget = f"{b}={t.params.get(b, getattr(config.train, b))}"
-        table.add_row(
-            str(t.number),
-            str(t.params.get("batch_size", config.train.batch_size)),
-            f"{t.params.get('lr', config.train.lr):.4g}",
-            budget,
-            f"{s.get('final_val_acc', float('nan')):.4f}",
-            f"{s.get('final_gen_gap', float('nan')):+.4f}",
-            f"{s.get('compute_time_s', float('nan')):.2f}",
-            t.user_attrs.get("mlflow_run_id", "")[:12],
-        )
-    console.print(table)
+        rows.append({
+            "trial": str(t.number),
+            "batch_size": str(t.params.get("batch_size", config.train.batch_size)),
+            "lr": f"{t.params.get('lr', config.train.lr):.4g}",
+            "val_acc": f"{s.get('final_val_acc', float('nan')):.4f}",
+            "budget": f"{b}={t.params.get(b, getattr(config.train, b))}",
+            "gen_gap": f"{s.get('final_gen_gap', float('nan')):+.4f}",
+            "compute s": f"{s.get('compute_time_s', float('nan')):.2f}",
+            "mlflow run": t.user_attrs.get("mlflow_run_id", "")[:12],
+        })
+    shown = fit_columns(rows, width)
+    table = Table(title=f"top trials of study '{config.name}'")
+    for col in shown:
+        table.add_column(col, justify="left" if col in LEFT_ALIGNED else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(row[c] for c in shown))
+    Console(width=width).print(table)
+    if len(shown) < len(CLOSING_COLUMNS):
+        left_out = ", ".join(c for c in CLOSING_COLUMNS if c not in shown)
+        print(f"(left out at {width} columns: {left_out})")
     states = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
     print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in states.items()))
     print(f"optuna storage: {redact_url(storage_url)}")
     if tracking_uri:
+        experiment_id = study.user_attrs["mlflow_experiment_id"]
         print(f"mlflow store:   {redact_url(tracking_uri)}")
-        print("open the MLflow UI on this store:")
-        print(f"  mlflow ui --backend-store-uri {shlex.quote(redact_url(tracking_uri))} --host 127.0.0.1 --port 5000")
-        print(f"  then {ui_url(study.user_attrs['mlflow_experiment_id'])}")
+        if tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+            print(f"open the MLflow UI: {ui_url(experiment_id, base=tracking_uri)}")
+        else:
+            print("open the MLflow UI on this store:")
+            store = shlex.quote(redact_url(tracking_uri))
+            print(f"  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
+            print(f"  then {ui_url(experiment_id)}")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__" and "--no-tracking" not in sys.argv:
-    # MLflow's writer process starts its 1-2 s of imports now, on another core, while this
-    # one imports torch below (writer.py).
-    from sgdtune.writer import prestart
+if __name__ == "__main__":
+    # The command line parses its flags before anything heavy is imported (`--help` stays
+    # quick) and starts MLflow's writer process before torch (cli.study_main); the module
+    # object it runs is sgdtune.study, imported there, not this __main__ copy.
+    from sgdtune.cli import interruptible, study_main
 
-    prestart()
+    sys.exit(interruptible(study_main))
 
 import math
 import subprocess
@@ -201,10 +202,3 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = __version__ if name == "sgdtune" else "not installed"
     return out
-
-
-
-if __name__ == "__main__":
-    from sgdtune.cli import study_main
-
-    sys.exit(study_main())

@@ -309,6 +309,6 @@ def write_page(out: Path | str, data: SurfaceData) -> Path:
 
 
 if __name__ == "__main__":
-    from sgdtune.cli import surface_main
+    from sgdtune.cli import interruptible, surface_main
 
-    sys.exit(surface_main())
+    sys.exit(interruptible(surface_main))

@@ -36,6 +36,9 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+
+from . import runs_view  # noqa: E402
 
 from .redact import redact_url  # noqa: E402, F401 - the masking every writer here applies
 
@@ -96,9 +99,31 @@ def use_write_ahead_log(tracking_uri: str) -> None:
             db.execute("PRAGMA journal_mode=WAL")
 
 
-def ui_url(experiment_id: str, port: int = 5000, host: str = "127.0.0.1") -> str:
-    """The runs table (not MLflow 3's GenAI view) of one experiment."""
-    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def ui_url(experiment_id: str, port: int = 5000, host: str = "127.0.0.1", base: str | None = None) -> str:
+    """The runs table (not MLflow 3's GenAI view) of one experiment, in sgdtune's view
+    (runs_view.py); on `base` (a tracking server's URL) or http://host:port."""
+    if base is None:
+        base = f"http://{host}:{port}"
+    else:  # a browser gets no credentials from a URL printed on a console
+        parts = urlsplit(base)
+        base = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+    return base + runs_view.ui_path(experiment_id)
+
+
+def save_runs_view(client, experiment_id: str, tags: dict[str, str] | None = None) -> None:
+    """Write the experiment tag that holds sgdtune's runs-table view, unless `tags` (the
+    experiment's, when already read) hold it as it is."""
+    if not runs_view.is_current((tags or {}).get(runs_view.TAG)):
+        client.set_experiment_tag(experiment_id, runs_view.TAG, runs_view.tag_value(_now_ms()))
+
+
+def save_runs_views(tracking_uri: str, experiment_ids: list[str]) -> None:
+    """save_runs_view for experiments made before sgdtune wrote it (`sgdtune ui` opens them)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for experiment_id in experiment_ids:
+        save_runs_view(client, experiment_id, client.get_experiment(experiment_id).tags)
 
 
 def _now_ms() -> int:
@@ -123,9 +148,11 @@ class Tracker:
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            save_runs_view(self.client, found.experiment_id, found.tags)  # a study made before the view
             return found.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
+            return self.client.create_experiment(name, artifact_location=artifact_location,
+                                                 tags={runs_view.TAG: runs_view.tag_value(_now_ms())})
         except Exception:
             found = self.client.get_experiment_by_name(name)  # another worker made it first
             if found is None:

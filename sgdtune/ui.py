@@ -3,7 +3,8 @@
 Starts `mlflow server` (and, with --optuna, optuna-dashboard) as child processes, prints
 the runs-table URL of every experiment, waits for Ctrl-C, then stops the children and
 everything they started: each child leads its own process group, so stopping the group
-reaches the workers it forked too.
+reaches the workers it forked too. Killed outright, this process leaves that to a watchdog
+(reaper.py), so no server outlives it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .reaper import Reaper
 from .stores import MLRUNS, default_storage_url
-from .tracking import RunReader, default_tracking_uri, redact_url, store_exists, ui_url
+from .tracking import RunReader, default_tracking_uri, redact_url, save_runs_views, store_exists, ui_url
 
 START_TIMEOUT_S = 120  # mlflow server imports a lot: ~10 s on 2 CPU cores, more under load
 STOP_TIMEOUT_S = 10  # SIGTERM, then SIGKILL after this long
@@ -67,12 +69,16 @@ def check_port_free(host: str, port: int, flag: str) -> None:
             raise InputError(flag, f"must be a free port on {host}", f"{port} ({e.strerror})") from None
 
 
-def start(name: str, cmd: list[str], env: dict[str, str], url: str, health_url: str, log_dir: Path) -> Child:
-    """Start one server in its own process group (Ctrl-C reaches us; we stop it), output to a log."""
+def start(name: str, cmd: list[str], env: dict[str, str], url: str, health_url: str, log_dir: Path,
+          reaper: Reaper | None = None) -> Child:
+    """Start one server in its own process group (Ctrl-C reaches us; we stop it), output to a
+    log; `reaper` stops the group if this process is killed first."""
     log = log_dir / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**CHILD_ENV_DEFAULTS, **os.environ, **env}, start_new_session=True)
+    if reaper is not None:
+        reaper.watch(proc.pid)
     return Child(name, url, health_url, proc, log)
 
 
@@ -155,18 +161,19 @@ def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> i
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     children: list[Child] = []
     failed: Child | None = None
+    reaper = Reaper()
     try:
         # The store URI goes in the environment (mlflow reads it there): a password stays out of `ps`.
         base = f"http://{host}:{args.port}"
         children.append(start(
             "mlflow", [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port),
                        "--workers", "1"],
-            {"MLFLOW_BACKEND_STORE_URI": tracking_uri}, f"{base}/", f"{base}/health", log_dir))
+            {"MLFLOW_BACKEND_STORE_URI": tracking_uri}, f"{base}/", f"{base}/health", log_dir, reaper))
         if storage:
             base = f"http://{host}:{args.optuna_port}"
             children.append(start(
                 "optuna-dashboard", [sys.executable, "-c", DASHBOARD_CODE, args.host, str(args.optuna_port)],
-                {"SGDTUNE_OPTUNA_STORAGE": storage}, f"{base}/dashboard/", f"{base}/api/studies", log_dir))
+                {"SGDTUNE_OPTUNA_STORAGE": storage}, f"{base}/dashboard/", f"{base}/api/studies", log_dir, reaper))
         for child in children:
             print(f"started {child.name} (pid {child.proc.pid}), log {child.log}", flush=True)
         failed = wait_until_up(children)
@@ -175,7 +182,9 @@ def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> i
             print(f"error: {failed.name} {state}; last lines of {failed.log}:\n{tail(failed.log)}", file=sys.stderr)
             return 1
         print(f"MLflow UI: {children[0].url}  (store {redact_url(tracking_uri)})")
-        for exp_id, name in RunReader(tracking_uri).experiments_with_runs():
+        experiments = RunReader(tracking_uri).experiments_with_runs()
+        save_runs_views(tracking_uri, [exp_id for exp_id, _ in experiments])  # what the URLs below open
+        for exp_id, name in experiments:
             print(f"  {name}: {ui_url(exp_id, args.port, host)}")
         if storage:
             print(f"optuna-dashboard: {children[1].url}  (storage {redact_url(storage)})")
@@ -193,6 +202,9 @@ def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> i
         for sig in previous:  # a second Ctrl-C must not orphan the servers
             signal.signal(sig, signal.SIG_IGN)
         stop(children)
+        for child in children:
+            reaper.forget(child.proc.pid)
+        reaper.close()
         print("stopped.", flush=True)
         if failed is None:  # the logs are kept only when a server failed
             shutil.rmtree(log_dir, ignore_errors=True)
@@ -201,6 +213,6 @@ def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> i
 
 
 if __name__ == "__main__":
-    from sgdtune.cli import ui_main
+    from sgdtune.cli import interruptible, ui_main
 
-    sys.exit(ui_main())
+    sys.exit(interruptible(ui_main))

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from .cohorts import optimize, optimize_batched
 from .config import ExperimentConfig
+from .console import hide_interrupted_trials
 from .data import load_data
 from .search import best_value, n_finished, open_study
 from .stores import locations, open_storage
@@ -56,6 +57,7 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
     """One worker process: join the study and run up to `share` trials."""
     torch.set_num_threads(threads)  # the machine's cores are split between the workers
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    hide_interrupted_trials()  # Ctrl-C reaches the workers too: the supervisor says it in one line
     config = spec.config
     storage_url, tracking_uri = locations(config, Path(spec.mlruns))
     tracker = BackgroundTracker(tracking_uri, config.name) if spec.track else None  # imports beside ours

@@ -74,6 +74,7 @@ class _Child:
             [sys.executable, "-m", "sgdtune.writer", str(cmd_r), str(reply_w)],
             pass_fds=(cmd_r, reply_w),
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's Ctrl-C is not the writer's, even while it starts up
         )
         os.close(cmd_r)
         os.close(reply_w)

@@ -40,9 +40,11 @@ def write_experiment(path: Path, text: str) -> Path:
 # -- real services on loopback, started by the tests ----------------------------------------
 
 import glob  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 
 PG_PASSWORD = "Pw-s3cret-41f9"  # must appear nowhere sgdtune writes
 
@@ -66,24 +68,45 @@ def _pg_bin(name: str) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
+def reaper():
+    """Stops the servers the tests start even when pytest is killed outright (sgdtune/reaper.py)."""
+    from sgdtune.reaper import Reaper
+
+    watchdog = Reaper()
+    yield watchdog
+    watchdog.close()
+
+
+@pytest.fixture(scope="session")
+def postgres(reaper):
     """A throw-away PostgreSQL cluster on a free loopback port, run as the postgres user.
 
     Yields a function db(name) -> URL (with password) of a fresh database.
     """
-    initdb, pg_ctl, psql = _pg_bin("initdb"), _pg_bin("pg_ctl"), _pg_bin("psql")
-    if not (initdb and pg_ctl and psql):
+    if not (_pg_bin("initdb") and _pg_bin("pg_ctl") and _pg_bin("psql")):
         require("PostgreSQL (initdb, pg_ctl)", "SGDTUNE_REQUIRE_POSTGRES")
+    with postgres_cluster(reaper) as db:
+        yield db
+
+
+@contextmanager
+def postgres_cluster(reaper):
+    """The `postgres` fixture's cluster: db(name) -> URL. Stopped at the end, or by `reaper`
+    (postmaster.pid names the postmaster, which leads the group of its backends)."""
+    initdb, pg_ctl, psql = _pg_bin("initdb"), _pg_bin("pg_ctl"), _pg_bin("psql")
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="sgdtune-pg-"))  # pytest's tmp dirs are closed to other users
     os.chmod(root, 0o777)
+    reaper.remove_at_end(root)
     data, port = root / "data", free_port()
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     subprocess.run([*as_pg, initdb, "-D", str(data), "-U", "postgres", "--auth-local=trust",
                     "--auth-host=scram-sha-256", "-E", "UTF8"], check=True, capture_output=True)
     subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "start", "-o",
                     f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"], check=True, capture_output=True)
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    reaper.watch(postmaster, signal.SIGQUIT)  # PostgreSQL's immediate shutdown
 
     def sql(statement: str) -> None:
         subprocess.run([*as_pg, psql, "-h", str(root), "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1",
@@ -98,9 +121,13 @@ def postgres(tmp_path_factory):
             made.append(name)
         return f"postgresql://sgd:{PG_PASSWORD}@127.0.0.1:{port}/{name}"
 
-    yield db
-    subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(root, ignore_errors=True)
+    db.postmaster, db.root = postmaster, root
+    try:
+        yield db
+    finally:
+        subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        reaper.forget(postmaster)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_http(url: str, timeout_s: float = 90.0, proc: subprocess.Popen | None = None) -> None:
@@ -117,22 +144,32 @@ def wait_http(url: str, timeout_s: float = 90.0, proc: subprocess.Popen | None =
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(postgres, tmp_path_factory):
+def mlflow_server(postgres, tmp_path_factory, reaper):
     """A real `mlflow server` with a PostgreSQL backend store, on a free loopback port."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server_at(postgres("mlflow"), tmp_path_factory.mktemp("mlflow-server"), reaper) as (url, _):
+        yield url
+
+
+@contextmanager
+def mlflow_server_at(backend_store_uri: str, root: Path, reaper):
+    """`mlflow server` on `backend_store_uri`, artifacts and log under `root`: (URL, process).
+    It leads its own process group (its workers are in it), stopped at the end or by `reaper`."""
     port = free_port()
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres("mlflow"),
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ}, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # its 8 GenAI job workers: unused here
     )
+    reaper.watch(proc.pid)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 15)
             proc.wait(30)
+        reaper.forget(proc.pid)
         log.close()

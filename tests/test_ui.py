@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 import pytest
+from browser import chromium, open_page  # noqa: F401 (chromium is a fixture)
 from conftest import EXPERIMENTS
 
 from sgdtune.cli import study_main, ui_main
@@ -72,17 +73,25 @@ def group_alive(pgid: int) -> bool:
 
 
 @pytest.mark.timeout(180)
-def test_ui_serves_the_study_runs_and_the_dashboard_then_stops_its_children(quick):
+def start_ui(cwd, reaper, *argv: str) -> subprocess.Popen:
+    """`python -m sgdtune.ui *argv` in `cwd`, stopped by `reaper` if pytest is killed."""
+    proc = subprocess.Popen([sys.executable, "-m", "sgdtune.ui", *argv], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            start_new_session=True)
+    reaper.watch(proc.pid)
+    return proc
+
+
+def test_ui_serves_the_study_runs_and_the_dashboard_then_stops_its_children(quick, reaper):
     cwd, study = quick
     port, optuna_port = free_port(), free_port()
-    argv = ["--port", str(port), "--optuna", "--optuna-port", str(optuna_port)]
-    proc = subprocess.Popen([sys.executable, "-m", "sgdtune.ui", *argv], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_ui(cwd, reaper, "--port", str(port), "--optuna", "--optuna-port", str(optuna_port))
     out = Lines(proc)
     try:
         out.wait_for("Ctrl-C stops the servers", UP_TIMEOUT_S)
         experiment_id = study.user_attrs["mlflow_experiment_id"]
-        runs_table = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        runs_table = (f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                      "&viewStateShareKey=sgdtune-trials")
         assert f"  quick: {runs_table}\n" in out.lines
 
         found = post_json(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})
@@ -93,6 +102,7 @@ def test_ui_serves_the_study_runs_and_the_dashboard_then_stops_its_children(quic
     finally:
         proc.send_signal(signal.SIGTERM)  # what Ctrl-C does, without a terminal
         proc.wait(timeout=60)
+        reaper.forget(proc.pid)  # stopped: its group id may be reused
     out.thread.join(5)
     assert proc.returncode == 0
     pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", "".join(out.lines))]
@@ -135,3 +145,44 @@ def test_bad_flags_exit_2_and_start_nothing(quick, monkeypatch, capsys, argv, me
     assert ui_main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+@pytest.mark.timeout(240)
+def test_the_printed_url_opens_the_trials_best_first_with_their_params_and_metrics(quick, chromium, reaper):  # noqa: F811
+    from mlflow import MlflowClient
+
+    from sgdtune.runs_view import NAME, TAG
+    from sgdtune.tracking import default_tracking_uri
+
+    cwd, study = quick
+    experiment_id = study.user_attrs["mlflow_experiment_id"]
+    client = MlflowClient(tracking_uri=default_tracking_uri(cwd / "mlruns"))
+    assert TAG in client.get_experiment(experiment_id).tags  # the study wrote its view
+    client.delete_experiment_tag(experiment_id, TAG)  # as in a store from before: `sgdtune ui` writes it
+    port = free_port()
+    proc = start_ui(cwd, reaper, "--port", str(port))
+    out = Lines(proc)
+    try:
+        out.wait_for("Ctrl-C stops the servers", UP_TIMEOUT_S)
+        url = next(line.split(": ", 1)[1].strip() for line in out.lines if line.startswith("  quick: "))
+        with open_page(chromium, url, 1600, 900, timeout_ms=60_000) as visit:
+            visit.page.locator(".ag-header-cell[col-id='metrics.`final_val_acc`']").wait_for(timeout=60_000)
+            headers = visit.page.locator(".ag-header-cell[col-id]").all()  # in the DOM as rendered, not shown
+            columns = [c for _, c in sorted((int(h.get_attribute("aria-colindex")), h.get_attribute("col-id"))
+                                            for h in headers)]
+            body = visit.page.inner_text("body")
+            view = visit.page.locator("[data-component-id='mlflow.experiment_page.saved_views.trigger']").inner_text()
+            assert visit.external_requests == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        reaper.forget(proc.pid)  # stopped: its group id may be reused
+    wanted = ["params.`batch_size`", "params.`lr`", "params.`epochs`", "metrics.`final_val_acc`",
+              "metrics.`final_gen_gap`", "metrics.`final_loss_noise`", "metrics.`final_grad_noise_scale`",
+              "metrics.`compute_time_s`"]
+    assert [c for c in columns if c in wanted] == wanted  # shown, params first, in the view's order
+    assert "metrics.`final_val_r2`" not in columns  # named by the view, not logged by a classification study
+    assert view.strip() == NAME  # the saved view in use, as the Views menu names it
+    by_accuracy = sorted(study.get_trials(), key=lambda t: -t.user_attrs["summary"]["final_val_acc"])
+    shown = [name for name in re.findall(r"trial-\d+", body)]
+    assert shown == [f"trial-{t.number}" for t in by_accuracy]  # flat, best first: none under a folded parent

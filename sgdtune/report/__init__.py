@@ -20,11 +20,18 @@ trial), sections (the numbers, section by section), summary (sentences from them
 artifacts; the command line is cli.report_main).
 """
 
-from .build import build_report, to_json
-from .html import render_html
-from .inputs import load_study, open_runs
-from .sections import pareto_front
-from .write import report_command, write_report
+# Names are resolved on first use: `python -m sgdtune.report --help` imports this package
+# before cli.py parses its flags, and the modules behind it load Optuna and numpy.
+_EXPORTS = {"build_report": "build", "to_json": "build", "render_html": "html", "load_study": "inputs",
+            "open_runs": "inputs", "pareto_front": "sections", "report_command": "write", "write_report": "write"}
 
 __all__ = ["build_report", "load_study", "open_runs", "pareto_front", "render_html", "report_command", "to_json",
            "write_report"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,6 @@
 
 import sys
 
-from sgdtune.cli import report_main
+from sgdtune.cli import interruptible, report_main
 
-sys.exit(report_main())
+sys.exit(interruptible(report_main))

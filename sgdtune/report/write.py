@@ -56,6 +56,7 @@ def report_folder(out_dir: str | Path, study_name: str) -> Path:
     return Path(out_dir) / study_name
 
 
-def report_command(argv: Sequence[str]) -> str:
-    """The command line, any URL password masked."""
-    return shlex.join(["python", "-m", "sgdtune.report", *(redact_url(a) for a in argv)])
+def report_command(argv: Sequence[str], prog: str = "python -m sgdtune.report") -> str:
+    """The command line as typed (prog: `python -m sgdtune.report` or `sgdtune report`),
+    any URL password masked."""
+    return shlex.join([*prog.split(), *(redact_url(a) for a in argv)])
