@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
 from . import runs_view  # noqa: E402
-
 from .redact import redact_url  # noqa: E402, F401 - the masking every writer here applies
 
 if TYPE_CHECKING:
