@@ -27,6 +27,7 @@ from .config import ExperimentConfig, file_sha256
 from .console import Progress
 from .data import load_data
 from .errors import InputError
+from .reclaim import as_store_error, finished_trial_states, reclaim_dead
 from .science.fits import study_metrics
 from .search import best_value, n_finished, open_study
 from .stores import MLRUNS, locations, open_storage
@@ -72,12 +73,14 @@ def run_study(
     study = open_study(config, storage)
     for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train}.items():
         study.set_user_attr(key, value)
+    reclaim_dead(study, storage, tracking_uri if track else None)  # trials of killed processes (reclaim.py)
 
     tracker = parent_run = None
     if track:
         artifact_location = None if config.tracking_uri else default_artifact_location(mlruns)
         tracker = BackgroundTracker(tracking_uri, config.name, artifact_location)
         parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device)
+        tracker.end_runs_of_finished_trials(finished_trial_states(study))  # ends a killed writer lost
 
     remaining = config.n_trials - n_finished(study)
     progress = None
@@ -104,8 +107,11 @@ def run_study(
                 optimize(study, objective, remaining, config)
             if heartbeat is not None:
                 settle(study, objective, config, heartbeat, batch_trials)
-    except BaseException:
+    except BaseException as e:
         status = "KILLED"
+        failed = as_store_error(e, storage_url)  # a full disk under the Optuna storage: one line (reclaim.py)
+        if failed is not e:
+            raise failed from e
         raise
     finally:
         if progress:
