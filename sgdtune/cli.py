@@ -113,7 +113,8 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
 
 
 def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.study") -> int:
-    """Run (or resume) a study; 0 when done, 2 on bad input, 130 on Ctrl-C."""
+    """Run (or resume) a study; 0 when done, 2 on bad input or a store that fails to write,
+    130 on Ctrl-C, 143 on SIGTERM (interrupts.py)."""
     args = study_parser(prog).parse_args(argv)
     if not args.no_tracking:
         # MLflow's writer process starts its 1-2 s of imports now, on another core, while
@@ -136,7 +137,8 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
                      "tracking_uri": args.tracking_uri, "timeout_s": args.timeout, "device": args.device,
                      "replicates": args.replicates, **parse_overrides(args.set)}
         config = load_experiment(args.experiment, **overrides)
-        from .console import print_closing, quiet_libraries
+        from .console import one_line_trial_failures, print_closing, quiet_libraries
+        from .reclaim import StoreError
         from .stores import locations
         from .study import run_study
         from .timing import resolve_device
@@ -146,6 +148,10 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     except InputError as e:
         return _bad_input(e)
     quiet_libraries()
+    one_line_trial_failures()
+    from .interrupts import exit_status, stop_on_sigterm
+
+    stop_on_sigterm()  # systemd, Kubernetes, `timeout`: stop as on Ctrl-C, trials ended cleanly
     # torch, Optuna and the rest are imported: keep the collector off their objects, so
     # that a full collection (0.1-0.2 s over them) does not land in a trial's timed steps.
     gc.freeze()
@@ -156,12 +162,16 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
                           on_change="fresh" if args.fresh else "extend" if args.extend else "refuse")
     except InputError as e:
         return _bad_input(e)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished trials are kept; run the same command again to resume.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except TrackingError as e:  # the store failed mid-study: one line, not a traceback
-        print(f"error: {redact(str(e))}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt as e:
+        from .interrupts import describe
+
+        print(f"\ninterrupted ({describe(e)}): finished trials are kept; run the same command again to resume.",
+              file=sys.stderr)
+        return exit_status(e)
+    except (TrackingError, StoreError) as e:  # a store failed mid-study: one line, not a traceback
+        print(f"error: {redact(str(e))}; finished trials are kept; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     storage_url, tracking_uri = locations(config)
     print_closing(study, config, storage_url, None if args.no_tracking else tracking_uri)
     if args.report:

@@ -110,7 +110,7 @@ def run_cohort(study: optuna.Study, objective: Objective, jobs: list[TrialJob]) 
                     todo[:0] = [[job] for job in group]  # one by one
                     continue
         except KeyboardInterrupt as e:
-            for job in group:
+            for job in group + [job for waiting in todo for job in waiting]:  # none left RUNNING
                 study.tell(job.trial, state=job.finish(e))
             raise
         for job, ending in zip(group, endings):

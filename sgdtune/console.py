@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from .config import ExperimentConfig
 from .tracking import redact_url, ui_url
-from .trainer import BatchPlan, EpochMetrics
+from .trainer import BatchPlan, Diverged, EpochMetrics
 
 
 class Progress:
@@ -111,6 +111,40 @@ def fit_columns(rows: list[dict[str, str]], width: int) -> list[str]:
     while len(keep) > 4 and 1 + sum(3 + max(len(c), *(len(r[c]) for r in rows)) for c in keep) > width:
         keep.pop()
     return keep
+
+
+class _OneLineFailures(logging.Filter):
+    """Optuna logs each failed trial with its traceback, then a second line 'failed with value
+    None'. A diverged trial is an expected ending (trainer/loop.py), and an interrupt or a
+    store failure is said once by the CLI: for these the first line is enough."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet: set[str] = set()  # "Trial N " prefixes whose second line to drop
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .reclaim import StoreError
+        from .writer import TrackingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        if isinstance(exc, (Diverged, KeyboardInterrupt, TrackingError, StoreError)):
+            record.exc_info, record.exc_text = None, None
+            self.quiet.add(message.split("failed", 1)[0])
+            return True
+        prefix = message.split("failed with value", 1)[0]
+        if prefix in self.quiet and message != prefix:
+            self.quiet.discard(prefix)
+            return False
+        return True
+
+
+def one_line_trial_failures() -> None:
+    """A diverged trial (or one ended by Ctrl-C, SIGTERM or a failing store) is logged in one
+    line, without Optuna's traceback: a filter on the handlers of Optuna's logger."""
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _OneLineFailures) for f in handler.filters):
+            handler.addFilter(_OneLineFailures())
 
 
 def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: str, tracking_uri: str | None,

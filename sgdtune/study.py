@@ -29,6 +29,7 @@ from .console import Progress
 from .data import load_data
 from .errors import InputError
 from .identity import check as check_identity
+from .reclaim import as_store_error, finished_trial_states, reclaim_dead
 from .redact import redact_url
 from .science.fits import study_metrics
 from .search import best_value, n_finished, open_study
@@ -82,6 +83,7 @@ def run_study(
     identity.record(study)
     for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train}.items():
         study.set_user_attr(key, value)
+    reclaim_dead(study, storage, tracking_uri if track else None)  # trials of killed processes (reclaim.py)
 
     tracker = parent_run = None
     if track:
@@ -90,6 +92,7 @@ def run_study(
         tracker.experiment_id  # noqa: B018 - waits until the store is open: InputError here, not at a trial's end
         parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device,
                                    identity.parent_tags(study), replace=identity.action == "fresh")
+        tracker.end_runs_of_finished_trials(finished_trial_states(study))  # ends a killed writer lost
 
     done = n_finished(study)
     remaining = config.n_trials - done
@@ -120,8 +123,11 @@ def run_study(
                 optimize(study, objective, remaining, config)
             if heartbeat is not None:
                 settle(study, objective, config, heartbeat, batch_trials)
-    except BaseException:
+    except BaseException as e:
         status = "KILLED"
+        failed = as_store_error(e, storage_url)  # a full disk under the Optuna storage: one line (reclaim.py)
+        if failed is not e:
+            raise failed from e
         raise
     finally:
         if progress:

@@ -291,6 +291,29 @@ class Tracker:
         self.end_trial_run(run_id, "FAIL", {}, fail_reason=reason)
         return True
 
+    def running_run_ids(self) -> set[str]:
+        """The ids of the experiment's runs still RUNNING."""
+        runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                       max_results=5000)
+        return {r.info.run_id for r in runs}
+
+    def end_runs_of_finished_trials(self, states: dict[int, tuple[str, str | None]]) -> int:
+        """End each RUNNING trial run whose trial has finished, {number: (state, fail_reason)},
+        with that state: its end was lost (a killed writer, a full disk). How many were ended."""
+        running = "attributes.status = 'RUNNING'"
+        ended = 0
+        for run in self.client.search_runs([self.experiment_id], filter_string=running, max_results=1000):
+            number = run.data.tags.get("sgdtune.trial_number")
+            if number is None or int(number) not in states:
+                continue
+            state, reason = states[int(number)]
+            if state == "FAIL":
+                self.fail_stale_run(run.info.run_id, reason or "the trial failed; its run's end was lost")
+            else:
+                self.end_trial_run(run.info.run_id, state, {})
+            ended += 1
+        return ended
+
 
 # -- reading a store (the report, the UI) -----------------------------------------------------
 

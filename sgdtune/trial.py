@@ -39,7 +39,9 @@ from optuna.trial import TrialState
 
 from .config import ExperimentConfig
 from .data import Dataset
+from .interrupts import describe
 from .model import describe_model
+from .reclaim import PROCESS_ATTR, process_identity
 from .search import FAIL_KIND, derive_seed
 from .space import suggest
 from .trainer import BatchPlan, Diverged, EpochMetrics, TrainConfig, TrainResult, history_summary, train
@@ -200,7 +202,7 @@ class TrialJob:
             if self.current is not None:
                 self.trial.set_user_attr("failed_replicate", self.current.index)
         elif isinstance(ending, KeyboardInterrupt):
-            kind, reason = "interrupted", "interrupted (Ctrl-C)"
+            kind, reason = "interrupted", f"interrupted ({describe(ending)})"
         else:  # a bug in a user's model, say: the run must not stay RUNNING
             kind, reason = "error", f"{of}{type(ending).__name__}: {ending}"
         self.trial.set_user_attr(FAIL_KIND, kind)
@@ -249,13 +251,15 @@ class Objective:
     device_tag: str
     progress: Progress | None = None
     on_first_end: Any = None  # called with the study once, when the first trial's run has ended
+    identity: dict | None = None  # this process's (and its writer's): reclaim.process_identity
+    opening: RunRef | None = None  # the run `begin` opened, until it returns
 
     @property
     def prune(self) -> bool:
         return len(self.config.objectives) == 1 and self.config.pruner.name != "none"
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        job = self.begin(trial)
+        job = self.begin(trial)  # an interrupt in it ends the trial there (begin)
         try:
             result = job.train(self.data)
         except BaseException as e:
@@ -266,8 +270,26 @@ class Objective:
 
     def begin(self, trial: optuna.Trial) -> TrialJob:
         """Suggest the trial's values and open its MLflow run (asked for now, so the UI's
-        duration is the trial's)."""
+        duration is the trial's). An exception on the way (Ctrl-C, SIGTERM) fails the trial
+        with its reason and ends the run if it was opened, then is raised."""
+        self.opening = None
+        try:
+            return self._begin(trial)
+        except BaseException as e:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            reason = f"interrupted ({describe(e)})" if interrupted else f"{type(e).__name__}: {e}"
+            reason += ", as the trial started"
+            trial.set_user_attr(FAIL_KIND, "interrupted" if interrupted else "error")
+            trial.set_user_attr("fail_reason", reason)
+            if self.opening is not None:
+                self.tracker.end_trial_run(self.opening, "FAIL", {}, fail_reason=reason)
+            raise
+
+    def _begin(self, trial: optuna.Trial) -> TrialJob:
         trial.set_user_attr("worker_pid", os.getpid())  # lets a supervisor find a dead worker's trial
+        if self.identity is None:
+            self.identity = process_identity(writer_pid=self.tracker.writer_pid if self.tracker else None)
+        trial.set_user_attr(PROCESS_ATTR, self.identity)  # lets the next start reclaim it (reclaim.py)
         params = suggest(trial, self.config.search)
         n_reps = self.config.replicates
         configs = [self.config.trial_config(params, seed=replicate_seed(self.config.seed, trial.number, r))
@@ -279,7 +301,7 @@ class Objective:
             run_params = self.run_params(train_config, plan)
             if n_reps > 1:
                 run_params["replicates"] = n_reps
-            run = self.tracker.start_trial_run(
+            run = self.opening = self.tracker.start_trial_run(
                 self.parent_run,
                 trial.number,
                 params=run_params,

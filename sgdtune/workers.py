@@ -4,6 +4,14 @@ Optuna's storage is the only thing the workers share: each asks it for trials, s
 runs twice. The supervisor splits the remaining trials into shares, watches the workers, and
 when one dies (kill -9, out of memory) fails its running trial, ends that MLflow run FAILED,
 queues the same parameters again and starts a replacement, until the study has its trials.
+
+Stopping: SIGTERM or SIGINT to the supervisor is forwarded to every worker; each fails its
+running trial cleanly (interrupts.py) and exits 130 (SIGINT) or 143 (SIGTERM); the supervisor
+waits up to STOP_GRACE_S for them, kills those still running, fails what they left RUNNING,
+and raises the interrupt (the CLI exits with the same status). A worker whose supervisor dies
+(kill -9) sees it and stops the same way, so no worker is orphaned. A worker whose MLflow
+writer process dies exits 1 and is replaced like a dead one; one whose store fails to write
+(a full disk) exits EXIT_STORE_FAILED, and the supervisor then stops the study (StoreError).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +31,21 @@ from optuna.trial import TrialState
 
 from .cohorts import optimize, optimize_batched
 from .config import ExperimentConfig
-from .console import hide_interrupted_trials
+from .console import hide_interrupted_trials, one_line_trial_failures
 from .data import load_data
+from .interrupts import EXIT_SIGINT, EXIT_SIGTERM, Terminated, exit_status, stop_on_sigterm
+from .reclaim import StoreError, fail_and_requeue
 from .search import best_value, n_finished, open_study
 from .stores import locations, open_storage
 from .timing import describe_device, resolve_device
 from .tracking import Tracker
 from .trial import Objective
-from .writer import BackgroundTracker
+from .writer import BackgroundTracker, TrackingError, WriterGone
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = EXIT_SIGINT
+EXIT_STORE_FAILED = 2  # a worker's Optuna or MLflow store failed to write: the study stops
 POLL_S = 0.5
+STOP_GRACE_S = 30.0  # after SIGTERM/SIGINT, the workers' time to fail their trials cleanly
 
 
 @dataclass(frozen=True)
@@ -55,9 +68,12 @@ def split(total: int, parts: int) -> list[int]:
 
 def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
     """One worker process: join the study and run up to `share` trials."""
+    stop_on_sigterm(also_sigint=True)  # a forwarded signal must not cut the cleanup of the first
+    _stop_with_parent()
     torch.set_num_threads(threads)  # the machine's cores are split between the workers
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     hide_interrupted_trials()  # Ctrl-C reaches the workers too: the supervisor says it in one line
+    one_line_trial_failures()  # after: a Ctrl-C trial is dropped whole, a diverged one kept in one line
     config = spec.config
     storage_url, tracking_uri = locations(config, Path(spec.mlruns))
     tracker = BackgroundTracker(tracking_uri, config.name) if spec.track else None  # imports beside ours
@@ -71,11 +87,38 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
             optimize_batched(study, objective, share, config, spec.batch_trials)
         else:
             optimize(study, objective, share, config)
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)  # the running trial is already failed and its run ended
+    except KeyboardInterrupt as e:
+        code = exit_status(e)  # the running trial is already failed and its run ended
+    except WriterGone as e:  # the supervisor replaces this worker
+        print(f"sgdtune worker {index}: {e}", file=sys.stderr)
+        code = 1
+    except (TrackingError, StoreError, OSError) as e:  # a full disk: the supervisor stops the study
+        print(f"sgdtune worker {index}: store failed: {e}", file=sys.stderr)
+        code = EXIT_STORE_FAILED
+    else:
+        code = 0
     finally:
         if tracker is not None:
-            tracker.close()  # every write made before this process exits
+            try:
+                tracker.close()  # every write made before this process exits
+            except TrackingError as e:
+                print(f"sgdtune worker {index}: store failed: {e}", file=sys.stderr)
+                code = EXIT_STORE_FAILED
+    sys.exit(code)
+
+
+def _stop_with_parent() -> None:
+    """A worker whose supervisor dies (kill -9: no chance to forward anything) sends itself
+    SIGTERM, so that it fails its trial cleanly and exits instead of running on orphaned."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns once the supervisor is gone
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sgdtune-parent-watch", daemon=True).start()
 
 
 def supervise(study: optuna.Study, spec: WorkerSpec, workers: int, progress=None) -> None:
@@ -93,13 +136,18 @@ def supervise(study: optuna.Study, spec: WorkerSpec, workers: int, progress=None
             p.start()
         try:
             _wait(procs, study, progress)
-        except KeyboardInterrupt:
-            _stop(procs)
+        except KeyboardInterrupt as e:
+            _stop(procs, signal.SIGTERM if exit_status(e) == EXIT_SIGTERM else signal.SIGINT)
             _recover(study, spec, procs)
             raise
         _recover(study, spec, procs)
-        if any(p.exitcode == EXIT_INTERRUPTED for p in procs):
+        codes = {p.exitcode for p in procs}
+        if EXIT_SIGTERM in codes:
+            raise Terminated(signal.SIGTERM)
+        if EXIT_INTERRUPTED in codes:
             raise KeyboardInterrupt
+        if EXIT_STORE_FAILED in codes:
+            raise StoreError("a worker's store failed to write (its message is above)")
         if n_finished(study) == before and all(p.exitcode != 0 for p in procs):
             codes = sorted({p.exitcode for p in procs})
             raise RuntimeError(f"every worker failed without finishing a trial (exit codes {codes}); "
@@ -115,8 +163,16 @@ def _wait(procs, study: optuna.Study, progress) -> None:
         p.join()
 
 
-def _stop(procs, grace_s: float = 30.0) -> None:
-    """After Ctrl-C: the workers got SIGINT too; give them time to fail their trials cleanly."""
+def _stop(procs, signum: int = signal.SIGINT, grace_s: float = STOP_GRACE_S) -> None:
+    """After Ctrl-C or SIGTERM: send it on to every worker (from a terminal or systemd they
+    got it too; a second one is ignored), give them grace_s to fail their trials cleanly,
+    then kill those still running."""
+    for p in procs:
+        if p.is_alive():
+            try:
+                os.kill(p.pid, signum)
+            except ProcessLookupError:
+                pass
     deadline = time.monotonic() + grace_s
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))
@@ -130,18 +186,17 @@ def _recover(study: optuna.Study, spec: WorkerSpec, procs) -> None:
     dead = {p.pid: p.exitcode for p in procs if p.exitcode not in (0, None)}
     if not dead:
         return
-    tracker = Tracker(locations(spec.config, Path(spec.mlruns))[1], spec.config.name) if spec.track else None
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = trial.user_attrs.get("worker_pid")
-        if pid not in dead:
-            continue
+    left = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker_pid") in dead]
+    if not left:
+        return
+    storage_url, tracking_uri = locations(spec.config, Path(spec.mlruns))
+    tracker = Tracker(tracking_uri, spec.config.name) if spec.track else None
+    storage = open_storage(storage_url)
+    for trial in left:
+        pid = trial.user_attrs["worker_pid"]
         code = dead[pid]
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        reason = f"worker process {pid} died ({how}) during the trial; the trial is run again"
-        study.tell(trial.number, state=TrialState.FAIL)
-        if tracker is not None:  # a worker killed early in a trial may not have recorded its run id
-            run_id = trial.user_attrs.get("mlflow_run_id") or tracker.find_trial_run(trial.number)
-            if run_id:
-                tracker.fail_stale_run(run_id, reason)
-        if code != EXIT_INTERRUPTED:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        again = code not in (EXIT_SIGINT, EXIT_SIGTERM)  # an interrupt stops the study: nothing to run again
+        reason = f"worker process {pid} died ({how}) during the trial" + ("; the trial is run again" if again else "")
+        fail_and_requeue(study, storage, trial, reason, tracker, requeue=again)

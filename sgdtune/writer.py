@@ -12,8 +12,21 @@ ahead of other waiting writes, so by the time a trial ends its id is usually the
 The child imports MLflow as soon as it starts; the CLI starts it before importing torch
 (`prestart`), so the two imports overlap. It ignores Ctrl-C (the training process decides
 what a Ctrl-C means and sends the writes that record it), and when the training process
-dies outright its pipe closes: the child writes everything it was sent, then exits.
+dies outright its pipe closes: the child writes everything it was sent, then exits. It
+ignores SIGTERM too, for the same reason: systemd and `timeout` send it to the whole process
+group, and the training process's own handling of it (interrupts.py) needs the writer to
+record the trial's end.
 One child serves the studies of a process one after another (`close` hands it back).
+
+Faults. A write that fails in the child (a full disk) is raised in the training process at
+its next call, even one that does not wait (the trial in training fails at its next epoch,
+not minutes later), once; the rest at `close`. If the child itself dies (killed, out of
+memory), the next call raises `WriterGone`, once: the trial in training fails with that
+reason and the study stops. From then on the tracker makes the ends of its runs directly,
+with a tracking.Tracker in this process: a trial's run ends with its state, the parent with
+its status, and at `close` every run it started and did not end is ended (trials FAILED,
+the parent KILLED); other writes (epochs, artifacts) are dropped. Nothing is left RUNNING,
+and the same command resumes the study (with a new writer).
 """
 
 from __future__ import annotations
@@ -37,12 +50,18 @@ from .tracking import redact_url
 # the writes catch up when it waits; with a core to spare, it makes no difference.
 NICENESS = 10
 PIPE_BYTES = 1 << 20  # room for ~2,000 queued epochs before a send would wait for the child
+ENDS = ("end_trial_run", "end_parent_run")  # made directly when the writer process has died
 
 
 class TrackingError(RuntimeError):
     """A write to MLflow failed in the writer process (or the process died). A store that
     cannot be opened at all (a wrong path, an unreachable server) is bad input instead: an
     InputError naming --tracking-uri."""
+
+
+class WriterGone(TrackingError):
+    """The writer process died (killed, out of memory): raised once, then the tracker makes
+    the ends of its runs directly (see the module's docstring)."""
 
 
 @dataclass(frozen=True)
@@ -136,13 +155,18 @@ class BackgroundTracker:
         self._next_key = 0
         self._experiment_id: str | None = None
         self._closed = False
+        self._open: dict[int, tuple] = {}  # key -> ("parent",) | ("trial", number) | ("child",): not yet ended
+        self._sent_ends: dict[int, tuple] = {}  # key -> (method, args) of an end sent: lost if the writer dies
+        self._gone: str | None = None  # why the writer process is gone: calls are made directly
+        self._direct = None  # the tracking.Tracker of this process, once the writer is gone
+        self._raised_early = False  # a write error was raised by a call that does not wait
         # The child may have started elsewhere: relative paths in a URI mean this cwd.
         self._send("open", os.getcwd(), tracking_uri, study_name, artifact_location)
 
     # -- Tracker's methods --------------------------------------------------------------------
 
     def start_parent_run(self, tags: dict[str, str], params: dict[str, object], replace: bool = False) -> RunRef:
-        return self._call("start_parent_run", tags, params, replace, creates_run=True)
+        return self._call("start_parent_run", tags, params, replace, creates_run=("parent",))
 
     def log_artifact(self, run: RunRef | str, path, artifact_path: str | None = None) -> None:
         self._call("log_artifact", run, os.path.abspath(path), artifact_path)
@@ -151,11 +175,11 @@ class BackgroundTracker:
         self._call("end_parent_run", run, metrics, status)
 
     def start_trial_run(self, parent: RunRef | str, trial_number: int, params: dict, tags: dict) -> RunRef:
-        return self._call("start_trial_run", parent, trial_number, params, tags, creates_run=True)
+        return self._call("start_trial_run", parent, trial_number, params, tags, creates_run=("trial", trial_number))
 
     def start_child_run(self, parent: RunRef | str, name: str, params: dict, tags: dict) -> RunRef:
         """A run nested under `parent` (a trial's replicate under the trial's run)."""
-        return self._call("start_child_run", parent, name, params, tags, creates_run=True)
+        return self._call("start_child_run", parent, name, params, tags, creates_run=("child",))
 
     def log_epoch(self, run: RunRef | str, metrics: dict[str, float], step: int) -> None:
         self._call("log_epoch", run, metrics, step)
@@ -164,30 +188,71 @@ class BackgroundTracker:
                       fail_reason: str | None = None) -> None:
         self._call("end_trial_run", run, state, summary, fail_reason)
 
+    def end_runs_of_finished_trials(self, states: dict[int, tuple[str, str | None]]) -> None:
+        self._call("end_runs_of_finished_trials", states)
+
+    @property
+    def writer_pid(self) -> int:
+        """The pid of the writer process (recorded with each trial: reclaim.py)."""
+        return self._child.proc.pid
+
     @property
     def experiment_id(self) -> str:
         while self._experiment_id is None:
-            self._receive(wait=True)
+            if self._gone is not None:
+                self._experiment_id = self._directly().experiment_id
+                break
+            try:
+                self._receive(wait=True)
+            except WriterGone:
+                pass
         return self._experiment_id
 
     def run_id(self, key: int, wait: bool = True) -> str | None:
-        """The id of the run that call number `key` created; None if not yet and not `wait`."""
-        self._receive(wait=False)
-        while wait and key not in self._ids:
-            if key in self._failed:
-                raise TrackingError(f"MLflow run not created in the writer process: {self._failed[key]}")
-            self._receive(wait=True)
-        return self._ids.get(key)
+        """The id of the run that call number `key` created; None if not yet and not `wait`
+        (after the writer died: None when the store does not hold it)."""
+        try:
+            if self._gone is None:
+                self._receive(wait=False)
+                while wait and key not in self._ids:
+                    if key in self._failed:
+                        raise TrackingError(f"MLflow run not created in the writer process: {self._failed[key]}")
+                    self._receive(wait=True)
+                return self._ids.get(key)
+        except WriterGone:
+            pass
+        return self._resolve(key)
 
     def close(self) -> None:
         """Wait until every write is made; the child is kept for the next study."""
         global _spare
         if self._closed:
             return
+        if self._gone is None:
+            try:
+                self._send("close")
+                while "closed" not in self._receive(wait=True, check=False):
+                    pass
+            except WriterGone:
+                pass
         self._closed = True
-        self._send("close")
-        while "closed" not in self._receive(wait=True, check=False):
-            pass
+        if self._gone is not None:  # every run it started and did not end, ended from here
+            for key, kind in list(self._open.items()):
+                if kind[0] == "parent":
+                    self._after_death("end_parent_run", (RunRef(key, self), {}, "KILLED"), None)
+                else:
+                    self._after_death("end_trial_run", (RunRef(key, self), "FAIL", {}, self._gone), None)
+            try:  # ends it was sent but never made: the runs still RUNNING
+                running = self._directly().running_run_ids()
+            except Exception as e:  # noqa: BLE001 - the store is unreachable too
+                self._errors.append(f"{type(e).__name__}: {e}")
+                running = set()
+            for key, (method, args) in self._sent_ends.items():
+                if self._ids.get(key) in running:
+                    self._after_death(method, args, None)
+            self._child.stop(wait=False)
+            self._raise_errors()
+            return
         if _spare is None:
             _spare = self._child
         else:
@@ -196,13 +261,30 @@ class BackgroundTracker:
 
     # -- the pipe -----------------------------------------------------------------------------
 
-    def _call(self, method: str, *args: Any, creates_run: bool = False) -> RunRef | None:
-        """Send one call; RunRef arguments travel as their keys, at the positions listed."""
+    def _call(self, method: str, *args: Any, creates_run: tuple | None = None) -> RunRef | None:
+        """Send one call; RunRef arguments travel as their keys, at the positions listed.
+        `creates_run`: what the run is, ("parent",), ("trial", number) or ("child",)."""
+        if self._gone is not None:
+            return self._after_death(method, args, creates_run)
         ref = RunRef(self._next_key, self) if creates_run else None
-        self._next_key += creates_run
+        self._next_key += bool(creates_run)
+        if ref is not None:
+            self._open[ref.key] = creates_run
         refs = tuple(i for i, a in enumerate(args) if isinstance(a, RunRef))
-        args = tuple(a.key if isinstance(a, RunRef) else a for a in args)
-        self._send("call", method, args, refs, ref.key if ref else None)
+        sent = tuple(a.key if isinstance(a, RunRef) else a for a in args)
+        try:
+            self._send("call", method, sent, refs, ref.key if ref else None)
+            self._receive(wait=False, check=False)  # a failed write or a dead writer shows now, not at close
+        except WriterGone:
+            if method not in ENDS:
+                raise
+            return self._after_death(method, args, creates_run)  # the end is made all the same
+        if method in ENDS and isinstance(args[0], RunRef):
+            self._open.pop(args[0].key, None)
+            self._sent_ends[args[0].key] = (method, args)
+        if self._errors and not self._raised_early:
+            self._raised_early = True  # once: the trial's end and the parent's still get written
+            self._raise_errors()
         return ref
 
     def _send(self, *message: Any) -> None:
@@ -210,8 +292,8 @@ class BackgroundTracker:
             raise TrackingError("this tracker is closed")
         try:
             self._child.commands.send(message)
-        except OSError as e:  # the child died
-            raise TrackingError(f"the MLflow writer process is gone ({e}); see its error above") from e
+        except OSError:  # the child died
+            self._writer_died()
 
     def _receive(self, wait: bool, check: bool = True) -> set[str]:
         """Read the replies that have arrived (wait for one if `wait`); the kinds read. Raises
@@ -220,10 +302,8 @@ class BackgroundTracker:
         while wait or self._child.replies.poll():
             try:
                 kind, *rest = self._child.replies.recv()
-            except EOFError:
-                raise TrackingError(
-                    f"the MLflow writer process exited (status {self._child.proc.wait()}); see its error above"
-                ) from None
+            except (EOFError, OSError):
+                self._writer_died()
             if kind == "id":
                 self._ids[rest[0]] = rest[1]
             elif kind == "experiment":
@@ -247,7 +327,78 @@ class BackgroundTracker:
                              f"{redact_url(self.tracking_uri)!r} ({self._store_error})")
         if self._errors:
             first, self._errors = self._errors[0], []
-            raise TrackingError(f"MLflow write failed in the writer process: {first}")
+            raise TrackingError(f"MLflow write failed in the writer process: {first} "
+                                f"(store {redact_url(self.tracking_uri)})")
+
+    # -- after the writer process died --------------------------------------------------------
+
+    def _writer_died(self) -> None:
+        """Note why the writer is gone and raise WriterGone (once: later calls go direct)."""
+        if self._gone is None:
+            try:
+                code = self._child.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # its pipe broke, yet it runs: stop it
+                self._child.proc.kill()
+                code = self._child.proc.wait()
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            self._gone = f"the MLflow writer process (pid {self._child.proc.pid}) died ({how})"
+            raise WriterGone(f"{self._gone}; this study's runs were ended from the training process")
+
+    def _directly(self):
+        """A tracking.Tracker in this process, for the ends of the runs (imports MLflow here)."""
+        if self._direct is None:
+            from .tracking import Tracker, quiet_logging
+
+            quiet_logging()
+            self._direct = Tracker(self.tracking_uri, self.study_name)
+        return self._direct
+
+    def _resolve(self, run: RunRef | str | int) -> str | None:
+        """A run's id: known, or (its creation's reply lost with the writer) found in the store."""
+        if isinstance(run, str):
+            return run
+        key = run.key if isinstance(run, RunRef) else run
+        if key not in self._ids:
+            kind = self._open.get(key, ("child",))
+            try:
+                if kind[0] == "parent":
+                    found = self._directly().find_parent_run()
+                elif kind[0] == "trial":
+                    found = self._directly().find_trial_run(kind[1])
+                else:  # a replicate's run: ended as a nested run when its trial's run is failed
+                    found = None
+            except Exception as e:  # noqa: BLE001 - the store is unreachable too: said at close
+                self._errors.append(f"{type(e).__name__}: {e}")
+                found = None
+            if found is None:
+                return None
+            self._ids[key] = found
+        return self._ids[key]
+
+    def _after_death(self, method: str, args: tuple, creates_run: tuple | None):
+        """A call once the writer is gone: the ends of runs made directly, new runs refused
+        (the study is stopping), other writes dropped."""
+        if creates_run:
+            raise WriterGone(self._gone)
+        if method not in ENDS:
+            return None
+        run, rest = args[0], args[1:]
+        run_id = self._resolve(run)
+        if isinstance(run, RunRef):
+            self._open.pop(run.key, None)
+        if run_id is None:
+            return None
+        try:
+            if method == "end_parent_run":
+                self._directly().end_parent_run(run_id, *rest)
+            else:
+                state, summary, reason = rest
+                if state == "FAIL":  # its replicates' runs too
+                    self._directly().fail_stale_run(run_id, reason or self._gone)
+                self._directly().end_trial_run(run_id, state, summary, fail_reason=reason)
+        except Exception as e:  # noqa: BLE001 - raised once, at close
+            self._errors.append(f"{type(e).__name__}: {e}")
+        return None
 
 
 # -- the child process ------------------------------------------------------------------------
@@ -343,7 +494,7 @@ class _Replies:
         try:
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - reported to the training process, which raises it
-            text = f"{type(e).__name__}: {e}"
+            text = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"  # one line
             if self.conn is None:
                 print(f"sgdtune writer: {text}", file=sys.stderr)
             self.send("error", text)
@@ -352,6 +503,7 @@ class _Replies:
 
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is SIGTERM; the closed pipe ends this process
     commands = Connection(int(argv[0]), writable=False)
     replies = Connection(int(argv[1]), readable=False)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # a background process: errors only
@@ -362,6 +514,10 @@ def main(argv: list[str]) -> None:
     from sqlalchemy.orm import configure_mappers
 
     configure_mappers()  # MLflow's ORM classes (0.4 s), otherwise done when the store opens
+    # Not even errors (set after MLflow's import, which sets its loggers' levels): each failed
+    # call goes back to the training process, which raises it in one line (or, once that is
+    # gone, `_Replies.guarded` prints it); MLflow's own log of it is a 40-line traceback.
+    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
     # Keep the collector off the ~10^6 objects of those imports: a full collection over them
     # paused a write for 0.2 s.
     gc.freeze()

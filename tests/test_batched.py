@@ -170,7 +170,7 @@ def test_a_diverging_member_gets_diverged_at_the_update_train_reports_and_the_ot
     results = train_stacked(configs, data)
     assert isinstance(results[1], Diverged)
     assert (results[1].update, results[1].epoch) == (alone.value.update, alone.value.epoch)
-    assert not math.isfinite(results[1].value)
+    assert not math.isfinite(results[1].value) or results[1].value > results[1].bound  # NaN, or past its bound
     tame = train_stacked([configs[0], configs[2]], data)
     for got, want in zip((results[0], results[2]), tame):
         assert all(math.isfinite(m.val_loss) for m in got.history)

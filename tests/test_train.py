@@ -116,12 +116,29 @@ def test_same_seed_gives_bit_identical_metrics_and_another_seed_does_not():
     assert strip(runs[0]) != strip(runs[2])
 
 
-def test_a_nan_loss_stops_training_at_once_with_the_update_where_it_happened():
+def test_a_blown_up_loss_stops_training_at_once_with_the_update_where_it_happened():
     data = make_data(n=200)
-    with pytest.raises(Diverged, match=r"training loss became (nan|inf) at update \d+ \(epoch 1\)") as info:
+    with pytest.raises(Diverged, match=r"training loss became \S+ at update \d+ \(epoch 1\)") as info:
         train(cfg(batch_size=4, lr=1e6, momentum=0.9, epochs=50, model=ModelConfig(hidden=(16,))), data)
     assert 1 <= info.value.update <= 50
-    assert not math.isfinite(info.value.value)
+    assert not math.isfinite(info.value.value) or info.value.value > info.value.bound
+
+
+def test_a_finite_loss_above_1e6_times_the_first_is_divergence_and_a_normal_lr_is_not():
+    """Known answer: one linear layer, full batch, so the first loss is the cross-entropy of
+    the initial weights on the whole set; lr 1e9 sends the loss far past 1e6 x that at once,
+    still finite (before the bound, such a trial completed)."""
+    data = make_data()
+    model = nn.Sequential(nn.Linear(4, 3))
+    with torch.no_grad():
+        first = float(nn.functional.cross_entropy(model(data.x_train), data.y_train))
+    with pytest.raises(Diverged, match=r"above the divergence bound .* \(1e6 x the first loss\)") as info:
+        train(cfg(batch_size=10_000, lr=1e9, epochs=50), data, model=model)
+    assert info.value.bound == pytest.approx(1e6 * first, rel=1e-5)
+    assert math.isfinite(info.value.value) and info.value.value > info.value.bound
+    assert info.value.update == 2  # the first update's loss is the reference; the second is past it
+    result = train(cfg(batch_size=10_000, lr=0.3, epochs=50), data)
+    assert result.final.train_loss < first  # a normal lr trains to the end
 
 
 @pytest.mark.parametrize(

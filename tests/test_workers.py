@@ -124,8 +124,19 @@ def test_with_heartbeats_a_killed_workers_trial_is_failed_and_run_again_by_anoth
     common = ["experiments/quick.toml", "--n-trials", "3", "--storage", storage, "--tracking-uri", mlflow_server,
               "--heartbeat", "1", *LONG]
     first = start(workdir, *common)
-    victim = wait_for_running_trial(storage, first)
+    wait_for_running_trial(storage, first)
     second = start(workdir, *common)  # a worker on "another machine" joins the same study
+    # Killed once the second runs a trial too, so past its start: a start reclaims a dead
+    # process's trial of its own host at once (reclaim.py); here the heartbeats must find it.
+    deadline = time.monotonic() + 180
+    while True:
+        running = {t.user_attrs.get("worker_pid"): t for t in load(storage).get_trials()
+                   if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs}
+        if first.pid in running and second.pid in running:
+            victim = running[first.pid]
+            break
+        assert time.monotonic() < deadline and first.poll() is None and second.poll() is None
+        time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(30)
     out, err = second.communicate(timeout=300)

@@ -35,6 +35,7 @@ The measurements, per member (docs/science.md, section 3):
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,10 @@ from .config import BatchPlan, TrainConfig, lr_at
 from .results import Diverged, EpochMetrics, TrainResult
 
 FINITE_CHECK_EVERY = 32  # updates between NaN/inf checks: one cheap sync per 32 steps
+# A finite loss above this many times the member's first loss is divergence too (docs/science.md,
+# "Divergence"): lr 739 on digits reached 1.5e31 and would otherwise complete. The first loss
+# counts as at least DIVERGENCE_FLOOR, so that a near-zero start does not make the bound tiny.
+DIVERGENCE_FACTOR, DIVERGENCE_FLOOR = 1e6, 1e-3
 FIXED_SUBSET_SEED = 20180101  # the probe and train-eval subsets are the same for every trial
 
 # The gradient noise probe (docs/science.md, section 3).
@@ -244,6 +249,7 @@ class Loop:
         self.next_due = 0  # the next update count at which a probe, a target or an ending may be due
         self.losses: list[torch.Tensor] = []  # this epoch's step losses, one tensor of K per update
         self.checked = 0  # losses already checked for NaN/inf
+        self.loss_bound: torch.Tensor | None = None  # (members,): DIVERGENCE_FACTOR x each first loss
         self.updates_before = 0  # updates before this epoch
         self.examples_before = 0  # examples before this epoch
         self.stepper: Stepper | None = None
@@ -351,6 +357,8 @@ class Loop:
             self.stepper.keep(keep)
             if self.losses:
                 self.losses[:] = self._step_losses()[:, keep].unbind(0)
+            if self.loss_bound is not None:
+                self.loss_bound = self.loss_bound[keep]
             self.max_warmup = max(m.warmup_updates for m in self.members)
 
     def _step_losses(self, first: int = 0) -> torch.Tensor:
@@ -359,11 +367,14 @@ class Loop:
         return chunk.view(chunk.shape[0], -1)
 
     def _check_finite(self, epoch: int, timed: bool) -> None:
-        """Members with a NaN/inf among the unchecked losses leave with Diverged; one sync."""
+        """Members with a NaN/inf among the unchecked losses, or a loss above their bound
+        (DIVERGENCE_FACTOR x their first loss), leave with Diverged; one sync."""
         if len(self.losses) <= self.checked:
             return
         chunk = self._step_losses(self.checked)
-        bad = ~torch.isfinite(chunk)
+        if self.loss_bound is None:  # the first check: row 0 is every member's first update
+            self.loss_bound = DIVERGENCE_FACTOR * chunk[0].detach().clamp(min=DIVERGENCE_FLOOR)
+        bad = ~torch.isfinite(chunk) | (chunk > self.loss_bound)
         first_new, self.checked = self.checked, len(self.losses)
         if not bool(bad.any()):
             return
@@ -371,7 +382,8 @@ class Loop:
         for pos in bad.any(dim=0).nonzero().flatten().tolist():
             row = int(bad[:, pos].nonzero()[0, 0])
             update = self.updates_before + first_new + row + 1
-            diverged[self.members[pos]] = Diverged(update, epoch, float(chunk[row, pos]))
+            value, bound = float(chunk[row, pos]), float(self.loss_bound[pos])
+            diverged[self.members[pos]] = Diverged(update, epoch, value, bound if math.isfinite(value) else None)
         if timed:
             self.timer.stop()
         self._leave(diverged)

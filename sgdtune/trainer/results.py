@@ -126,8 +126,10 @@ def history_summary(history: list[EpochMetrics]) -> dict[str, float]:
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite at update `update` (1-based)."""
+    """The training loss became NaN or infinite at update `update` (1-based), or (`bound`
+    given) exceeded `bound`, 1e6 x the first loss (trainer/loop.py)."""
 
-    def __init__(self, update: int, epoch: int, value: float):
-        super().__init__(f"training loss became {value} at update {update} (epoch {epoch})")
-        self.update, self.epoch, self.value = update, epoch, value
+    def __init__(self, update: int, epoch: int, value: float, bound: float | None = None):
+        above = "" if bound is None else f", above the divergence bound {bound:.3g} (1e6 x the first loss)"
+        super().__init__(f"training loss became {value:.3g} at update {update} (epoch {epoch}){above}")
+        self.update, self.epoch, self.value, self.bound = update, epoch, value, bound

@@ -1,0 +1,51 @@
+"""SIGTERM handled like Ctrl-C: what systemd, Kubernetes and `timeout` send to stop a study.
+
+A process that calls `stop_on_sigterm` turns SIGTERM into `Terminated`, a KeyboardInterrupt,
+so every path that ends a trial cleanly on Ctrl-C (its run ended, its Optuna state FAIL with
+the reason "interrupted (SIGTERM)") serves SIGTERM too. Exit statuses, the shell's
+convention of 128 + the signal's number: 130 after Ctrl-C (SIGINT), 143 after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+
+EXIT_SIGINT = 130  # 128 + SIGINT
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGINT, where `stop_on_sigterm(also_sigint=True)`) arrived: stop as on Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_on_sigterm(also_sigint: bool = False) -> None:
+    """From now on SIGTERM raises Terminated in the main thread, the first time only: a second
+    signal (systemd sends one to each process of the group, a supervisor forwards another)
+    must not break off the cleanup the first one started. `also_sigint`: SIGINT too (worker
+    processes, whose cleanup a forwarded Ctrl-C must not cut short either)."""
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    if also_sigint:
+        signal.signal(signal.SIGINT, handler)
+
+
+def describe(interrupt: BaseException) -> str:
+    """'SIGTERM' or 'Ctrl-C': what stopped the process."""
+    if isinstance(interrupt, Terminated) and interrupt.signum == signal.SIGTERM:
+        return "SIGTERM"
+    return "Ctrl-C"
+
+
+def exit_status(interrupt: BaseException) -> int:
+    """143 after SIGTERM, 130 after Ctrl-C (SIGINT)."""
+    return EXIT_SIGTERM if describe(interrupt) == "SIGTERM" else EXIT_SIGINT

@@ -1,0 +1,167 @@
+"""Trials whose process died: found, failed with a reason, their MLflow runs ended, and their
+parameters queued again, so that no trial or run stays RUNNING after a kill.
+
+Each trial records the process that runs it (`Objective.begin`, trial.py): user attributes
+`worker_pid` and `process` = {host, pid, start, writer_pid, writer_start}, where `start` is
+the boot id and the process's start time (/proc/<pid>/stat field 22, clock ticks since boot)
+so that a pid reused by another process is not taken for the trial's. On every start of a
+study (`reclaim_dead`, called by run_study before any trial runs), a RUNNING trial recorded
+on this host whose process is gone is failed (user attributes fail_reason and fail_kind
+"killed"), its MLflow run (and a replicate's under it) ended FAILED with the reason, and its
+parameters queued again (user attribute retry_of). The `--workers` supervisor fails a dead
+worker's trial through the same function (`fail_and_requeue`). Trials of other hosts are
+left to heartbeats (`--heartbeat`, RDB storages): from here, a process on another machine
+cannot be seen alive or dead. Where /proc is missing (not Linux) only the pid is checked.
+
+`StoreError`: the Optuna storage failed to write (a full disk, a file-size limit); the CLI
+prints it on one line and exits 2, like an MLflow store that fails (writer.TrackingError).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .search import FAIL_KIND
+
+if TYPE_CHECKING:
+    from .tracking import Tracker
+
+PROCESS_ATTR = "process"  # trial user attribute: the identity of the process running it
+WRITER_EXIT_WAIT_S = 30.0  # a dead trial process's writer finishes its queued writes first
+
+
+# OSError numbers that mean the disk (or a limit on it) refused a write, not a bug.
+WRITE_REFUSED = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+class StoreError(RuntimeError):
+    """The Optuna storage failed to write (OSError such as ENOSPC or EFBIG, or Optuna's
+    StorageInternalError around one)."""
+
+
+def as_store_error(error: BaseException, storage_url: str) -> BaseException:
+    """`error` as a StoreError naming the storage when it is the Optuna storage refusing a
+    write (a full disk: OSError ENOSPC, EFBIG, ...; an RDB's failed commit); else `error`."""
+    from .tracking import redact_url
+
+    if isinstance(error, optuna.exceptions.StorageInternalError):
+        cause = error.__cause__ or error
+    elif isinstance(error, OSError) and error.errno in WRITE_REFUSED:
+        cause = error
+    else:
+        return error
+    return StoreError(f"the Optuna storage {redact_url(storage_url)} failed to write: "
+                      f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+
+
+def finished_trial_states(study: optuna.Study) -> dict[int, tuple[str, str | None]]:
+    """{trial number: (state, fail_reason)} of the study's finished trials: a run left RUNNING
+    under one of them (its end lost with a killed writer or a full disk) is ended so."""
+    return {t.number: (t.state.name, t.user_attrs.get("fail_reason"))
+            for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def start_time(pid: int) -> str | None:
+    """'<boot id>:<start time in clock ticks>' of a live process; None when it does not exist
+    or /proc cannot tell (then only the pid identifies it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the name in (...) may hold spaces
+    return f"{_boot_id()}:{fields[19]}"  # field 22 of stat; fields[0] is field 3
+
+
+def process_identity(pid: int | None = None, writer_pid: int | None = None) -> dict:
+    """What identifies a process (this one by default) and its MLflow writer process."""
+    pid = os.getpid() if pid is None else pid
+    out = {"host": socket.gethostname(), "pid": pid, "start": start_time(pid)}
+    if writer_pid is not None:
+        out.update(writer_pid=writer_pid, writer_start=start_time(writer_pid))
+    return out
+
+
+def alive(pid: int | None, start: str | None) -> bool:
+    """Whether the process `pid` with start time `start` (None: any) still runs on this host."""
+    if not pid:
+        return False
+    if start is not None and Path("/proc").is_dir():
+        return start_time(pid) == start  # gone, or the pid now belongs to another process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
+def dead_on_this_host(trial: FrozenTrial) -> bool:
+    """A RUNNING trial whose recorded process ran on this host and is gone."""
+    ident = trial.user_attrs.get(PROCESS_ATTR)
+    if not isinstance(ident, dict) or ident.get("host") != socket.gethostname():
+        return False  # another host's, or not recorded: heartbeats' to handle
+    return not alive(ident.get("pid"), ident.get("start"))
+
+
+def wait_for_writer(trial: FrozenTrial, timeout_s: float = WRITER_EXIT_WAIT_S) -> None:
+    """Wait (up to timeout_s) until a dead trial process's writer has exited: it makes every
+    write it was sent before exiting, among them perhaps the creation of the trial's run."""
+    ident = trial.user_attrs.get(PROCESS_ATTR) or {}
+    deadline = time.monotonic() + timeout_s
+    while alive(ident.get("writer_pid"), ident.get("writer_start")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def fail_and_requeue(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: FrozenTrial, reason: str,
+                     tracker: Tracker | None, requeue: bool = True, kind: str = "killed") -> None:
+    """Fail a trial left RUNNING by a process that died: its reason in the user attributes
+    fail_reason and fail_kind, its MLflow run (and nested runs) ended FAILED with the reason,
+    and (`requeue`) its parameters queued again with user attribute retry_of."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), trial.number)
+    storage.set_trial_user_attr(trial_id, FAIL_KIND, kind)
+    storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+    study.tell(trial.number, state=TrialState.FAIL)
+    if tracker is not None:  # a process killed early in a trial may not have recorded its run id
+        run_id = trial.user_attrs.get("mlflow_run_id") or tracker.find_trial_run(trial.number)
+        if run_id:
+            tracker.fail_stale_run(run_id, reason)
+    if requeue:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
+def reclaim_dead(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking_uri: str | None) -> list[int]:
+    """Fail, end and queue again every RUNNING trial whose process on this host is gone (see
+    the module's docstring); the numbers of the trials reclaimed. MLflow is opened only when
+    there is one (`tracking_uri` None: no tracking)."""
+    dead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if dead_on_this_host(t)]
+    if not dead:
+        return []
+    tracker = None
+    if tracking_uri is not None:
+        from .tracking import Tracker
+
+        tracker = Tracker(tracking_uri, study.study_name)
+    for trial in dead:
+        wait_for_writer(trial)
+        ident = trial.user_attrs[PROCESS_ATTR]
+        reason = (f"process {ident.get('pid')} on {ident.get('host')} died during the trial (killed or lost); "
+                  "the trial is run again")
+        fail_and_requeue(study, storage, trial, reason, tracker)
+    return [t.number for t in dead]

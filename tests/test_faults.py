@@ -1,0 +1,314 @@
+"""Faults: kill -9 and SIGTERM of each process of a study (the single training process, the
+`--workers` supervisor, a worker, the MLflow writer) at several points, and a store that
+refuses writes; then the same command again. After it: no finished trial lost, no trial or
+run RUNNING (Optuna and MLflow, the parent included), each trial number one MLflow run, no
+parameter set finished twice, and the study has its n_trials.
+
+Each fault adds a row to a table (fault, runs, finished trials lost, runs left RUNNING,
+duplicates), printed at the end and written to the file named by SGDTUNE_FAULT_TABLE.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import run_cli
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from sgdtune.reclaim import alive, process_identity, start_time
+from sgdtune.search import counts_as_finished
+from sgdtune.stores import open_storage
+
+STORAGE = "mlruns/optuna.journal"
+# Trials of a second or two (30 epochs of 90 updates, no noise or sharpness probes), so that a
+# signal can land inside one; lr continuous, so that two trials never share a parameter set
+# by chance. One thread per process: on a busy machine torch's spinning threads cost 5x more.
+TRIALS = ["--set", "search.epochs={choices=[30]}", "--set", "search.batch_size={choices=[16]}",
+          "--set", "train.probe_size=0", "--set", "train.sharpness_every=0", "--no-progress"]
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ROWS: list[tuple[str, int, int, int, int]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fault_table():
+    yield
+    lines = ["| fault | runs | finished trials lost | runs left RUNNING | duplicates |", "|---|---|---|---|---|"]
+    lines += [f"| {fault} | {runs} | {lost} | {running} | {dups} |" for fault, runs, lost, running, dups in ROWS]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if os.environ.get("SGDTUNE_FAULT_TABLE"):
+        Path(os.environ["SGDTUNE_FAULT_TABLE"]).write_text(text)
+
+
+def command(n_trials: int, *extra: str) -> list[str]:
+    return ["experiments/quick.toml", "--n-trials", str(n_trials), *TRIALS, *extra]
+
+
+def start(cwd: Path, args: list[str], **kw) -> subprocess.Popen:
+    """The study command in its own session (a group signal reaches it and its children only)."""
+    env = {**os.environ, **ENV}
+    return subprocess.Popen([sys.executable, "-m", "sgdtune.study", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kw)
+
+
+def trials(storage: str = STORAGE) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name="quick", storage=open_storage(storage)).get_trials()
+    except (KeyError, ValueError, OSError):  # not created yet
+        return []
+
+
+def wait_for(proc: subprocess.Popen, pick, timeout_s: float = 180):
+    """pick(trials) once it returns something (polled every 50 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the study ended first: {proc.communicate()}")
+        got = pick(trials())
+        if got:
+            return got
+        time.sleep(0.05)
+    raise TimeoutError("nothing to pick")
+
+
+def running(ts, with_run: bool = False):
+    """The first trial RUNNING in a process (with its MLflow run id recorded, if with_run)."""
+    found = [t for t in ts if t.state == TrialState.RUNNING and "process" in t.user_attrs
+             and (not with_run or "mlflow_run_id" in t.user_attrs)]
+    return found[0] if found else None
+
+
+def finished(ts) -> dict[int, tuple]:
+    return {t.number: (t.state, t.values) for t in ts if counts_as_finished(t)}
+
+
+def gone(pid: int, timeout_s: float = 60) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # exited, not yet reaped
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def check(workdir: Path, fault: str, before: dict[int, tuple], n_trials: int) -> None:
+    """After the resume: the closing assertions of every fault, and its row in the table."""
+    ts = trials()
+    now = finished(ts)
+    lost = sum(now.get(n) != v for n, v in before.items())
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("quick").experiment_id
+    runs = client.search_runs([experiment], max_results=5000)
+    left_running = [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    per_trial = Counter(r.data.tags["sgdtune.trial_number"] for r in runs if "sgdtune.trial_number" in r.data.tags)
+    params = Counter(tuple(sorted(t.params.items())) for t in ts if counts_as_finished(t))
+    dups = sum(c - 1 for c in per_trial.values() if c > 1) + sum(c - 1 for c in params.values() if c > 1)
+    ROWS.append((fault, 1, lost, len(left_running), dups))
+    assert lost == 0, (before, now)
+    assert not left_running, left_running
+    assert not [t.number for t in ts if t.state == TrialState.RUNNING]
+    assert dups == 0, (per_trial, params)
+    assert len(now) >= n_trials
+    assert all(per_trial[str(n)] == 1 for n in now)  # each finished trial has its run
+    assert all(t.user_attrs.get("fail_reason") for t in ts if t.state == TrialState.FAIL)
+
+
+def resume(workdir: Path, args: list[str], **kw) -> subprocess.CompletedProcess:
+    again = run_cli("sgdtune.study", *args, cwd=workdir, timeout=400, env=ENV, **kw)
+    assert again.returncode == 0, again.stderr
+    assert "Traceback" not in again.stderr, again.stderr
+    return again
+
+
+def one_line(err: str, expected: str) -> None:
+    assert "Traceback" not in err, err
+    assert expected in err, err
+
+
+# -- the single training process ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["mid-trial", "at the first trial's start"])
+def test_kill_9_of_the_training_process_then_resume(workdir, how):
+    args = command(2)
+    proc = start(workdir, args)
+    if how == "mid-trial":
+        victim = wait_for(proc, lambda ts: running(ts, with_run=True))
+        os.kill(proc.pid, signal.SIGKILL)  # its writer lives on, writes what it was sent, exits
+    else:  # the run may not exist yet; the writer dies too (the whole group)
+        victim = wait_for(proc, running)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    before = finished(trials())
+    resume(workdir, args)
+    killed = trials()[victim.number]
+    assert killed.state == TrialState.FAIL and "died during the trial" in killed.user_attrs["fail_reason"]
+    retry = [t for t in trials() if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retry) == 1 and killed.params.items() <= retry[0].params.items()  # killed as it drew them
+    check(workdir, f"kill -9, training process, {how}", before, 2)
+
+
+def test_sigterm_of_the_training_process_mid_trial_and_between_trials_then_resume(workdir):
+    args = command(3)
+    proc = start(workdir, args)
+    victim = wait_for(proc, lambda ts: running(ts, with_run=True))
+    proc.send_signal(signal.SIGTERM)  # the process alone (Kubernetes)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    one_line(err, "interrupted (SIGTERM): finished trials are kept; run the same command again to resume.")
+    t = trials()[victim.number]
+    assert t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted (SIGTERM)"
+    run = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_run(t.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["sgdtune.fail_reason"] == "interrupted (SIGTERM)"
+    before = finished(trials())
+    resume(workdir, args)
+    check(workdir, "SIGTERM, training process, mid-trial", before, 3)
+
+    args = command(5)
+    proc = start(workdir, args)
+    wait_for(proc, lambda ts: len(finished(ts)) > len(before) + 1 and running(ts))  # a trial ended: next one
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, writer included (systemd, `timeout`)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    one_line(err, "interrupted (SIGTERM)")
+    before = finished(trials())
+    resume(workdir, args)
+    check(workdir, "SIGTERM to the group, training process, between trials", before, 5)
+
+
+# -- the MLflow writer process ----------------------------------------------------------------
+
+
+def test_kill_9_of_the_writer_ends_the_runs_from_the_training_process_and_sigterm_is_ignored(workdir):
+    args = command(2)
+    proc = start(workdir, args)
+    victim = wait_for(proc, lambda ts: running(ts, with_run=True))
+    os.kill(victim.user_attrs["process"]["writer_pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    one_line(err, "error: the MLflow writer process")
+    assert "died (signal SIGKILL); this study's runs were ended from the training process" in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    # The trial in training fails, or (the writer killed as it ended) completes, its end made
+    # directly, and the next one fails as it starts.
+    (t,) = [t for t in trials() if "MLflow writer process" in t.user_attrs.get("fail_reason", "")]
+    assert t.state == TrialState.FAIL and t.number >= victim.number
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    if t.number == victim.number:
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    experiment = client.get_experiment_by_name("quick").experiment_id
+    assert not [r for r in client.search_runs([experiment]) if r.info.status == "RUNNING"]  # parent too
+    before = finished(trials())
+    resume(workdir, args)
+    check(workdir, "kill -9, writer process, mid-trial", before, 2)
+
+    args = command(4)
+    proc = start(workdir, args)
+    victim = wait_for(proc, lambda ts: running(ts, with_run=True))
+    os.kill(victim.user_attrs["process"]["writer_pid"], signal.SIGTERM)  # ignored: its pipe decides
+    before = finished(trials())
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    check(workdir, "SIGTERM, writer process, mid-trial (ignored)", before, 4)
+
+
+# -- worker processes and their supervisor ---------------------------------------------------
+
+
+def worker_pids(ts) -> set[int]:
+    return {t.user_attrs["process"]["pid"] for t in ts if "process" in t.user_attrs}
+
+
+def test_sigterm_and_kill_9_of_the_supervisor_leave_no_worker_running(workdir):
+    args = command(4, "--workers", "2")
+    proc = start(workdir, args)
+    wait_for(proc, lambda ts: len([t for t in ts if running([t])]) == 2)
+    proc.send_signal(signal.SIGTERM)  # the supervisor alone: it forwards to its workers
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    one_line(err, "interrupted (SIGTERM)")
+    assert all(gone(pid, 5) for pid in worker_pids(trials()))
+    before = finished(trials())
+    resume(workdir, args)
+    check(workdir, "SIGTERM, --workers supervisor, mid-trial", before, 4)
+
+    args = command(6, "--workers", "2")
+    proc = start(workdir, args)
+    wait_for(proc, lambda ts: len(finished(ts)) > len(before) and running(ts, with_run=True))
+    os.kill(proc.pid, signal.SIGKILL)  # nothing forwarded: the workers see their parent go
+    proc.communicate(timeout=60)
+    pids = worker_pids(trials())
+    assert all(gone(pid) for pid in pids), "a worker outlived its supervisor"
+    before = finished(trials())
+    resume(workdir, args)
+    check(workdir, "kill -9, --workers supervisor, mid-trial", before, 6)
+
+
+def test_kill_9_of_a_worker_is_replaced_and_the_study_completes(workdir):
+    args = command(3, "--workers", "2")
+    proc = start(workdir, args)
+    victim = wait_for(proc, lambda ts: running(ts, with_run=True))
+    before = finished(trials())
+    os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    t = trials()[victim.number]
+    assert t.state == TrialState.FAIL and "died (signal SIGKILL)" in t.user_attrs["fail_reason"]
+    check(workdir, "kill -9, a worker, mid-trial", before, 3)
+
+
+# -- a store that refuses writes ----------------------------------------------------------------
+
+
+def limit_file_size(limit: int):
+    def apply() -> None:  # in the child, before exec: writes past `limit` bytes fail with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_store_that_refuses_writes_stops_the_study_with_one_line_and_exit_2(workdir):
+    """A full disk, played by RLIMIT_FSIZE: in the study's processes (training, writer), any
+    write that would grow a file past the limit fails with EFBIG, as ENOSPC would."""
+    args = command(1)
+    resume(workdir, args)  # the stores exist, at their sizes after one trial
+    sizes = {p.name: p.stat().st_size for p in (workdir / "mlruns").iterdir() if p.is_file()}
+    args = command(6)
+    proc = start(workdir, args, preexec_fn=limit_file_size(max(sizes.values()) + 40_000))
+    before = finished(trials())
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 2, err
+    one_line(err, "error: ")
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Optuna storage" in line or "store sqlite:///" in line, line
+    assert "run the same command again to resume" in line
+    resume(workdir, args)
+    check(workdir, "file size limit (a full disk), training process", before, 6)
+
+
+# -- the process identity behind reclaiming ----------------------------------------------------
+
+
+def test_a_process_is_alive_only_with_its_own_start_time():
+    me = process_identity()
+    assert me["pid"] == os.getpid() and alive(me["pid"], me["start"])
+    assert not alive(me["pid"], me["start"] + "0")  # the same pid, another process: a reused pid
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = start_time(child.pid)
+    child.wait()
+    assert started is not None and not alive(child.pid, started)
