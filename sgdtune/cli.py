@@ -39,6 +39,11 @@ STUDY_EPILOG = """examples:
 """
 
 
+def _auto_or_int(text: str) -> int | str:
+    """--threads: a count as an int; anything else as given, for the schema to accept ("auto") or refuse."""
+    return int(text) if text.strip().isdigit() else text
+
+
 def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -58,6 +63,9 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any field, VALUE in TOML syntax (e.g. train.momentum=0.5); repeatable")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study")
+    p.add_argument("--threads", type=_auto_or_int, metavar="auto|N",
+                   help="torch threads per trial (each worker's): auto = from the step's work and the cores other "
+                   "processes leave idle (default), N = always N; also `threads = ...` in the file")
     p.add_argument("--heartbeat", type=int, metavar="SECONDS",
                    help="RDB storages: fail and re-run a trial whose worker is silent for 2x SECONDS")
     p.add_argument("--batch-trials", type=int, default=1, metavar="K",
@@ -83,7 +91,7 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
             raise InputError("--replicates", "must be >= 1", repr(args.replicates))
         overrides = {"n_trials": args.n_trials, "seed": args.seed, "name": args.study_name, "storage": args.storage,
                      "tracking_uri": args.tracking_uri, "timeout_s": args.timeout, "device": args.device,
-                     "replicates": args.replicates, **parse_overrides(args.set)}
+                     "replicates": args.replicates, "threads": args.threads, **parse_overrides(args.set)}
         config = load_experiment(args.experiment, **overrides)
         from .console import print_closing, quiet_libraries
         from .stores import locations
