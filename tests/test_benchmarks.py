@@ -11,13 +11,15 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, _pg_bin, require
 
-GROUPS = {"trainer", "tracking", "handwired", "scale", "startup", "batched"}
+GROUPS = {"trainer", "tracking", "handwired", "scale", "startup", "batched", "storage", "busy"}
 
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
+    if not all(_pg_bin(name) for name in ("initdb", "pg_ctl", "psql")):  # the storage group starts a cluster
+        require("PostgreSQL (initdb, pg_ctl, psql) for the storage benchmark", "SGDTUNE_REQUIRE_POSTGRES")
     out = tmp_path_factory.mktemp("bench") / "r.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--out", str(out)],
@@ -56,6 +58,6 @@ def test_an_unknown_group_is_refused_with_the_known_ones(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "speed", "--out", str(tmp_path / "r.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    groups = "trainer, tracking, handwired, scale, startup, batched"
+    groups = "trainer, tracking, handwired, scale, startup, batched, storage, busy"
     assert f"--only: must name groups among {groups}; got speed" in proc.stderr
     assert not (tmp_path / "r.json").exists()
