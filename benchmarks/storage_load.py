@@ -29,7 +29,7 @@ from .common import Check
 
 GROUP = "storage"
 SIZES_FULL, SIZES_TINY = (16, 32), (2, 4)
-TRIALS_FULL, TRIALS_TINY = 640, 16  # per run, split between the workers
+TRIALS_FULL, TRIALS_TINY = 192, 16  # per run, split between the workers
 MODES = ("direct", "proxy")
 APP = {"direct": "sgdtune-load-worker", "proxy": "sgdtune-load-proxy"}  # application_name: whose sessions
 

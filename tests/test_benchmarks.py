@@ -13,6 +13,8 @@ import sys
 import pytest
 from conftest import ROOT, _pg_bin, require
 
+# Every group at a tiny size, one after another: minutes on a shared 2-core machine.
+pytestmark = pytest.mark.timeout(900)
 GROUPS = {"trainer", "tracking", "handwired", "scale", "startup", "batched", "storage", "busy"}
 
 
@@ -23,7 +25,7 @@ def tiny_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "r.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
