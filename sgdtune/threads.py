@@ -62,7 +62,8 @@ def load_average() -> float:
 
 class ThreadChooser:
     """Sets torch's intra-op threads at each trial's start: `setting` threads, or with
-    "auto", `choose_threads` over this process's `cores` and the load of other processes.
+    "auto", `choose_threads` over this process's `cores` (at most OMP_NUM_THREADS, where
+    set) and the load of other processes.
 
     The load average counts this study too: what this process kept busy since the previous
     choice (its CPU seconds per wall second) is taken out for each of the study's processes
@@ -72,6 +73,9 @@ class ThreadChooser:
         self.setting = setting
         self.cores = cores or machine_cores()
         self.processes = max(1, machine_cores() // self.cores)
+        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if omp.isdigit() and int(omp) >= 1:  # a cap the user set for every OpenMP program: "auto" keeps to it
+            self.cores = min(self.cores, int(omp))
         self._last: tuple[float, float] | None = None  # (wall s, CPU s) at the previous choice
 
     def own_busy(self) -> float:

@@ -77,6 +77,7 @@ def test_two_workers_through_the_grpc_proxy_finish_every_trial_once_in_postgresq
     assert {state for _, state in rows} == {"COMPLETE"}
     trials = optuna.load_study(study_name="quick", storage=backing).get_trials()
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
+    assert {t.user_attrs["torch_threads"] for t in trials} == {1}  # 32 wide, B <= 1024: too little work for 2
     assert len({t.user_attrs["mlflow_run_id"] for t in trials}) == 8
 
 
@@ -154,6 +155,13 @@ def test_a_fixed_thread_count_is_set_whatever_the_work_and_auto_stays_within_the
         assert auto.processes == machine_cores()  # one core each: as many processes as cores
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_keeps_to_omp_num_threads_where_the_user_set_it(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert ThreadChooser("auto", cores=16).choose(1e12) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert ThreadChooser("auto", cores=16).cores == 16
 
 
 def test_the_threads_flag_is_recorded_per_trial_and_a_bad_value_is_one_line(workdir):
