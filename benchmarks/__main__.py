@@ -12,9 +12,9 @@ from pathlib import Path
 
 from .common import Check, quiet
 
-GROUPS = ("trainer", "tracking", "handwired", "scale", "startup", "batched")
+GROUPS = ("trainer", "tracking", "handwired", "scale", "startup", "batched", "storage", "busy")
 MODULES = {"trainer": "trainer", "tracking": "tracking_overhead", "handwired": "handwired",
-           "scale": "scale", "startup": "startup", "batched": "batched"}
+           "scale": "scale", "startup": "startup", "batched": "batched", "storage": "storage_load", "busy": "busy"}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 

@@ -76,6 +76,11 @@ STUDY_EPILOG = """examples:
 """
 
 
+def _auto_or_int(text: str) -> int | str:
+    """--threads: a count as an int; anything else as given, for the schema to accept ("auto") or refuse."""
+    return int(text) if text.strip().isdigit() else text
+
+
 def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -95,6 +100,9 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any field, VALUE in TOML syntax (e.g. train.momentum=0.5); repeatable")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study")
+    p.add_argument("--threads", type=_auto_or_int, metavar="auto|N",
+                   help="torch threads per trial (each worker's): auto = from the step's work and the cores other "
+                   "processes leave idle (default), N = always N; also `threads = ...` in the file")
     p.add_argument("--heartbeat", type=int, metavar="SECONDS",
                    help="RDB storages: fail and re-run a trial whose worker is silent for 2x SECONDS")
     p.add_argument("--batch-trials", type=int, default=1, metavar="K",
@@ -135,7 +143,7 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
             raise InputError("--replicates", "must be >= 1", repr(args.replicates))
         overrides = {"n_trials": args.n_trials, "seed": args.seed, "name": args.study_name, "storage": args.storage,
                      "tracking_uri": args.tracking_uri, "timeout_s": args.timeout, "device": args.device,
-                     "replicates": args.replicates, **parse_overrides(args.set)}
+                     "replicates": args.replicates, "threads": args.threads, **parse_overrides(args.set)}
         config = load_experiment(args.experiment, **overrides)
         from .console import one_line_trial_failures, print_closing, quiet_libraries
         from .reclaim import StoreError
@@ -340,6 +348,44 @@ def surface_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtu
     return 0
 
 
+# -- sgdtune storage-proxy -----------------------------------------------------------------
+
+PROXY_EPILOG = """examples:
+  python -m sgdtune.proxy --storage postgresql://USER:PASSWORD@DBHOST/optuna      # grpc://127.0.0.1:13000
+  python -m sgdtune.proxy --storage sqlite:///mlruns/optuna.db --port 13001
+  python -m sgdtune.proxy --storage postgresql://USER:PASSWORD@DBHOST/optuna --host 0.0.0.0
+  # then, on any machine that reaches it (no --heartbeat through the proxy):
+  python -m sgdtune.study experiments/quick.toml --storage grpc://PROXYHOST:13000 --workers 4
+
+Ctrl-C or SIGTERM stops it. The proxy has no TLS and no authentication: keep it on
+loopback or a private network (pip install 'sgdtune[grpc]' for grpcio).
+"""
+
+
+def proxy_parser(prog: str = "python -m sgdtune.proxy") -> argparse.ArgumentParser:
+    from .proxy import DEFAULT_HOST, DEFAULT_PORT
+
+    p = argparse.ArgumentParser(prog=prog, epilog=PROXY_EPILOG,
+                                description="Serve one Optuna RDB storage through Optuna's gRPC storage proxy, so "
+                                "that many workers share its few database connections.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--storage", required=True, help="the RDB storage to serve: postgresql://... or sqlite:///FILE")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST}, this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default: {DEFAULT_PORT})")
+    return p
+
+
+def proxy_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.proxy") -> int:
+    """Serve until Ctrl-C or SIGTERM; 0 when stopped, 2 on bad input (nothing served)."""
+    args = proxy_parser(prog).parse_args(argv)
+    from .proxy import serve
+
+    try:
+        return serve(args.storage, args.host, args.port)
+    except InputError as e:
+        return _bad_input(e)
+
+
 # -- the `sgdtune` console script -----------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable[..., int]]] = {
@@ -347,6 +393,7 @@ COMMANDS: dict[str, tuple[str, Callable[..., int]]] = {
     "report": ("write reports/<study>/report.html and report.json", report_main),
     "surface": ("write the interactive loss-surface explorer page", surface_main),
     "ui": ("open the MLflow UI (and optuna-dashboard) on this store", ui_main),
+    "storage-proxy": ("serve an Optuna RDB storage to many workers through gRPC", proxy_main),
 }
 
 
@@ -356,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: sgdtune {" + ",".join(COMMANDS) + "} [options]\n")
         for name, (text, _) in COMMANDS.items():
-            print(f"  {name:8} {text}")
+            print(f"  {name:14} {text}")
         print("\n`sgdtune COMMAND --help` explains each command's options.")
         return 0 if argv else EXIT_BAD_INPUT
     command, rest = argv[0], argv[1:]

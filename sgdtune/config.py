@@ -111,6 +111,9 @@ class ExperimentConfig(_Strict):
                                     "unset = no limit")
     replicates: int = Field(default=1, ge=1, description="seeds each sampled configuration is trained with")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N | mps")
+    threads: int | Literal["auto"] = Field(
+        default="auto", description='torch intra-op threads per trial: "auto" = from the step\'s work and the idle '
+        "cores (sgdtune/threads.py), or a count >= 1")
     objectives: tuple[Literal["val_acc", "compute_time_s"], ...] = Field(
         default=("val_acc",), min_length=1, max_length=2,
         description="val_acc (maximized; R² for regression) and/or compute_time_s (seconds of training steps, "
@@ -138,6 +141,13 @@ class ExperimentConfig(_Strict):
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
             raise ValueError(f"must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; got {device!r}")
         return device
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _auto_or_count(cls, threads: Any) -> Any:
+        if threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
+            return threads
+        raise ValueError(f'must be "auto" or a whole count >= 1; got {threads!r}')
 
     @field_validator("tracking_uri")
     @classmethod

@@ -83,6 +83,8 @@ def open_storage(url: str, heartbeat: int | None = None,
     RDB storage: a trial silent for two intervals is failed, its MLflow run ended FAILED,
     and its parameters queued again (Optuna's RetryHeartbeatStaleTrialCallback).
     """
+    if url.startswith(GRPC_SCHEME):
+        return open_grpc_storage(url, heartbeat)
     if "://" in url:
         scheme = url.partition("://")[0].lower()
         if scheme.split("+")[0] in RDB_SCHEMES:
@@ -373,3 +375,40 @@ class StaleTrialHandler:
                 reason = "worker stopped sending heartbeats (killed or lost); the trial is run again"
                 tracker.fail_stale_run(run_id, reason)
         self.retry(study, trial)
+
+
+GRPC_SCHEME = "grpc://"
+
+
+def open_grpc_storage(url: str, heartbeat: int | None = None,
+                      wait_s: float = 10.0) -> optuna.storages.BaseStorage:
+    """A client of Optuna's gRPC storage proxy at grpc://HOST:PORT (`sgdtune storage-proxy`).
+
+    Optuna's proxy carries no heartbeats (its client is not a heartbeat storage), so
+    `--heartbeat` is refused here; local `--workers` are supervised without them. Waits up to
+    `wait_s` seconds for the proxy to answer.
+    """
+    host, _, port = url.removeprefix(GRPC_SCHEME).rstrip("/").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError("--storage", "a gRPC proxy URL must be grpc://HOST:PORT (e.g. grpc://127.0.0.1:13000)",
+                         repr(url))
+    if heartbeat is not None:
+        raise InputError("--heartbeat", "is not carried by Optuna's gRPC storage proxy; drop --heartbeat, or point "
+                         "workers at the database itself (--storage postgresql://...)", f"--storage {url}")
+    import importlib.util
+    import warnings
+
+    import optuna
+
+    if importlib.util.find_spec("grpc") is None:
+        raise InputError("--storage", "grpc:// needs grpcio: pip install 'sgdtune[grpc]'", repr(url))
+    with warnings.catch_warnings():  # the proxy is marked experimental; it is chosen knowingly here
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.GrpcStorageProxy(host=host.strip("[]"), port=int(port))
+    try:
+        storage.wait_server_ready(timeout=wait_s)
+    except ConnectionError:
+        storage.close()
+        raise InputError("--storage", f"no Optuna storage proxy answered within {wait_s:g} s; start one with "
+                         "`sgdtune storage-proxy --storage postgresql://... --port PORT`", repr(url)) from None
+    return storage

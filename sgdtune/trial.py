@@ -40,10 +40,11 @@ from optuna.trial import TrialState
 from .config import ExperimentConfig
 from .data import Dataset
 from .interrupts import describe
-from .model import describe_model
+from .model import build_model, describe_model
 from .reclaim import PROCESS_ATTR, process_identity
 from .search import FAIL_KIND, derive_seed
 from .space import suggest
+from .threads import ThreadChooser
 from .trainer import BatchPlan, Diverged, EpochMetrics, TrainConfig, TrainResult, history_summary, train
 from .writer import BackgroundTracker, RunRef
 
@@ -253,6 +254,14 @@ class Objective:
     on_first_end: Any = None  # called with the study once, when the first trial's run has ended
     identity: dict | None = None  # this process's (and its writer's): reclaim.process_identity
     opening: RunRef | None = None  # the run `begin` opened, until it returns
+    cores: int | None = None  # CPUs this process may use (its share under --workers); None: the machine's
+    threads: ThreadChooser = field(init=False)
+    weights: int = field(init=False)  # the model's parameters: a step's work is batch size x weights
+
+    def __post_init__(self) -> None:
+        self.threads = ThreadChooser(self.config.threads, self.cores)
+        model = build_model(self.config.model, self.data.n_features, self.data.n_classes, seed=0)
+        self.weights = sum(p.numel() for p in model.parameters())
 
     @property
     def prune(self) -> bool:
@@ -296,6 +305,7 @@ class Objective:
                    for r in range(n_reps)]
         train_config = configs[0]
         plan = BatchPlan.of(self.data.n_train, train_config)
+        trial.set_user_attr("torch_threads", self.threads.apply(train_config.batch_size * self.weights))
         run = None
         if self.tracker is not None:
             run_params = self.run_params(train_config, plan)

@@ -37,6 +37,7 @@ from .interrupts import EXIT_SIGINT, EXIT_SIGTERM, Terminated, exit_status, stop
 from .reclaim import StoreError, fail_and_requeue
 from .search import best_value, n_finished, open_study
 from .stores import locations, open_storage
+from .threads import core_share
 from .timing import describe_device, resolve_device
 from .tracking import Tracker
 from .trial import Objective
@@ -82,7 +83,7 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
         data = load_data(config.data, config.seed, device)
         storage = open_storage(storage_url, spec.heartbeat, tracking_uri if spec.track else None)
         study = open_study(config, storage, worker=index)
-        objective = Objective(config, data, tracker, spec.parent_run_id, describe_device(device))
+        objective = Objective(config, data, tracker, spec.parent_run_id, describe_device(device), cores=threads)
         if spec.batch_trials > 1:
             optimize_batched(study, objective, share, config, spec.batch_trials)
         else:
@@ -124,7 +125,7 @@ def _stop_with_parent() -> None:
 def supervise(study: optuna.Study, spec: WorkerSpec, workers: int, progress=None) -> None:
     """Run worker processes until the study has config.n_trials finished trials."""
     context = multiprocessing.get_context("spawn")  # no forked torch or SQLite state
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = core_share(workers)
     n_trials = spec.config.n_trials
     while (remaining := n_trials - n_finished(study)) > 0:
         before = n_finished(study)

@@ -11,17 +11,21 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, _pg_bin, require
 
-GROUPS = {"trainer", "tracking", "handwired", "scale", "startup", "batched"}
+# Every group at a tiny size, one after another: minutes on a shared 2-core machine.
+pytestmark = pytest.mark.timeout(900)
+GROUPS = {"trainer", "tracking", "handwired", "scale", "startup", "batched", "storage", "busy"}
 
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
+    if not all(_pg_bin(name) for name in ("initdb", "pg_ctl", "psql")):  # the storage group starts a cluster
+        require("PostgreSQL (initdb, pg_ctl, psql) for the storage benchmark", "SGDTUNE_REQUIRE_POSTGRES")
     out = tmp_path_factory.mktemp("bench") / "r.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -56,6 +60,6 @@ def test_an_unknown_group_is_refused_with_the_known_ones(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "speed", "--out", str(tmp_path / "r.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    groups = "trainer, tracking, handwired, scale, startup, batched"
+    groups = "trainer, tracking, handwired, scale, startup, batched, storage, busy"
     assert f"--only: must name groups among {groups}; got speed" in proc.stderr
     assert not (tmp_path / "r.json").exists()
