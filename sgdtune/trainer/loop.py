@@ -141,6 +141,9 @@ class Stepper(Protocol):
     def keep(self, positions: list[int]) -> None:
         """Keep the members at `positions` (in this order) and drop the others."""
 
+    def module(self, position: int) -> torch.nn.Module:
+        """The member at `position` as an nn.Module of its own, at its current weights."""
+
 
 def fixed_subset(n: int, size: int, device: torch.device) -> torch.Tensor:
     """Indices of a subset that is the same for every trial on the same data."""
@@ -547,4 +550,5 @@ class Loop:
             sharpness_time_s=m.sharpness_s,
             fixed_model_loss_noise_slope=m.fixed_loss_noise_slope,
             test=m.test,
+            module=self.stepper.module(self.members.index(m)),
         )
