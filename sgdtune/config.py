@@ -97,6 +97,11 @@ class ExperimentConfig(_Strict):
         default=("val_acc",), min_length=1, max_length=2)
     storage: str | None = Field(default=None, description="Optuna storage URL; default: mlruns/optuna.journal")
     tracking_uri: str | None = Field(default=None, description="MLflow URI; default: sqlite:///mlruns/mlflow.db")
+    keep_models: int = Field(
+        default=3, ge=0,
+        description="trained networks kept per study (a count of trials): each COMPLETE trial among the best "
+        "keep_models by the first objective logs its weights as an MLflow logged model, and a trial that drops "
+        "out of them has its model deleted; 0 = none")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
