@@ -40,6 +40,7 @@ from optuna.trial import TrialState
 from .config import ExperimentConfig
 from .data import Dataset
 from .model import describe_model
+from .saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision, model_spec, write_network
 from .search import FAIL_KIND, derive_seed
 from .space import suggest
 from .trainer import BatchPlan, Diverged, EpochMetrics, TrainConfig, TrainResult, history_summary, train
@@ -187,6 +188,7 @@ class TrialJob:
                 summary = mean_summary([r.summary() for r in self.replicates])
             self.values = self.objective.values(summary)
             self._end(TrialState.COMPLETE, summary)
+            self._keep_model(ending)
             return TrialState.COMPLETE
         partial = history_summary(self.history)
         if isinstance(ending, optuna.TrialPruned):
@@ -207,6 +209,26 @@ class TrialJob:
         self.trial.set_user_attr("fail_reason", reason)
         self._end(TrialState.FAIL, partial, reason)
         return TrialState.FAIL
+
+    def _keep_model(self, ending: TrainResult | list[TrainResult]) -> None:
+        """A COMPLETE trial among the study's best keep_models logs its trained network as an
+        MLflow logged model (written to a file here, logged by the writer process); the models
+        of the trials it pushes below the best keep_models are deleted (saved.py)."""
+        obj = self.objective
+        result = ending if isinstance(ending, TrainResult) else ending[0]  # replicates: replicate 0's network
+        if self.run is None or obj.config.keep_models == 0 or result.module is None:
+            return
+        value = self.values[0] if isinstance(self.values, tuple) else self.values
+        keep, below = keep_decision(self.trial.study, self.trial.number, value, obj.config.keep_models)
+        if not keep:
+            return
+        if below:
+            obj.tracker.delete_trial_models(below)
+        architecture = architecture_of(self.config.model, obj.data)
+        example = obj.data.x_val[:EXAMPLE_ROWS].cpu().tolist()
+        spec = model_spec(self.trial.number, obj.config.name, architecture, obj.run_params(self.config, self.plan),
+                          example, 0 if self.replicates else None)
+        obj.tracker.log_model(self.run, write_network(result.module, architecture), spec)
 
     def _end_replicate(self, rep: Replicate, state: TrialState, reason: str | None = None) -> None:
         """End a replicate's run: COMPLETE as it completes, else with its trial's ending."""
@@ -249,6 +271,13 @@ class Objective:
     device_tag: str
     progress: Progress | None = None
     on_first_end: Any = None  # called with the study once, when the first trial's run has ended
+    datasets: list[dict] | None = None  # saved.dataset_records of `data`, made on first use
+
+    def dataset_inputs(self) -> list[dict]:
+        """The MLflow dataset inputs of every trial run (the data hashed once per process)."""
+        if self.datasets is None:
+            self.datasets = dataset_records(self.data, self.config.data, self.config.seed)
+        return self.datasets
 
     @property
     def prune(self) -> bool:
@@ -285,6 +314,7 @@ class Objective:
                 params=run_params,
                 tags={"sgdtune.device": self.device_tag, "sgdtune.trial_state": "RUNNING"},
             )
+            self.tracker.log_inputs(run, self.dataset_inputs())
         if self.progress:
             self.progress.trial_started(trial.number, train_config, plan)
         replicates = [Replicate(r, c) for r, c in enumerate(configs)] if n_reps > 1 else []
