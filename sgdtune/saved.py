@@ -121,7 +121,9 @@ def dataset_records(data: Dataset, config: DataConfig, seed: int) -> list[dict[s
     if config.path is not None:
         source_type, source = "local", {"uri": Path(config.path).resolve().as_uri()}
     else:
-        tags = {"generator": f"sgdtune.data.load_data(dataset={config.dataset!r})", "seed": str(seed)}
+        data_config = json.dumps({"dataset": config.dataset, **config.model_dump(mode="json", exclude_defaults=True)},
+                                 sort_keys=True)
+        tags = {"generator": "sgdtune.data.load_data", "data": data_config, "seed": str(seed)}
         source_type, source = "code", {"tags": tags}
     out = []
     for split, context in CONTEXTS.items():

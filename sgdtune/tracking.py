@@ -287,11 +287,7 @@ class Tracker:
         """Log saved.write_network's folder as an MLflow logged model of the run (an MLflow
         pyfunc model whose loader is sgdtune.saved, with signature and input example), then
         delete the folder; the model's id. Neither torch nor the network is loaded here."""
-        import mlflow.pyfunc
-        import numpy as np
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-        from mlflow.models import Model, ModelSignature
-        from mlflow.types import Schema, TensorSpec
 
         try:
             model = self.client.create_logged_model(
@@ -299,14 +295,8 @@ class Tracker:
                 params={k: str(v)[:MAX_PARAM_CHARS] for k, v in spec["params"].items()}, tags=spec["tags"])
             try:
                 self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-                f32 = np.dtype(np.float32)
-                signature = ModelSignature(inputs=Schema([TensorSpec(f32, tuple(spec["inputs"]))]),
-                                           outputs=Schema([TensorSpec(f32, tuple(spec["outputs"]))]))
                 local = Path(folder) / "mlflow-model"
-                mlflow.pyfunc.save_model(
-                    str(local), loader_module="sgdtune.saved", data_path=str(Path(folder) / spec["network_dir"]),
-                    signature=signature, input_example=np.asarray(spec["example"], dtype=np.float32),
-                    pip_requirements=_requirements(), mlflow_model=Model(model_id=model.model_id, run_id=run_id))
+                _write_pyfunc_model(local, Path(folder) / spec["network_dir"], spec, model.model_id, run_id)
                 self.client.log_model_artifacts(model.model_id, str(local))
                 self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
             except Exception:
@@ -454,12 +444,39 @@ def _all_logged_models(client, experiment_id: str) -> list:
             return out
 
 
+def _write_pyfunc_model(local: Path, network: Path, spec: dict, model_id: str, run_id: str) -> None:
+    """An MLflow model folder at `local`: MLmodel (pyfunc flavor loaded by sgdtune.saved, the
+    float32 tensor signature, the input example's metadata), data/<network>, the input example
+    and requirements.txt. Written here rather than by mlflow.pyfunc.save_model, whose check of
+    the requirements against every installed distribution took 4-6 s of the writer's first
+    model on this machine (0.2-0.5 s each after)."""
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    f32 = np.dtype(np.float32)
+    model = Model(model_id=model_id, run_id=run_id)
+    model.signature = ModelSignature(inputs=Schema([TensorSpec(f32, tuple(spec["inputs"]))]),
+                                     outputs=Schema([TensorSpec(f32, tuple(spec["outputs"]))]))
+    data = f"data/{network.name}"
+    shutil.copytree(network, local / data)
+    # The input example as MLflow writes a numpy one: the rows, and the serving request.
+    (local / "input_example.json").write_text(json.dumps(spec["example"]))
+    (local / "serving_input_example.json").write_text(json.dumps({"inputs": spec["example"]}, indent=2))
+    model.saved_input_example_info = {"artifact_path": "input_example.json", "type": "ndarray",
+                                      "serving_input_path": "serving_input_example.json"}
+    (local / "requirements.txt").write_text("\n".join(_requirements()) + "\n")
+    mlflow.pyfunc.add_to_model(model, loader_module="sgdtune.saved", data=data)
+    model.save(str(local / "MLmodel"))
+
+
 def _requirements() -> list[str]:
     """pip requirements of a logged network, from installed metadata (no import of torch)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for name in ("torch", "sgdtune"):
+    for name in ("mlflow", "torch", "numpy", "sgdtune"):
         try:
             out.append(f"{name}=={version(name)}")
         except PackageNotFoundError:

@@ -5,6 +5,7 @@ model` command and `--register-model` (sgdtune/saved.py)."""
 import json
 import shutil
 
+import mlflow.pyfunc
 import numpy as np
 import optuna
 import pytest
@@ -96,9 +97,15 @@ def test_the_logged_model_has_a_float32_signature_and_an_input_example(sweep):
     assert (inputs.type, inputs.shape) == (np.dtype(np.float32), (-1, 64))
     assert (outputs.type, outputs.shape) == (np.dtype(np.float32), (-1, 10))
     assert mlmodel.flavors["python_function"]["loader_module"] == "sgdtune.saved"
-    example = np.array(json.loads((folder / "input_example.json").read_text()), dtype=np.float32)
+    example = mlmodel.load_input_example(str(folder))
     config = load_experiment(EXPERIMENTS / "quick.toml")
-    assert np.array_equal(example, load_data(config.data, config.seed).x_val[:2].numpy())  # two validation rows
+    data = load_data(config.data, config.seed)
+    assert example.dtype == np.float32 and np.array_equal(example, data.x_val[:2].numpy())  # two validation rows
+    # An MLflow pyfunc model: MLflow's own loader calls sgdtune.saved, and its logits score
+    # the trial's final_val_acc.
+    logits = mlflow.pyfunc.load_model(model.artifact_location).predict(data.x_val.numpy())
+    assert logits.shape == (360, 10)
+    assert (logits.argmax(axis=1) == data.y_val.numpy()).mean() == pytest.approx(best.values[0], abs=1e-9)
 
 
 def test_every_run_has_the_dataset_inputs_with_name_digest_and_split_sizes(sweep):
