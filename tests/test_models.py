@@ -3,14 +3,18 @@ models (a bounded set), the dataset inputs of every run, `sgdtune.load_model`, t
 model` command and `--register-model` (sgdtune/saved.py)."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import mlflow.pyfunc
 import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import EXPERIMENTS, run_cli
+from browser import chromium, open_page  # noqa: F401 (chromium is a fixture)
+from conftest import EXPERIMENTS, free_port, run_cli, wait_http
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus
 from mlflow.models import Model
@@ -208,3 +212,38 @@ def test_train_and_stacked_members_hand_back_their_own_trained_networks():
     assert not torch.equal(stacked[0].module[0].weight, stacked[1].module[0].weight)
     assert evaluate(stacked[0].module, data.x_val, data.y_val)[0] == pytest.approx(
         evaluate(alone.module, data.x_val, data.y_val)[0], abs=1e-4)  # member 0 = the same trial alone
+
+
+def test_the_mlflow_runs_table_shows_the_kept_models_and_every_runs_datasets(sweep, chromium):  # noqa: F811
+    """The runs table of a real `mlflow server` on the sweep's store, in headless Chromium:
+    the Models column names the logged model of each kept trial, the Dataset column the
+    training split's name and digest on every run."""
+    cwd, _, study, client = sweep
+    config = load_experiment(EXPERIMENTS / "quick.toml")
+    digest = array_digest(*(lambda d: (d.x_train, d.y_train))(load_data(config.data, config.seed)))
+    experiment = client.get_experiment_by_name("quick").experiment_id
+    port = free_port()
+    with open(cwd / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{cwd}/mlruns/mlflow.db",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", timeout_s=180, proc=proc)
+            url = f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+            with open_page(chromium, url, width=1800, timeout_ms=60_000) as visit:
+                page = visit.page
+                page.wait_for_selector(f"text=digits ({digest})", timeout=60_000)
+                page.locator("[role=gridcell] button").first.click()  # expand the study's run: its trials
+                page.wait_for_selector("text=trial-0", timeout=60_000)
+                texts = [row.inner_text() for row in page.locator("[role=row]").all()]
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)
+    # The grid pins the run names on the left: each run is two rows, its name, and the rest
+    # (datasets, duration, source, models).
+    kept = {t.number for t in ranked(study)[:KEEP]}
+    assert all(any(f"trial-{n}" in t for t in texts) for n in range(4))
+    right = [t for t in texts if f"digits ({digest})" in t]
+    assert len(right) == 5  # the study's run and its four trials
+    assert sorted(n for n in range(4) for t in right if f"trial-{n}" in t) == sorted(kept)  # the Models column
