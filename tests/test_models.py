@@ -247,3 +247,16 @@ def test_the_mlflow_runs_table_shows_the_kept_models_and_every_runs_datasets(swe
     right = [t for t in texts if f"digits ({digest})" in t]
     assert len(right) == 5  # the study's run and its four trials
     assert sorted(n for n in range(4) for t in right if f"trial-{n}" in t) == sorted(kept)  # the Models column
+
+
+def test_stacked_members_of_any_model_hand_back_their_networks_through_torch_func():
+    config = load_experiment(EXPERIMENTS / "quick.toml")
+    data = load_data(config.data, config.seed)
+    cnn = ModelConfig(name="cnn", channels=(4, 4), hidden=())
+    configs = [TrainConfig(lr=lr, seed=s, batch_size=128, epochs=1, model=cnn, sharpness_every=0, probe_size=0)
+               for lr, s in [(0.05, 1), (0.02, 2)]]
+    results = train_stacked(configs, data)  # a CNN stacks through trainer/func_stacked.py
+    for r in results:
+        assert type(r.module).__name__ == "CNN"
+        loss, acc = evaluate(r.module, data.x_val, data.y_val)
+        assert acc == pytest.approx(r.final.val_acc, abs=1 / 360) and loss == pytest.approx(r.final.val_loss, rel=1e-4)
