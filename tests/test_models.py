@@ -260,3 +260,23 @@ def test_stacked_members_of_any_model_hand_back_their_networks_through_torch_fun
         assert type(r.module).__name__ == "CNN"
         loss, acc = evaluate(r.module, data.x_val, data.y_val)
         assert acc == pytest.approx(r.final.val_acc, abs=1 / 360) and loss == pytest.approx(r.final.val_loss, rel=1e-4)
+
+
+def test_models_through_a_tracking_server_and_postgresql(postgres, mlflow_server, tmp_path):
+    """Scale-out stores: the writer uploads the network through a real `mlflow server`
+    (PostgreSQL behind it), and load_model and --register-model read it back from there."""
+    shutil.copytree(EXPERIMENTS, tmp_path / "experiments")
+    storage = postgres("optuna_models")
+    proc = run_cli("sgdtune.study", "experiments/quick.toml", "--no-progress", "--study-name", "models-srv",
+                   "--storage", storage, "--tracking-uri", mlflow_server, "--set", "keep_models=1",
+                   "--register-model", "srv-best", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="models-srv", storage=storage)
+    best = ranked(study)[0]
+    module = sgdtune.load_model("models-srv", storage=storage, tracking_uri=mlflow_server)
+    config = load_experiment(EXPERIMENTS / "quick.toml")
+    assert val_accuracy(module, load_data(config.data, config.seed)) == pytest.approx(best.values[0], abs=1e-9)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("models-srv").experiment_id
+    assert [m.tags["sgdtune.trial_number"] for m in client.search_logged_models([experiment])] == [str(best.number)]
+    assert client.get_model_version("srv-best", "1").run_id == best.user_attrs["mlflow_run_id"]
