@@ -142,7 +142,8 @@ class Stepper(Protocol):
         """Keep the members at `positions` (in this order) and drop the others."""
 
     def module(self, position: int) -> torch.nn.Module:
-        """The member at `position` as an nn.Module of its own, at its current weights."""
+        """The member at `position` as an nn.Module of its own, at its current weights
+        (optional: a stepper without it hands back no network, TrainResult.module = None)."""
 
 
 def fixed_subset(n: int, size: int, device: torch.device) -> torch.Tensor:
@@ -534,6 +535,7 @@ class Loop:
             (m.test,) = self._evaluate([m], self.data.x_test, self.data.y_test)
 
     def _result(self, m: _Member) -> TrainResult:
+        network = getattr(self.stepper, "module", None)
         return TrainResult(
             history=m.history,
             plan=m.plan,
@@ -550,5 +552,5 @@ class Loop:
             sharpness_time_s=m.sharpness_s,
             fixed_model_loss_noise_slope=m.fixed_loss_noise_slope,
             test=m.test,
-            module=self.stepper.module(self.members.index(m)),
+            module=None if network is None else network(self.members.index(m)),
         )
