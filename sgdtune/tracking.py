@@ -271,6 +271,7 @@ class Tracker:
         """One MLflow dataset input per record of saved.dataset_records (context tag)."""
         import numpy as np
         from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
         from mlflow.types import Schema, TensorSpec
 
         inputs = []
@@ -281,7 +282,14 @@ class Tracker:
                              source=json.dumps(d["source"]), schema=json.dumps({"mlflow_tensorspec": specs}),
                              profile=json.dumps(d["profile"]))
             inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", d["context"])]))
-        self.client.log_inputs(run_id, datasets=inputs)
+        try:
+            self.client.log_inputs(run_id, datasets=inputs)
+        except MlflowException:
+            # MLflow's SQL store looks a dataset up, then inserts it: two processes logging the
+            # same new dataset at once (workers on several machines) collide on the insert;
+            # a second try finds the other's row.
+            time.sleep(0.5)
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def log_model(self, run_id: str, folder: str, spec: dict) -> str:
         """Log saved.write_network's folder as an MLflow logged model of the run (an MLflow
