@@ -19,6 +19,7 @@ _EXPORTS = {
     "load_data": "sgdtune.data",
     "DataConfig": "sgdtune.data",
     "write_report": "sgdtune.report",
+    "load_model": "sgdtune.saved",
 }
 
 __all__ = ["__version__", *_EXPORTS]

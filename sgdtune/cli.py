@@ -117,6 +117,8 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
     p.add_argument("--report", action="store_true", help="write reports/<study>/report.html and .json at the end")
     p.add_argument("--no-tracking", action="store_true", help="skip MLflow (Optuna storage only)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument("--register-model", metavar="NAME",
+                   help="at the end, register the best trial's logged model in MLflow's model registry as NAME")
     return p
 
 
@@ -167,7 +169,8 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         study = run_study(config, experiment_path=args.experiment or default_experiment_path(), command=command,
                           track=not args.no_tracking, show_progress=not args.no_progress, workers=args.workers,
                           heartbeat=args.heartbeat, batch_trials=args.batch_trials,
-                          on_change="fresh" if args.fresh else "extend" if args.extend else "refuse")
+                          on_change="fresh" if args.fresh else "extend" if args.extend else "refuse",
+                          register_model=args.register_model)
     except InputError as e:
         return _bad_input(e)
     except KeyboardInterrupt as e:
@@ -182,6 +185,10 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         return EXIT_BAD_INPUT
     storage_url, tracking_uri = locations(config)
     print_closing(study, config, storage_url, None if args.no_tracking else tracking_uri)
+    registered = study.user_attrs.get("registered_model")
+    if args.register_model and registered:
+        print(f"registered:     trial {registered['trial']}'s model as models:/{registered['name']}/"
+              f"{registered['version']}")
     if args.report:
         from .report import write_report
 
@@ -386,6 +393,55 @@ def proxy_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         return _bad_input(e)
 
 
+# -- sgdtune model -------------------------------------------------------------------------
+
+MODEL_EPILOG = """examples:
+  python -m sgdtune model --study-name quick                   # the best trial -> quick-trial-<n>.pt
+  python -m sgdtune model --study-name quick --trial 3 --out t3.pt
+  python -m sgdtune model --study-name q --storage postgresql://user@host/db --tracking-uri http://host:5000
+
+Only the best `keep_models` trials of a study (an experiment-file key, default 3) keep their
+trained network. The file holds its state_dict (tensors only: torch.load(weights_only=True)).
+"""
+
+
+def model_parser(prog: str = "python -m sgdtune model") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, epilog=MODEL_EPILOG,
+                                description="Save the trained network of a study's trial (the best by default).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study-name", help="the study (default: the only study in the storage)")
+    p.add_argument("--trial", default="best", help="'best' (by the first objective) or a trial number (default: best)")
+    p.add_argument("--out", help="file to write (default: <study>-trial-<n>.pt)")
+    p.add_argument("--storage", help="Optuna storage: journal file or SQLAlchemy URL (default: mlruns/optuna.journal)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<abs>/mlruns/mlflow.db)")
+    return p
+
+
+def model_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune model") -> int:
+    """Write one trial's trained network to a file; 0 when written, 2 on bad input."""
+    args = model_parser(prog).parse_args(argv)
+    trial: int | str = args.trial
+    if trial != "best":
+        if not trial.isdigit():
+            return _bad_input(InputError("--trial", "must be 'best' or a trial number (an integer >= 0)", repr(trial)))
+        trial = int(trial)
+    import optuna
+
+    from .saved import save_model_file
+    from .stores import check_name
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if args.study_name is not None:
+            check_name(args.study_name, "--study-name")
+        _, text = save_model_file(args.study_name, trial, args.out, storage=args.storage,
+                                  tracking_uri=args.tracking_uri)
+    except InputError as e:
+        return _bad_input(e)
+    print(text)
+    return 0
+
+
 # -- the `sgdtune` console script -----------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable[..., int]]] = {
@@ -394,6 +450,7 @@ COMMANDS: dict[str, tuple[str, Callable[..., int]]] = {
     "surface": ("write the interactive loss-surface explorer page", surface_main),
     "ui": ("open the MLflow UI (and optuna-dashboard) on this store", ui_main),
     "storage-proxy": ("serve an Optuna RDB storage to many workers through gRPC", proxy_main),
+    "model": ("save a trial's trained network (the best by default) to a file", model_main),
 }
 
 

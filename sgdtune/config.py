@@ -121,6 +121,11 @@ class ExperimentConfig(_Strict):
     storage: str | None = Field(default=None, description="Optuna storage URL; default: mlruns/optuna.journal")
     tracking_uri: str | None = Field(default=None, description="MLflow tracking URI with a scheme MLflow "
                                      "knows (sqlite:///path, http://host:port, ...); default: sqlite:///mlruns/mlflow.db")
+    keep_models: int = Field(
+        default=3, ge=0,
+        description="trained networks kept per study (a count of trials): each COMPLETE trial among the best "
+        "keep_models by the first objective logs its weights as an MLflow logged model, and a trial that drops "
+        "out of them has its model deleted; 0 = none")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

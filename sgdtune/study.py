@@ -31,6 +31,7 @@ from .errors import InputError
 from .identity import check as check_identity
 from .reclaim import as_store_error, finished_trial_states, reclaim_dead
 from .redact import redact_url
+from .saved import dataset_records, register_best
 from .science.fits import study_metrics
 from .search import best_value, n_finished, open_study
 from .stores import MLRUNS, check_tracking, locations, open_storage
@@ -53,6 +54,7 @@ def run_study(
     heartbeat: int | None = None,
     batch_trials: int = 1,
     on_change: str = "refuse",
+    register_model: str | None = None,
 ) -> optuna.Study:
     """Run (or resume) the study until it has config.n_trials finished trials.
 
@@ -64,6 +66,8 @@ def run_study(
     runs are (mlflow_experiment_id, mlflow_parent_run_id, tracking_uri, password masked).
     A stored study run with another configuration is refused (InputError) unless on_change
     is "fresh" (delete it, start again) or "extend" (continue it with this one; identity.py).
+    With register_model = NAME, the best trial's logged model is registered at the end in
+    MLflow's model registry under NAME (user attribute registered_model: name, version, trial).
     """
     if workers < 1:
         raise InputError("--workers", "must be >= 1", repr(workers))
@@ -72,6 +76,7 @@ def run_study(
     if heartbeat is not None and heartbeat < 1:
         raise InputError("--heartbeat", "must be >= 1 (seconds)", repr(heartbeat))
     check_cohorts(config, batch_trials)  # --batch-trials with --replicates: refused
+    _check_registration(register_model, track, config)
     device = resolve_device(config.device)
     data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
     storage_url, tracking_uri = locations(config, mlruns)
@@ -85,7 +90,7 @@ def run_study(
         study.set_user_attr(key, value)
     reclaim_dead(study, storage, tracking_uri if track else None)  # trials of killed processes (reclaim.py)
 
-    tracker = parent_run = None
+    tracker = parent_run = datasets = None
     if track:
         artifact_location = None if config.tracking_uri else default_artifact_location(mlruns)
         tracker = BackgroundTracker(tracking_uri, config.name, artifact_location)
@@ -93,6 +98,8 @@ def run_study(
         parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device,
                                    identity.parent_tags(study), replace=identity.action == "fresh")
         tracker.end_runs_of_finished_trials(finished_trial_states(study))  # ends a killed writer lost
+        datasets = dataset_records(data, config.data, config.seed)  # hashed once; every trial run gets them
+        tracker.log_inputs(parent_run, datasets)
 
     done = n_finished(study)
     remaining = config.n_trials - done
@@ -114,7 +121,8 @@ def run_study(
             spec = WorkerSpec(config, str(mlruns), parent_run_id, heartbeat, track, batch_trials)
             supervise(study, spec, workers, progress)
         elif remaining > 0:
-            objective = Objective(config, data, tracker, parent_run, describe_device(device), progress)
+            objective = Objective(config, data, tracker, parent_run, describe_device(device), progress,
+                                  datasets=datasets)
             if tracker is not None:  # once the first trial's run exists, so do the parent's ids
                 objective.on_first_end = lambda study: record_mlflow_location(study, tracker, parent_run)
             if batch_trials > 1:
@@ -137,7 +145,23 @@ def run_study(
             tracker.end_parent_run(parent_run, metrics, status=status)
             tracker.close()  # every write made
             record_mlflow_location(study, tracker, parent_run)
+    if register_model is not None:  # every write is made: the best trial's model is in the store
+        number, version = register_best(study, register_model, tracking_uri)
+        study.set_user_attr("registered_model", {"name": register_model, "version": version, "trial": number})
     return study
+
+
+def _check_registration(name: str | None, track: bool, config: ExperimentConfig) -> None:
+    """--register-model needs a name, MLflow tracking and kept models (before anything runs)."""
+    if name is None:
+        return
+    if not name.strip():
+        raise InputError("--register-model", "must be a non-empty model name", repr(name))
+    if not track:
+        raise InputError("--register-model", "needs MLflow tracking (the models live there)", "--no-tracking")
+    if config.keep_models < 1:
+        raise InputError("--register-model", "needs keep_models >= 1 (no trial keeps its network otherwise)",
+                         f"keep_models = {config.keep_models}")
 
 
 def record_mlflow_location(study: optuna.Study, tracker: BackgroundTracker, parent_run: RunRef) -> None:

@@ -31,6 +31,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
+import json  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -313,6 +315,61 @@ class Tracker:
                 self.end_trial_run(run.info.run_id, state, {})
             ended += 1
         return ended
+    # -- what a user takes away: datasets and trained networks (saved.py) --------------------
+
+    def log_inputs(self, run_id: str, datasets: list[dict]) -> None:
+        """One MLflow dataset input per record of saved.dataset_records (context tag)."""
+        import numpy as np
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
+        from mlflow.types import Schema, TensorSpec
+
+        inputs = []
+        for d in datasets:
+            specs = {k: Schema([TensorSpec(np.dtype(d[k]["dtype"]), tuple(d[k]["shape"]))]).to_json()
+                     for k in ("features", "targets")}
+            entity = Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
+                             source=json.dumps(d["source"]), schema=json.dumps({"mlflow_tensorspec": specs}),
+                             profile=json.dumps(d["profile"]))
+            inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", d["context"])]))
+        try:
+            self.client.log_inputs(run_id, datasets=inputs)
+        except MlflowException:
+            # MLflow's SQL store looks a dataset up, then inserts it: two processes logging the
+            # same new dataset at once (workers on several machines) collide on the insert;
+            # a second try finds the other's row.
+            time.sleep(0.5)
+            self.client.log_inputs(run_id, datasets=inputs)
+
+    def log_model(self, run_id: str, folder: str, spec: dict) -> str:
+        """Log saved.write_network's folder as an MLflow logged model of the run (an MLflow
+        pyfunc model whose loader is sgdtune.saved, with signature and input example), then
+        delete the folder; the model's id. Neither torch nor the network is loaded here."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        try:
+            model = self.client.create_logged_model(
+                self.experiment_id, name=spec["name"], source_run_id=run_id,
+                params={k: str(v)[:MAX_PARAM_CHARS] for k, v in spec["params"].items()}, tags=spec["tags"])
+            try:
+                self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+                local = Path(folder) / "mlflow-model"
+                _write_pyfunc_model(local, Path(folder) / spec["network_dir"], spec, model.model_id, run_id)
+                self.client.log_model_artifacts(model.model_id, str(local))
+                self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+            except Exception:
+                self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+                raise
+            return model.model_id
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def delete_trial_models(self, trial_numbers: list[int]) -> None:
+        """Delete the logged models of these trials (those that have one)."""
+        drop = {str(n) for n in trial_numbers}
+        for model in _all_logged_models(self.client, self.experiment_id):
+            if model.tags.get("sgdtune.trial_number") in drop:
+                self.client.delete_logged_model(model.model_id)
 
 
 # -- reading a store (the report, the UI) -----------------------------------------------------
@@ -399,11 +456,100 @@ class RunReader:
         with tempfile.TemporaryDirectory() as tmp:
             return found[0], Path(self.client.download_artifacts(run_id, found[0], tmp)).read_bytes()
 
+    def logged_model_id(self, run_id: str) -> str | None:
+        """The id of the run's READY logged model (the newest), None when it has none."""
+        from mlflow.entities import LoggedModelStatus
+
+        run = self.client.get_run(run_id)
+        found = [m for m in _all_logged_models(self.client, run.info.experiment_id)
+                 if m.source_run_id == run_id and m.status == LoggedModelStatus.READY]
+        return max(found, key=lambda m: m.creation_timestamp).model_id if found else None
+
+    def download_model_files(self, model_id: str, path: str, dst: str) -> Path:
+        """Download the logged model's artifact `path` into `dst`; the local path."""
+        from mlflow.artifacts import download_artifacts
+
+        location = self.client.get_logged_model(model_id).artifact_location.rstrip("/")
+        return Path(download_artifacts(artifact_uri=f"{location}/{path}", dst_path=dst,
+                                       tracking_uri=self.tracking_uri))
+
     def experiments_with_runs(self) -> list[tuple[str, str]]:
         """(experiment id, name) of every experiment that holds a run, by id."""
         found = [(e.experiment_id, e.name) for e in self.client.search_experiments()]
         with_runs = [(i, n) for i, n in found if self.client.search_runs([i], max_results=1)]
         return sorted(with_runs, key=lambda e: (len(e[0]), e[0]))  # ids are digit strings: "2" before "10"
+
+
+def register_logged_model(tracking_uri: str, name: str, run_id: str) -> str | None:
+    """Register the run's logged model in the model registry under `name` (created when
+    missing); the new version, or None when the run has no logged model."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    model_id = RunReader(tracking_uri).logged_model_id(run_id)
+    if model_id is None:
+        return None
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        client.get_registered_model(name)  # it exists already (else this raises the real error)
+    # The model's artifact location as the source: a models:/ URI would be resolved against
+    # MLflow's global tracking URI, not this client's store.
+    source = client.get_logged_model(model_id).artifact_location
+    version = client.create_model_version(name, source=source, run_id=run_id, model_id=model_id)
+    return str(version.version)
+
+
+def _all_logged_models(client, experiment_id: str) -> list:
+    """Every logged model of the experiment that is not deleted (every page)."""
+    out, token = [], None
+    while True:
+        page = client.search_logged_models([experiment_id], max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _write_pyfunc_model(local: Path, network: Path, spec: dict, model_id: str, run_id: str) -> None:
+    """An MLflow model folder at `local`: MLmodel (pyfunc flavor loaded by sgdtune.saved, the
+    float32 tensor signature, the input example's metadata), data/<network>, the input example
+    and requirements.txt. Written here rather than by mlflow.pyfunc.save_model, whose check of
+    the requirements against every installed distribution took 4-6 s of the writer's first
+    model on this machine (0.2-0.5 s each after)."""
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    f32 = np.dtype(np.float32)
+    model = Model(model_id=model_id, run_id=run_id)
+    model.signature = ModelSignature(inputs=Schema([TensorSpec(f32, tuple(spec["inputs"]))]),
+                                     outputs=Schema([TensorSpec(f32, tuple(spec["outputs"]))]))
+    data = f"data/{network.name}"
+    shutil.copytree(network, local / data)
+    # The input example as MLflow writes a numpy one: the rows, and the serving request.
+    (local / "input_example.json").write_text(json.dumps(spec["example"]))
+    (local / "serving_input_example.json").write_text(json.dumps({"inputs": spec["example"]}, indent=2))
+    model.saved_input_example_info = {"artifact_path": "input_example.json", "type": "ndarray",
+                                      "serving_input_path": "serving_input_example.json"}
+    (local / "requirements.txt").write_text("\n".join(_requirements()) + "\n")
+    mlflow.pyfunc.add_to_model(model, loader_module="sgdtune.saved", data=data)
+    model.save(str(local / "MLmodel"))
+
+
+def _requirements() -> list[str]:
+    """pip requirements of a logged network, from installed metadata (no import of torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("mlflow", "torch", "numpy", "sgdtune"):
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
 
 
 def _metrics(values: dict[str, float], step: int) -> list[Metric]:

@@ -42,6 +42,7 @@ from .data import Dataset
 from .interrupts import describe
 from .model import build_model, describe_model
 from .reclaim import PROCESS_ATTR, process_identity
+from .saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision, model_spec, write_network
 from .search import FAIL_KIND, derive_seed
 from .space import suggest
 from .threads import ThreadChooser
@@ -190,6 +191,7 @@ class TrialJob:
                 summary = mean_summary([r.summary() for r in self.replicates])
             self.values = self.objective.values(summary)
             self._end(TrialState.COMPLETE, summary)
+            self._keep_model(ending)
             return TrialState.COMPLETE
         partial = history_summary(self.history)
         if isinstance(ending, optuna.TrialPruned):
@@ -210,6 +212,26 @@ class TrialJob:
         self.trial.set_user_attr("fail_reason", reason)
         self._end(TrialState.FAIL, partial, reason)
         return TrialState.FAIL
+
+    def _keep_model(self, ending: TrainResult | list[TrainResult]) -> None:
+        """A COMPLETE trial among the study's best keep_models logs its trained network as an
+        MLflow logged model (written to a file here, logged by the writer process); the models
+        of the trials it pushes below the best keep_models are deleted (saved.py)."""
+        obj = self.objective
+        result = ending if isinstance(ending, TrainResult) else ending[0]  # replicates: replicate 0's network
+        if self.run is None or obj.config.keep_models == 0 or result.module is None:
+            return
+        value = self.values[0] if isinstance(self.values, tuple) else self.values
+        keep, below = keep_decision(self.trial.study, self.trial.number, value, obj.config.keep_models)
+        if not keep:
+            return
+        if below:
+            obj.tracker.delete_trial_models(below)
+        architecture = architecture_of(self.config.model, obj.data)
+        example = obj.data.x_val[:EXAMPLE_ROWS].cpu().tolist()
+        spec = model_spec(self.trial.number, obj.config.name, architecture, obj.run_params(self.config, self.plan),
+                          example, 0 if self.replicates else None)
+        obj.tracker.log_model(self.run, write_network(result.module, architecture), spec)
 
     def _end_replicate(self, rep: Replicate, state: TrialState, reason: str | None = None) -> None:
         """End a replicate's run: COMPLETE as it completes, else with its trial's ending."""
@@ -262,6 +284,13 @@ class Objective:
         self.threads = ThreadChooser(self.config.threads, self.cores)
         model = build_model(self.config.model, self.data.n_features, self.data.n_classes, seed=0)
         self.weights = sum(p.numel() for p in model.parameters())
+    datasets: list[dict] | None = None  # saved.dataset_records of `data`, made on first use
+
+    def dataset_inputs(self) -> list[dict]:
+        """The MLflow dataset inputs of every trial run (the data hashed once per process)."""
+        if self.datasets is None:
+            self.datasets = dataset_records(self.data, self.config.data, self.config.seed)
+        return self.datasets
 
     @property
     def prune(self) -> bool:
@@ -317,6 +346,7 @@ class Objective:
                 params=run_params,
                 tags={"sgdtune.device": self.device_tag, "sgdtune.trial_state": "RUNNING"},
             )
+            self.tracker.log_inputs(run, self.dataset_inputs())
         if self.progress:
             self.progress.trial_started(trial.number, train_config, plan)
         replicates = [Replicate(r, c) for r, c in enumerate(configs)] if n_reps > 1 else []

@@ -196,6 +196,19 @@ class BackgroundTracker:
         """The pid of the writer process (recorded with each trial: reclaim.py)."""
         return self._child.proc.pid
 
+    def log_inputs(self, run: RunRef | str, datasets: list[dict]) -> None:
+        """The run's dataset inputs (saved.dataset_records)."""
+        self._call("log_inputs", run, datasets)
+
+    def log_model(self, run: RunRef | str, folder: str, spec: dict) -> None:
+        """Log saved.write_network's folder as the run's logged model; the child deletes the
+        folder once logged (saved.model_spec: the rest)."""
+        self._call("log_model", run, folder, spec)
+
+    def delete_trial_models(self, trial_numbers: list[int]) -> None:
+        """Delete the logged models of these trials, where they have one."""
+        self._call("delete_trial_models", trial_numbers)
+
     @property
     def experiment_id(self) -> str:
         while self._experiment_id is None:

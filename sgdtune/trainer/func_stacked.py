@@ -186,6 +186,10 @@ class FuncStacked:
             own[name].copy_(p[position])
         return module
 
+    def module(self, position: int) -> nn.Module:
+        """A new nn.Module holding the member at `position` (a copy of its parameters)."""
+        return self.load_into(copy.deepcopy(self.template), position)
+
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[tuple[float, float]]:
         """module_step.evaluate of the members at `positions`: classification in one stacked

@@ -146,6 +146,10 @@ class Stepper(Protocol):
     def keep(self, positions: list[int]) -> None:
         """Keep the members at `positions` (in this order) and drop the others."""
 
+    def module(self, position: int) -> torch.nn.Module:
+        """The member at `position` as an nn.Module of its own, at its current weights
+        (optional: a stepper without it hands back no network, TrainResult.module = None)."""
+
 
 def fixed_subset(n: int, size: int, device: torch.device) -> torch.Tensor:
     """Indices of a subset that is the same for every trial on the same data."""
@@ -543,6 +547,7 @@ class Loop:
             (m.test,) = self._evaluate([m], self.data.x_test, self.data.y_test)
 
     def _result(self, m: _Member) -> TrainResult:
+        network = getattr(self.stepper, "module", None)
         return TrainResult(
             history=m.history,
             plan=m.plan,
@@ -559,4 +564,5 @@ class Loop:
             sharpness_time_s=m.sharpness_s,
             fixed_model_loss_noise_slope=m.fixed_loss_noise_slope,
             test=m.test,
+            module=None if network is None else network(self.members.index(m)),
         )

@@ -141,6 +141,10 @@ class ModuleStepper:
         if positions != [0]:
             raise ValueError(f"a ModuleStepper holds one member; got positions {positions}")
 
+    def module(self, position: int) -> nn.Module:
+        """The trained model itself (no copy)."""
+        return self.model
+
 
 def _backward_in_chunks(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
                         idx: torch.Tensor | None) -> torch.Tensor:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from .config import BatchPlan
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -72,6 +76,9 @@ class TrainResult:
     # Not in summary() (tests/test_study.py's TIMING set lists the volatile keys it may hold):
     sharpness_time_s: float = 0.0  # the sharpness measurements (not in probe_time_s nor compute_time_s)
     target_time_s: float = 0.0  # the target checks between epoch ends
+    # The trained network at its final weights, on the training device (the caller's own
+    # module for `train`; a copy of its slice for a stacked member). Not a metric.
+    module: nn.Module | None = None
 
     @property
     def final(self) -> EpochMetrics:

@@ -242,6 +242,10 @@ class StackedMLP:
             layer.bias.copy_(w[position, -1])
         return module
 
+    def module(self, position: int) -> nn.Module:
+        """A new nn.Module holding the member at `position` (a copy of its weights)."""
+        return self.load_into(copy.deepcopy(self._template), position)
+
     def _workspace(self, k: int, b: int) -> _Workspace:
         ws = self._workspaces.get((k, b))
         if ws is None:
