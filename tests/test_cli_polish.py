@@ -130,7 +130,7 @@ def test_ctrl_c_during_a_trial_prints_one_clean_line_and_no_traceback(tmp_path, 
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert err.strip() == "interrupted: finished trials are kept; run the same command again to resume."
+    assert err.strip() == "interrupted (Ctrl-C): finished trials are kept; run the same command again to resume."
     assert "Traceback" not in err + out
 
 
@@ -164,7 +164,7 @@ def test_ctrl_c_while_starting_prints_one_line_and_no_traceback(tmp_path, argv):
             proc.kill()
     assert proc.returncode == 130, err
     assert err.strip() in ("interrupted.",
-                           "interrupted: finished trials are kept; run the same command again to resume.")
+                           "interrupted (Ctrl-C): finished trials are kept; run the same command again to resume.")
     assert "Traceback" not in err + out
 
 
