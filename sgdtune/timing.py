@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -65,11 +66,14 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def describe_device(device: torch.device) -> str:
-    """A human-readable device name for the `sgdtune.device` tag, e.g. 'cuda:0 (NVIDIA H200)'."""
+    """A human-readable device name for the `sgdtune.device` tag, e.g. 'cuda:0 (NVIDIA H200)' or
+    'cpu (2 cores)': the cores this process may use; the torch threads of each trial are chosen
+    per trial (threads.py) and recorded with it (trial user attribute torch_threads)."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return f"cpu ({cores} cores)"
 
 
 def resolve_device(name: str) -> torch.device:

@@ -18,6 +18,7 @@ from ..science.fits import (
     BOOTSTRAP_SEED,
     Interval,
     binomial_se,
+    bootstrap_intervals,
     critical_batch_fit,
     critical_batch_intervals,
     has_loss_noise,
@@ -225,16 +226,7 @@ def octave_bootstrap(statistic, octaves: np.ndarray, resamples: int = BOOTSTRAP_
                      level: float = BOOTSTRAP_LEVEL, seed: int = BOOTSTRAP_SEED) -> list[Interval] | None:
     """science.fits.bootstrap_intervals with the trials resampled within each octave (a stratified
     bootstrap): every resample keeps every octave, as the study's design does."""
-    groups = [np.flatnonzero(octaves == v) for v in np.unique(octaves)]
-    rng = np.random.default_rng(seed)
-    values = [v for v in (statistic(np.concatenate([rng.choice(g, g.size) for g in groups]))
-                          for _ in range(resamples)) if v is not None]
-    if len(values) < resamples / 2:
-        return None
-    table = np.array(values, dtype=float).reshape(len(values), -1)
-    tail = (1.0 - level) / 2
-    lo, hi = (np.quantile(table, q, axis=0, method="inverted_cdf") for q in (tail, 1.0 - tail))
-    return [Interval(float(a), float(b), level, resamples, resamples - len(values)) for a, b in zip(lo, hi)]
+    return bootstrap_intervals(statistic, len(octaves), resamples, level, seed, strata=octaves)
 
 
 def loss_noise_section(rows: list[dict], n_train: float, parent_metrics: dict) -> dict | None:

@@ -80,14 +80,24 @@ class Interval:
 
 def bootstrap_intervals(statistic: Callable[[np.ndarray], Sequence[float] | None], n: int,
                         resamples: int = BOOTSTRAP_RESAMPLES, level: float = BOOTSTRAP_LEVEL,
-                        seed: int = BOOTSTRAP_SEED) -> list[Interval] | None:
+                        seed: int = BOOTSTRAP_SEED, strata: np.ndarray | None = None) -> list[Interval] | None:
     """Percentile bootstrap of a (vector) statistic of n cases: `statistic(idx)` gets the indices
     of one resample (n draws with replacement) and returns its values, or None where undefined.
+    With `strata` (a label per case), the cases are resampled within each stratum (a stratified
+    bootstrap: every resample keeps every stratum, as a design with a fixed grid does).
 
     Seeded, so repeatable. Values may be +-inf (kept: the order statistics are taken without
     interpolation). None when fewer than half the resamples give a value."""
     rng = np.random.default_rng(seed)
-    values = [v for v in (statistic(rng.integers(0, n, n)) for _ in range(resamples)) if v is not None]
+    if strata is None:
+        def draw() -> np.ndarray:
+            return rng.integers(0, n, n)
+    else:
+        groups = [np.flatnonzero(strata == v) for v in np.unique(strata)]
+
+        def draw() -> np.ndarray:
+            return np.concatenate([rng.choice(g, g.size) for g in groups])
+    values = [v for v in (statistic(draw()) for _ in range(resamples)) if v is not None]
     if len(values) < resamples / 2:
         return None
     table = np.array(values, dtype=float).reshape(len(values), -1)
