@@ -112,8 +112,8 @@ class ExperimentConfig(_Strict):
     replicates: int = Field(default=1, ge=1, description="seeds each sampled configuration is trained with")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N | mps")
     threads: int | Literal["auto"] = Field(
-        default="auto", description='torch intra-op threads per trial: "auto" = from the step\'s work and the idle '
-        "cores (sgdtune/threads.py), or a count >= 1")
+        default="auto", description='torch intra-op threads per trial: "auto" = from the step\'s work and this '
+        "process's cores, not the machine's load (sgdtune/threads.py), or a count >= 1")
     objectives: tuple[Literal["val_acc", "compute_time_s"], ...] = Field(
         default=("val_acc",), min_length=1, max_length=2,
         description="val_acc (maximized; R² for regression) and/or compute_time_s (seconds of training steps, "

@@ -22,10 +22,12 @@ from pydantic import ValidationError
 from .config import ExperimentConfig
 from .errors import InputError
 
-# Fields that leave every trial's computation unchanged (TrainConfig's own model and seed
-# are never used: a trial takes the experiment's model and a derived seed, config.py).
+# Fields that leave what a trial computes unchanged (TrainConfig's own model and seed are
+# never used: a trial takes the experiment's model and a derived seed, config.py). Like the
+# device, the thread count is how a trial runs: it may change the last bits of a float sum.
 IGNORED: dict[str, Any] = {"name": True, "description": True, "n_trials": True, "timeout_s": True,
-                           "storage": True, "tracking_uri": True, "device": True, "train": {"model", "seed"}}
+                           "storage": True, "tracking_uri": True, "device": True, "threads": True,
+                           "keep_models": True, "train": {"model", "seed"}}
 ON_CHANGE = ("refuse", "fresh", "extend")
 
 # Optuna study user attributes (README.md, "What a trial records").

@@ -15,7 +15,7 @@ from conftest import PG_PASSWORD, free_port, run_cli
 
 from sgdtune.errors import InputError
 from sgdtune.stores import open_storage
-from sgdtune.threads import WORK_PER_THREAD, ThreadChooser, choose_threads, machine_cores
+from sgdtune.threads import WORK_PER_THREAD, ThreadChooser, choose_threads
 
 SHORT = ["--set", "search.epochs.low=1", "--set", "search.epochs.high=2", "--no-progress"]
 
@@ -152,9 +152,16 @@ def test_a_fixed_thread_count_is_set_whatever_the_work_and_auto_stays_within_the
         assert ThreadChooser(3).apply(0) == 3 and torch.get_num_threads() == 3
         auto = ThreadChooser("auto", cores=1)
         assert auto.apply(1e12) == 1 and torch.get_num_threads() == 1
-        assert auto.processes == machine_cores()  # one core each: as many processes as cores
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_does_not_follow_the_load_so_a_study_computes_the_same_numbers(monkeypatch):
+    import sgdtune.threads as threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))  # a very busy machine
+    assert ThreadChooser("auto", cores=2).choose(10 * WORK_PER_THREAD) == 2
+    assert not hasattr(threads, "load_average")
 
 
 def test_auto_keeps_to_omp_num_threads_where_the_user_set_it(monkeypatch):
