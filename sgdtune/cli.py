@@ -360,7 +360,7 @@ def surface_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtu
 PROXY_EPILOG = """examples:
   python -m sgdtune.proxy --storage postgresql://USER:PASSWORD@DBHOST/optuna      # grpc://127.0.0.1:13000
   python -m sgdtune.proxy --storage sqlite:///mlruns/optuna.db --port 13001
-  python -m sgdtune.proxy --storage postgresql://USER:PASSWORD@DBHOST/optuna --host 0.0.0.0
+  python -m sgdtune.proxy --storage postgresql://USER:PASSWORD@DBHOST/optuna --host 10.0.0.5   # a private address
   # then, on any machine that reaches it (no --heartbeat through the proxy):
   python -m sgdtune.study experiments/quick.toml --storage grpc://PROXYHOST:13000 --workers 4
 
