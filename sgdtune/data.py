@@ -109,6 +109,10 @@ class Dataset:
     task: Literal["classification", "regression"] = "classification"
     x_test: torch.Tensor | None = None  # the held-out test set, or None
     y_test: torch.Tensor | None = None
+    # The training split's per-feature mean and std the features were standardized with
+    # ((x - mean) / std), or None where they were not: a saved network needs them (saved.py).
+    feature_mean: list[float] | None = None
+    feature_std: list[float] | None = None
 
     @property
     def n_test(self) -> int:
@@ -559,6 +563,7 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
         del train_idx
         x_va = x[val_idx]
         del x, val_idx
+    mean = std = None
     if config.standardizes:
         mean = x_tr.mean(axis=0)
         std = x_tr.std(axis=0)
@@ -577,4 +582,6 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
         task=config.task,
         x_test=None if x_te is None else torch.as_tensor(x_te, dtype=torch.float32, **to),
         y_test=None if y_te is None else torch.as_tensor(y_te, **to),
+        feature_mean=None if mean is None else mean.tolist(),
+        feature_std=None if std is None else std.tolist(),
     )

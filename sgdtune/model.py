@@ -125,6 +125,19 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int, seed: int)
         return nn.Sequential(*layers)
 
 
+class Standardize(nn.Module):
+    """(x - mean) / std per feature, with fixed statistics (buffers, not parameters): put in
+    front of a trained network, it takes features as they come in the data file."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 def cnn_input(config: ModelConfig, n_features: int) -> tuple[str, tuple[int, ...]]:
     """('1d', (n,)) for sequences, ('2d', (s, s)) for square images (n_features = s * s)."""
     side = math.isqrt(n_features)

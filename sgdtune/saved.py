@@ -105,10 +105,13 @@ def model_spec(trial_number: int, study_name: str, architecture: dict[str, Any],
 
 def architecture_of(model_config: Any, data: Dataset) -> dict[str, Any]:
     """What model.build_model needs to rebuild the network: the [model] section (JSON), the
-    number of input features and of outputs (classes; 1 for regression), the task."""
+    number of input features and of outputs (classes; 1 for regression), the task, and the
+    training split's feature statistics the inputs were standardized with (None: they were not)."""
     regression = getattr(data, "task", "classification") == "regression"
+    mean, std = getattr(data, "feature_mean", None), getattr(data, "feature_std", None)
     return {"model": model_config.model_dump(mode="json"), "n_features": data.n_features,
-            "n_outputs": 1 if regression else data.n_classes, "task": "regression" if regression else "classification"}
+            "n_outputs": 1 if regression else data.n_classes, "task": "regression" if regression else "classification",
+            "standardize": None if mean is None else {"mean": mean, "std": std}}
 
 
 # -- datasets -----------------------------------------------------------------------------------
@@ -158,16 +161,29 @@ def array_digest(*tensors) -> str:
 
 
 def load_model(study_name: str, trial: int | str = "best", *, storage: str | None = None,
-               tracking_uri: str | None = None) -> nn.Module:
+               tracking_uri: str | None = None, raw_features: bool = False) -> nn.Module:
     """The trained network of one trial of a study: "best" (by the first objective) or a
     trial number; an nn.Module in eval mode on the CPU. Its input: features as `load_data`
-    gives them (standardized with the training split's statistics), float32 (n, n_features).
+    gives them (standardized with the training split's statistics), float32 (n, n_features);
+    with raw_features, features as they are in the data file: the network is preceded by
+    model.Standardize with the training split's mean and std (where the data was standardized).
 
     storage: the Optuna storage (default mlruns/optuna.journal); tracking_uri: the MLflow
     store (default sqlite:///mlruns/mlflow.db). InputError when the study, the trial or its
     logged model does not exist (only the best `keep_models` trials keep one).
     """
-    return _load(study_name, trial, storage, tracking_uri)[0]
+    network, _, _, arch = _load(study_name, trial, storage, tracking_uri)
+    statistics = arch.get("standardize")  # absent in a model saved before it was recorded
+    if not raw_features or statistics is None:
+        if raw_features and "standardize" not in arch:
+            raise InputError("raw_features", "needs a model saved with its feature statistics (re-run the trial)",
+                             "a model saved without them")
+        return network
+    import torch
+
+    from .model import Standardize
+
+    return torch.nn.Sequential(Standardize(statistics["mean"], statistics["std"]), network).eval()
 
 
 def save_model_file(study_name: str | None, trial: int | str = "best", out: str | Path | None = None, *,
@@ -195,7 +211,8 @@ def save_model_file(study_name: str | None, trial: int | str = "best", out: str 
             f"   or:    from sgdtune.model import ModelConfig, build_model; import torch\n"
             f"          model = build_model(ModelConfig({model}), {arch['n_features']}, {arch['n_outputs']}, seed=0)\n"
             f"          model.load_state_dict(torch.load({str(path)!r}, weights_only=True)); model.eval()\n"
-            f"input:    features as sgdtune.load_data gives them (standardized), float32 (n, {arch['n_features']})")
+            f"input:    features as sgdtune.load_data gives them (standardized), float32 (n, {arch['n_features']});\n"
+            f"          sgdtune.load_model(..., raw_features=True) takes them as in the data file")
     return path, text
 
 

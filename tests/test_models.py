@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 import sgdtune
 from sgdtune.config import load_experiment
 from sgdtune.data import load_data
-from sgdtune.model import ModelConfig, build_model
+from sgdtune.model import ModelConfig, Standardize, build_model
 from sgdtune.saved import array_digest
 from sgdtune.stores import open_storage
 from sgdtune.trainer import TrainConfig, evaluate, train, train_stacked
@@ -144,6 +144,22 @@ def test_load_model_gives_the_network_whose_predictions_score_the_recorded_final
         recorded = client.get_run(trial.user_attrs["mlflow_run_id"]).data.metrics["final_val_acc"]
         assert val_accuracy(module, data) == pytest.approx(recorded, abs=1e-9)
         assert recorded == pytest.approx(trial.values[0])
+
+
+def test_raw_features_put_the_training_statistics_in_front_of_the_network(sweep):
+    cwd, _, study, _ = sweep
+    config = load_experiment(EXPERIMENTS / "quick.toml")
+    data = load_data(config.data, config.seed)
+    raw_config = config.data.model_copy(update={"standardize": False})
+    raw = load_data(raw_config, config.seed)  # the same split, features as in the data file
+    assert not torch.equal(raw.x_val, data.x_val) and data.feature_mean is not None and raw.feature_mean is None
+    network = sgdtune.load_model("quick", **locations(cwd))
+    whole = sgdtune.load_model("quick", raw_features=True, **locations(cwd))
+    assert isinstance(whole[0], Standardize) and not whole.training
+    assert torch.equal(whole[0].mean, torch.tensor(data.feature_mean, dtype=torch.float32))
+    with torch.no_grad():
+        assert torch.allclose(whole(raw.x_val), network(data.x_val), atol=1e-4)
+        assert torch.equal(whole(raw.x_val).argmax(1), network(data.x_val).argmax(1))
 
 
 def test_the_model_command_writes_a_state_dict_and_says_how_to_load_it(sweep):
