@@ -34,14 +34,10 @@ def _bad_input(error: InputError) -> int:
 def ctrl_c_deferred() -> Iterator[None]:
     """Hold a Ctrl-C back until the block ends (then it is raised as usual): pydantic-core,
     which the config imports, turns an interrupt of its own import into a Rust panic."""
-    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+    from .interrupts import signals_held
+
+    with signals_held(signal.SIGINT):  # threads started meanwhile keep it blocked
         yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # threads started meanwhile keep it blocked
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def interruptible(command_main: Callable[[], int]) -> int:

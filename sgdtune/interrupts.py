@@ -9,6 +9,8 @@ convention of 128 + the signal's number: 130 after Ctrl-C (SIGINT), 143 after SI
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 EXIT_SIGINT = 130  # 128 + SIGINT
 EXIT_SIGTERM = 143  # 128 + SIGTERM
@@ -37,6 +39,32 @@ def stop_on_sigterm(also_sigint: bool = False) -> None:
     signal.signal(signal.SIGTERM, handler)
     if also_sigint:
         signal.signal(signal.SIGINT, handler)
+
+
+@contextmanager
+def signals_held(*signums: int) -> Iterator[None]:
+    """Hold these signals back until the block ends (then a pending one is delivered as usual)."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(signums))
+
+
+@contextmanager
+def signals_ignored_by_children(*signums: int) -> Iterator[None]:
+    """Processes started in the block begin with these signals ignored (an ignored signal
+    stays ignored across exec; a blocked one does not stay blocked under multiprocessing's
+    spawn) until they install handlers of their own. Milliseconds: process starts only."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def describe(interrupt: BaseException) -> str:

@@ -33,7 +33,14 @@ from .cohorts import optimize, optimize_batched
 from .config import ExperimentConfig
 from .console import hide_interrupted_trials, one_line_trial_failures
 from .data import load_data
-from .interrupts import EXIT_SIGINT, EXIT_SIGTERM, Terminated, exit_status, stop_on_sigterm
+from .interrupts import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    Terminated,
+    exit_status,
+    signals_ignored_by_children,
+    stop_on_sigterm,
+)
 from .reclaim import StoreError, fail_and_requeue
 from .search import best_value, n_finished, open_study
 from .stores import locations, open_storage
@@ -133,9 +140,14 @@ def supervise(study: optuna.Study, spec: WorkerSpec, workers: int, progress=None
             context.Process(target=run_worker, args=(spec, share, index, threads), name=f"sgdtune-worker-{index}")
             for index, share in enumerate(split(remaining, workers), start=1)
         ]
-        for p in procs:
-            p.start()
         try:
+            # A worker spends seconds importing before it has its handlers: a Ctrl-C to the
+            # group then would print its import's traceback. It starts with the signals
+            # ignored until run_worker handles them; _stop sends the supervisor's on until
+            # each worker has ended.
+            with signals_ignored_by_children(signal.SIGINT, signal.SIGTERM):
+                for p in procs:
+                    p.start()
             _wait(procs, study, progress)
         except KeyboardInterrupt as e:
             _stop(procs, signal.SIGTERM if exit_status(e) == EXIT_SIGTERM else signal.SIGINT)
@@ -166,20 +178,22 @@ def _wait(procs, study: optuna.Study, progress) -> None:
 
 def _stop(procs, signum: int = signal.SIGINT, grace_s: float = STOP_GRACE_S) -> None:
     """After Ctrl-C or SIGTERM: send it on to every worker (from a terminal or systemd they
-    got it too; a second one is ignored), give them grace_s to fail their trials cleanly,
-    then kill those still running."""
-    for p in procs:
-        if p.is_alive():
+    got it too; a second one is ignored), again each second to one that still imports (it
+    ignores signals until it can handle them), give them grace_s to fail their trials
+    cleanly, then kill those still running."""
+    procs = [p for p in procs if p.pid is not None]  # those started before the interrupt
+    deadline = time.monotonic() + grace_s
+    while (alive := [p for p in procs if p.is_alive()]) and time.monotonic() < deadline:
+        for p in alive:
             try:
                 os.kill(p.pid, signum)
             except ProcessLookupError:
                 pass
-    deadline = time.monotonic() + grace_s
+        alive[0].join(min(1.0, max(0.0, deadline - time.monotonic())))
     for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
         if p.is_alive():
-            p.terminate()
-            p.join(5)
+            p.kill()  # SIGKILL: a worker past its grace, or one that never took its handlers
+        p.join(5)
 
 
 def _recover(study: optuna.Study, spec: WorkerSpec, procs) -> None:

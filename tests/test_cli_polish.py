@@ -134,6 +134,46 @@ def test_ctrl_c_during_a_trial_prints_one_clean_line_and_no_traceback(tmp_path, 
     assert "Traceback" not in err + out
 
 
+def spawned_children_of(pid: int) -> list[int]:
+    """Pids of multiprocessing's spawned children of `pid` (the --workers processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"multiprocessing.spawn" in (entry / "cmdline").read_bytes():
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                    found.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
+IMPORTING_S = 0.8  # a worker takes 2-3 s from its start to its handlers (torch, optuna, mlflow imports)
+
+
+def test_ctrl_c_while_the_workers_still_import_prints_one_clean_line_and_no_traceback(tmp_path):
+    """The workers get the group's SIGINT while they import (before they have handlers): they
+    start with it held (workers.supervise) and take it once they can stop cleanly."""
+    shutil.copytree(EXPERIMENTS, tmp_path / "experiments")
+    proc = subprocess.Popen([sys.executable, "-m", "sgdtune.study", "experiments/quick.toml", "--no-progress",
+                             "--workers", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(spawned_children_of(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None and len(spawned_children_of(proc.pid)) == 2, "the workers did not start"
+        time.sleep(IMPORTING_S)  # past the interpreter's start-up: into the import of sgdtune.study
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C, while the workers import torch
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err + out
+    assert err.strip().endswith("interrupted (Ctrl-C): finished trials are kept; run the same command again to resume.")
+
+
 def writer_started_by(pid: int) -> bool:
     """Whether process `pid` has started MLflow's writer process (cli.study_main, after parsing)."""
     for entry in Path("/proc").iterdir():
