@@ -357,7 +357,11 @@ class Tracker:
                 _write_pyfunc_model(local, Path(folder) / spec["network_dir"], spec, model.model_id, run_id)
                 self.client.log_model_artifacts(model.model_id, str(local))
                 self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-            except Exception:
+            except Exception as e:
+                if _deleted_meanwhile(e):
+                    # Under --workers, another process's better trial pushed this one out of
+                    # the best keep_models and deleted its model while it was being logged.
+                    return model.model_id
                 self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
                 raise
             return model.model_id
@@ -369,7 +373,16 @@ class Tracker:
         drop = {str(n) for n in trial_numbers}
         for model in _all_logged_models(self.client, self.experiment_id):
             if model.tags.get("sgdtune.trial_number") in drop:
-                self.client.delete_logged_model(model.model_id)
+                try:
+                    self.client.delete_logged_model(model.model_id)
+                except Exception as e:  # another worker of the study deleted it first
+                    if not _deleted_meanwhile(e):
+                        raise
+
+
+def _deleted_meanwhile(error: Exception) -> bool:
+    """Whether an MLflow error says a logged model no longer exists (RESOURCE_DOES_NOT_EXIST)."""
+    return getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(error)
 
 
 # -- reading a store (the report, the UI) -----------------------------------------------------
