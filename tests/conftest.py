@@ -32,6 +32,17 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+def quick_study_in(cwd: Path) -> Path:
+    """`cwd` holding the experiments and one quick study (mlruns/), run by the study's CLI in-process."""
+    from sgdtune.cli import study_main
+
+    shutil.copytree(EXPERIMENTS, cwd / "experiments")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        assert study_main(["experiments/quick.toml", "--no-progress"]) == 0
+    return cwd
+
+
 def write_experiment(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

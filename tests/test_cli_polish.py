@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENTS, ROOT
+from conftest import EXPERIMENTS, ROOT, quick_study_in
 
-from sgdtune.cli import report_main, study_main
+from sgdtune.cli import report_main
 
 HEAVY = ("torch", "optuna", "mlflow", "sgdtune.writer")  # sgdtune.writer: the prestart of MLflow's writer
 # Runs `python -m MODULE ARGS...` as runpy does for -m, then prints the exit status and every
@@ -81,11 +81,7 @@ def test_the_probe_sees_a_heavy_import_when_there_is_one():
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """A directory holding one quick study, run in-process."""
-    cwd = tmp_path_factory.mktemp("polish")
-    shutil.copytree(EXPERIMENTS, cwd / "experiments")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(cwd)
-        assert study_main(["experiments/quick.toml", "--no-progress"]) == 0
+    cwd = quick_study_in(tmp_path_factory.mktemp("polish"))
     return cwd
 
 

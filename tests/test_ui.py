@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,9 +13,9 @@ import urllib.request
 
 import pytest
 from browser import chromium, open_page  # noqa: F401 (chromium is a fixture)
-from conftest import EXPERIMENTS
+from conftest import quick_study_in
 
-from sgdtune.cli import study_main, ui_main
+from sgdtune.cli import ui_main
 from sgdtune.stores import open_storage
 
 UP_TIMEOUT_S = 90  # mlflow server and optuna-dashboard start together on 2 CPU cores in ~25 s
@@ -31,11 +30,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """A directory holding one quick study (mlruns/), made by the study's CLI, in-process."""
-    cwd = tmp_path_factory.mktemp("ui")
-    shutil.copytree(EXPERIMENTS, cwd / "experiments")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(cwd)
-        assert study_main(["experiments/quick.toml", "--no-progress"]) == 0
+    cwd = quick_study_in(tmp_path_factory.mktemp("ui"))
     import optuna
 
     study = optuna.load_study(study_name="quick", storage=open_storage(str(cwd / "mlruns/optuna.journal")))
