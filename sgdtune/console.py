@@ -196,3 +196,24 @@ def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: st
             store = shlex.quote(redact_url(tracking_uri))
             print(f"  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
             print(f"  then {ui_url(experiment_id)}")
+
+
+def print_recommendation(study: optuna.Study, tracking_uri: str | None, goal: str | None = None) -> dict | None:
+    """The study's last lines: which batch size to train with, and why (report/recommend.py);
+    also recorded on its parent MLflow run (tags, metrics, description)."""
+    from .report.answer import study_answer
+    from .report.recommend import lines
+
+    recommendation = study_answer(study, tracking_uri, goal)
+    if recommendation is None:
+        print("recommendation: none yet (no complete trial)")
+        return None
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if tracking_uri and parent_id:
+        from .report.write import record_recommendation
+        from .tracking import Tracker
+
+        record_recommendation(Tracker(tracking_uri, study.study_name), parent_id, recommendation)
+    for line in lines(recommendation):
+        print(line)
+    return recommendation

@@ -223,6 +223,13 @@ class Tracker:
         self.client.log_batch(run_id, metrics=_metrics(metrics, step=0))
         self.client.set_terminated(run_id, status=status)
 
+    def describe_run(self, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
+        """Tags and step-0 metrics on a run, finished or not (the study's answer on its parent run)."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, metrics=_metrics(metrics, step=0),
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     # -- one child run per trial (and, with replicates, one per replicate under it) ----------
 
     def start_trial_run(self, parent_run_id: str, trial_number: int, params: dict, tags: dict) -> str:

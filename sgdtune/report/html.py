@@ -388,7 +388,7 @@ def fmt(value, spec: str) -> str:
     return format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
 
 
-NAV = (("summary", "summary"), ("accuracy", "accuracy"), ("octaves", "octaves"), ("curves", "curves"),
+NAV = (("answer", "answer"), ("summary", "summary"), ("accuracy", "accuracy"), ("octaves", "octaves"), ("curves", "curves"),
        ("loss-noise", "loss noise"),
        ("grad-noise", "noise scale"), ("steps", "steps"), ("sharpness", "sharpness"),
        ("compute", "compute"), ("pareto", "Pareto"),
@@ -415,6 +415,7 @@ def render_html(report: dict) -> str:
         return lambda: _plot(fig_of(report[key]), div_id) + _notes(notes(report, key))
 
     no_time = '<p class="skip">Not shown: no complete trial with a compute time.</p>'
+    section("answer", "Which batch size, and why", "recommendation", lambda: _recommendation_html(report))
     section("summary", "Summary", None, lambda: _summary_html(report["summary"], timings.get("summary", [])))
     section("accuracy", "Accuracy and generalization gap against batch size", "accuracy",
             lambda: _plot(fig_accuracy(report["accuracy"], report.get("per_octave")), "plot-accuracy")
@@ -536,6 +537,35 @@ def _octave_table(po: dict) -> str:
         ("best_val_acc", "best val_acc", ".4f"), ("best_val_acc_se", "± SE", ".4f"), ("best_batch_size", "at B", ""),
         ("best_lr", "lr", ".3g"), ("best_number", "trial", "")])
     return table + _notes([octave_trend_sentence(po["fit"]), f"Rule: {po['fit']['rule']}."])
+
+
+def _recommendation_html(report: dict) -> str:
+    """The recommendation in a sentence and its reasons, then time to accuracy per batch size."""
+    rec = report["recommendation"]
+    out = [f'<p class="answer"><strong>{html.escape(rec["sentence"])}</strong></p>',
+           "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in rec["reasons"]) + "</ul>",
+           _notes([f"Goal: {rec['goal']} (others: {', '.join(g for g in rec['goals'] if g != rec['goal'])}; "
+                   f"`--goal` of the study and report commands). Within noise: {rec['test']}."])]
+    tta = report.get("time_to_accuracy")
+    if tta:
+        pb = tta["per_batch"]
+        rows = [{"label": pb["label"][i], "n_complete": pb["n_complete"][i], "n_reached": pb["n_reached"][i],
+                 "number": pb["number"][i], "batch_size": pb["batch_size"][i], "updates": pb["updates"][i],
+                 "examples": pb["examples"][i], "seconds": pb["seconds"][i],
+                 "measured_seconds": pb["measured_seconds"][i], "time_source": pb["time_source"][i],
+                 "within": "yes" if pb["label"][i] in rec["within_noise"] else "no"} for i in range(len(pb["label"]))]
+        out.append(f"<h3>Time to accuracy: to reach {html.escape(tta['goal']['text'])}, per "
+                   f"{html.escape(tta['grouped_by'])}</h3>")
+        out.append(_table(rows, [
+            ("label", "B", ""), ("within", "best val_acc within noise", ""), ("n_complete", "complete", ""),
+            ("n_reached", "reached", ""), ("number", "fastest trial", ""), ("batch_size", "its B", ""),
+            ("updates", "updates", ",.0f"), ("examples", "examples", ",.0f"), ("seconds", "seconds", ".3g"),
+            ("measured_seconds", "measured s", ".3g"), ("time_source", "seconds from", "")]))
+        notes = [f"{tta['time_rule']}.", "measured s: the trial's own compute_time_s, pro rata of its updates."]
+        if tta["goal"].get("rule"):
+            notes.append(f"Reached: {tta['goal']['rule']}.")
+        out.append(_notes(notes))
+    return "".join(out)
 
 
 def _notes(lines: list[str]) -> str:
