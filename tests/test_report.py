@@ -573,17 +573,20 @@ def test_summaries_are_per_octave_of_batch_size_with_known_answers():
     assert po["best_number"] == [1, 3, 6, 7]
     assert po["median_val_acc"] == pytest.approx([0.92, 0.825, 0.75, 0.60])
     assert po["best_val_acc_se"][0] == pytest.approx(binomial_se(0.95, 1000), rel=1e-9)
-    fit = po["fit"]  # the best of each octave against log2(its B)
+    fit = po["fit"]  # every complete trial against log2(its B), weighted by 1 / binomial variance
+    done = [(b, a) for b, a, state in CONTINUOUS if state == "COMPLETE"]
+    p = (np.array([a for _, a in done]) * 1000 + 2) / 1004
+    w = 1004 / (p * (1 - p))
     assert fit["gain_per_doubling"] == pytest.approx(
-        np.polyfit(np.log2([9, 16, 40, 100]), [0.95, 0.85, 0.75, 0.60], 1)[0], rel=1e-9)
-    assert fit["ci"]["ci_high"] < 0 and fit["trend"]
+        np.polyfit(np.log2([b for b, _ in done]), [a for _, a in done], 1, w=np.sqrt(w))[0], rel=1e-9)
+    assert fit["n_trials"] == 7 and fit["ci"]["ci_high"] < 0 and fit["trend"]
     # per_doubling steps between neighbouring octaves, not between sampled values (8 -> 9 -> 11)
     pd = report["per_doubling"]
     assert pd["batch_size"] == [9, 16, 40, 100]
     assert pd["gain_per_doubling"][0] == pytest.approx((0.85 - 0.95) / np.log2(16 / 9), rel=1e-9)
     assert not any("(8->9)" in s or "(9->11)" in s for s in report["summary"])
-    assert any(s.startswith(f"Best val_acc fell with batch size: {fit['gain_per_doubling']:+.4f} per doubling of B "
-                            "(95% bootstrap")
+    assert any(s.startswith(f"val_acc fell with batch size: {fit['gain_per_doubling']:+.4f} per doubling of B "
+                            "(95% interval")
                for s in report["summary"])
     assert any("Trials per octave of B, complete of all (pruned): 8-15: 3/3, 16-31: 2/2, 40: 1/2 (1), 100: 1/1."
                == s for s in report["summary"])
@@ -600,8 +603,8 @@ def test_no_trend_line_or_claim_on_trendless_points():
     report = report_mod.build_report(study_of(flat))
     fit = report["per_octave"]["fit"]
     assert fit["ci"]["ci_low"] < 0 < fit["ci"]["ci_high"] and not fit["trend"]
-    assert any(s.startswith("No trend of the best val_acc with batch size:") for s in report["summary"])
-    assert not any(s.startswith(("Best val_acc fell", "Best val_acc rose")) for s in report["summary"])
+    assert any(s.startswith("No trend of val_acc with batch size:") for s in report["summary"])
+    assert not any(s.startswith(("val_acc fell", "val_acc rose")) for s in report["summary"])
     ln = report["loss_noise"]
     assert ln["slope_ci"]["ci_low"] < 0 < ln["slope_ci"]["ci_high"] and not ln["trend"]
     assert any(s.startswith("Loss noise: no trend with batch size") for s in report["summary"])
@@ -619,6 +622,25 @@ def test_no_trend_line_or_claim_on_trendless_points():
                                                                          trending["per_octave"]).data)
     two = report_mod.build_report(study_of(CONTINUOUS[:4]))["per_octave"]["fit"]  # 2 octaves: no fit at all
     assert not two["trend"] and "2 octaves of B with a complete trial; a trend needs at least 3" in two["skipped"]
+
+
+def test_the_trend_interval_covers_a_known_slope_in_95_percent_of_simulated_sweeps():
+    """200 simulated studies: 8 octaves with 1, 1, 2, 2, 3, 4, 5, 6 complete trials (as pruning leaves
+    them), val_acc = 0.9 + slope x log2(B / 8) + an lr effect N(0, 0.02) per trial, scored on 360
+    validation examples. A line through the best trial per octave with a bootstrap interval covered the
+    slope in 25% of 60 such studies (a best of 6 sits higher than a best of 1); this interval: 97%."""
+    from sgdtune.report.sections import octave_trend
+
+    rng = np.random.default_rng(20)
+    sizes = np.repeat(2 ** np.arange(3, 11), [1, 1, 2, 2, 3, 4, 5, 6])
+    covered = []
+    for slope in np.linspace(-0.02, 0.01, 200):
+        p = np.clip(0.9 + slope * (np.log2(sizes) - 3) + rng.normal(0, 0.02, sizes.size), 0.01, 0.999)
+        rows = [{"number": i, "batch_size": int(b), "n_val": 360, "summary": {"final_val_acc": a}}
+                for i, (b, a) in enumerate(zip(sizes, rng.binomial(360, p) / 360))]
+        ci = octave_trend(rows)["ci"]
+        covered.append(ci["ci_low"] <= slope <= ci["ci_high"])
+    assert 0.90 <= np.mean(covered) <= 0.99
 
 
 def test_seeds_sort_as_numbers_on_the_page():

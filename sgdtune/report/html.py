@@ -139,7 +139,7 @@ def fig_accuracy(a: dict, po: dict | None = None):
                              hovertemplate="%{text}<br>best val_acc %{y:.4f}<extra></extra>"), row=1, col=1)
     fit = (po or {}).get("fit", {})
     if fit.get("trend"):
-        ci = _interval_text(fit["ci"], "+.4f")
+        ci = _interval_text(fit["ci"], "+.4f")  # the line over every complete trial (sections.octave_trend)
         fig.add_trace(go.Scatter(x=fit["line"]["batch_size"], y=fit["line"]["val_acc"], mode="lines",
                                  line={"color": "#111", "dash": "dash"},
                                  name=f"trend {fit['gain_per_doubling']:+.4f} per doubling ({ci})"), row=1, col=1)
@@ -388,8 +388,8 @@ def fmt(value, spec: str) -> str:
     return format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
 
 
-NAV = (("answer", "answer"), ("summary", "summary"), ("accuracy", "accuracy"), ("octaves", "octaves"), ("curves", "curves"),
-       ("loss-noise", "loss noise"),
+NAV = (("answer", "answer"), ("summary", "summary"), ("accuracy", "accuracy"), ("octaves", "octaves"),
+       ("curves", "curves"), ("loss-noise", "loss noise"),
        ("grad-noise", "noise scale"), ("steps", "steps"), ("sharpness", "sharpness"),
        ("compute", "compute"), ("pareto", "Pareto"),
        ("history", "history"), ("importance", "importance"), ("top", "top trials"), ("repro", "reproducibility"))
@@ -505,25 +505,19 @@ def notes(report: dict, key: str) -> list[str]:
 
 
 def octave_trend_sentence(fit: dict) -> str:
-    """The change of the best val_acc per doubling of B over octaves, or why no trend is claimed."""
+    """The change of val_acc per doubling of B over the complete trials, or why no trend is claimed."""
     if "gain_per_doubling" not in fit:
-        return f"No trend of the best val_acc with batch size fitted: {fit['skipped']}."
-    g, ci = fit["gain_per_doubling"], fit.get("ci")
+        return f"No trend of val_acc with batch size fitted: {fit['skipped']}."
+    g, ci = fit["gain_per_doubling"], fit["ci"]
     sizes = fit["batch_size"]
-    over = f"least-squares line over the best trial of {fit['n_octaves']} octaves, B = {sizes[0]}-{sizes[-1]}"
-    if not ci:
-        return f"No trend of the best val_acc with batch size claimed ({g:+.4f} per doubling; {fit['skipped']})."
-    within = _bootstrap_text(ci, "+.4f")
+    within = f"{ci['level']:.0%} interval {ci['ci_low']:+.4f} to {ci['ci_high']:+.4f}"
+    over = (f"weighted least squares over {fit['n_trials']} complete trials in {fit['n_octaves']} octaves, "
+            f"B = {sizes[0]}-{sizes[-1]}; sandwich SE, t interval")
     if fit["trend"]:
         trend = "rose" if g > 0 else "fell"
-        return f"Best val_acc {trend} with batch size: {g:+.4f} per doubling of B ({within}; {over})."
-    return (f"No trend of the best val_acc with batch size: {g:+.4f} per doubling of B, {within}, which includes 0 "
+        return f"val_acc {trend} with batch size: {g:+.4f} per doubling of B ({within}; {over})."
+    return (f"No trend of val_acc with batch size: {g:+.4f} per doubling of B, {within}, which includes 0 "
             f"({over}).")
-
-
-def _bootstrap_text(ci: dict, spec: str) -> str:
-    """'95% bootstrap interval a to b', as the summary words it."""
-    return _interval_text(ci, spec).replace(" CI ", " bootstrap interval ", 1)
 
 
 def _octave_table(po: dict) -> str:

@@ -13,12 +13,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..science.fits import (
-    BOOTSTRAP_LEVEL,
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
-    Interval,
+    accuracy_trend,
     binomial_se,
-    bootstrap_intervals,
     critical_batch_fit,
     critical_batch_intervals,
     has_loss_noise,
@@ -153,10 +149,8 @@ MIN_TREND_OCTAVES = 3  # octaves with a complete trial before a trend over B is 
 
 def per_octave(rows: list[dict], complete: list[dict]) -> dict | None:
     """Trials per octave of B (all states, from the Optuna params) and, over the complete ones,
-    the best and median val_acc; then the change of the best val_acc per doubling of B, from a
-    least-squares line of best val_acc against log2(B) over the octaves, with a seeded percentile
-    bootstrap interval (trials resampled, the best per octave picked again, the line refitted).
-    A trend is claimed only when the interval excludes 0."""
+    the best and median val_acc; then the change of val_acc per doubling of B over all complete
+    trials (octave_trend). A trend is claimed only when its interval excludes 0."""
     known = [r for r in rows if r["batch_size"]]
     if not complete:
         return None
@@ -187,46 +181,32 @@ def per_octave(rows: list[dict], complete: list[dict]) -> dict | None:
 
 
 def octave_trend(complete: list[dict]) -> dict:
-    """Best val_acc per octave against log2(B of that best): slope (val_acc per doubling of B),
-    its bootstrap interval, and whether the interval excludes 0 (`trend`)."""
+    """The change of val_acc per doubling of B over every complete trial (science.fits.accuracy_trend:
+    weighted least squares on log2 B, sandwich SE, t interval), and whether its interval excludes
+    0 (`trend`). Not a line through the best trial per octave: a best of k trials is biased up by an
+    amount that varies with k, and a bootstrap of it is no interval (a resampled maximum can only
+    fall; an octave of one trial never varies). docs/science.md, section 8."""
     best = best_rows_per_octave(complete)
-    rule = f"a trend needs >= {MIN_TREND_OCTAVES} octaves with a complete trial and an interval excluding 0"
+    rule = (f"a trend needs >= {MIN_TREND_OCTAVES} octaves with a complete trial and a 95% interval of the "
+            "slope excluding 0")
     if len(best) < MIN_TREND_OCTAVES:
         return {"trend": False, "rule": rule, "n_octaves": len(best),
                 "skipped": f"{len(best)} octave{'s' * (len(best) != 1)} of B with a complete trial; "
                            f"a trend needs at least {MIN_TREND_OCTAVES}"}
-    b = np.log2(np.array(column(complete, "batch_size"), float))
-    acc = np.array(column(complete, "final_val_acc"), float)
-    k = np.floor(b)
-
-    def slope(idx) -> tuple[float] | None:
-        order = idx[np.lexsort((idx, -acc[idx]))]  # best first, ties: lower index (lower trial number)
-        _, first = np.unique(k[order], return_index=True)
-        chosen = order[first]
-        return None if chosen.size < 2 else (float(np.polyfit(b[chosen], acc[chosen], 1)[0]),)
-
-    value = slope(np.arange(b.size))[0]
-    ci = octave_bootstrap(slope, k)
-    out: dict[str, Any] = {"gain_per_doubling": value, "n_octaves": len(best), "rule": rule,
+    sizes = np.array(column(complete, "batch_size"), float)
+    n_val = [r.get("n_val") for r in complete]
+    fit = accuracy_trend(sizes, column(complete, "final_val_acc"), None if None in n_val else n_val)
+    out: dict[str, Any] = {"n_octaves": len(best), "rule": rule, "n_trials": len(complete),
                            "batch_size": column(best, "batch_size"), "best_val_acc": column(best, "final_val_acc")}
-    if ci is None:
-        out.update(trend=False, skipped="fewer than half the bootstrap resamples held 2 octaves")
+    if fit is None:
+        out.update(trend=False, skipped=f"{len(complete)} complete trials; a line with an interval needs at least 4")
         return out
-    out["ci"] = {**ci[0].as_dict(), "method": "percentile bootstrap, trials resampled within each octave"}
-    out["trend"] = bool(ci[0].low > 0 or ci[0].high < 0)
-    # the fitted line over the octaves' best trials, for the plot (drawn only with a trend)
-    lb = np.log2(np.array(out["batch_size"], float))
-    intercept = float(np.mean(out["best_val_acc"]) - value * lb.mean())
-    ends = np.array([lb.min(), lb.max()])
-    out["line"] = {"batch_size": (2 ** ends).tolist(), "val_acc": (intercept + value * ends).tolist()}
+    out["gain_per_doubling"] = fit.slope
+    out["ci"] = fit.as_dict()
+    out["trend"] = bool(fit.low > 0 or fit.high < 0)
+    ends = np.log2([sizes.min(), sizes.max()])  # the fitted line, for the plot (drawn only with a trend)
+    out["line"] = {"batch_size": (2 ** ends).tolist(), "val_acc": (fit.intercept + fit.slope * ends).tolist()}
     return out
-
-
-def octave_bootstrap(statistic, octaves: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-                     level: float = BOOTSTRAP_LEVEL, seed: int = BOOTSTRAP_SEED) -> list[Interval] | None:
-    """science.fits.bootstrap_intervals with the trials resampled within each octave (a stratified
-    bootstrap): every resample keeps every octave, as the study's design does."""
-    return bootstrap_intervals(statistic, len(octaves), resamples, level, seed, strata=octaves)
 
 
 def loss_noise_section(rows: list[dict], n_train: float, parent_metrics: dict) -> dict | None:
