@@ -447,7 +447,28 @@ def test_noise_scale_bounds_are_left_out_of_the_median_and_sharpness_meets_the_e
     assert sh["full_batch"]["ratio_to_edge"] == [pytest.approx(80 / 25)]
     every_bound = report_mod.build_report(synthetic_study(extra=lambda i, b: {"final_grad_noise_scale_bound": 1.0}))
     assert every_bound["grad_noise"]["median_is_lower_bound"]
-    assert every_bound["grad_noise"]["critical_batch_size"]["lower_bound"]
+    assert every_bound["grad_noise"]["b_simple"]["lower_bound"]
+
+
+def test_the_noise_scale_is_called_b_simple_never_a_critical_batch_and_is_flagged_above_n_train():
+    huge = report_mod.build_report(synthetic_study(extra=lambda i, b: {"final_grad_noise_scale": 3000.0 + i,
+                                                                       "final_grad_noise_scale_se": 0.0}))
+    gn = huge["grad_noise"]
+    assert gn["critical_batch_size"]["value"] is None and gn["compared_with"] == "B_simple"
+    assert gn["b_simple"]["value"] == pytest.approx(3002.5) and gn["b_simple"]["above_n_train"]
+    sentence = next(s for s in huge["summary"] if s.startswith("Gradient noise scale"))
+    assert "B_simple" in sentence and "B_noise" not in sentence and "critical batch size estimate" not in sentence
+    assert f"above n_train = {N_TRAIN:,}: B_simple exceeds n_train" in sentence
+    assert "Critical batch size not estimated" in sentence
+    from sgdtune.report.html import fig_grad_noise
+
+    names = [t.name or "" for t in fig_grad_noise(gn).data]
+    assert not any("critical" in n for n in names) and any("median final B_simple" in n for n in names)
+    assert not any("± 1 SE" in n for n in names)  # every SE is 0: no error bars claimed
+    fitted = report_mod.build_report(synthetic_study(lambda b: 200 * (1 + 128 / b)))["grad_noise"]
+    assert fitted["critical_batch_size"]["value"] == pytest.approx(128, rel=1e-6)
+    assert fitted["compared_with"] == "B_crit"
+    assert not fitted["b_simple"]["above_n_train"]
 
 
 def test_error_bars_bounds_and_sharpness_draw_in_headless_chromium(chromium, tmp_path):

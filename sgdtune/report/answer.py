@@ -66,9 +66,10 @@ def lr_search(study: optuna.Study) -> dict | None:
     return None
 
 
-def study_args(command: str | None) -> list[str] | None:
+def study_args(command: str | None, experiment_file: str | None = None) -> list[str] | None:
     """The study command's arguments after the program (`python -m sgdtune.study X.toml ...`,
-    `sgdtune study X.toml ...`), less those the next command sets itself."""
+    `sgdtune study X.toml ...`), less those the next command sets itself; a command that ran
+    the default experiment gets its file (experiments/<experiment_file>) named."""
     if not command:
         return None
     words = shlex.split(command)
@@ -88,6 +89,8 @@ def study_args(command: str | None) -> list[str] | None:
             continue
         else:
             out.append(w)
+    if experiment_file and not any(w.endswith(".toml") for w in out):
+        out.insert(0, f"experiments/{experiment_file}")
     return out
 
 
@@ -103,7 +106,7 @@ def batches_table(complete: list[dict], tta: dict, group, label) -> dict[str, li
     pb = tta["per_batch"]
     out: dict[str, list] = {k: [] for k in ("label", "n_complete", "best_val_acc", "best_val_acc_se", "best_number",
                                             "best_batch_size", "best_lr", "best_lr_base", "best_budget", "number",
-                                            "batch_size", "lr", "budget", "updates", "examples", "seconds",
+                                            "batch_size", "lr", "budget", "epoch", "updates", "examples", "seconds",
                                             "time_source")}
     for j, k in enumerate(pb["group"]):
         b, fast = best[k], by_number.get(pb["number"][j])
@@ -118,7 +121,7 @@ def batches_table(complete: list[dict], tta: dict, group, label) -> dict[str, li
         out["best_budget"].append(budget_text(b))
         out["lr"].append(fast and fast["lr"])
         out["budget"].append(fast and budget_text(fast))
-        for key in ("number", "batch_size", "updates", "examples", "seconds", "time_source"):
+        for key in ("number", "batch_size", "epoch", "updates", "examples", "seconds", "time_source"):
             out[key].append(pb[key][j])
     return out
 
@@ -129,7 +132,8 @@ def budget_text(row: dict) -> str | None:
 
 def answer(study: optuna.Study, reader: RunReader | None, runs: dict[int, RunRecord], rows: list[dict],
            steps: dict | None, target: float | None, goal: str | None = None,
-           command: str | None = None, device: str | None = None) -> tuple[dict | None, dict | None]:
+           command: str | None = None, device: str | None = None,
+           experiment_file: str | None = None) -> tuple[dict | None, dict | None]:
     """(time_to_accuracy, recommendation) of report.json; (None, None) with no complete trial.
     goal: one of recommend.GOALS (default: the study's user attribute `goal`, else fastest)."""
     complete = complete_rows(rows)
@@ -149,7 +153,7 @@ def answer(study: optuna.Study, reader: RunReader | None, runs: dict[int, RunRec
     rec = recommend(batches_table(complete, tta, group, label), goal, goal_text=tta["goal"]["text"],
                     lr_search=lr_search(study), critical=(steps or {}).get("fit"), profile=profile,
                     device=device or (profile or {}).get("device"), n_finished=finished,
-                    study_args=study_args(command), untried=untried)
+                    study_args=study_args(command, experiment_file), untried=untried)
     return tta, rec
 
 
@@ -169,5 +173,11 @@ def study_answer(study: optuna.Study, tracking_uri: str | None, goal: str | None
     steps = steps_section(complete_rows(rows), frozen, target)
     tags = parent.tags if parent else {}
     return answer(study, reader, runs, rows, steps, target, goal, tags.get("sgdtune.command"),
-                  tags.get("sgdtune.device"))[1]
+                  tags.get("sgdtune.device"), experiment_file_name(reader, parent))[1]
+
+
+def experiment_file_name(reader: RunReader | None, parent: RunRecord | None) -> str | None:
+    """The name of the experiment file the parent run recorded (its artifact experiment/*.toml)."""
+    found = reader.read_artifact(parent.run_id, "experiment", ".toml") if reader and parent else None
+    return found and found[0].rsplit("/", 1)[-1]
 

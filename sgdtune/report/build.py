@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..tracking import RunReader, RunRecord, redact_url, ui_url
-from .answer import answer
+from .answer import answer, experiment_file_name
 from .inputs import as_number, complete_rows, is_timing, trial_rows
 from .sections import (
     accuracy_section,
@@ -91,12 +91,14 @@ def build_report(study: optuna.Study, reader: RunReader | None = None, command: 
         "no trial recorded updates_to_target (set train.target_val_acc in the experiment)")
     tags = parent.tags if parent else {}
     tta, recommendation = answer(study, reader, runs, rows, report.get("steps_to_target"), target, goal,
-                                 tags.get("sgdtune.command"), tags.get("sgdtune.device"))
+                                 tags.get("sgdtune.command"), tags.get("sgdtune.device"),
+                                 experiment_file_name(reader, parent))
     put("time_to_accuracy", tta, no_rows)
     put("recommendation", recommendation, no_rows)
     gns_curves = {r["number"]: reader.metric_history(runs[r["number"]].run_id, "grad_noise_scale")
                   for r in complete if r["number"] in runs}
-    put("grad_noise", noise_scale_section(complete, gns_curves, report.get("steps_to_target"), parent_metrics),
+    put("grad_noise", noise_scale_section(complete, gns_curves, report.get("steps_to_target"), parent_metrics,
+                                          n_train),
         "no trial measured the gradient noise scale (train.probe_size = 0)")
     sharpness, why = sharpness_section(complete, n_train)
     put("sharpness", sharpness, why)

@@ -204,8 +204,12 @@ def fig_grad_noise(gn: dict):
     import plotly.graph_objects as go
 
     c = gn["critical_batch_size"]
-    crit = {"mode": "lines", "line": {"dash": "dash", "color": "#333"},
-            "name": f"critical batch size ~ {c['value']:.3g} ({c['source']})"}
+    if c.get("value") is not None:
+        value, name = c["value"], f"critical batch size B_crit ~ {c['value']:.3g} ({c['source']})"
+    else:  # B_simple: a noise scale, drawn as such (never as a critical batch size)
+        value = gn["b_simple"]["value"]
+        name = f"median final B_simple {'>= ' * gn['b_simple']['lower_bound']}{value:.3g} (a noise scale)"
+    crit = {"mode": "lines", "line": {"dash": "dash", "color": "#333"}, "name": name}
     curves = gn["curves"]
     titles = ["over training (colour: B)", "at the end of training, by batch size"]
     fig = _subplots(titles if curves else titles[1:])
@@ -221,14 +225,16 @@ def fig_grad_noise(gn: dict):
                           row=1, col=1)
         # A trace, not add_hline: a shape's annotation on a log axis would take y as log10(y).
         epochs = [e for k in curves for e in k["epoch"]]
-        fig.add_trace(go.Scatter(x=[min(epochs), max(epochs)], y=[c["value"]] * 2, legendgroup="crit", **crit),
+        fig.add_trace(go.Scatter(x=[min(epochs), max(epochs)], y=[value] * 2, legendgroup="crit", **crit),
                       row=1, col=1)
         fig.update_xaxes(title_text="epoch", dtick=_epoch_tick(epochs), row=1, col=1)
     col = 2 if curves else 1
     bound = f.get("lower_bound") or [False] * len(f["number"])
     se = f.get("grad_noise_scale_se") or [None] * len(f["number"])
+    has_se = any(e for e in se)  # every SE 0 (the probe is the whole set) or unknown: no "± 1 SE"
     for is_bound, name, marker in (
-            (False, "final value ± 1 SE, per trial (colour: B)", {"size": 10, "line": {"width": 1, "color": "#333"}}),
+            (False, f"final value{' ± 1 SE' * has_se}, per trial (colour: B)",
+             {"size": 10, "line": {"width": 1, "color": "#333"}}),
             (True, "final lower bound (|G|² not resolved), per trial",
              {"size": 12, "color": "#ff7f0e", "symbol": "triangle-up-open", "line": {"width": 2}})):
         idx = [i for i, b in enumerate(bound) if b == is_bound]
@@ -238,10 +244,11 @@ def fig_grad_noise(gn: dict):
         if idx:
             fig.add_trace(go.Scatter(x=[f["batch_size"][i] for i in idx], y=[f["grad_noise_scale"][i] for i in idx],
                                      mode="markers", name=name, text=[f"trial {f['number'][i]}" for i in idx],
-                                     error_y=None if is_bound else _error_y([se[i] for i in idx]), marker=marker),
+                                     error_y=None if is_bound or not has_se else _error_y([se[i] for i in idx]),
+                                     marker=marker),
                           row=1, col=col)
     span = [min(f["grad_noise_scale"]), max(f["grad_noise_scale"])]
-    fig.add_trace(go.Scatter(x=[c["value"]] * 2, y=span, legendgroup="crit", showlegend=not curves, **crit),
+    fig.add_trace(go.Scatter(x=[value] * 2, y=span, legendgroup="crit", showlegend=not curves, **crit),
                   row=1, col=col)
     fig.update_xaxes(row=1, col=col, **LOG_B)
     fig.update_yaxes(type="log", title_text="noise scale B_simple (examples, log scale)")

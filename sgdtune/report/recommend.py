@@ -117,6 +117,10 @@ def pick(batches: dict, eligible: list[int], goal: str) -> tuple[int, str]:
     return i, how
 
 
+def _count(n: float | None) -> str:
+    return "?" if n is None else f"{n:,.0f}"
+
+
 def _seconds(s: float | None) -> str:
     return "no time" if s is None else f"{s:.3g} s"
 
@@ -158,6 +162,7 @@ def recommend(batches: dict, goal: str = DEFAULT_GOAL, *, goal_text: str, lr_sea
         "batch_size": b, "lr": lr, "budget": budget, "number": number,
         "val_acc": batches["best_val_acc"][i], "val_acc_se": batches["best_val_acc_se"][i],
         "seconds": batches["seconds"][i], "updates": batches["updates"][i], "examples": batches["examples"][i],
+        "epoch": batches.get("epoch", [None] * n)[i],
         "time_source": batches["time_source"][i], "goal_accuracy": goal_text,
         "within_noise": [batches["label"][j] for j in eligible],
         "test": f"one-sided: best val_acc - val_acc(B) < {NOISE_SE:g} sqrt(SE_best^2 + SE_B^2), each the "
@@ -205,9 +210,10 @@ def reasons(batches: dict, i: int, top: int, tests: list, rec: dict, critical: d
         if len(b) > 1:
             at.append(f"the largest, B = {b[-1]}, {_seconds(batches['seconds'][-1])}"
                       if batches["updates"][-1] is not None else f"the largest, B = {b[-1]}, never reached it")
+        at_epoch = f"epoch {rec['epoch']}, " if rec["epoch"] else ""
         out.append(f"Time to accuracy{where}: B = {rec['batch_size']} reaches {rec['goal_accuracy']} in "
-                   f"{_seconds(rec['seconds'])} ({rec['updates']:,.0f} updates, "
-                   f"{rec['examples']:,.0f} examples); {'; '.join(at)} "
+                   f"{_seconds(rec['seconds'])} ({at_epoch}{_count(rec['updates'])} updates, "
+                   f"{_count(rec['examples'])} examples); {'; '.join(at)} "
                    f"({source.get(rec['time_source'] or '', 'no time measured')}).")
     if critical:
         ci = critical.get("b_crit_ci") or {}

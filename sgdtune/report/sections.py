@@ -291,10 +291,22 @@ def steps_section(rows: list[dict], complete: list[FrozenTrial], target: float |
     return out
 
 
+B_SIMPLE_ABOVE_N = ("B_simple exceeds n_train: |G|^2 is small against the per-example gradient variance, as near a "
+                    "minimum of the training loss, so even a full-batch step is noise-dominated by this measure; "
+                    "it bounds no critical batch size beyond the data")
+
+
 def noise_scale_section(
-    rows: list[dict], curves: dict[int, dict], steps: dict | None, parent_metrics: dict
+    rows: list[dict], curves: dict[int, dict], steps: dict | None, parent_metrics: dict, n_train: float = np.inf
 ) -> dict | None:
-    """Gradient noise scale over training and the critical batch size estimate.
+    """Gradient noise scale B_simple over training, its median at the end, and the critical batch
+    size where the S(B) fit to updates-to-target gives one.
+
+    B_simple = tr(Sigma)/|G|^2 is a noise scale, not a critical batch size: McCandlish et al.
+    relate B_crit to B_noise = tr(H Sigma)/(G^T H G), which equals B_simple only for a Hessian
+    proportional to the identity (docs/science.md, section 3). So `critical_batch_size` holds
+    the S(B) fit's B_crit, or no value; the median B_simple is `b_simple`, flagged where it
+    exceeds n_train.
 
     A trial's final value may carry a standard error (final_grad_noise_scale_se) and may be only
     a lower bound (final_grad_noise_scale_bound = 1: |G|^2 not resolved; with replicates the flag
@@ -307,28 +319,35 @@ def noise_scale_section(
     values = np.array(column(final, "final_grad_noise_scale"), float)
     bound = np.array([is_bound(r["summary"]) for r in final])
     estimates = values[~bound] if (~bound).any() else values
-    b_noise = float(np.median(estimates))
+    median = float(np.median(estimates))
     all_bounds = bool(bound.all())
+    b_simple: dict[str, Any] = {
+        "value": median, "lower_bound": all_bounds, "n_train": None if not np.isfinite(n_train) else int(n_train),
+        "source": ("a lower bound: the median of the trials' lower bounds on B_simple" if all_bounds else
+                   "the median final gradient noise scale B_simple (a noise scale, not a critical batch size)"),
+        "above_n_train": bool(np.isfinite(n_train) and median > n_train)}
+    if b_simple["above_n_train"]:
+        b_simple["meaning"] = B_SIMPLE_ABOVE_N
     if steps and "fit" in steps:
         b_crit = {"value": steps["fit"]["b_crit"], "source": "S(B) fit to updates-to-target"}
         ci = steps["fit"].get("b_crit_ci")
         if ci:
             b_crit.update({k: ci[k] for k in ("ci_low", "ci_high", "level")})
-    elif all_bounds:
-        b_crit = {"value": b_noise, "source": "a lower bound: the median of the trials' lower bounds on B_noise",
-                  "lower_bound": True}
     else:
-        b_crit = {"value": b_noise, "source": "B_noise, the median final gradient noise scale"}
+        b_crit = {"value": None, "source": "not estimated: it needs updates to a target at 2 or more batch sizes "
+                                           "(train.target_val_acc); B_simple is not a critical batch size"}
     b_crit["parent_run_value"] = parent_metrics.get("critical_batch_size")
+    reference, compared = (b_crit["value"], "B_crit") if b_crit["value"] is not None else (median, "B_simple")
     sizes = sorted({r["batch_size"] for r in rows})
     se = column(final, "final_grad_noise_scale_se")
-    return {"median_final": b_noise, "median_is_lower_bound": all_bounds,
+    return {"median_final": median, "median_is_lower_bound": all_bounds,
             "median_over": "lower bounds" if all_bounds else "estimates (lower bounds left out)",
             "n_estimates": int((~bound).sum()), "n_bounds": int(bound.sum()),
             "min_final": estimates.min(), "max_final": estimates.max(),
             "parent_run_median": parent_metrics.get("median_grad_noise_scale"), "critical_batch_size": b_crit,
-            "batch_sizes_above": [b for b in sizes if b > b_crit["value"]],
-            "batch_sizes_below": [b for b in sizes if b <= b_crit["value"]],
+            "b_simple": b_simple, "compared_with": compared,
+            "batch_sizes_above": [b for b in sizes if b > reference],
+            "batch_sizes_below": [b for b in sizes if b <= reference],
             "final": {"number": column(final, "number"), "batch_size": column(final, "batch_size"),
                       "grad_noise_scale": values, "grad_noise_scale_se": se, "lower_bound": bound.tolist()},
             "curves": [{"number": r["number"], "batch_size": r["batch_size"], "epoch": curves[r["number"]]["step"],

@@ -115,19 +115,7 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
                    "across trials also carries their different learning rates and training lengths.")
     gn = report.get("grad_noise")
     if gn:
-        c = gn["critical_batch_size"]
-        above = ", ".join(map(str, gn["batch_sizes_above"])) or "none"
-        ci = interval(c if "ci_low" in c else None)
-        if gn["median_is_lower_bound"]:
-            median = (f"every trial's value is only a lower bound (|G|^2 not resolved): median bound "
-                      f"{gn['median_final']:.3g} examples")
-        else:
-            bounds = f"; {gn['n_bounds']} lower bound{'s' * (gn['n_bounds'] > 1)} left out" if gn["n_bounds"] else ""
-            median = (f"median {gn['median_final']:.3g} examples over {gn['n_estimates']} estimate"
-                      f"{'s' * (gn['n_estimates'] > 1)} (range {gn['min_final']:.3g}-{gn['max_final']:.3g}{bounds})")
-        out.append(f"Gradient noise scale at the end of training: {median}; critical batch size estimate "
-                   f"{'>= ' * bool(c.get('lower_bound'))}{c['value']:.3g} ({c['source']}{f'; {ci}' if ci else ''}); "
-                   f"batch sizes tried above it: {above}.")
+        out.append(noise_scale_sentence(gn))
     sh = report.get("sharpness")
     if sh:
         k = np.array(sh["final_sharpness"], float)
@@ -153,3 +141,26 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
                    + ", ".join(f"{k} {v:.2f}" for k, v in ranked) + ".")
     return out
 
+
+
+def noise_scale_sentence(gn: dict) -> str:
+    """The median final B_simple (a noise scale: never called a critical batch size), whether it
+    exceeds n_train and what that means, and the critical batch size where the S(B) fit gives one."""
+    bs = gn["b_simple"]
+    if gn["median_is_lower_bound"]:
+        median = (f"every trial's value is only a lower bound (|G|^2 not resolved): median bound "
+                  f"{gn['median_final']:.3g} examples")
+    else:
+        bounds = f"; {gn['n_bounds']} lower bound{'s' * (gn['n_bounds'] > 1)} left out" if gn["n_bounds"] else ""
+        median = (f"median {gn['median_final']:.3g} examples over {gn['n_estimates']} estimate"
+                  f"{'s' * (gn['n_estimates'] > 1)} (range {gn['min_final']:.3g}-{gn['max_final']:.3g}{bounds})")
+    text = f"Gradient noise scale B_simple at the end of training: {median}"
+    if bs.get("above_n_train"):
+        text += f"; above n_train = {bs['n_train']:,}: {bs['meaning']}"
+    c = gn["critical_batch_size"]
+    above = ", ".join(map(str, gn["batch_sizes_above"])) or "none"
+    if c["value"] is None:
+        return text + f". Critical batch size {c['source']}; batch sizes tried above the median B_simple: {above}."
+    ci = interval(c if "ci_low" in c else None)
+    return (text + f". Critical batch size B_crit {c['value']:.3g} ({c['source']}{f'; {ci}' if ci else ''}); "
+            f"batch sizes tried above it: {above}.")

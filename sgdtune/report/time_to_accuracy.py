@@ -133,8 +133,8 @@ def per_batch(trials: dict[str, list], group, label) -> dict[str, list]:
     """Per group of batch sizes (ascending): trials complete, trials that reached the goal,
     and the one with the fewest updates to it (its B, examples and seconds)."""
     out: dict[str, list[Any]] = {k: [] for k in ("group", "label", "n_complete", "n_reached", "number",
-                                                 "batch_size", "updates", "examples", "seconds", "measured_seconds",
-                                                 "time_source")}
+                                                 "batch_size", "epoch", "updates", "examples", "seconds",
+                                                 "measured_seconds", "time_source")}
     keys = [group(b) for b in trials["batch_size"]]
     for k in sorted(set(keys)):
         idx = [i for i, x in enumerate(keys) if x == k]
@@ -144,6 +144,7 @@ def per_batch(trials: dict[str, list], group, label) -> dict[str, list]:
         out["label"].append(label(k))
         out["n_complete"].append(len(idx))
         out["n_reached"].append(len(hit))
-        for key in ("number", "batch_size", "updates", "examples", "seconds", "measured_seconds", "time_source"):
+        for key in ("number", "batch_size", "epoch", "updates", "examples", "seconds", "measured_seconds",
+                    "time_source"):
             out[key].append(trials[key][pick] if pick is not None else None)
     return out
