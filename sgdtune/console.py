@@ -157,12 +157,14 @@ def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: st
     width = terminal_width()
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     trials.sort(key=lambda t: -t.values[0])
+    # several objectives: the trials no other beats on all of them (Optuna's best_trials) get a *
+    front = {t.number for t in study.best_trials} if len(study.directions) > 1 and trials else set()
     rows = []
     for t in trials[:top]:
         s = t.user_attrs.get("summary", {})
         b = config.train.budget
         rows.append({
-            "trial": str(t.number),
+            "trial": f"{t.number}{' *' if t.number in front else ''}",
             "batch_size": str(t.params.get("batch_size", config.train.batch_size)),
             "lr": f"{t.params.get('lr', config.train.lr):.4g}",
             "val_acc": f"{s.get('final_val_acc', float('nan')):.4f}",
@@ -178,6 +180,9 @@ def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: st
     for row in rows:
         table.add_row(*(row[c] for c in shown))
     Console(width=width).print(table)
+    if front:
+        objectives = " and ".join(config.objectives)
+        print(f"* on the Pareto front of {objectives}: trials {', '.join(map(str, sorted(front)))}")
     if len(shown) < len(CLOSING_COLUMNS):
         left_out = ", ".join(c for c in CLOSING_COLUMNS if c not in shown)
         print(f"(left out at {width} columns: {left_out})")

@@ -684,6 +684,35 @@ def test_importances_name_their_method_and_give_the_dashboards_too():
     assert "Parameter importances: fANOVA (seed 0) and PED-ANOVA" in page
 
 
+def test_pareto_importances_point_toward_high_val_acc_without_a_warning():
+    """val_acc rises with x (and y is noise); a second objective, time, makes the study a Pareto one.
+    PED-ANOVA's importances must be those of the single-objective study maximizing val_acc."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    dists = {"batch_size": IntDistribution(16, 4096, log=True), "x": FloatDistribution(0, 1),
+             "y": FloatDistribution(0, 1)}
+    pareto = optuna.create_study(directions=["maximize", "minimize"])
+    pareto.set_user_attr("objectives", ["val_acc", "compute_time_s"])
+    single = optuna.create_study(direction="maximize")
+    for i in range(40):
+        x, y = rng.uniform(size=2)
+        acc = 0.5 + 0.45 * x ** 4
+        params = {"batch_size": int(16 * 2 ** (i % 6)), "x": x, "y": y}
+        summary = {"final_val_acc": acc, "final_train_acc": acc, "final_gen_gap": 0.0}
+        pareto.add_trial(create_trial(params=params, distributions=dists, values=[acc, 1.0 + y],
+                                      user_attrs={"summary": summary}))
+        single.add_trial(create_trial(params=params, distributions=dists, value=acc))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        imp = report_mod.build_report(pareto)["importance"]
+    assert not [w for w in seen if "target" in str(w.message)]
+    toward_high = optuna.importance.get_param_importances(
+        single, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    assert imp["ped_anova"] == pytest.approx(dict(toward_high), rel=1e-9)
+    assert max(imp["ped_anova"], key=imp["ped_anova"].get) == "x"
+
+
 def test_batch_size_is_a_colour_scale_not_a_legend_entry_per_trial():
     from sgdtune.report.html import fig_grad_noise, fig_learning_curves
 
