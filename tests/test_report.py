@@ -664,6 +664,39 @@ def test_the_trend_interval_covers_a_known_slope_in_95_percent_of_simulated_swee
     assert 0.90 <= np.mean(covered) <= 0.99
 
 
+def test_the_neighbouring_octaves_sentence_gives_a_verdict():
+    steep = report_mod.build_report(study_of(CONTINUOUS))["summary"]
+    assert ("Best val_acc between neighbouring octaves of B (3 steps): 3 steps beyond noise (2 SE), B = 9 -> 16: "
+            "-0.1205 per doubling (7.6 SE);") in " ".join(steep)
+    flat = [(2 ** (3 + i % 4), 0.9 + 0.001 * (i % 2), "COMPLETE") for i in range(8)]
+    assert any(s.startswith("Best val_acc between neighbouring octaves of B (3 steps): no step beyond noise; every "
+                            "change is smaller than 2 standard errors")
+               for s in report_mod.build_report(study_of(flat))["summary"])
+
+
+def test_an_equal_budget_tie_is_described_as_a_tie_as_report_json_has_it():
+    report = report_mod.build_report(study_of([(8, 0.9722, "COMPLETE"), (32, 0.9722, "COMPLETE")]))
+    eq = report["equal_budget"]
+    assert eq["tied_best_batch_sizes"] == [8, 32] and eq["best_batch_size"] == 8 and eq["loss"] == 0
+    sentence = next(s for s in report["summary"] if s.startswith("At equal budget"))
+    assert "batch sizes 8, 32 tie for the best val_acc, 0.9722; the largest, B = 32, is among them." in sentence
+    assert "gave the best" not in sentence
+
+
+def test_accuracy_error_bars_stop_at_1_and_the_page_shows_the_test_accuracy():
+    from sgdtune.report.html import fig_accuracy
+
+    report = json.loads(report_mod.to_json(report_mod.build_report(synthetic_study(
+        n=4, n_val=100, acc=lambda i, b: 0.99 + 0.003 * i, extra=lambda i, b: {"final_test_acc": 0.8765 + i / 1e4}))))
+    for trace in fig_accuracy(report["accuracy"], report["per_octave"]).data:
+        if trace.error_y and trace.error_y.array is not None and trace.name.startswith(("val_acc", "best")):
+            assert all(y + e <= 1.0 + 1e-12 for y, e in zip(trace.y, trace.error_y.array))
+            assert list(trace.error_y.arrayminus) == pytest.approx(
+                [binomial_se(y, 100) for y in trace.y], rel=1e-6)  # below: the whole SE
+    page = report_mod.render_html(report)
+    assert "<th>test_acc (held out)</th>" in page and "<td>0.8768</td>" in page
+
+
 def test_seeds_sort_as_numbers_on_the_page():
     report = json.loads(report_mod.to_json(report_mod.build_report(synthetic_study())))
     report["reproducibility"]["trial_seeds"] = {str(n): 100 + n for n in (0, 1, 10, 11, 2, 9)}

@@ -80,11 +80,16 @@ def _lr_marker(lr: list[float], symbol: str, colorbar: bool, scale_of: list[floa
                          "ticktext": [f"{10 ** t:.3g}" for t in ticks], "x": 1.02}}
 
 
-def _error_y(se: Sequence[float | None]) -> dict | None:
-    """Plotly error bars of +-1 SE (none where the SE is unknown); None when no point has one."""
+def _error_y(se: Sequence[float | None], y: Sequence[float] | None = None, top: float | None = None) -> dict | None:
+    """Plotly error bars of +-1 SE (none where the SE is unknown); None when no point has one.
+    With `top` (1.0 for an accuracy) a bar stops there: an accuracy's interval ends at 1."""
     if all(e is None for e in se):
         return None
-    return {"type": "data", "array": [e or 0 for e in se], "visible": True, "thickness": 1.2, "width": 3}
+    bars = {"type": "data", "array": [e or 0 for e in se], "visible": True, "thickness": 1.2, "width": 3}
+    if top is not None and y is not None:
+        bars.update(symmetric=False, arrayminus=bars["array"],
+                    array=[max(0.0, min(e or 0, top - v)) for e, v in zip(se, y)])
+    return bars
 
 
 def _interval_text(ci: dict | None, spec: str = ".3g") -> str:
@@ -123,7 +128,7 @@ def fig_accuracy(a: dict, po: dict | None = None):
                                        ("final_train_acc", "train_acc", "diamond-open", False, [])):
         fig.add_trace(go.Scatter(x=a["batch_size"], y=a[key], mode="markers", name=name, text=hover,
                                  hovertemplate="%{text}<br>" + name + " %{y:.4f}<extra></extra>",
-                                 error_y=_error_y(se) if se else None,
+                                 error_y=_error_y(se, a[key], 1.0) if se else None,
                                  marker=_lr_marker(a["lr"], symbol, bar)), row=1, col=1)
     if po:
         has = [i for i, v in enumerate(po["best_val_acc"]) if v is not None]
@@ -135,7 +140,7 @@ def fig_accuracy(a: dict, po: dict | None = None):
         best, name = a["best_per_batch"], "best val_acc per B"
     fig.add_trace(go.Scatter(x=best["batch_size"], y=best["final_val_acc"], mode="lines", name=name,
                              text=[f"trial {n}" for n in best["number"]], line={"color": "#d62728", "width": 1.5},
-                             error_y=_error_y(best["final_val_acc_se"]),
+                             error_y=_error_y(best["final_val_acc_se"], best["final_val_acc"], 1.0),
                              hovertemplate="%{text}<br>best val_acc %{y:.4f}<extra></extra>"), row=1, col=1)
     fit = (po or {}).get("fit", {})
     if fit.get("trend"):
@@ -590,7 +595,7 @@ def _top_table(report: dict) -> str:
     return _table(rows, [
         ("number", "trial", ""), ("batch_size", "B", ""), ("lr", "lr", ".3g"), ("budget", "budget", ""),
         ("final_val_acc", "val_acc", ".4f"), ("final_val_acc_se", "± SE", ".4f"),
-        ("final_train_acc", "train_acc", ".4f"),
+        ("final_test_acc", "test_acc (held out)", ".4f"), ("final_train_acc", "train_acc", ".4f"),
         ("final_gen_gap", "gen_gap", "+.4f"), ("final_loss_noise", "loss noise", ".3g"),
         ("final_grad_noise_scale", "noise scale", ".3g"), ("updates", "updates", ".0f"),
         ("updates_to_target", "to target", ".0f"), ("time", f"{metric}".replace("_", " "), ".3g"),

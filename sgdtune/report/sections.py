@@ -101,8 +101,10 @@ def equal_budget_comparison(rows: list[dict]) -> dict | None:
         return None
     acc = np.array(column(best, "final_val_acc"), float)
     se = [val_acc_se(r)[0] for r in best]
-    i = int(np.argmax(acc))
+    i = int(np.argmax(acc))  # ties: the smallest B, as every "best" of the report
+    tied = [b for b, a in zip(column(best, "batch_size"), acc) if a == acc[i]]
     return {"budget": key[0], "budget_size": key[1], "batch_size": column(best, "batch_size"),
+            "tied_best_batch_sizes": tied,
             "best_val_acc": acc.tolist(), "best_val_acc_se": se,
             "largest_batch_size": best[-1]["batch_size"], "largest_val_acc": float(acc[-1]), "largest_se": se[-1],
             "best_batch_size": best[i]["batch_size"], "best_val_acc_any": float(acc[i]), "best_se": se[i],
@@ -441,8 +443,8 @@ def history_section(study: optuna.Study, objective: str) -> dict | None:
 
 def top_trials(rows: list[dict], n: int = N_TOP) -> list[dict]:
     """The n best complete trials by final val_acc (ties: lower trial number first)."""
-    keys = ("final_val_acc", "final_train_acc", "final_gen_gap", "final_loss_noise", "final_grad_noise_scale",
-            "updates", "updates_to_target")
+    keys = ("final_val_acc", "final_test_acc", "final_train_acc", "final_gen_gap", "final_loss_noise",
+            "final_grad_noise_scale", "updates", "updates_to_target")
     ranked = sorted(rows, key=lambda r: (-r["summary"]["final_val_acc"], r["number"]))[:n]
     return [{"number": r["number"], "batch_size": r["batch_size"], "lr": r["lr"], "budget": r["budget"],
              "budget_size": r["budget_size"], **{k: r["summary"].get(k) for k in keys},

@@ -6,6 +6,7 @@ import numpy as np
 
 from .html import fmt, octave_trend_sentence
 from .inputs import column
+from .sections import NOISE_SE
 
 
 def pm(value: float, se: float | None, spec: str = ".4f") -> str:
@@ -50,7 +51,15 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
     if eq:
         sizes_tried = ", ".join(map(str, eq["batch_size"]))
         head = f"At equal budget ({eq['budget']} = {eq['budget_size']}, batch sizes {sizes_tried})"
-        if eq["loss"] > 0:
+        tied = eq.get("tied_best_batch_sizes", [eq["best_batch_size"]])
+        if len(tied) > 1:
+            out.append(f"{head}, batch sizes {', '.join(map(str, tied))} tie for the best val_acc, "
+                       f"{eq['best_val_acc_any']:.4f}" + (f"; the largest, B = {eq['largest_batch_size']}, is among "
+                                                           "them." if eq["loss"] == 0 else
+                                                           f"; the largest, B = {eq['largest_batch_size']}, reached "
+                                                           f"{eq['largest_val_acc']:.4f}: "
+                                                           f"{noise_verdict(eq['loss_vs_noise'])}."))
+        elif eq["loss"] > 0:
             out.append(f"{head}, the largest batch size B = {eq['largest_batch_size']} reached val_acc "
                        f"{eq['largest_val_acc']:.4f}, {eq['loss']:.4f} below the best, {eq['best_val_acc_any']:.4f} "
                        f"at B = {eq['best_batch_size']}; {noise_verdict(eq['loss_vs_noise'])}.")
@@ -72,10 +81,7 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
         b = pd["batch_size"]
         ses = pd["gain_per_doubling_se"]
         if all(e is not None for e in ses):
-            small = sum(abs(g) < 2 * e for g, e in zip(pd["gain_per_doubling"], ses))
-            out.append(f"Best val_acc between neighbouring octaves of B ({small} of {len(ses)} step"
-                       f"{'s' * (len(ses) > 1)} smaller than 2 standard errors; SE {min(ses):.4f}-{max(ses):.4f} "
-                       "per doubling).")
+            out.append(neighbour_sentence(pd))
         acc, se_b = pd["best_val_acc"], pd["best_val_acc_se"]
         out.append(f"Best val_acc at the smallest batch size B = {b[0]}, {pm(acc[0], se_b[0])}, against the largest, "
                    f"B = {b[-1]}, {pm(acc[-1], se_b[-1])}: {noise_verdict(pd['smallest_vs_largest'])}.")
@@ -164,3 +170,19 @@ def noise_scale_sentence(gn: dict) -> str:
     ci = interval(c if "ci_low" in c else None)
     return (text + f". Critical batch size B_crit {c['value']:.3g} ({c['source']}{f'; {ci}' if ci else ''}); "
             f"batch sizes tried above it: {above}.")
+
+
+def neighbour_sentence(pd: dict) -> str:
+    """The verdict on the steps of the best val_acc between neighbouring octaves of B: which, if
+    any, exceed 2 standard errors (each step's SE: the two bests' SEs combined)."""
+    b, gains, ses = pd["batch_size"], pd["gain_per_doubling"], pd["gain_per_doubling_se"]
+    steps = len(gains)
+    beyond = [(b[k], b[k + 1], g, e) for k, (g, e) in enumerate(zip(gains, ses)) if abs(g) >= NOISE_SE * e]
+    head = f"Best val_acc between neighbouring octaves of B ({steps} step{'s' * (steps > 1)})"
+    if not beyond:
+        return (f"{head}: no step beyond noise; every change is smaller than {NOISE_SE:g} standard errors "
+                f"(SE {min(ses):.4f}-{max(ses):.4f} per doubling).")
+    listed = "; ".join(f"B = {lo} -> {hi}: {g:+.4f} per doubling ({abs(g) / e:.1f} SE)" for lo, hi, g, e in beyond)
+    rest = steps - len(beyond)
+    return (f"{head}: {len(beyond)} step{'s' * (len(beyond) > 1)} beyond noise ({NOISE_SE:g} SE), "
+            f"{listed}" + (f"; the other {rest} within noise." if rest else "."))
