@@ -298,7 +298,7 @@ def fig_sharpness(sh: dict):
     fb = sh.get("full_batch")
     titles = ["final sharpness by batch size (colour: lr)"]
     if fb:
-        titles.append("full batch: sharpness against 2/lr")
+        titles.append("full batch: sharpness against the edge 2(1 + m)/lr")
     fig = _subplots(titles)
     fig.add_trace(go.Scatter(x=sh["batch_size"], y=sh["final_sharpness"], mode="markers", name="trials",
                              text=[f"trial {n}, lr {lr:.3g}" + ("" if k is None else f", lr·λ_max {k:.3g}")
@@ -307,14 +307,15 @@ def fig_sharpness(sh: dict):
     fig.update_xaxes(row=1, col=1, **LOG_B)
     fig.update_yaxes(type="log", title_text="sharpness λ_max (top Hessian eigenvalue, log scale)", row=1, col=1)
     if fb:
-        seen = fb["two_over_lr"] + fb["final_sharpness"]
+        edge_x = fb.get("edge", fb["two_over_lr"])  # older reports: 2/lr
+        seen = edge_x + fb["final_sharpness"]
         edge = [min(seen) / 1.2, max(seen) * 1.2]  # the line spans the points on both axes
-        fig.add_trace(go.Scatter(x=fb["two_over_lr"], y=fb["final_sharpness"], mode="markers",
+        fig.add_trace(go.Scatter(x=edge_x, y=fb["final_sharpness"], mode="markers",
                                  name="full-batch trials", text=[f"trial {n}" for n in fb["number"]],
                                  marker={"size": 11, "color": "#2ca02c"}), row=1, col=2)
         fig.add_trace(go.Scatter(x=edge, y=edge, mode="lines", line={"dash": "dash", "color": "#333"},
-                                 name="edge of stability λ_max = 2/lr"), row=1, col=2)
-        fig.update_xaxes(type="log", title_text="2 / lr (log scale)", row=1, col=2)
+                                 name="edge of stability λ_max = 2(1 + m)/lr"), row=1, col=2)
+        fig.update_xaxes(type="log", title_text="2(1 + m) / lr (log scale)", row=1, col=2)
         fig.update_yaxes(type="log", title_text="sharpness λ_max (log scale)", row=1, col=2)
     return fig
 
@@ -510,8 +511,9 @@ def notes(report: dict, key: str) -> list[str]:
                        "|G|² was within 2 SE of 0.")
         return out
     if key == "sharpness":
-        out = ["Edge of stability: gradient descent on a quadratic is stable while λ_max < 2/lr (2(1 + m)/lr with "
-               "heavy-ball momentum m)."]
+        out = ["Edge of stability: full-batch gradient descent with heavy-ball momentum m on a quadratic is stable "
+               "while lr·λ_max < 2(1 + m): 3.8 at m = 0.9, 2 without momentum."]
+        out += [f"{r[k]}." for k in ("adam", "weight_decay_note") if k in r]
         return out + ([f"{r['full_batch_skipped']}."] if "full_batch_skipped" in r else [])
     return []
 

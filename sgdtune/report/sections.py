@@ -357,24 +357,59 @@ def noise_scale_section(
                         "grad_noise_scale": curves[r["number"]]["value"]} for r in rows if r["number"] in curves]}
 
 
+ADAM_SHARPNESS = ("Adam: lr·λ_max of the raw Hessian is shown but compared with no limit; Adam's stability concerns "
+                  "the Hessian preconditioned by its second-moment estimate (Cohen et al. 2022: about 38/lr at "
+                  "β1 = 0.9), which sgdtune does not measure")
+WEIGHT_DECAY_NOTE = ("The Hessian (and the gradient-noise probe) use the data loss only, while the optimizer also "
+                     "applied weight decay wd: the full objective's top eigenvalue is λ_max + wd (given as "
+                     "final_sharpness_with_decay); its gradient adds wd·w to G, which the noise scale leaves out")
+
+
+def stability_limit(row: dict) -> tuple[float | None, str]:
+    """The full-batch stability limit of lr·λ_max for a trial's optimizer, and how it was set:
+    2(1 + m) under SGD with heavy-ball momentum m (3.8 at m = 0.9; docs/science.md, section 7),
+    None under Adam (ADAM_SHARPNESS). A trial that recorded no momentum counts as m = 0."""
+    if row.get("optimizer") == "adam":
+        return None, "adam"
+    m = row.get("momentum")
+    return 2 * (1 + (m or 0.0)), "sgd" if m is not None else "momentum not recorded: m = 0 assumed"
+
+
 def sharpness_section(rows: list[dict], n_train: float) -> tuple[dict | None, str]:
-    """Final sharpness (top Hessian eigenvalue of the training loss) against B, and for full-batch
-    trials (B >= N) against 2/lr, the edge of stability of gradient descent on a quadratic
-    (docs/science.md section 7; with heavy-ball momentum m the threshold is 2(1 + m)/lr)."""
+    """Final sharpness (top Hessian eigenvalue of the training loss) against B, lr·λ_max against the
+    stability limit of each trial's optimizer (stability_limit), and for full-batch trials (B >= N)
+    λ_max against the edge of stability 2(1 + m)/lr (docs/science.md section 7)."""
     pts = [r for r in rows if r["summary"].get("final_sharpness") is not None]
     if not pts:
         return None, "no trial recorded final_sharpness (the trainer did not measure it, or an older store)"
     out: dict[str, Any] = {k: column(pts, k) for k in ("number", "batch_size", "lr", "final_sharpness",
-                                                        "final_lr_sharpness")}
-    full = [r for r in pts if r["batch_size"] >= (r.get("n_train") or n_train) and r["lr"]]
+                                                        "final_lr_sharpness", "optimizer", "momentum",
+                                                        "weight_decay")}
+    limits = [stability_limit(r) for r in pts]
+    out["stability_limit"] = [x for x, _ in limits]
+    out["stability_limit_basis"] = [why for _, why in limits]
+    out["stability_rule"] = "full-batch GD with heavy-ball momentum m is stable for lr·λ_max < 2(1 + m)"
+    out["lr_sharpness_to_limit"] = [None if x is None or k is None else k / x
+                                    for k, (x, _) in zip(out["final_lr_sharpness"], limits)]
+    if any(why == "adam" for _, why in limits):
+        out["adam"] = ADAM_SHARPNESS
+    if any((r.get("weight_decay") or 0) > 0 for r in pts):
+        out["weight_decay_note"] = WEIGHT_DECAY_NOTE
+        out["final_sharpness_with_decay"] = [r["summary"]["final_sharpness"] + (r.get("weight_decay") or 0.0)
+                                             for r in pts]
+    full = [(r, x) for r, (x, _) in zip(pts, limits)
+            if r["batch_size"] >= (r.get("n_train") or n_train) and r["lr"] and x is not None]
     if full:
-        out["full_batch"] = {"number": column(full, "number"), "batch_size": column(full, "batch_size"),
-                             "lr": column(full, "lr"), "two_over_lr": [2 / r["lr"] for r in full],
-                             "final_sharpness": column(full, "final_sharpness")}
+        fb = [r for r, _ in full]
+        out["full_batch"] = {"number": column(fb, "number"), "batch_size": column(fb, "batch_size"),
+                             "lr": column(fb, "lr"), "two_over_lr": [2 / r["lr"] for r in fb],
+                             "edge": [x / r["lr"] for r, x in full], "momentum": column(fb, "momentum"),
+                             "final_sharpness": column(fb, "final_sharpness")}
         out["full_batch"]["ratio_to_edge"] = [s / t for s, t in zip(out["full_batch"]["final_sharpness"],
-                                                                     out["full_batch"]["two_over_lr"])]
+                                                                     out["full_batch"]["edge"])]
     else:
-        out["full_batch_skipped"] = "No full-batch trial (B >= n_train) with a sharpness: no edge-of-stability check"
+        out["full_batch_skipped"] = ("No full-batch SGD trial (B >= n_train) with a sharpness: no edge-of-stability "
+                                     "check")
     return out, ""
 
 

@@ -131,8 +131,12 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
         fb = sh.get("full_batch")
         if fb:
             text += ("; full-batch trials at " + ", ".join(f"{r:.2f}" for r in fb["ratio_to_edge"])
-                     + " times the edge of stability 2/lr")
-        out.append(text + ".")
+                     + " times the edge of stability 2(1 + m)/lr (m: their momentum)")
+        ratio = [x for x in sh.get("lr_sharpness_to_limit", []) if x is not None]
+        if ratio:
+            text += (f"; lr·λ_max reached {max(ratio):.2f} of the full-batch stability limit 2(1 + m) "
+                     f"(3.8 at m = 0.9)")
+        out.append(text + "." + "".join(f" {sh[k]}." for k in ("adam", "weight_decay_note") if k in sh))
     gaps = np.array(column(complete, "final_gen_gap"), float)
     lo, hi = complete[int(np.argmin(gaps))], complete[int(np.argmax(gaps))]
     if len(complete) > 1:
