@@ -218,7 +218,12 @@ def print_recommendation(study: optuna.Study, tracking_uri: str | None, goal: st
         from .report.write import record_recommendation
         from .tracking import Tracker
 
-        record_recommendation(Tracker(tracking_uri, study.study_name), parent_id, recommendation)
+        tracker = Tracker(tracking_uri, study.study_name)
+        record_recommendation(tracker, parent_id, recommendation)
+        budget = next((b for t in study.get_trials(deepcopy=False) for b in ("epochs", "updates", "examples")
+                       if b in t.params), None)
+        if budget:  # the saved view's parallel-coordinates chart, on the budget this study searched
+            tracker.save_view(budget)
     for line in lines(recommendation):
         print(line)
     return recommendation
