@@ -391,9 +391,10 @@ def test_the_summary_says_when_a_difference_is_within_noise():
     assert not clear["per_doubling"]["smallest_vs_largest"]["within_noise"]
     assert not any("within noise" in s for s in clear["summary"])
     assert any("beyond noise" in s for s in clear["summary"])
-    assert any("(0 of 1 step smaller than 2 standard errors" in s for s in clear["summary"])
+    assert any("(1 step): 1 step beyond noise (2 SE), B = 16 -> 32: -0.1000 per doubling (6.3 SE)." in s
+               for s in clear["summary"])
     steps = report_mod.build_report(synthetic_study(n_val=2000))  # 0.01 per doubling, SE about 0.01
-    assert any("(5 of 5 steps smaller than 2 standard errors" in s for s in steps["summary"])
+    assert any("(5 steps): no step beyond noise" in s for s in steps["summary"])
 
 
 def test_the_summary_states_the_loss_at_the_largest_batch_and_where_gains_stop():
