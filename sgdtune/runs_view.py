@@ -33,7 +33,8 @@ METRICS = ("final_val_acc", "final_val_r2", "final_gen_gap", "final_loss_noise",
            "compute_time_s", "updates_to_target")
 SORT_BY = "complete_val_acc"  # final_val_acc of COMPLETE trials only (README: names): they come first
 BUDGETS = ("epochs", "updates", "examples")
-SECTION_ID, CHART_ID = "sgdtune-section", "sgdtune-parallel"  # fixed ids: the state is a function of the budget
+# fixed ids: the state is a function of the budget
+SECTION_ID, METRICS_SECTION_ID, CHART_ID = "sgdtune-section", "sgdtune-model-metrics", "sgdtune-parallel"
 
 
 def columns() -> list[str]:
@@ -43,14 +44,18 @@ def columns() -> list[str]:
 
 def parallel_chart(budget: str) -> tuple[list[dict], list[dict]]:
     """(compareRunCharts, compareRunSections): one parallel-coordinates card of batch_size, lr,
-    the budget and final_val_acc, in the section where MLflow puts its model-metric charts
-    (it adds a chart per other metric beside it), shape as the UI's RunsChartsParallelCardConfig."""
+    the budget and final_val_acc (shape as the UI's RunsChartsParallelCardConfig), alone in a
+    section of its own, listed first: in MLflow's "Model metrics" section the UI would put it
+    after the chart it adds for every metric."""
     card = {"uuid": CHART_ID, "type": "PARALLEL", "runsCountToCompare": 100, "metricSectionId": SECTION_ID,
             "deleted": False, "isGenerated": False, "selectedParams": ["batch_size", "lr", budget],
             "selectedMetrics": ["final_val_acc"], "showAllRuns": True}
-    section = {"uuid": SECTION_ID, "name": "Model metrics", "display": True, "isReordered": False,
+    section = {"uuid": SECTION_ID, "name": "Batch size, lr, budget and val_acc", "display": True,
+               "isReordered": False, "deleted": False, "isGenerated": False}
+    # MLflow's own section, empty: the UI fills it with a chart per metric (without it, it adds none)
+    metrics = {"uuid": METRICS_SECTION_ID, "name": "Model metrics", "display": True, "isReordered": False,
                "deleted": False, "isGenerated": True}
-    return [card], [section]
+    return [card], [section, metrics]
 
 
 def view_state(budget: str = "epochs") -> str:

@@ -214,4 +214,5 @@ def test_the_saved_view_ranks_complete_trials_before_pruned_ones_and_presets_the
     (chart,) = state["compareRunCharts"]
     assert chart["type"] == "PARALLEL" and chart["selectedParams"] == ["batch_size", "lr", "epochs"]
     assert chart["selectedMetrics"] == ["final_val_acc"]
-    assert chart["metricSectionId"] == state["compareRunSections"][0]["uuid"]
+    assert chart["metricSectionId"] == state["compareRunSections"][0]["uuid"]  # its own section, listed first
+    assert state["compareRunSections"][1]["name"] == "Model metrics"  # where the UI draws a chart per metric
