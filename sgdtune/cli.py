@@ -115,7 +115,16 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     p.add_argument("--register-model", metavar="NAME",
                    help="at the end, register the best trial's logged model in MLflow's model registry as NAME")
+    _goal_flag(p)
     return p
+
+
+def _goal_flag(p: argparse.ArgumentParser) -> None:
+    from .report.recommend import GOALS
+
+    p.add_argument("--goal", choices=GOALS, help="what the recommended batch size optimizes, among those within "
+                   "noise of the best val_acc: fastest = least time to accuracy on this device (default), "
+                   "fewest-examples, best-accuracy")
 
 
 def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.study") -> int:
@@ -143,7 +152,7 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
                      "tracking_uri": args.tracking_uri, "timeout_s": args.timeout, "device": args.device,
                      "replicates": args.replicates, "threads": args.threads, **parse_overrides(args.set)}
         config = load_experiment(args.experiment, **overrides)
-        from .console import one_line_trial_failures, print_closing, quiet_libraries
+        from .console import one_line_trial_failures, print_closing, print_recommendation, quiet_libraries
         from .reclaim import StoreError
         from .stores import locations
         from .study import run_study
@@ -185,11 +194,14 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     if args.register_model and registered:
         print(f"registered:     trial {registered['trial']}'s model as models:/{registered['name']}/"
               f"{registered['version']}")
+    if args.goal:  # the report of this study answers for the same goal
+        study.set_user_attr("goal", args.goal)
     if args.report:
         from .report import write_report
 
-        folder = write_report(config.name, storage_url, tracking_uri)
+        folder = write_report(config.name, storage_url, tracking_uri, goal=args.goal)
         print(f"report:         {folder / 'report.html'}")
+    print_recommendation(study, None if args.no_tracking else tracking_uri, args.goal)
     return 0
 
 
@@ -216,6 +228,7 @@ def report_parser(prog: str = "python -m sgdtune.report") -> argparse.ArgumentPa
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<abs>/mlruns/mlflow.db)")
     p.add_argument("--out", default="reports",
                    help="output folder; the report goes in <out>/<study>/ (default: reports)")
+    _goal_flag(p)
     return p
 
 
@@ -232,7 +245,7 @@ def report_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtun
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         folder = write_report(args.study_name, args.storage, args.tracking_uri, args.out,
-                              command=report_command(argv, prog))
+                              command=report_command(argv, prog), goal=args.goal)
     except InputError as e:
         return _bad_input(e)
     print(f"wrote {folder / 'report.html'}")

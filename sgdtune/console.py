@@ -157,12 +157,14 @@ def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: st
     width = terminal_width()
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     trials.sort(key=lambda t: -t.values[0])
+    # several objectives: the trials no other beats on all of them (Optuna's best_trials) get a *
+    front = {t.number for t in study.best_trials} if len(study.directions) > 1 and trials else set()
     rows = []
     for t in trials[:top]:
         s = t.user_attrs.get("summary", {})
         b = config.train.budget
         rows.append({
-            "trial": str(t.number),
+            "trial": f"{t.number}{' *' if t.number in front else ''}",
             "batch_size": str(t.params.get("batch_size", config.train.batch_size)),
             "lr": f"{t.params.get('lr', config.train.lr):.4g}",
             "val_acc": f"{s.get('final_val_acc', float('nan')):.4f}",
@@ -178,6 +180,9 @@ def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: st
     for row in rows:
         table.add_row(*(row[c] for c in shown))
     Console(width=width).print(table)
+    if front:
+        objectives = " and ".join(config.objectives)
+        print(f"* on the Pareto front of {objectives}: trials {', '.join(map(str, sorted(front)))}")
     if len(shown) < len(CLOSING_COLUMNS):
         left_out = ", ".join(c for c in CLOSING_COLUMNS if c not in shown)
         print(f"(left out at {width} columns: {left_out})")
@@ -196,3 +201,29 @@ def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: st
             store = shlex.quote(redact_url(tracking_uri))
             print(f"  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
             print(f"  then {ui_url(experiment_id)}")
+
+
+def print_recommendation(study: optuna.Study, tracking_uri: str | None, goal: str | None = None) -> dict | None:
+    """The study's last lines: which batch size to train with, and why (report/recommend.py);
+    also recorded on its parent MLflow run (tags, metrics, description)."""
+    from .report.answer import study_answer
+    from .report.recommend import lines
+
+    recommendation = study_answer(study, tracking_uri, goal)
+    if recommendation is None:
+        print("recommendation: none yet (no complete trial)")
+        return None
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if tracking_uri and parent_id:
+        from .report.write import record_recommendation
+        from .tracking import Tracker
+
+        tracker = Tracker(tracking_uri, study.study_name)
+        record_recommendation(tracker, parent_id, recommendation)
+        budget = next((b for t in study.get_trials(deepcopy=False) for b in ("epochs", "updates", "examples")
+                       if b in t.params), None)
+        if budget:  # the saved view's parallel-coordinates chart, on the budget this study searched
+            tracker.save_view(budget)
+    for line in lines(recommendation):
+        print(line)
+    return recommendation

@@ -86,7 +86,9 @@ def run_study(
     identity = check_identity(config, storage, on_change)  # before any trial or MLflow write
     study = open_study(config, storage)
     identity.record(study)
-    for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train}.items():
+    # n_val: the report's binomial standard errors where no MLflow run records it (--no-tracking)
+    for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train,
+                       "n_val": data.n_val}.items():
         study.set_user_attr(key, value)
     reclaim_dead(study, storage, tracking_uri if track else None)  # trials of killed processes (reclaim.py)
 

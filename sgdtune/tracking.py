@@ -111,11 +111,12 @@ def ui_url(experiment_id: str, port: int = 5000, host: str = "127.0.0.1", base: 
     return base + runs_view.ui_path(experiment_id)
 
 
-def save_runs_view(client, experiment_id: str, tags: dict[str, str] | None = None) -> None:
+def save_runs_view(client, experiment_id: str, tags: dict[str, str] | None = None, budget: str | None = None) -> None:
     """Write the experiment tag that holds sgdtune's runs-table view, unless `tags` (the
-    experiment's, when already read) hold it as it is."""
-    if not runs_view.is_current((tags or {}).get(runs_view.TAG)):
-        client.set_experiment_tag(experiment_id, runs_view.TAG, runs_view.tag_value(_now_ms()))
+    experiment's, when already read) hold it as it is; `budget` (epochs, updates, examples) names
+    the parallel-coordinates chart's budget axis (default: keep the one written, else epochs)."""
+    if not runs_view.is_current((tags or {}).get(runs_view.TAG), budget):
+        client.set_experiment_tag(experiment_id, runs_view.TAG, runs_view.tag_value(_now_ms(), budget or "epochs"))
 
 
 def save_runs_views(tracking_uri: str, experiment_ids: list[str]) -> None:
@@ -222,6 +223,17 @@ class Tracker:
         self.flush()  # epochs of any trial run that never reached end_trial_run
         self.client.log_batch(run_id, metrics=_metrics(metrics, step=0))
         self.client.set_terminated(run_id, status=status)
+
+    def save_view(self, budget: str) -> None:
+        """The experiment's saved runs view, its parallel-coordinates chart on this budget."""
+        save_runs_view(self.client, self.experiment_id, self.client.get_experiment(self.experiment_id).tags, budget)
+
+    def describe_run(self, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
+        """Tags and step-0 metrics on a run, finished or not (the study's answer on its parent run)."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, metrics=_metrics(metrics, step=0),
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     # -- one child run per trial (and, with replicates, one per replicate under it) ----------
 

@@ -254,6 +254,9 @@ class TrialJob:
             # `updates` and `examples_seen` are per-epoch metrics too: their latest value is
             # already the summary, and logging them again would add a point to their curves.
             once = {k: v for k, v in summary.items() if k not in EPOCH_METRIC_NAMES}
+            if state == TrialState.COMPLETE:  # the saved view's sort key: complete trials first (runs_view.py)
+                once.update({f"complete_{k.removeprefix('final_')}": summary[k]
+                             for k in ("final_val_acc", "final_val_r2") if k in summary})
             obj.tracker.end_trial_run(self.run, state.name, once, fail_reason=reason)
             self.record_run_id(wait=True)
             if obj.on_first_end is not None:  # the run ids are in by now

@@ -295,6 +295,26 @@ def test_the_closing_table_is_whole_in_a_wide_terminal(monkeypatch, capsys):
     assert [row.split()[1] for row in rows] == ["1", "2", "0", "3"]  # best val_acc first
 
 
+def test_the_closing_table_of_a_pareto_study_marks_its_front(monkeypatch, capsys):
+    import optuna
+
+    from sgdtune.config import load_experiment
+    from sgdtune.console import print_closing
+
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name="quick")
+    # (val_acc, seconds): trial 1 is beaten by trial 0 on both; 0, 2 and 3 are the front
+    for acc, seconds in [(0.95, 2.0), (0.93, 3.0), (0.97, 5.0), (0.90, 1.0)]:
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, values=[acc, seconds],
+                                                  user_attrs={"summary": {"final_val_acc": acc}}))
+    monkeypatch.setenv("COLUMNS", "120")
+    config = load_experiment(EXPERIMENTS / "quick.toml", objectives=["val_acc", "compute_time_s"])
+    print_closing(study, config, "mlruns/optuna.journal", None)
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line for line in out.splitlines() if "0.9" in line and "│" in line}
+    assert [k for k, line in rows.items() if line.split()[2] == "*"] == ["2", "0", "3"]
+    assert "* on the Pareto front of val_acc and compute_time_s: trials 0, 2, 3" in out
+
+
 def test_a_tracking_server_is_opened_at_its_own_url_without_credentials(monkeypatch, capsys):
     out = closing(monkeypatch, capsys, 120, "http://alice:s3cret@127.0.0.1:5111/")
     assert "open the MLflow UI: http://127.0.0.1:5111/#/experiments/7/runs?workflowType=machine_learning" \

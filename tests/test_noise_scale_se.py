@@ -270,3 +270,32 @@ def test_the_noise_scale_is_finite_at_the_end_of_every_critical_batch_like_trial
                 assert math.isfinite(summary["grad_noise_scale_at_target"])
                 assert summary["grad_noise_scale_at_target"] == summary["final_grad_noise_scale"]  # stopped there
     assert complete >= 6
+
+
+def test_the_rank_one_case_makes_the_probe_rule_of_16_b_simple_an_sd_of_half_not_9_percent():
+    """g_i = (g + sigma z_i) u: Sigma = sigma^2 u u' is rank one and aligned with G, B_simple = sigma^2 / g^2.
+    The mean of b = 16 B_simple gradients has |G^|^2 with relative SD sqrt(4/16 + 2/256) = 0.508: the
+    4 G'Sigma G / b term dominates. The measured SE, not a formula in B_simple, has to size the probe."""
+    rng = np.random.default_rng(0)
+    g, sigma = 1.0, 4.0  # B_simple = 16
+    b = 16 * 16
+    means = g + sigma * rng.standard_normal((20_000, b)).mean(1)
+    unbiased = means ** 2 - sigma ** 2 / b  # |G|^2 estimate with tr(Sigma)/b taken out
+    assert unbiased.std() / g ** 2 == pytest.approx(math.sqrt(4 / 16 + 2 / 256), rel=0.03)
+
+
+def test_the_auto_probe_grows_from_the_measured_standard_error_of_the_gradient_norm():
+    from sgdtune.trainer import auto_probe_size
+
+    def last(probe, rel_se, grad_sq=2.0):
+        return NoiseScaleEstimate(trace_cov=10.0, trace_cov_se=1.0, grad_sq_norm=grad_sq,
+                                  grad_sq_norm_se=rel_se * abs(grad_sq), simple=5.0, simple_se=1.0,
+                                  probe_size=probe, bound=False, chunks=8)
+
+    n = 1_000_000
+    assert auto_probe_size(1437, last(256, 0.9)) == 1437  # a small set: always the whole of it
+    assert auto_probe_size(n, None) == 2048
+    assert auto_probe_size(n, last(4096, 0.2)) == 16_384  # (0.2 / 0.1)^2 = 4x, whatever B_simple is
+    assert auto_probe_size(n, last(4096, 0.05)) == 2048  # resolved: the probe may shrink, to the floor
+    assert auto_probe_size(n, last(4096, 0.9)) == 65_536  # at most 16x per step, and the cap
+    assert auto_probe_size(n, last(2048, 1.0, grad_sq=-0.1)) == 32_768  # unresolved |G|^2: 16x

@@ -181,3 +181,38 @@ def test_the_printed_url_opens_the_trials_best_first_with_their_params_and_metri
     by_accuracy = sorted(study.get_trials(), key=lambda t: -t.user_attrs["summary"]["final_val_acc"])
     shown = [name for name in re.findall(r"trial-\d+", body)]
     assert shown == [f"trial-{t.number}" for t in by_accuracy]  # flat, best first: none under a folded parent
+
+
+def test_the_saved_view_ranks_complete_trials_before_pruned_ones_and_presets_the_parallel_chart(tmp_path):
+    """A quick study with a median pruner (2 of 6 trials pruned, seed 0). The view sorts on
+    complete_val_acc, which only complete runs log: MLflow's search in the view's order (what the UI
+    asks the server for) lists every complete trial, best first, before any pruned one."""
+    import shutil
+
+    from conftest import EXPERIMENTS, run_cli
+    from mlflow import MlflowClient
+
+    from sgdtune.runs_view import TAG
+
+    shutil.copytree(EXPERIMENTS, tmp_path / "experiments")
+    out = run_cli("sgdtune.study", "experiments/quick.toml", "--no-progress", "--n-trials", "6", "--set",
+                  'pruner.name="median"', "--set", "pruner.n_startup_trials=1", "--set", "pruner.n_warmup_steps=0",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("quick")
+    state = json.loads(json.loads(experiment.tags[TAG])["state"])
+    order = f"{state['orderByKey']} {'ASC' if state['orderByAsc'] else 'DESC'}"
+    runs = [r for r in client.search_runs([experiment.experiment_id], order_by=[order])
+            if "sgdtune.trial_state" in r.data.tags]
+    states = [r.data.tags["sgdtune.trial_state"] for r in runs]
+    assert "PRUNED" in states and states == sorted(states, key=lambda s: s != "COMPLETE")
+    complete = [r for r in runs if r.data.tags["sgdtune.trial_state"] == "COMPLETE"]
+    accs = [r.data.metrics["complete_val_acc"] for r in complete]
+    assert accs == sorted(accs, reverse=True) and accs == [r.data.metrics["final_val_acc"] for r in complete]
+    assert not any("complete_val_acc" in r.data.metrics for r in runs if r not in complete)
+    (chart,) = state["compareRunCharts"]
+    assert chart["type"] == "PARALLEL" and chart["selectedParams"] == ["batch_size", "lr", "epochs"]
+    assert chart["selectedMetrics"] == ["final_val_acc"]
+    assert chart["metricSectionId"] == state["compareRunSections"][0]["uuid"]  # its own section, listed first
+    assert state["compareRunSections"][1]["name"] == "Model metrics"  # where the UI draws a chart per metric

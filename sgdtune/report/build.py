@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..tracking import RunReader, RunRecord, redact_url, ui_url
+from .answer import answer, experiment_file_name
 from .inputs import as_number, complete_rows, is_timing, trial_rows
 from .sections import (
     accuracy_section,
@@ -38,15 +39,19 @@ SCHEMA = "sgdtune.report/1"
 SIG_DIGITS = 10  # every float in report.json: enough for equality with the stores, no last-bit noise
 
 
-def build_report(study: optuna.Study, reader: RunReader | None = None, command: str | None = None) -> dict:
+def build_report(study: optuna.Study, reader: RunReader | None = None, command: str | None = None,
+                 goal: str | None = None) -> dict:
     """Everything the report shows, as one JSON-ready dict (volatile parts under "volatile").
 
     `reader` reads the study's MLflow runs (report.inputs.open_runs); without it the report
-    shows what the Optuna storage alone holds."""
+    shows what the Optuna storage alone holds. `goal`: the recommendation's (report.recommend.GOALS;
+    default the study's, else fastest)."""
     parent_id = study.user_attrs.get("mlflow_parent_run_id") if reader else None
     parent = reader.find_run(parent_id) if parent_id else None
     runs = reader.child_runs(parent) if parent else {}
-    parent_metrics = {k: v for k, v in parent.metrics.items() if not is_timing(k)} if parent else {}
+    # the recommendation's own metrics depend on step times (recommend.py): not study numbers
+    parent_metrics = {k: v for k, v in parent.metrics.items()
+                      if not is_timing(k) and not k.startswith("recommended_")} if parent else {}
     objectives = study.user_attrs.get("objectives", ["val_acc"])
     rows = trial_rows(study, runs, objectives)
     complete = complete_rows(rows)
@@ -84,9 +89,16 @@ def build_report(study: optuna.Study, reader: RunReader | None = None, command: 
     target = next((as_number(r.params.get("target_val_acc"), float) for r in runs.values()), None)
     put("steps_to_target", steps_section(complete, frozen, target),
         "no trial recorded updates_to_target (set train.target_val_acc in the experiment)")
+    tags = parent.tags if parent else {}
+    tta, recommendation = answer(study, reader, runs, rows, report.get("steps_to_target"), target, goal,
+                                 tags.get("sgdtune.command"), tags.get("sgdtune.device"),
+                                 experiment_file_name(reader, parent))
+    put("time_to_accuracy", tta, no_rows)
+    put("recommendation", recommendation, no_rows)
     gns_curves = {r["number"]: reader.metric_history(runs[r["number"]].run_id, "grad_noise_scale")
                   for r in complete if r["number"] in runs}
-    put("grad_noise", noise_scale_section(complete, gns_curves, report.get("steps_to_target"), parent_metrics),
+    put("grad_noise", noise_scale_section(complete, gns_curves, report.get("steps_to_target"), parent_metrics,
+                                          n_train),
         "no trial measured the gradient noise scale (train.probe_size = 0)")
     sharpness, why = sharpness_section(complete, n_train)
     put("sharpness", sharpness, why)

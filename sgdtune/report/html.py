@@ -80,11 +80,16 @@ def _lr_marker(lr: list[float], symbol: str, colorbar: bool, scale_of: list[floa
                          "ticktext": [f"{10 ** t:.3g}" for t in ticks], "x": 1.02}}
 
 
-def _error_y(se: Sequence[float | None]) -> dict | None:
-    """Plotly error bars of +-1 SE (none where the SE is unknown); None when no point has one."""
+def _error_y(se: Sequence[float | None], y: Sequence[float] | None = None, top: float | None = None) -> dict | None:
+    """Plotly error bars of +-1 SE (none where the SE is unknown); None when no point has one.
+    With `top` (1.0 for an accuracy) a bar stops there: an accuracy's interval ends at 1."""
     if all(e is None for e in se):
         return None
-    return {"type": "data", "array": [e or 0 for e in se], "visible": True, "thickness": 1.2, "width": 3}
+    bars = {"type": "data", "array": [e or 0 for e in se], "visible": True, "thickness": 1.2, "width": 3}
+    if top is not None and y is not None:
+        bars.update(symmetric=False, arrayminus=bars["array"],
+                    array=[max(0.0, min(e or 0, top - v)) for e, v in zip(se, y)])
+    return bars
 
 
 def _interval_text(ci: dict | None, spec: str = ".3g") -> str:
@@ -123,7 +128,7 @@ def fig_accuracy(a: dict, po: dict | None = None):
                                        ("final_train_acc", "train_acc", "diamond-open", False, [])):
         fig.add_trace(go.Scatter(x=a["batch_size"], y=a[key], mode="markers", name=name, text=hover,
                                  hovertemplate="%{text}<br>" + name + " %{y:.4f}<extra></extra>",
-                                 error_y=_error_y(se) if se else None,
+                                 error_y=_error_y(se, a[key], 1.0) if se else None,
                                  marker=_lr_marker(a["lr"], symbol, bar)), row=1, col=1)
     if po:
         has = [i for i, v in enumerate(po["best_val_acc"]) if v is not None]
@@ -135,11 +140,11 @@ def fig_accuracy(a: dict, po: dict | None = None):
         best, name = a["best_per_batch"], "best val_acc per B"
     fig.add_trace(go.Scatter(x=best["batch_size"], y=best["final_val_acc"], mode="lines", name=name,
                              text=[f"trial {n}" for n in best["number"]], line={"color": "#d62728", "width": 1.5},
-                             error_y=_error_y(best["final_val_acc_se"]),
+                             error_y=_error_y(best["final_val_acc_se"], best["final_val_acc"], 1.0),
                              hovertemplate="%{text}<br>best val_acc %{y:.4f}<extra></extra>"), row=1, col=1)
     fit = (po or {}).get("fit", {})
     if fit.get("trend"):
-        ci = _interval_text(fit["ci"], "+.4f")
+        ci = _interval_text(fit["ci"], "+.4f")  # the line over every complete trial (sections.octave_trend)
         fig.add_trace(go.Scatter(x=fit["line"]["batch_size"], y=fit["line"]["val_acc"], mode="lines",
                                  line={"color": "#111", "dash": "dash"},
                                  name=f"trend {fit['gain_per_doubling']:+.4f} per doubling ({ci})"), row=1, col=1)
@@ -204,8 +209,12 @@ def fig_grad_noise(gn: dict):
     import plotly.graph_objects as go
 
     c = gn["critical_batch_size"]
-    crit = {"mode": "lines", "line": {"dash": "dash", "color": "#333"},
-            "name": f"critical batch size ~ {c['value']:.3g} ({c['source']})"}
+    if c.get("value") is not None:
+        value, name = c["value"], f"critical batch size B_crit ~ {c['value']:.3g} ({c['source']})"
+    else:  # B_simple: a noise scale, drawn as such (never as a critical batch size)
+        value = gn["b_simple"]["value"]
+        name = f"median final B_simple {'>= ' * gn['b_simple']['lower_bound']}{value:.3g} (a noise scale)"
+    crit = {"mode": "lines", "line": {"dash": "dash", "color": "#333"}, "name": name}
     curves = gn["curves"]
     titles = ["over training (colour: B)", "at the end of training, by batch size"]
     fig = _subplots(titles if curves else titles[1:])
@@ -221,14 +230,16 @@ def fig_grad_noise(gn: dict):
                           row=1, col=1)
         # A trace, not add_hline: a shape's annotation on a log axis would take y as log10(y).
         epochs = [e for k in curves for e in k["epoch"]]
-        fig.add_trace(go.Scatter(x=[min(epochs), max(epochs)], y=[c["value"]] * 2, legendgroup="crit", **crit),
+        fig.add_trace(go.Scatter(x=[min(epochs), max(epochs)], y=[value] * 2, legendgroup="crit", **crit),
                       row=1, col=1)
         fig.update_xaxes(title_text="epoch", dtick=_epoch_tick(epochs), row=1, col=1)
     col = 2 if curves else 1
     bound = f.get("lower_bound") or [False] * len(f["number"])
     se = f.get("grad_noise_scale_se") or [None] * len(f["number"])
+    has_se = any(e for e in se)  # every SE 0 (the probe is the whole set) or unknown: no "± 1 SE"
     for is_bound, name, marker in (
-            (False, "final value ± 1 SE, per trial (colour: B)", {"size": 10, "line": {"width": 1, "color": "#333"}}),
+            (False, f"final value{' ± 1 SE' * has_se}, per trial (colour: B)",
+             {"size": 10, "line": {"width": 1, "color": "#333"}}),
             (True, "final lower bound (|G|² not resolved), per trial",
              {"size": 12, "color": "#ff7f0e", "symbol": "triangle-up-open", "line": {"width": 2}})):
         idx = [i for i, b in enumerate(bound) if b == is_bound]
@@ -238,10 +249,11 @@ def fig_grad_noise(gn: dict):
         if idx:
             fig.add_trace(go.Scatter(x=[f["batch_size"][i] for i in idx], y=[f["grad_noise_scale"][i] for i in idx],
                                      mode="markers", name=name, text=[f"trial {f['number'][i]}" for i in idx],
-                                     error_y=None if is_bound else _error_y([se[i] for i in idx]), marker=marker),
+                                     error_y=None if is_bound or not has_se else _error_y([se[i] for i in idx]),
+                                     marker=marker),
                           row=1, col=col)
     span = [min(f["grad_noise_scale"]), max(f["grad_noise_scale"])]
-    fig.add_trace(go.Scatter(x=[c["value"]] * 2, y=span, legendgroup="crit", showlegend=not curves, **crit),
+    fig.add_trace(go.Scatter(x=[value] * 2, y=span, legendgroup="crit", showlegend=not curves, **crit),
                   row=1, col=col)
     fig.update_xaxes(row=1, col=col, **LOG_B)
     fig.update_yaxes(type="log", title_text="noise scale B_simple (examples, log scale)")
@@ -286,7 +298,7 @@ def fig_sharpness(sh: dict):
     fb = sh.get("full_batch")
     titles = ["final sharpness by batch size (colour: lr)"]
     if fb:
-        titles.append("full batch: sharpness against 2/lr")
+        titles.append("full batch: sharpness against the edge 2(1 + m)/lr")
     fig = _subplots(titles)
     fig.add_trace(go.Scatter(x=sh["batch_size"], y=sh["final_sharpness"], mode="markers", name="trials",
                              text=[f"trial {n}, lr {lr:.3g}" + ("" if k is None else f", lr·λ_max {k:.3g}")
@@ -295,14 +307,15 @@ def fig_sharpness(sh: dict):
     fig.update_xaxes(row=1, col=1, **LOG_B)
     fig.update_yaxes(type="log", title_text="sharpness λ_max (top Hessian eigenvalue, log scale)", row=1, col=1)
     if fb:
-        seen = fb["two_over_lr"] + fb["final_sharpness"]
+        edge_x = fb.get("edge", fb["two_over_lr"])  # older reports: 2/lr
+        seen = edge_x + fb["final_sharpness"]
         edge = [min(seen) / 1.2, max(seen) * 1.2]  # the line spans the points on both axes
-        fig.add_trace(go.Scatter(x=fb["two_over_lr"], y=fb["final_sharpness"], mode="markers",
+        fig.add_trace(go.Scatter(x=edge_x, y=fb["final_sharpness"], mode="markers",
                                  name="full-batch trials", text=[f"trial {n}" for n in fb["number"]],
                                  marker={"size": 11, "color": "#2ca02c"}), row=1, col=2)
         fig.add_trace(go.Scatter(x=edge, y=edge, mode="lines", line={"dash": "dash", "color": "#333"},
-                                 name="edge of stability λ_max = 2/lr"), row=1, col=2)
-        fig.update_xaxes(type="log", title_text="2 / lr (log scale)", row=1, col=2)
+                                 name="edge of stability λ_max = 2(1 + m)/lr"), row=1, col=2)
+        fig.update_xaxes(type="log", title_text="2(1 + m) / lr (log scale)", row=1, col=2)
         fig.update_yaxes(type="log", title_text="sharpness λ_max (log scale)", row=1, col=2)
     return fig
 
@@ -388,8 +401,8 @@ def fmt(value, spec: str) -> str:
     return format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
 
 
-NAV = (("summary", "summary"), ("accuracy", "accuracy"), ("octaves", "octaves"), ("curves", "curves"),
-       ("loss-noise", "loss noise"),
+NAV = (("answer", "answer"), ("summary", "summary"), ("accuracy", "accuracy"), ("octaves", "octaves"),
+       ("curves", "curves"), ("loss-noise", "loss noise"),
        ("grad-noise", "noise scale"), ("steps", "steps"), ("sharpness", "sharpness"),
        ("compute", "compute"), ("pareto", "Pareto"),
        ("history", "history"), ("importance", "importance"), ("top", "top trials"), ("repro", "reproducibility"))
@@ -415,6 +428,7 @@ def render_html(report: dict) -> str:
         return lambda: _plot(fig_of(report[key]), div_id) + _notes(notes(report, key))
 
     no_time = '<p class="skip">Not shown: no complete trial with a compute time.</p>'
+    section("answer", "Which batch size, and why", "recommendation", lambda: _recommendation_html(report))
     section("summary", "Summary", None, lambda: _summary_html(report["summary"], timings.get("summary", [])))
     section("accuracy", "Accuracy and generalization gap against batch size", "accuracy",
             lambda: _plot(fig_accuracy(report["accuracy"], report.get("per_octave")), "plot-accuracy")
@@ -497,32 +511,27 @@ def notes(report: dict, key: str) -> list[str]:
                        "|G|² was within 2 SE of 0.")
         return out
     if key == "sharpness":
-        out = ["Edge of stability: gradient descent on a quadratic is stable while λ_max < 2/lr (2(1 + m)/lr with "
-               "heavy-ball momentum m)."]
+        out = ["Edge of stability: full-batch gradient descent with heavy-ball momentum m on a quadratic is stable "
+               "while lr·λ_max < 2(1 + m): 3.8 at m = 0.9, 2 without momentum."]
+        out += [f"{r[k]}." for k in ("adam", "weight_decay_note") if k in r]
         return out + ([f"{r['full_batch_skipped']}."] if "full_batch_skipped" in r else [])
     return []
 
 
 def octave_trend_sentence(fit: dict) -> str:
-    """The change of the best val_acc per doubling of B over octaves, or why no trend is claimed."""
+    """The change of val_acc per doubling of B over the complete trials, or why no trend is claimed."""
     if "gain_per_doubling" not in fit:
-        return f"No trend of the best val_acc with batch size fitted: {fit['skipped']}."
-    g, ci = fit["gain_per_doubling"], fit.get("ci")
+        return f"No trend of val_acc with batch size fitted: {fit['skipped']}."
+    g, ci = fit["gain_per_doubling"], fit["ci"]
     sizes = fit["batch_size"]
-    over = f"least-squares line over the best trial of {fit['n_octaves']} octaves, B = {sizes[0]}-{sizes[-1]}"
-    if not ci:
-        return f"No trend of the best val_acc with batch size claimed ({g:+.4f} per doubling; {fit['skipped']})."
-    within = _bootstrap_text(ci, "+.4f")
+    within = f"{ci['level']:.0%} interval {ci['ci_low']:+.4f} to {ci['ci_high']:+.4f}"
+    over = (f"weighted least squares over {fit['n_trials']} complete trials in {fit['n_octaves']} octaves, "
+            f"B = {sizes[0]}-{sizes[-1]}; sandwich SE, t interval")
     if fit["trend"]:
         trend = "rose" if g > 0 else "fell"
-        return f"Best val_acc {trend} with batch size: {g:+.4f} per doubling of B ({within}; {over})."
-    return (f"No trend of the best val_acc with batch size: {g:+.4f} per doubling of B, {within}, which includes 0 "
+        return f"val_acc {trend} with batch size: {g:+.4f} per doubling of B ({within}; {over})."
+    return (f"No trend of val_acc with batch size: {g:+.4f} per doubling of B, {within}, which includes 0 "
             f"({over}).")
-
-
-def _bootstrap_text(ci: dict, spec: str) -> str:
-    """'95% bootstrap interval a to b', as the summary words it."""
-    return _interval_text(ci, spec).replace(" CI ", " bootstrap interval ", 1)
 
 
 def _octave_table(po: dict) -> str:
@@ -536,6 +545,35 @@ def _octave_table(po: dict) -> str:
         ("best_val_acc", "best val_acc", ".4f"), ("best_val_acc_se", "± SE", ".4f"), ("best_batch_size", "at B", ""),
         ("best_lr", "lr", ".3g"), ("best_number", "trial", "")])
     return table + _notes([octave_trend_sentence(po["fit"]), f"Rule: {po['fit']['rule']}."])
+
+
+def _recommendation_html(report: dict) -> str:
+    """The recommendation in a sentence and its reasons, then time to accuracy per batch size."""
+    rec = report["recommendation"]
+    out = [f'<p class="answer"><strong>{html.escape(rec["sentence"])}</strong></p>',
+           "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in rec["reasons"]) + "</ul>",
+           _notes([f"Goal: {rec['goal']} (others: {', '.join(g for g in rec['goals'] if g != rec['goal'])}; "
+                   f"`--goal` of the study and report commands). Within noise: {rec['test']}."])]
+    tta = report.get("time_to_accuracy")
+    if tta:
+        pb = tta["per_batch"]
+        rows = [{"label": pb["label"][i], "n_complete": pb["n_complete"][i], "n_reached": pb["n_reached"][i],
+                 "number": pb["number"][i], "batch_size": pb["batch_size"][i], "updates": pb["updates"][i],
+                 "examples": pb["examples"][i], "seconds": pb["seconds"][i],
+                 "measured_seconds": pb["measured_seconds"][i], "time_source": pb["time_source"][i],
+                 "within": "yes" if pb["label"][i] in rec["within_noise"] else "no"} for i in range(len(pb["label"]))]
+        out.append(f"<h3>Time to accuracy: to reach {html.escape(tta['goal']['text'])}, per "
+                   f"{html.escape(tta['grouped_by'])}</h3>")
+        out.append(_table(rows, [
+            ("label", "B", ""), ("within", "best val_acc within noise", ""), ("n_complete", "complete", ""),
+            ("n_reached", "reached", ""), ("number", "fastest trial", ""), ("batch_size", "its B", ""),
+            ("updates", "updates", ",.0f"), ("examples", "examples", ",.0f"), ("seconds", "seconds", ".3g"),
+            ("measured_seconds", "measured s", ".3g"), ("time_source", "seconds from", "")]))
+        notes = [f"{tta['time_rule']}.", "measured s: the trial's own compute_time_s, pro rata of its updates."]
+        if tta["goal"].get("rule"):
+            notes.append(f"Reached: {tta['goal']['rule']}.")
+        out.append(_notes(notes))
+    return "".join(out)
 
 
 def _notes(lines: list[str]) -> str:
@@ -559,7 +597,7 @@ def _top_table(report: dict) -> str:
     return _table(rows, [
         ("number", "trial", ""), ("batch_size", "B", ""), ("lr", "lr", ".3g"), ("budget", "budget", ""),
         ("final_val_acc", "val_acc", ".4f"), ("final_val_acc_se", "± SE", ".4f"),
-        ("final_train_acc", "train_acc", ".4f"),
+        ("final_test_acc", "test_acc (held out)", ".4f"), ("final_train_acc", "train_acc", ".4f"),
         ("final_gen_gap", "gen_gap", "+.4f"), ("final_loss_noise", "loss noise", ".3g"),
         ("final_grad_noise_scale", "noise scale", ".3g"), ("updates", "updates", ".0f"),
         ("updates_to_target", "to target", ".0f"), ("time", f"{metric}".replace("_", " "), ".3g"),

@@ -106,6 +106,10 @@ def trial_rows(study: optuna.Study, runs: dict[int, RunRecord], objectives: Sequ
             "n_train": as_number(p.get("n_train", study.user_attrs.get("n_train")), int),
             "n_val": as_number(p.get("n_val", study.user_attrs.get("n_val")), int),
             "replicates": as_number(p.get("replicates", t.params.get("replicates")), int) or 1,
+            # what the sharpness is compared with depends on these (report.sections.sharpness_section)
+            "optimizer": p.get("optimizer", t.params.get("optimizer")),
+            "momentum": as_number(p.get("momentum", t.params.get("momentum")), float),
+            "weight_decay": as_number(p.get("weight_decay", t.params.get("weight_decay")), float),
             "values": {o: v for o, v in zip(objectives, t.values or []) if not is_timing(o)},
             "summary": {k: v for k, v in summary.items() if not (is_timing(k) or is_memory(k))},
             "fail_reason": t.user_attrs.get("fail_reason"),

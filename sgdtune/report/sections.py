@@ -6,6 +6,7 @@ records why under "skipped"). The science behind the fits and slopes: docs/scien
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -13,12 +14,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..science.fits import (
-    BOOTSTRAP_LEVEL,
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
-    Interval,
+    accuracy_trend,
     binomial_se,
-    bootstrap_intervals,
     critical_batch_fit,
     critical_batch_intervals,
     has_loss_noise,
@@ -104,8 +101,10 @@ def equal_budget_comparison(rows: list[dict]) -> dict | None:
         return None
     acc = np.array(column(best, "final_val_acc"), float)
     se = [val_acc_se(r)[0] for r in best]
-    i = int(np.argmax(acc))
+    i = int(np.argmax(acc))  # ties: the smallest B, as every "best" of the report
+    tied = [b for b, a in zip(column(best, "batch_size"), acc) if a == acc[i]]
     return {"budget": key[0], "budget_size": key[1], "batch_size": column(best, "batch_size"),
+            "tied_best_batch_sizes": tied,
             "best_val_acc": acc.tolist(), "best_val_acc_se": se,
             "largest_batch_size": best[-1]["batch_size"], "largest_val_acc": float(acc[-1]), "largest_se": se[-1],
             "best_batch_size": best[i]["batch_size"], "best_val_acc_any": float(acc[i]), "best_se": se[i],
@@ -153,10 +152,8 @@ MIN_TREND_OCTAVES = 3  # octaves with a complete trial before a trend over B is 
 
 def per_octave(rows: list[dict], complete: list[dict]) -> dict | None:
     """Trials per octave of B (all states, from the Optuna params) and, over the complete ones,
-    the best and median val_acc; then the change of the best val_acc per doubling of B, from a
-    least-squares line of best val_acc against log2(B) over the octaves, with a seeded percentile
-    bootstrap interval (trials resampled, the best per octave picked again, the line refitted).
-    A trend is claimed only when the interval excludes 0."""
+    the best and median val_acc; then the change of val_acc per doubling of B over all complete
+    trials (octave_trend). A trend is claimed only when its interval excludes 0."""
     known = [r for r in rows if r["batch_size"]]
     if not complete:
         return None
@@ -187,46 +184,32 @@ def per_octave(rows: list[dict], complete: list[dict]) -> dict | None:
 
 
 def octave_trend(complete: list[dict]) -> dict:
-    """Best val_acc per octave against log2(B of that best): slope (val_acc per doubling of B),
-    its bootstrap interval, and whether the interval excludes 0 (`trend`)."""
+    """The change of val_acc per doubling of B over every complete trial (science.fits.accuracy_trend:
+    weighted least squares on log2 B, sandwich SE, t interval), and whether its interval excludes
+    0 (`trend`). Not a line through the best trial per octave: a best of k trials is biased up by an
+    amount that varies with k, and a bootstrap of it is no interval (a resampled maximum can only
+    fall; an octave of one trial never varies). docs/science.md, section 8."""
     best = best_rows_per_octave(complete)
-    rule = f"a trend needs >= {MIN_TREND_OCTAVES} octaves with a complete trial and an interval excluding 0"
+    rule = (f"a trend needs >= {MIN_TREND_OCTAVES} octaves with a complete trial and a 95% interval of the "
+            "slope excluding 0")
     if len(best) < MIN_TREND_OCTAVES:
         return {"trend": False, "rule": rule, "n_octaves": len(best),
                 "skipped": f"{len(best)} octave{'s' * (len(best) != 1)} of B with a complete trial; "
                            f"a trend needs at least {MIN_TREND_OCTAVES}"}
-    b = np.log2(np.array(column(complete, "batch_size"), float))
-    acc = np.array(column(complete, "final_val_acc"), float)
-    k = np.floor(b)
-
-    def slope(idx) -> tuple[float] | None:
-        order = idx[np.lexsort((idx, -acc[idx]))]  # best first, ties: lower index (lower trial number)
-        _, first = np.unique(k[order], return_index=True)
-        chosen = order[first]
-        return None if chosen.size < 2 else (float(np.polyfit(b[chosen], acc[chosen], 1)[0]),)
-
-    value = slope(np.arange(b.size))[0]
-    ci = octave_bootstrap(slope, k)
-    out: dict[str, Any] = {"gain_per_doubling": value, "n_octaves": len(best), "rule": rule,
+    sizes = np.array(column(complete, "batch_size"), float)
+    n_val = [r.get("n_val") for r in complete]
+    fit = accuracy_trend(sizes, column(complete, "final_val_acc"), None if None in n_val else n_val)
+    out: dict[str, Any] = {"n_octaves": len(best), "rule": rule, "n_trials": len(complete),
                            "batch_size": column(best, "batch_size"), "best_val_acc": column(best, "final_val_acc")}
-    if ci is None:
-        out.update(trend=False, skipped="fewer than half the bootstrap resamples held 2 octaves")
+    if fit is None:
+        out.update(trend=False, skipped=f"{len(complete)} complete trials; a line with an interval needs at least 4")
         return out
-    out["ci"] = {**ci[0].as_dict(), "method": "percentile bootstrap, trials resampled within each octave"}
-    out["trend"] = bool(ci[0].low > 0 or ci[0].high < 0)
-    # the fitted line over the octaves' best trials, for the plot (drawn only with a trend)
-    lb = np.log2(np.array(out["batch_size"], float))
-    intercept = float(np.mean(out["best_val_acc"]) - value * lb.mean())
-    ends = np.array([lb.min(), lb.max()])
-    out["line"] = {"batch_size": (2 ** ends).tolist(), "val_acc": (intercept + value * ends).tolist()}
+    out["gain_per_doubling"] = fit.slope
+    out["ci"] = fit.as_dict()
+    out["trend"] = bool(fit.low > 0 or fit.high < 0)
+    ends = np.log2([sizes.min(), sizes.max()])  # the fitted line, for the plot (drawn only with a trend)
+    out["line"] = {"batch_size": (2 ** ends).tolist(), "val_acc": (fit.intercept + fit.slope * ends).tolist()}
     return out
-
-
-def octave_bootstrap(statistic, octaves: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-                     level: float = BOOTSTRAP_LEVEL, seed: int = BOOTSTRAP_SEED) -> list[Interval] | None:
-    """science.fits.bootstrap_intervals with the trials resampled within each octave (a stratified
-    bootstrap): every resample keeps every octave, as the study's design does."""
-    return bootstrap_intervals(statistic, len(octaves), resamples, level, seed, strata=octaves)
 
 
 def loss_noise_section(rows: list[dict], n_train: float, parent_metrics: dict) -> dict | None:
@@ -311,10 +294,22 @@ def steps_section(rows: list[dict], complete: list[FrozenTrial], target: float |
     return out
 
 
+B_SIMPLE_ABOVE_N = ("B_simple exceeds n_train: |G|^2 is small against the per-example gradient variance, as near a "
+                    "minimum of the training loss, so even a full-batch step is noise-dominated by this measure; "
+                    "it bounds no critical batch size beyond the data")
+
+
 def noise_scale_section(
-    rows: list[dict], curves: dict[int, dict], steps: dict | None, parent_metrics: dict
+    rows: list[dict], curves: dict[int, dict], steps: dict | None, parent_metrics: dict, n_train: float = np.inf
 ) -> dict | None:
-    """Gradient noise scale over training and the critical batch size estimate.
+    """Gradient noise scale B_simple over training, its median at the end, and the critical batch
+    size where the S(B) fit to updates-to-target gives one.
+
+    B_simple = tr(Sigma)/|G|^2 is a noise scale, not a critical batch size: McCandlish et al.
+    relate B_crit to B_noise = tr(H Sigma)/(G^T H G), which equals B_simple only for a Hessian
+    proportional to the identity (docs/science.md, section 3). So `critical_batch_size` holds
+    the S(B) fit's B_crit, or no value; the median B_simple is `b_simple`, flagged where it
+    exceeds n_train.
 
     A trial's final value may carry a standard error (final_grad_noise_scale_se) and may be only
     a lower bound (final_grad_noise_scale_bound = 1: |G|^2 not resolved; with replicates the flag
@@ -327,52 +322,94 @@ def noise_scale_section(
     values = np.array(column(final, "final_grad_noise_scale"), float)
     bound = np.array([is_bound(r["summary"]) for r in final])
     estimates = values[~bound] if (~bound).any() else values
-    b_noise = float(np.median(estimates))
+    median = float(np.median(estimates))
     all_bounds = bool(bound.all())
+    b_simple: dict[str, Any] = {
+        "value": median, "lower_bound": all_bounds, "n_train": None if not np.isfinite(n_train) else int(n_train),
+        "source": ("a lower bound: the median of the trials' lower bounds on B_simple" if all_bounds else
+                   "the median final gradient noise scale B_simple (a noise scale, not a critical batch size)"),
+        "above_n_train": bool(np.isfinite(n_train) and median > n_train)}
+    if b_simple["above_n_train"]:
+        b_simple["meaning"] = B_SIMPLE_ABOVE_N
     if steps and "fit" in steps:
         b_crit = {"value": steps["fit"]["b_crit"], "source": "S(B) fit to updates-to-target"}
         ci = steps["fit"].get("b_crit_ci")
         if ci:
             b_crit.update({k: ci[k] for k in ("ci_low", "ci_high", "level")})
-    elif all_bounds:
-        b_crit = {"value": b_noise, "source": "a lower bound: the median of the trials' lower bounds on B_noise",
-                  "lower_bound": True}
     else:
-        b_crit = {"value": b_noise, "source": "B_noise, the median final gradient noise scale"}
+        b_crit = {"value": None, "source": "not estimated: it needs updates to a target at 2 or more batch sizes "
+                                           "(train.target_val_acc); B_simple is not a critical batch size"}
     b_crit["parent_run_value"] = parent_metrics.get("critical_batch_size")
+    reference, compared = (b_crit["value"], "B_crit") if b_crit["value"] is not None else (median, "B_simple")
     sizes = sorted({r["batch_size"] for r in rows})
     se = column(final, "final_grad_noise_scale_se")
-    return {"median_final": b_noise, "median_is_lower_bound": all_bounds,
+    return {"median_final": median, "median_is_lower_bound": all_bounds,
             "median_over": "lower bounds" if all_bounds else "estimates (lower bounds left out)",
             "n_estimates": int((~bound).sum()), "n_bounds": int(bound.sum()),
             "min_final": estimates.min(), "max_final": estimates.max(),
             "parent_run_median": parent_metrics.get("median_grad_noise_scale"), "critical_batch_size": b_crit,
-            "batch_sizes_above": [b for b in sizes if b > b_crit["value"]],
-            "batch_sizes_below": [b for b in sizes if b <= b_crit["value"]],
+            "b_simple": b_simple, "compared_with": compared,
+            "batch_sizes_above": [b for b in sizes if b > reference],
+            "batch_sizes_below": [b for b in sizes if b <= reference],
             "final": {"number": column(final, "number"), "batch_size": column(final, "batch_size"),
                       "grad_noise_scale": values, "grad_noise_scale_se": se, "lower_bound": bound.tolist()},
             "curves": [{"number": r["number"], "batch_size": r["batch_size"], "epoch": curves[r["number"]]["step"],
                         "grad_noise_scale": curves[r["number"]]["value"]} for r in rows if r["number"] in curves]}
 
 
+ADAM_SHARPNESS = ("Adam: lr·λ_max of the raw Hessian is shown but compared with no limit; Adam's stability concerns "
+                  "the Hessian preconditioned by its second-moment estimate (Cohen et al. 2022: about 38/lr at "
+                  "β1 = 0.9), which sgdtune does not measure")
+WEIGHT_DECAY_NOTE = ("The Hessian (and the gradient-noise probe) use the data loss only, while the optimizer also "
+                     "applied weight decay wd: the full objective's top eigenvalue is λ_max + wd (given as "
+                     "final_sharpness_with_decay); its gradient adds wd·w to G, which the noise scale leaves out")
+
+
+def stability_limit(row: dict) -> tuple[float | None, str]:
+    """The full-batch stability limit of lr·λ_max for a trial's optimizer, and how it was set:
+    2(1 + m) under SGD with heavy-ball momentum m (3.8 at m = 0.9; docs/science.md, section 7),
+    None under Adam (ADAM_SHARPNESS). A trial that recorded no momentum counts as m = 0."""
+    if row.get("optimizer") == "adam":
+        return None, "adam"
+    m = row.get("momentum")
+    return 2 * (1 + (m or 0.0)), "sgd" if m is not None else "momentum not recorded: m = 0 assumed"
+
+
 def sharpness_section(rows: list[dict], n_train: float) -> tuple[dict | None, str]:
-    """Final sharpness (top Hessian eigenvalue of the training loss) against B, and for full-batch
-    trials (B >= N) against 2/lr, the edge of stability of gradient descent on a quadratic
-    (docs/science.md section 7; with heavy-ball momentum m the threshold is 2(1 + m)/lr)."""
+    """Final sharpness (top Hessian eigenvalue of the training loss) against B, lr·λ_max against the
+    stability limit of each trial's optimizer (stability_limit), and for full-batch trials (B >= N)
+    λ_max against the edge of stability 2(1 + m)/lr (docs/science.md section 7)."""
     pts = [r for r in rows if r["summary"].get("final_sharpness") is not None]
     if not pts:
         return None, "no trial recorded final_sharpness (the trainer did not measure it, or an older store)"
     out: dict[str, Any] = {k: column(pts, k) for k in ("number", "batch_size", "lr", "final_sharpness",
-                                                        "final_lr_sharpness")}
-    full = [r for r in pts if r["batch_size"] >= (r.get("n_train") or n_train) and r["lr"]]
+                                                        "final_lr_sharpness", "optimizer", "momentum",
+                                                        "weight_decay")}
+    limits = [stability_limit(r) for r in pts]
+    out["stability_limit"] = [x for x, _ in limits]
+    out["stability_limit_basis"] = [why for _, why in limits]
+    out["stability_rule"] = "full-batch GD with heavy-ball momentum m is stable for lr·λ_max < 2(1 + m)"
+    out["lr_sharpness_to_limit"] = [None if x is None or k is None else k / x
+                                    for k, (x, _) in zip(out["final_lr_sharpness"], limits)]
+    if any(why == "adam" for _, why in limits):
+        out["adam"] = ADAM_SHARPNESS
+    if any((r.get("weight_decay") or 0) > 0 for r in pts):
+        out["weight_decay_note"] = WEIGHT_DECAY_NOTE
+        out["final_sharpness_with_decay"] = [r["summary"]["final_sharpness"] + (r.get("weight_decay") or 0.0)
+                                             for r in pts]
+    full = [(r, x) for r, (x, _) in zip(pts, limits)
+            if r["batch_size"] >= (r.get("n_train") or n_train) and r["lr"] and x is not None]
     if full:
-        out["full_batch"] = {"number": column(full, "number"), "batch_size": column(full, "batch_size"),
-                             "lr": column(full, "lr"), "two_over_lr": [2 / r["lr"] for r in full],
-                             "final_sharpness": column(full, "final_sharpness")}
+        fb = [r for r, _ in full]
+        out["full_batch"] = {"number": column(fb, "number"), "batch_size": column(fb, "batch_size"),
+                             "lr": column(fb, "lr"), "two_over_lr": [2 / r["lr"] for r in fb],
+                             "edge": [x / r["lr"] for r, x in full], "momentum": column(fb, "momentum"),
+                             "final_sharpness": column(fb, "final_sharpness")}
         out["full_batch"]["ratio_to_edge"] = [s / t for s, t in zip(out["full_batch"]["final_sharpness"],
-                                                                     out["full_batch"]["two_over_lr"])]
+                                                                     out["full_batch"]["edge"])]
     else:
-        out["full_batch_skipped"] = "No full-batch trial (B >= n_train) with a sharpness: no edge-of-stability check"
+        out["full_batch_skipped"] = ("No full-batch SGD trial (B >= n_train) with a sharpness: no edge-of-stability "
+                                     "check")
     return out, ""
 
 
@@ -405,12 +442,25 @@ def importance_section(study: optuna.Study, n_complete: int) -> tuple[dict | Non
                            "method_description": IMPORTANCE_METHOD.format(seed=IMPORTANCE_SEED),
                            "dashboard_method": "PED-ANOVA", "dashboard_method_description": DASHBOARD_METHOD}
     try:
-        ped = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=target)
-        out["ped_anova"] = dict(ped)
+        out["ped_anova"] = ped_anova(study)
     except (ValueError, RuntimeError) as e:  # e.g. too few trials for its quantiles
         out["ped_anova_skipped"] = str(e)
     return out, None
+
+
+def ped_anova(study: optuna.Study) -> dict[str, float]:
+    """PED-ANOVA importances toward the *best* values of the first objective. With several
+    objectives the first is passed as a target, which PED-ANOVA always minimizes (and warns that
+    it does): a maximized objective is negated, so the top quantile is the high val_acc, and the
+    warning, now answered, is not shown."""
+    if len(study.directions) == 1:
+        return dict(optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()))
+    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*low `target` values", category=UserWarning)
+        return dict(optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=lambda t: sign * t.values[0]))
 
 
 def history_section(study: optuna.Study, objective: str) -> dict | None:
@@ -428,8 +478,8 @@ def history_section(study: optuna.Study, objective: str) -> dict | None:
 
 def top_trials(rows: list[dict], n: int = N_TOP) -> list[dict]:
     """The n best complete trials by final val_acc (ties: lower trial number first)."""
-    keys = ("final_val_acc", "final_train_acc", "final_gen_gap", "final_loss_noise", "final_grad_noise_scale",
-            "updates", "updates_to_target")
+    keys = ("final_val_acc", "final_test_acc", "final_train_acc", "final_gen_gap", "final_loss_noise",
+            "final_grad_noise_scale", "updates", "updates_to_target")
     ranked = sorted(rows, key=lambda r: (-r["summary"]["final_val_acc"], r["number"]))[:n]
     return [{"number": r["number"], "batch_size": r["batch_size"], "lr": r["lr"], "budget": r["budget"],
              "budget_size": r["budget_size"], **{k: r["summary"].get(k) for k in keys},

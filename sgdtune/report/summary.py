@@ -6,6 +6,7 @@ import numpy as np
 
 from .html import fmt, octave_trend_sentence
 from .inputs import column
+from .sections import NOISE_SE
 
 
 def pm(value: float, se: float | None, spec: str = ".4f") -> str:
@@ -50,7 +51,15 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
     if eq:
         sizes_tried = ", ".join(map(str, eq["batch_size"]))
         head = f"At equal budget ({eq['budget']} = {eq['budget_size']}, batch sizes {sizes_tried})"
-        if eq["loss"] > 0:
+        tied = eq.get("tied_best_batch_sizes", [eq["best_batch_size"]])
+        if len(tied) > 1:
+            out.append(f"{head}, batch sizes {', '.join(map(str, tied))} tie for the best val_acc, "
+                       f"{eq['best_val_acc_any']:.4f}" + (f"; the largest, B = {eq['largest_batch_size']}, is among "
+                                                           "them." if eq["loss"] == 0 else
+                                                           f"; the largest, B = {eq['largest_batch_size']}, reached "
+                                                           f"{eq['largest_val_acc']:.4f}: "
+                                                           f"{noise_verdict(eq['loss_vs_noise'])}."))
+        elif eq["loss"] > 0:
             out.append(f"{head}, the largest batch size B = {eq['largest_batch_size']} reached val_acc "
                        f"{eq['largest_val_acc']:.4f}, {eq['loss']:.4f} below the best, {eq['best_val_acc_any']:.4f} "
                        f"at B = {eq['best_batch_size']}; {noise_verdict(eq['loss_vs_noise'])}.")
@@ -72,10 +81,7 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
         b = pd["batch_size"]
         ses = pd["gain_per_doubling_se"]
         if all(e is not None for e in ses):
-            small = sum(abs(g) < 2 * e for g, e in zip(pd["gain_per_doubling"], ses))
-            out.append(f"Best val_acc between neighbouring octaves of B ({small} of {len(ses)} step"
-                       f"{'s' * (len(ses) > 1)} smaller than 2 standard errors; SE {min(ses):.4f}-{max(ses):.4f} "
-                       "per doubling).")
+            out.append(neighbour_sentence(pd))
         acc, se_b = pd["best_val_acc"], pd["best_val_acc_se"]
         out.append(f"Best val_acc at the smallest batch size B = {b[0]}, {pm(acc[0], se_b[0])}, against the largest, "
                    f"B = {b[-1]}, {pm(acc[-1], se_b[-1])}: {noise_verdict(pd['smallest_vs_largest'])}.")
@@ -115,19 +121,7 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
                    "across trials also carries their different learning rates and training lengths.")
     gn = report.get("grad_noise")
     if gn:
-        c = gn["critical_batch_size"]
-        above = ", ".join(map(str, gn["batch_sizes_above"])) or "none"
-        ci = interval(c if "ci_low" in c else None)
-        if gn["median_is_lower_bound"]:
-            median = (f"every trial's value is only a lower bound (|G|^2 not resolved): median bound "
-                      f"{gn['median_final']:.3g} examples")
-        else:
-            bounds = f"; {gn['n_bounds']} lower bound{'s' * (gn['n_bounds'] > 1)} left out" if gn["n_bounds"] else ""
-            median = (f"median {gn['median_final']:.3g} examples over {gn['n_estimates']} estimate"
-                      f"{'s' * (gn['n_estimates'] > 1)} (range {gn['min_final']:.3g}-{gn['max_final']:.3g}{bounds})")
-        out.append(f"Gradient noise scale at the end of training: {median}; critical batch size estimate "
-                   f"{'>= ' * bool(c.get('lower_bound'))}{c['value']:.3g} ({c['source']}{f'; {ci}' if ci else ''}); "
-                   f"batch sizes tried above it: {above}.")
+        out.append(noise_scale_sentence(gn))
     sh = report.get("sharpness")
     if sh:
         k = np.array(sh["final_sharpness"], float)
@@ -137,8 +131,12 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
         fb = sh.get("full_batch")
         if fb:
             text += ("; full-batch trials at " + ", ".join(f"{r:.2f}" for r in fb["ratio_to_edge"])
-                     + " times the edge of stability 2/lr")
-        out.append(text + ".")
+                     + " times the edge of stability 2(1 + m)/lr (m: their momentum)")
+        ratio = [x for x in sh.get("lr_sharpness_to_limit", []) if x is not None]
+        if ratio:
+            text += (f"; lr·λ_max reached {max(ratio):.2f} of the full-batch stability limit 2(1 + m) "
+                     f"(3.8 at m = 0.9)")
+        out.append(text + "." + "".join(f" {sh[k]}." for k in ("adam", "weight_decay_note") if k in sh))
     gaps = np.array(column(complete, "final_gen_gap"), float)
     lo, hi = complete[int(np.argmin(gaps))], complete[int(np.argmax(gaps))]
     if len(complete) > 1:
@@ -153,3 +151,42 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
                    + ", ".join(f"{k} {v:.2f}" for k, v in ranked) + ".")
     return out
 
+
+
+def noise_scale_sentence(gn: dict) -> str:
+    """The median final B_simple (a noise scale: never called a critical batch size), whether it
+    exceeds n_train and what that means, and the critical batch size where the S(B) fit gives one."""
+    bs = gn["b_simple"]
+    if gn["median_is_lower_bound"]:
+        median = (f"every trial's value is only a lower bound (|G|^2 not resolved): median bound "
+                  f"{gn['median_final']:.3g} examples")
+    else:
+        bounds = f"; {gn['n_bounds']} lower bound{'s' * (gn['n_bounds'] > 1)} left out" if gn["n_bounds"] else ""
+        median = (f"median {gn['median_final']:.3g} examples over {gn['n_estimates']} estimate"
+                  f"{'s' * (gn['n_estimates'] > 1)} (range {gn['min_final']:.3g}-{gn['max_final']:.3g}{bounds})")
+    text = f"Gradient noise scale B_simple at the end of training: {median}"
+    if bs.get("above_n_train"):
+        text += f"; above n_train = {bs['n_train']:,}: {bs['meaning']}"
+    c = gn["critical_batch_size"]
+    above = ", ".join(map(str, gn["batch_sizes_above"])) or "none"
+    if c["value"] is None:
+        return text + f". Critical batch size {c['source']}; batch sizes tried above the median B_simple: {above}."
+    ci = interval(c if "ci_low" in c else None)
+    return (text + f". Critical batch size B_crit {c['value']:.3g} ({c['source']}{f'; {ci}' if ci else ''}); "
+            f"batch sizes tried above it: {above}.")
+
+
+def neighbour_sentence(pd: dict) -> str:
+    """The verdict on the steps of the best val_acc between neighbouring octaves of B: which, if
+    any, exceed 2 standard errors (each step's SE: the two bests' SEs combined)."""
+    b, gains, ses = pd["batch_size"], pd["gain_per_doubling"], pd["gain_per_doubling_se"]
+    steps = len(gains)
+    beyond = [(b[k], b[k + 1], g, e) for k, (g, e) in enumerate(zip(gains, ses)) if abs(g) >= NOISE_SE * e]
+    head = f"Best val_acc between neighbouring octaves of B ({steps} step{'s' * (steps > 1)})"
+    if not beyond:
+        return (f"{head}: no step beyond noise; every change is smaller than {NOISE_SE:g} standard errors "
+                f"(SE {min(ses):.4f}-{max(ses):.4f} per doubling).")
+    listed = "; ".join(f"B = {lo} -> {hi}: {g:+.4f} per doubling ({abs(g) / e:.1f} SE)" for lo, hi, g, e in beyond)
+    rest = steps - len(beyond)
+    return (f"{head}: {len(beyond)} step{'s' * (len(beyond) > 1)} beyond noise ({NOISE_SE:g} SE), "
+            f"{listed}" + (f"; the other {rest} within noise." if rest else "."))

@@ -15,11 +15,13 @@ from ..tracking import Tracker, default_tracking_uri
 from .build import build_report, to_json
 from .html import render_html
 from .inputs import load_study, open_runs
+from .recommend import run_records
 
 
 def write_report(study_name: str | None = None, storage: str | None = None, tracking_uri: str | None = None,
-                 out_dir: str | Path = "reports", *, command: str | None = None) -> Path:
-    """Write <out_dir>/<study>/report.json and report.html; log both to the study's parent MLflow run.
+                 out_dir: str | Path = "reports", *, command: str | None = None, goal: str | None = None) -> Path:
+    """Write <out_dir>/<study>/report.json and report.html; log both to the study's parent MLflow run,
+    with the recommendation (`goal`: one of report.recommend.GOALS) as its tags, metrics and description.
 
     Defaults match the study's: storage mlruns/optuna.journal, tracking sqlite:///<abs>/mlruns/mlflow.db.
     `command` is what the report shows as its own command (default: built from the arguments).
@@ -34,7 +36,7 @@ def write_report(study_name: str | None = None, storage: str | None = None, trac
                  "--tracking-uri": tracking_uri, "--out": None if str(out_dir) == "reports" else str(out_dir)}
         command = report_command([x for flag, value in flags.items() if value for x in (flag, str(value))])
     # Every string masked (a URL password in a tag, an experiment file recorded verbatim).
-    text = to_json(redact_tree(build_report(study, reader, command)))
+    text = to_json(redact_tree(build_report(study, reader, command, goal)))
     folder = report_folder(out_dir, study.study_name)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(text)
@@ -43,7 +45,16 @@ def write_report(study_name: str | None = None, storage: str | None = None, trac
         tracker = Tracker(store, study.study_name)
         for name in ("report.json", "report.html"):
             tracker.log_artifact(study.user_attrs["mlflow_parent_run_id"], folder / name, "report")
+        recommendation = json.loads(text).get("recommendation")
+        if recommendation:
+            record_recommendation(tracker, study.user_attrs["mlflow_parent_run_id"], recommendation)
     return folder
+
+
+def record_recommendation(tracker: Tracker, parent_run_id: str, recommendation: dict) -> None:
+    """The recommendation on the study's parent run: tags, metrics and its description."""
+    tags, metrics = run_records(recommendation)
+    tracker.describe_run(parent_run_id, tags, metrics)
 
 
 def report_folder(out_dir: str | Path, study_name: str) -> Path:

@@ -54,8 +54,8 @@ class TrainConfig(BaseModel):
     probe_size: int | Literal["auto"] = Field(
         default="auto",
         description="examples in the gradient-noise probe (a fixed subset of the training set); "
-                    "0 = off, else >= 4; 'auto' = the whole training set when n <= 16,384, else 16x the last "
-                    "B_simple rounded up to a power of two, within [2,048, 65,536]",
+                    "0 = off, else >= 4; 'auto' = the whole training set when n <= 16,384, else sized from the "
+                    "last measurement's SE of |G|^2 (aiming at 10%), a power of two within [2,048, 65,536]",
     )
     sharpness_every: int = Field(
         default=50, ge=0,

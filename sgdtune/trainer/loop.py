@@ -24,8 +24,9 @@ The measurements, per member (docs/science.md, section 3):
   (science.noise.estimate_from_sums over PROBE_CHUNKS disjoint chunks), on a probe drawn
   without replacement from the n training examples, with the finite-population |G|^2.
   Probe: `probe_size` examples, or with "auto" the whole set when n <= AUTO_WHOLE_SET, else
-  AUTO_PROBE_FACTOR x the member's last B_simple, rounded up to a power of two within
-  [AUTO_MIN_PROBE, AUTO_MAX_PROBE]. Cadence: every `measure_every_epochs` epochs, or with
+  sized from the last measurement's standard error of |G|^2 so that the next one resolves it
+  to AUTO_TARGET_REL_SE (auto_probe_size), a power of two within [AUTO_MIN_PROBE, AUTO_MAX_PROBE].
+  Cadence: every `measure_every_epochs` epochs, or with
   "auto" at the first epoch end where the modelled probe cost is <= PROBE_COST_SHARE of the
   modelled step cost since the last one (`noise_due`); always at the end of training and
   when the target is first reached.
@@ -68,9 +69,11 @@ FIXED_SUBSET_SEED = 20180101  # the probe and train-eval subsets are the same fo
 # The gradient noise probe (docs/science.md, section 3).
 PROBE_CHUNKS = 8  # disjoint chunks behind the jackknife standard errors (K - 1 = 7 degrees of freedom)
 AUTO_WHOLE_SET = 16_384  # probe_size "auto": the whole training set up to this n (then exact: no sampling error)
-# ... else this many times the last B_simple, so that |G|^2 is resolved: its relative SE is
-# at most about sqrt(2) B_simple / b (a rank-one Sigma), 9% at 16x, far less for spread-out Sigma
-AUTO_PROBE_FACTOR = 16
+# ... else sized from the measured SE of |G|^2, not from a formula in B_simple: a probe mean of b
+# gradients has Var(|G|^2) = 4 G'Sigma G / b + 2 tr(Sigma^2) / b^2 (docs/science.md, section 3), and
+# the first term, which a rule "b = 16 B_simple" forgets, can dominate: for a rank-one Sigma
+# aligned with G the relative SD at b = 16 B_simple is sqrt(4/16 + 2/256) = 0.51, not 9%.
+AUTO_TARGET_REL_SE = 0.1  # the relative SE of |G|^2 the next probe aims at
 AUTO_MIN_PROBE, AUTO_MAX_PROBE = 2048, 65_536  # ... rounded up to a power of two within these
 # measure_every_epochs "auto": a probe is due once its modelled cost is at most this share of
 # the modelled cost of the steps since the last one. Costs in example-equivalents of one
@@ -92,12 +95,17 @@ def loss_function(task: str):
     raise ValueError(f"task must be 'classification' or 'regression'; got {task!r}")
 
 
-def auto_probe_size(n: int, last_simple: float | None) -> int:
-    """probe_size "auto": n when n <= AUTO_WHOLE_SET; else AUTO_PROBE_FACTOR x the last B_simple
-    (or its lower bound), rounded up to a power of two within [AUTO_MIN_PROBE, AUTO_MAX_PROBE], at most n."""
+def auto_probe_size(n: int, last: NoiseScaleEstimate | None) -> int:
+    """probe_size "auto": n when n <= AUTO_WHOLE_SET; else, from the last measurement's relative SE r
+    of |G|^2 on b examples, b (r / AUTO_TARGET_REL_SE)^2 (the SE falls at least as 1/sqrt(b), so this
+    reaches the target), at most 16 b (also for an unresolved |G|^2 <= 0), rounded up to a power
+    of two within [AUTO_MIN_PROBE, AUTO_MAX_PROBE], at most n. AUTO_MIN_PROBE before any measurement."""
     if n <= AUTO_WHOLE_SET:
         return n
-    want = AUTO_MIN_PROBE if last_simple is None else AUTO_PROBE_FACTOR * last_simple
+    want = float(AUTO_MIN_PROBE)
+    if last is not None:  # at most 16x the last probe per step: one noisy SE cannot jump to the maximum
+        rel = last.grad_sq_norm_se / last.grad_sq_norm if last.grad_sq_norm > 0 else math.inf
+        want = last.probe_size * min(rel / AUTO_TARGET_REL_SE, 4.0) ** 2
     size = AUTO_MIN_PROBE
     while size < min(want, AUTO_MAX_PROBE):
         size *= 2
@@ -434,7 +442,7 @@ class Loop:
                 m.noise = estimate_from_sums(chunk, population=n)
                 m.noise_update, m.noise_mark = self.updates, (self.updates, self.examples)
                 if self.auto_probe:
-                    m.noise_size = auto_probe_size(n, m.noise.simple)
+                    m.noise_size = auto_probe_size(n, m.noise)
         share = (time.perf_counter() - t0) / len(members)
         for m in members:
             m.probe_s += share
