@@ -383,4 +383,5 @@ class Objective:
             "iterations_per_epoch": plan.iterations_per_epoch,
             "total_updates": plan.total_updates,
             "target_val_acc": tc.target_val_acc,
+            "precision": tc.precision,
         }
