@@ -65,6 +65,13 @@ def peak_memory_mb(device: torch.device) -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS reports bytes
 
 
+def release_cached_memory(device: torch.device) -> None:
+    """After a trial: hand the CUDA caching allocator's free blocks back to the device, so
+    that trial 50 starts with the memory trial 1 had (nothing to do on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def describe_device(device: torch.device) -> str:
     """A human-readable device name for the `sgdtune.device` tag, e.g. 'cuda:0 (NVIDIA H200)' or
     'cpu (2 cores)': the cores this process may use; the torch threads of each trial are chosen
