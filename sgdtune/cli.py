@@ -95,7 +95,10 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any field, VALUE in TOML syntax (e.g. train.momentum=0.5); repeatable")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study")
+    p.add_argument("--workers", type=int, help="worker processes on this machine sharing the study (default: 1, or "
+                   "one per --gpus slot)")
+    p.add_argument("--gpus", metavar="LIST", help="with --device cuda: the GPUs the workers use, one each in turn "
+                   "(indices among the visible GPUs, e.g. 0,2,3; repeat one to run two trials on it: 0,0,1,1)")
     p.add_argument("--threads", type=_auto_or_int, metavar="auto|N",
                    help="torch threads per trial (each worker's): auto = from the step's work and the cores other "
                    "processes leave idle (default), N = always N; also `threads = ...` in the file")
@@ -151,6 +154,12 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         from .writer import TrackingError
 
         resolve_device(config.device)
+        gpus = None
+        if args.gpus is not None:
+            from .gpus import parse_gpus
+
+            gpus = parse_gpus(args.gpus)
+        workers = args.workers if args.workers is not None else len(gpus) if gpus else 1
     except InputError as e:
         return _bad_input(e)
     quiet_libraries()
@@ -163,10 +172,10 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     gc.freeze()
     try:
         study = run_study(config, experiment_path=args.experiment or default_experiment_path(), command=command,
-                          track=not args.no_tracking, show_progress=not args.no_progress, workers=args.workers,
+                          track=not args.no_tracking, show_progress=not args.no_progress, workers=workers,
                           heartbeat=args.heartbeat, batch_trials=args.batch_trials,
                           on_change="fresh" if args.fresh else "extend" if args.extend else "refuse",
-                          register_model=args.register_model)
+                          register_model=args.register_model, gpus=gpus)
     except InputError as e:
         return _bad_input(e)
     except KeyboardInterrupt as e:

@@ -73,12 +73,15 @@ def release_cached_memory(device: torch.device) -> None:
 
 
 def describe_device(device: torch.device) -> str:
-    """A human-readable device name for the `sgdtune.device` tag, e.g. 'cuda:0 (NVIDIA H200)' or
+    """A human-readable device name for the `sgdtune.device` tag, e.g. 'cuda:0 (NVIDIA H200, GPU 2)' or
     'cpu (2 cores)': the cores this process may use; the torch threads of each trial are chosen
     per trial (threads.py) and recorded with it (trial user attribute torch_threads)."""
     if device.type == "cuda":
+        from .gpus import gpu_label
+
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+        given = gpu_label()  # the physical GPU a worker was given (CUDA_VISIBLE_DEVICES)
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)}{', ' + given if given else ''})"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return f"cpu ({cores} cores)"
 
