@@ -84,3 +84,50 @@ def test_asking_for_gpus_without_cuda_is_one_line_and_exit_2(workdir, flags, mes
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith(message) and out.stderr.count("\n") == 1, out.stderr
     assert not (workdir / "mlruns").exists()  # refused before anything was written
+
+
+def test_on_a_cpu_a_trial_has_no_gpu_metrics_and_no_error():
+    import torch
+    from test_train import cfg, make_data
+
+    from sgdtune.timing import GpuMonitor
+    from sgdtune.trainer import train
+
+    summary = train(cfg(epochs=2), make_data()).summary()
+    assert not {"gpu_time_s", "gpu_util_mean_pct", "gpu_mem_used_max_mb"} & set(summary)
+    monitor = GpuMonitor(torch.device("cpu"))
+    monitor.start()
+    monitor.stop()
+    assert monitor._thread is None and monitor.summary() == {}
+
+
+def test_the_gpu_monitor_samples_the_physical_gpu_a_worker_was_given(monkeypatch):
+    """NVML counts every GPU of the machine: a worker given CUDA_VISIBLE_DEVICES=3 sees it as
+    cuda:0 and must read GPU 3. A stand-in for the NVML library (none on this machine)."""
+    import threading
+    import types
+
+    import torch
+
+    from sgdtune.timing import GpuMonitor
+
+    opened, sampled = [], threading.Event()
+
+    def utilization(handle):
+        sampled.set()
+        return types.SimpleNamespace(gpu=40.0 + handle)
+
+    nvml = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: opened.append(i) or i,
+        nvmlDeviceGetUtilizationRates=utilization,
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=512 * 2**20),
+    )
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", nvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monitor = GpuMonitor(torch.device("cuda", 0))
+    monitor.start()
+    assert sampled.wait(10)
+    monitor.stop()
+    assert opened == [3]
+    assert monitor.summary() == {"gpu_util_mean_pct": 43.0, "gpu_mem_used_max_mb": 512.0}
