@@ -95,7 +95,10 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any field, VALUE in TOML syntax (e.g. train.momentum=0.5); repeatable")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study")
+    p.add_argument("--workers", type=int, help="worker processes on this machine sharing the study (default: 1, or "
+                   "one per --gpus slot)")
+    p.add_argument("--gpus", metavar="LIST", help="with --device cuda: the GPUs the workers use, one each in turn "
+                   "(indices among the visible GPUs, e.g. 0,2,3; repeat one to run two trials on it: 0,0,1,1)")
     p.add_argument("--threads", type=_auto_or_int, metavar="auto|N",
                    help="torch threads per trial (each worker's): auto = from the step's work and the cores other "
                    "processes leave idle (default), N = always N; also `threads = ...` in the file")
@@ -160,6 +163,12 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         from .writer import TrackingError
 
         resolve_device(config.device)
+        gpus = None
+        if args.gpus is not None:
+            from .gpus import parse_gpus
+
+            gpus = parse_gpus(args.gpus)
+        workers = args.workers if args.workers is not None else len(gpus) if gpus else 1
     except InputError as e:
         return _bad_input(e)
     quiet_libraries()
@@ -172,10 +181,10 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     gc.freeze()
     try:
         study = run_study(config, experiment_path=args.experiment or default_experiment_path(), command=command,
-                          track=not args.no_tracking, show_progress=not args.no_progress, workers=args.workers,
+                          track=not args.no_tracking, show_progress=not args.no_progress, workers=workers,
                           heartbeat=args.heartbeat, batch_trials=args.batch_trials,
                           on_change="fresh" if args.fresh else "extend" if args.extend else "refuse",
-                          register_model=args.register_model)
+                          register_model=args.register_model, gpus=gpus)
     except InputError as e:
         return _bad_input(e)
     except KeyboardInterrupt as e:
@@ -451,6 +460,66 @@ def model_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     return 0
 
 
+# -- sgdtune cluster -------------------------------------------------------------------------
+
+CLUSTER_EPILOG = """examples:
+  sgdtune cluster slurm experiments/quick.toml --storage postgresql://sgd@db.internal/optuna \\
+      --tracking-uri http://mlflow.internal:5000 --tasks 8 --out quick.sbatch      # then: sbatch quick.sbatch
+  sgdtune cluster k8s experiments/quick.toml --storage postgresql://sgd@db/optuna \\
+      --tracking-uri http://mlflow:5000 --tasks 8 --image registry.example/sgdtune:0.1 --out quick.yaml
+
+Every task runs the same `sgdtune study` command and joins the study through the storage
+(PostgreSQL with --heartbeat 60, or grpc:// through `sgdtune storage-proxy`). No password goes
+into the file: SLURM tasks read ~/.pgpass or PGPASSWORD; Kubernetes pods a Secret.
+"""
+
+
+def cluster_parser(prog: str = "sgdtune cluster") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, epilog=CLUSTER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Render a SLURM job array or a Kubernetes indexed Job that runs one study "
+                                "on many machines.")
+    p.add_argument("engine", choices=("slurm", "k8s"), help="slurm: an sbatch script; k8s: a Job + ConfigMap manifest")
+    p.add_argument("experiment", help="experiment TOML file (SLURM: at this path on the shared filesystem)")
+    p.add_argument("--storage", required=True, help="shared Optuna storage: postgresql://user@host/db or grpc://host:port")
+    p.add_argument("--tracking-uri", help="MLflow tracking server every task reaches (default: no tracking)")
+    p.add_argument("--study-name", help="study name (default: the experiment's)")
+    p.add_argument("--tasks", type=int, default=4, help="array tasks (processes) running at once (default: 4)")
+    p.add_argument("--gpus-per-task", type=int, default=1, help="GPUs per task, one worker each; 0 = CPU (default: 1)")
+    p.add_argument("--cpus-per-task", type=int, default=4, help="CPU cores per task (default: 4)")
+    p.add_argument("--n-trials", type=int, help="finished trials the study runs to (default: the experiment's)")
+    p.add_argument("--time", default="04:00:00", help="SLURM time limit per task (default: 04:00:00)")
+    p.add_argument("--image", help="k8s: the container image with sgdtune installed (required for k8s)")
+    p.add_argument("--secret", default="sgdtune-db", help="k8s: the Secret holding the database password")
+    p.add_argument("--out", help="write the file here (default: print it)")
+    return p
+
+
+def cluster_main(argv: Sequence[str] | None = None, prog: str = "sgdtune cluster") -> int:
+    """Print (or write) the rendered template; 0 when done, 2 on bad input."""
+    args = cluster_parser(prog).parse_args(argv)
+    from .cluster import Job, kubernetes, slurm
+    from .config import load_experiment
+
+    try:
+        config = load_experiment(args.experiment)
+        if args.engine == "k8s" and not args.image:
+            raise InputError("--image", "is required for k8s (an image with sgdtune installed)", "none")
+        job = Job(Path(args.experiment).resolve(), args.study_name or config.name, args.storage, args.tracking_uri,
+                  tasks=args.tasks, gpus_per_task=args.gpus_per_task, n_trials=args.n_trials,
+                  cpus_per_task=args.cpus_per_task, time_limit=args.time)
+        text = slurm(job) if args.engine == "slurm" else kubernetes(job, args.image, args.secret)
+        if args.out is None:
+            print(text, end="")
+            return 0
+        Path(args.out).write_text(text)
+    except InputError as e:
+        return _bad_input(e)
+    except OSError as e:
+        return _bad_input(InputError("--out", "must be a file that can be written", f"{args.out!r} ({e.strerror})"))
+    print(f"wrote {args.out}")
+    return 0
+
+
 # -- the `sgdtune` console script -----------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable[..., int]]] = {
@@ -460,6 +529,7 @@ COMMANDS: dict[str, tuple[str, Callable[..., int]]] = {
     "ui": ("open the MLflow UI (and optuna-dashboard) on this store", ui_main),
     "storage-proxy": ("serve an Optuna RDB storage to many workers through gRPC", proxy_main),
     "model": ("save a trial's trained network (the best by default) to a file", model_main),
+    "cluster": ("render a SLURM job array or Kubernetes indexed Job that runs one study", cluster_main),
 }
 
 

@@ -57,6 +57,10 @@ def check_cohorts(config: ExperimentConfig, batch_trials: int) -> None:
         raise InputError("--batch-trials", f"cannot be combined with search.{stratified[0]}.stratify (a cohort shares "
                          f"one {stratified[0]}, so the round-robin would skip values); drop one of the two",
                          f"--batch-trials {batch_trials} with search.{stratified[0]}.stratify = true")
+    if batch_trials > 1 and config.train.precision != "fp32":
+        raise InputError("--batch-trials", "stacks fp32 training only (the stacked steppers have no autocast); "
+                         "drop --batch-trials or set train.precision = 'fp32'",
+                         f"--batch-trials {batch_trials} with train.precision = {config.train.precision!r}")
     if batch_trials > 1 and config.replicates > 1:
         raise InputError("--batch-trials", "cannot be combined with --replicates > 1 (replicates are trained one "
                          "after another, not stacked); drop one of the two",

@@ -91,9 +91,25 @@ def process_identity(pid: int | None = None, writer_pid: int | None = None) -> d
     """What identifies a process (this one by default) and its MLflow writer process."""
     pid = os.getpid() if pid is None else pid
     out = {"host": socket.gethostname(), "pid": pid, "start": start_time(pid)}
+    task = scheduler_task()
+    if task:
+        out["task"] = task
     if writer_pid is not None:
         out.update(writer_pid=writer_pid, writer_start=start_time(writer_pid))
     return out
+
+
+# The variables a scheduler sets to say which task of an array a process is (cluster.py).
+TASK_VARIABLES = (("SLURM_ARRAY_TASK_ID", "slurm {SLURM_ARRAY_JOB_ID}_{SLURM_ARRAY_TASK_ID}"),
+                  ("JOB_COMPLETION_INDEX", "k8s {JOB_COMPLETION_INDEX}"))
+
+
+def scheduler_task() -> str | None:
+    """'slurm 4242_3' or 'k8s 3' for a task of a SLURM job array or a Kubernetes indexed Job."""
+    for variable, form in TASK_VARIABLES:
+        if variable in os.environ:
+            return form.format_map({"SLURM_ARRAY_JOB_ID": "?", **os.environ})
+    return None
 
 
 def alive(pid: int | None, start: str | None) -> bool:

@@ -55,6 +55,7 @@ def run_study(
     batch_trials: int = 1,
     on_change: str = "refuse",
     register_model: str | None = None,
+    gpus: list[int] | None = None,
 ) -> optuna.Study:
     """Run (or resume) the study until it has config.n_trials finished trials.
 
@@ -68,6 +69,8 @@ def run_study(
     is "fresh" (delete it, start again) or "extend" (continue it with this one; identity.py).
     With register_model = NAME, the best trial's logged model is registered at the end in
     MLflow's model registry under NAME (user attribute registered_model: name, version, trial).
+    With config.device cuda and workers > 1, each worker gets one GPU (gpus.py): `gpus` lists
+    the indices to use (a repeated one runs several trials on that GPU; default: all visible).
     """
     if workers < 1:
         raise InputError("--workers", "must be >= 1", repr(workers))
@@ -77,6 +80,7 @@ def run_study(
         raise InputError("--heartbeat", "must be >= 1 (seconds)", repr(heartbeat))
     check_cohorts(config, batch_trials)  # --batch-trials with --replicates: refused
     _check_registration(register_model, track, config)
+    config, worker_gpus = _place_on_gpus(config, workers, gpus)
     device = resolve_device(config.device)
     data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
     storage_url, tracking_uri = locations(config, mlruns)
@@ -120,7 +124,7 @@ def run_study(
             if tracker is not None:
                 parent_run_id = parent_run.id
                 record_mlflow_location(study, tracker, parent_run)  # before a worker can fail
-            spec = WorkerSpec(config, str(mlruns), parent_run_id, heartbeat, track, batch_trials)
+            spec = WorkerSpec(config, str(mlruns), parent_run_id, heartbeat, track, batch_trials, worker_gpus)
             supervise(study, spec, workers, progress)
         elif remaining > 0:
             objective = Objective(config, data, tracker, parent_run, describe_device(device), progress,
@@ -151,6 +155,32 @@ def run_study(
         number, version = register_best(study, register_model, tracking_uri)
         study.set_user_attr("registered_model", {"name": register_model, "version": version, "trial": number})
     return study
+
+
+def _place_on_gpus(config: ExperimentConfig, workers: int,
+                   gpus: list[int] | None) -> tuple[ExperimentConfig, tuple[str, ...]]:
+    """The config this process trains with, and each worker's GPU (CUDA_VISIBLE_DEVICES), for
+    `--gpus` and for `--device cuda --workers N` (one GPU per worker, gpus.py)."""
+    cuda = config.device.startswith("cuda") or (config.device == "auto" and gpus is not None)
+    if gpus is not None and not cuda:
+        raise InputError("--gpus", "needs --device cuda (or auto on a machine with CUDA)", f"device {config.device!r}")
+    if not cuda or (workers == 1 and gpus is None):
+        return config, ()
+    import torch
+
+    from .gpus import visible_gpus, worker_gpus
+
+    if not torch.cuda.is_available():
+        raise InputError("--gpus" if gpus is not None else "device", "needs CUDA; this machine has none",
+                         repr(config.device))
+    visible = visible_gpus(torch.cuda.device_count())
+    if workers == 1:  # one process: the chosen GPU is its device, no environment to change
+        if len(gpus) != 1:
+            raise InputError("--gpus", f"lists {len(gpus)} GPU slots for 1 worker; add --workers {len(gpus)} "
+                             "or list one GPU", ",".join(map(str, gpus)))
+        worker_gpus(1, visible, gpus)  # the index is checked
+        return config.model_copy(update={"device": f"cuda:{gpus[0]}"}), ()
+    return config.model_copy(update={"device": "cuda"}), tuple(worker_gpus(workers, visible, gpus))
 
 
 def _check_registration(name: str | None, track: bool, config: ExperimentConfig) -> None:

@@ -46,6 +46,7 @@ from .saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision
 from .search import FAIL_KIND, derive_seed
 from .space import suggest
 from .threads import ThreadChooser
+from .timing import release_cached_memory
 from .trainer import BatchPlan, Diverged, EpochMetrics, TrainConfig, TrainResult, history_summary, train
 from .writer import BackgroundTracker, RunRef
 
@@ -300,11 +301,18 @@ class Objective:
         return len(self.config.objectives) == 1 and self.config.pruner.name != "none"
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        try:
+            return self._run(trial)
+        finally:  # the trial's tensors are gone by now: hand their cached blocks back
+            release_cached_memory(self.data.x_train.device)
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         job = self.begin(trial)  # an interrupt in it ends the trial there (begin)
         try:
             result = job.train(self.data)
         except BaseException as e:
             job.finish(e)
+            _release_frames(e)
             raise  # Optuna maps it as finish() did
         job.finish(result)
         return job.values
@@ -386,4 +394,23 @@ class Objective:
             "iterations_per_epoch": plan.iterations_per_epoch,
             "total_updates": plan.total_updates,
             "target_val_acc": tc.target_val_acc,
+            "precision": tc.precision,
         }
+
+
+def _release_frames(error: BaseException) -> None:
+    """Free what the frames an exception passed through hold (the model, its optimizer, the
+    batches). Optuna keeps a trial's exception, and its traceback keeps those frames, in a
+    reference cycle that only the garbage collector breaks: without this the next trial (on
+    a GPU, its memory) starts beside the last one's tensors. The frames still running (this
+    call's and Optuna's) are left as they are."""
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        while frame is not None:  # and the finished frames it was called from
+            try:
+                frame.clear()
+            except RuntimeError:  # still executing
+                break
+            frame = frame.f_back
+        tb = tb.tb_next

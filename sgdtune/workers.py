@@ -33,6 +33,7 @@ from .cohorts import optimize, optimize_batched
 from .config import ExperimentConfig
 from .console import hide_interrupted_trials, one_line_trial_failures
 from .data import load_data
+from .gpus import use_gpu
 from .interrupts import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
@@ -66,6 +67,7 @@ class WorkerSpec:
     heartbeat: int | None
     track: bool
     batch_trials: int = 1
+    gpus: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES of worker 1, 2, ... in turn (gpus.py); () = as inherited
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -76,6 +78,8 @@ def split(total: int, parts: int) -> list[int]:
 
 def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
     """One worker process: join the study and run up to `share` trials."""
+    if spec.gpus:  # before CUDA starts: this worker sees its one GPU as cuda:0
+        use_gpu(spec.gpus[(index - 1) % len(spec.gpus)])
     stop_on_sigterm(also_sigint=True)  # a forwarded signal must not cut the cleanup of the first
     _stop_with_parent()
     torch.set_num_threads(threads)  # the machine's cores are split between the workers

@@ -67,7 +67,7 @@ def test_help_imports_nothing_heavy_and_names_the_command_as_typed(argv, prog):
 def test_the_console_script_help_lists_the_commands_and_imports_nothing_heavy():
     status, printed, modules = probe("sgdtune", "--help")
     assert status == 0
-    assert printed.startswith("usage: sgdtune {study,report,surface,ui,storage-proxy,model} [options]")
+    assert printed.startswith("usage: sgdtune {study,report,surface,ui,storage-proxy,model,cluster} [options]")
     assert not {m for m in modules if m.split(".")[0] in ("torch", "optuna", "mlflow", "numpy")}
 
 

@@ -29,7 +29,8 @@ SUMMARY_METRICS = {
     "final_grad_noise_scale", "compute_time_s", "wall_time_s", "throughput_eps", "peak_mem_mb",
     "updates", "examples_seen",
 }
-TIMING = {"compute_time_s", "wall_time_s", "throughput_eps", "peak_mem_mb", "gpu_time_s",
+TIMING = {"compute_time_s", "wall_time_s", "throughput_eps", "peak_mem_mb", "gpu_time_s", "gpu_util_mean_pct",
+          "gpu_mem_used_max_mb",
           "noise_probe_time_s", "epoch_time_s"}
 
 

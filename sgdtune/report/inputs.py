@@ -13,8 +13,9 @@ from ..errors import InputError
 from ..stores import check_name, open_storage, probe_server
 from ..tracking import RunReader, RunRecord, redact_url, store_exists
 
-TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_s", "throughput_eps")
-MEMORY_KEYS = ("peak_mem_mb",)
+TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_s", "throughput_eps",
+               "gpu_util_mean_pct")
+MEMORY_KEYS = ("peak_mem_mb", "gpu_mem_used_max_mb")
 
 
 def is_timing(key: str) -> bool:

@@ -67,6 +67,13 @@ class TrainConfig(BaseModel):
         description="examples in the fixed sharpness probe (n if fewer: then the training loss's own Hessian)",
     )
     eval_size: int = Field(default=10_000, ge=1, description="training examples evaluated per epoch")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="arithmetic of the training steps' forward pass and loss: fp32, or torch.autocast to bf16 "
+                    "or fp16 (fp16 with a gradient scaler); weights, optimizer, evaluation and every science "
+                    "measurement stay fp32")
+    tf32: bool = Field(default=False, description="CUDA only: let float32 matrix products use TF32 tensor cores "
+                       "(faster, ~10 mantissa bits); no effect on a CPU")
     seed: int = Field(default=0, ge=0, description="initial weights and shuffle order")
     model: ModelConfig = ModelConfig()
 

@@ -51,6 +51,11 @@ def check_group(configs: list[TrainConfig], task: str = "classification") -> Non
             "Train each trial one at a time with sgdtune.trainer.train."
         )
     first = configs[0]
+    if first.precision != "fp32":
+        raise ValueError(
+            f"train_stacked trains in fp32 only; got precision = {first.precision!r}. "
+            "Train mixed-precision configs one at a time with sgdtune.trainer.train."
+        )
     want = _shared_fields(first)
     for i, config in enumerate(configs[1:], start=1):
         got = _shared_fields(config)

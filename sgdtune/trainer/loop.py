@@ -55,7 +55,7 @@ from ..science.noise import (
     loss_noise,
     noise_temperature,
 )
-from ..timing import StepTimer, peak_memory_mb, reset_peak_memory
+from ..timing import GpuMonitor, StepTimer, peak_memory_mb, reset_peak_memory
 from .config import BatchPlan, TrainConfig, lr_at
 from .results import Diverged, EpochMetrics, TrainResult
 
@@ -256,6 +256,7 @@ class Loop:
         self.max_warmup = max(m.warmup_updates for m in self.members)
         self.results: list[TrainResult | Exception | None] = [None] * len(configs)
         self.timer = StepTimer(device)
+        self.gpu = GpuMonitor(device)  # NVML's utilisation and memory, on a GPU with the extra `gpu`
         self.charged = (0.0, 0.0)  # compute and GPU time already split among members
         self.updates = self.examples = 0
         self.next_due = 0  # the next update count at which a probe, a target or an ending may be due
@@ -275,9 +276,16 @@ class Loop:
         """Train; one result per config, in their order: a TrainResult, or the Exception
         (Diverged, the hook's) that ended the member."""
         self.stepper = stepper
+        reset_peak_memory(self.device)
+        self.gpu.start()
+        try:
+            return self._epochs(stepper)
+        finally:
+            self.gpu.stop()
+
+    def _epochs(self, stepper: Stepper) -> list[TrainResult | Exception]:
         step = stepper.step
         x, y, n, plan = self.data.x_train, self.data.y_train, self.data.n_train, self.plan
-        reset_peak_memory(self.device)
         self.next_due = self._next_due()
         for epoch in range(1, plan.epochs + 1):
             if not self.members:
@@ -572,5 +580,6 @@ class Loop:
             sharpness_time_s=m.sharpness_s,
             fixed_model_loss_noise_slope=m.fixed_loss_noise_slope,
             test=m.test,
+            gpu=self.gpu.summary(),
             module=None if network is None else network(self.members.index(m)),
         )

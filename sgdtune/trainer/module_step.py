@@ -9,6 +9,7 @@ the noise probe is science.noise.chunk_sums and the sharpness science.sharpness.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -83,12 +84,44 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "cl
     return loss / x.shape[0], hits / x.shape[0]
 
 
+class Precision:
+    """The arithmetic of a training step (TrainConfig.precision): the forward pass and loss run
+    under torch.autocast in bf16 or fp16; fp16 scales the loss before backward so that small
+    gradients do not underflow (torch.amp.GradScaler). Weights and optimizer state stay fp32."""
+
+    def __init__(self, precision: str, device: torch.device, tf32: bool = False):
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        if device.type == "cuda":  # a process-wide switch: set by every trial, so it follows the trial's config
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+
+    def forward(self):
+        """The context the forward pass and loss run in."""
+        if self.dtype is None:  # fp32: no autocast context on the hot path at all
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:  # skips the update when a scaled gradient overflowed, and lowers the scale
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
 class ModuleStepper:
     """The loop's Stepper for one member: `model` stepped by torch.optim (make_optimizer)."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, lr: float, task: str = "classification"):
         self.model, self.task, self.loss_fn = model, task, loss_function(task)
         self.optimizer = make_optimizer(model, config, lr)
+        device = next(model.parameters(), torch.empty(0)).device
+        self.precision = Precision(config.precision, device, config.tf32)
         self.order = torch.empty(0, dtype=torch.long)
 
     def begin_epoch(self, orders: list[torch.Tensor]) -> None:
@@ -97,22 +130,23 @@ class ModuleStepper:
     def step(self, x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """One update on rows order[start:stop] of (x, y); returns the batch's mean loss before
         the update (a scalar tensor, no sync)."""
-        model, optimizer = self.model, self.optimizer
+        model, optimizer, precision = self.model, self.optimizer, self.precision
         full = stop - start == x.shape[0]  # full batch: no gather of the whole set
         if stop - start > STEP_CHUNK:
             optimizer.zero_grad(set_to_none=True)
-            loss = _backward_in_chunks(model, self.loss_fn, x, y, None if full else self.order[start:stop])
+            loss = _backward_in_chunks(model, self.loss_fn, x, y, None if full else self.order[start:stop], precision)
         else:
             if full:
                 xb, yb = x, y
             else:
                 idx = self.order[start:stop]
                 xb, yb = x[idx], y[idx]
-            loss = self.loss_fn(model(xb), yb)
+            with precision.forward():
+                loss = self.loss_fn(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        optimizer.step()
-        return loss.detach()
+            precision.backward(loss)
+        precision.step(optimizer)
+        return loss.detach().float()
 
     def set_lr(self, lrs: list[float]) -> None:
         for group in self.optimizer.param_groups:
@@ -147,7 +181,7 @@ class ModuleStepper:
 
 
 def _backward_in_chunks(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
-                        idx: torch.Tensor | None) -> torch.Tensor:
+                        idx: torch.Tensor | None, precision: Precision) -> torch.Tensor:
     """Backpropagate the mean loss of a batch too big for one pass, STEP_CHUNK
     examples at a time (gradients accumulate); `idx` selects the rows, None = all of x.
     Returns the batch's mean loss."""
@@ -155,7 +189,8 @@ def _backward_in_chunks(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Ten
     loss = torch.zeros((), device=x.device)
     for start in range(0, total, STEP_CHUNK):
         rows = slice(start, start + STEP_CHUNK) if idx is None else idx[start : start + STEP_CHUNK]
-        part = loss_fn(model(x[rows]), y[rows], reduction="sum") / total
-        part.backward()
+        with precision.forward():
+            part = loss_fn(model(x[rows]), y[rows], reduction="sum") / total
+        precision.backward(part)
         loss += part.detach()
     return loss

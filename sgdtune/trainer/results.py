@@ -76,6 +76,7 @@ class TrainResult:
     # Not in summary() (tests/test_study.py's TIMING set lists the volatile keys it may hold):
     sharpness_time_s: float = 0.0  # the sharpness measurements (not in probe_time_s nor compute_time_s)
     target_time_s: float = 0.0  # the target checks between epoch ends
+    gpu: dict[str, float] | None = None  # NVML's gpu_util_mean_pct, gpu_mem_used_max_mb (timing.GpuMonitor)
     # The trained network at its final weights, on the training device (the caller's own
     # module for `train`; a copy of its slice for a stacked member). Not a metric.
     module: nn.Module | None = None
@@ -100,6 +101,7 @@ class TrainResult:
         if self.test is not None:
             score = "final_test_r2" if self.final.task == "regression" else "final_test_acc"
             out["final_test_loss"], out[score] = self.test
+        out.update(self.gpu or {})
         if self.noise_at_target is not None:
             out["grad_noise_scale_at_target"], out["grad_noise_scale_at_target_se"] = self.noise_at_target
         return {k: float(v) for k, v in out.items() if v is not None}
