@@ -16,6 +16,30 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
 
 
+# -- running in parallel (pytest-xdist: `python -m pytest -n auto`) -------------------------------
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core this process may run on (not the machine's count of cores)."""
+    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup, in pyproject.toml)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests that share one of our fixtures wider than a test run on one worker, so it is made
+    once: the tests using a session fixture (the PostgreSQL cluster, the mlflow server) form one
+    group, and the tests of a file using a module fixture (a study run once, a browser) the file's
+    group. The other tests are spread one by one."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)  # test functions have it
+        defs = [d for ds in fixtures.name2fixturedefs.values() for d in ds] if fixtures else []
+        wide = {d.scope for d in defs if d.baseid and d.scope != "function"}  # baseid "": pytest's, plugins'
+        if "session" in wide:
+            item.add_marker(pytest.mark.xdist_group("session-servers"))
+        elif wide:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m sgdtune.<args>` in a subprocess, as a user would run it."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
