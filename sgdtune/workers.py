@@ -80,16 +80,20 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
     """One worker process: join the study and run up to `share` trials."""
     if spec.gpus:  # before CUDA starts: this worker sees its one GPU as cuda:0
         use_gpu(spec.gpus[(index - 1) % len(spec.gpus)])
-    stop_on_sigterm(also_sigint=True)  # a forwarded signal must not cut the cleanup of the first
-    _stop_with_parent()
-    torch.set_num_threads(threads)  # the machine's cores are split between the workers
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    hide_interrupted_trials()  # Ctrl-C reaches the workers too: the supervisor says it in one line
-    one_line_trial_failures()  # after: a Ctrl-C trial is dropped whole, a diverged one kept in one line
-    config = spec.config
-    storage_url, tracking_uri = locations(config, Path(spec.mlruns))
-    tracker = BackgroundTracker(tracking_uri, config.name) if spec.track else None  # imports beside ours
+    tracker = None
+    # The worker starts with SIGINT/SIGTERM ignored (supervise); from its handlers on, a signal
+    # raises Terminated on whatever line runs (the supervisor sends it again each second), so
+    # every line from them on is inside the try: an interrupted start exits cleanly too.
     try:
+        stop_on_sigterm(also_sigint=True)  # a forwarded signal must not cut the cleanup of the first
+        _stop_with_parent()
+        torch.set_num_threads(threads)  # the machine's cores are split between the workers
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        hide_interrupted_trials()  # Ctrl-C reaches the workers too: the supervisor says it in one line
+        one_line_trial_failures()  # after: a Ctrl-C trial is dropped whole, a diverged one kept in one line
+        config = spec.config
+        storage_url, tracking_uri = locations(config, Path(spec.mlruns))
+        tracker = BackgroundTracker(tracking_uri, config.name) if spec.track else None  # imports beside ours
         device = resolve_device(config.device)
         data = load_data(config.data, config.seed, device)
         storage = open_storage(storage_url, spec.heartbeat, tracking_uri if spec.track else None)

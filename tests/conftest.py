@@ -16,6 +16,59 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
 
 
+# -- running in parallel (pytest-xdist: `python -m pytest -n auto`) -------------------------------
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core this process may run on (not the machine's count of cores)."""
+    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup, in pyproject.toml)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests that share one of our fixtures wider than a test run on one worker, so that it is
+    made once: a session fixture (the PostgreSQL cluster, the mlflow server, a shared study) joins
+    every test using it, a module fixture (a study run once, a browser) the tests of its file, and
+    so on transitively. The other tests are spread one by one."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    shares = []
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)  # test functions have it
+        defs = [d for ds in info.name2fixturedefs.values() for d in ds] if info else []
+        ours = [d for d in defs if d.baseid and d.scope != "function"]  # baseid "": pytest's, plugins'
+        keys = sorted({d.argname if d.scope == "session" else item.nodeid.split("::")[0] for d in ours})
+        for key in keys:
+            parent[root(key)] = root(keys[0])
+        shares.append(keys)
+    name = {}  # each set of joined keys is named after its first key in order
+    for key in sorted(parent):
+        name.setdefault(root(key), key)
+    for item, keys in zip(items, shares):
+        if keys:
+            item.add_marker(pytest.mark.xdist_group(name[root(keys[0])]))
+        groups = sorted({m.args[0] if m.args else m.kwargs.get("name", "default")
+                         for m in item.iter_markers("xdist_group")})  # these and any written on a test
+        if groups and getattr(config.option, "loadgroup", False) and not hasattr(item, "_nodeid"):
+            # An xdist worker tells the scheduler a test's group as "@group" after its id; xdist
+            # 3.8 writes it to item._nodeid, which pytest 9 no longer reads (it reads item._id).
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
+
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory) -> Path:
+    """A folder holding one quick study (quick_study_in), for the tests that only read its stores
+    (a report logged to its parent run aside)."""
+    return quick_study_in(tmp_path_factory.mktemp("quick"))
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m sgdtune.<args>` in a subprocess, as a user would run it."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

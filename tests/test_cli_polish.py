@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENTS, ROOT, quick_study_in
+from conftest import EXPERIMENTS, ROOT
 
 from sgdtune.cli import report_main
 
@@ -78,16 +78,9 @@ def test_the_probe_sees_a_heavy_import_when_there_is_one():
     assert "optuna" in modules
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """A directory holding one quick study, run in-process."""
-    cwd = quick_study_in(tmp_path_factory.mktemp("polish"))
-    return cwd
-
-
 @pytest.mark.parametrize("prog", ["python -m sgdtune.report", "sgdtune report"])
-def test_report_json_records_the_report_command_as_typed(quick, monkeypatch, tmp_path, prog):
-    monkeypatch.chdir(quick)
+def test_report_json_records_the_report_command_as_typed(quick_study, monkeypatch, tmp_path, prog):
+    monkeypatch.chdir(quick_study)
     assert report_main(["--study-name", "quick", "--out", str(tmp_path)], prog=prog) == 0
     repro = json.loads((tmp_path / "quick/report.json").read_text())["reproducibility"]
     assert repro["report_command"] == f"{prog} --study-name quick --out {tmp_path}"
@@ -144,7 +137,13 @@ def spawned_children_of(pid: int) -> list[int]:
     return found
 
 
-IMPORTING_S = 0.8  # a worker takes 2-3 s from its start to its handlers (torch, optuna, mlflow imports)
+def importing_torch(pid: int) -> bool:
+    """Whether process `pid` has loaded torch's library: it is inside `import torch` (seconds of
+    imports before a worker takes its handlers), or past it."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:  # ended meanwhile
+        return False
 
 
 def test_ctrl_c_while_the_workers_still_import_prints_one_clean_line_and_no_traceback(tmp_path):
@@ -158,8 +157,10 @@ def test_ctrl_c_while_the_workers_still_import_prints_one_clean_line_and_no_trac
         deadline = time.monotonic() + 180
         while len(spawned_children_of(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert proc.poll() is None and len(spawned_children_of(proc.pid)) == 2, "the workers did not start"
-        time.sleep(IMPORTING_S)  # past the interpreter's start-up: into the import of sgdtune.study
+        workers = spawned_children_of(proc.pid)
+        assert proc.poll() is None and len(workers) == 2, "the workers did not start"
+        while not all(importing_torch(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C, while the workers import torch
         out, err = proc.communicate(timeout=120)
     finally:

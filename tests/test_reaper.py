@@ -1,6 +1,7 @@
 """Servers do not outlive the process that started them, even one killed with SIGKILL:
 the test fixtures' PostgreSQL and mlflow server, and `sgdtune ui`'s servers."""
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -53,6 +54,15 @@ def wait_gone(pids: set[int]) -> set[int]:
     return left
 
 
+def until(pids, at_least: int) -> set[int]:
+    """pids() once it holds at least `at_least` processes (a server forks its workers after it answers)."""
+    deadline = time.monotonic() + GONE_WITHIN_S
+    while len(found := pids()) < at_least:
+        assert time.monotonic() < deadline, f"only {found}"
+        time.sleep(0.2)
+    return found
+
+
 def read_line(proc: subprocess.Popen, prefix: str, timeout_s: float = 240) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -68,6 +78,12 @@ def sleeper() -> subprocess.Popen:
     return subprocess.Popen(["sleep", "600"], start_new_session=True)
 
 
+def reaping(proc: subprocess.Popen) -> concurrent.futures.Future:
+    """proc.wait() on a thread: the process is reaped as soon as it ends. A child of this test
+    left a zombie would keep its group alive to the watchdog until the grace ran out (10 s)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1).submit(proc.wait)
+
+
 def test_closing_the_reaper_stops_the_groups_still_watched_and_not_the_forgotten():
     reaper = Reaper()
     watched, forgotten = sleeper(), sleeper()
@@ -75,8 +91,9 @@ def test_closing_the_reaper_stops_the_groups_still_watched_and_not_the_forgotten
         reaper.watch(watched.pid)
         reaper.watch(forgotten.pid)
         reaper.forget(forgotten.pid)
+        ended = reaping(watched)
         reaper.close()
-        assert watched.wait(timeout=GONE_WITHIN_S) == -signal.SIGTERM
+        assert ended.result(timeout=GONE_WITHIN_S) == -signal.SIGTERM
         assert forgotten.poll() is None
     finally:
         for proc in (watched, forgotten):
@@ -85,14 +102,16 @@ def test_closing_the_reaper_stops_the_groups_still_watched_and_not_the_forgotten
 
 
 def test_descendants_in_groups_of_their_own_are_stopped_too():
-    # As MLflow's huey job workers: a child that left its parent's process group.
-    server = subprocess.Popen(["sh", "-c", "setsid sleep 600 & echo $!; wait"], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    # As MLflow's huey job workers: a child that left its parent's process group. The child says
+    # its pid once setsid has run (so the test reads the process table after it), then becomes sleep.
+    server = subprocess.Popen(["sh", "-c", "setsid sh -c 'echo $$; exec sleep 600' & wait"], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
     worker = int(server.stdout.readline())
     try:
         assert processes()[worker][2] == worker != server.pid  # a group of its own
         reaper = Reaper()
         reaper.watch(server.pid)
+        reaping(server)
         reaper.close()
         assert wait_gone({server.pid, worker}) == set()
     finally:
@@ -116,7 +135,6 @@ def test_the_fixture_servers_die_with_a_pytest_killed_by_sigkill(tmp_path):
         reaper = Reaper()
         with postgres_cluster(reaper) as db:
             with mlflow_server_at(db("mlflow"), Path(sys.argv[2]), reaper) as (_, server):
-                time.sleep(3)  # let the server fork its workers
                 print("up", server.pid, db.postmaster, db.root, flush=True)
                 time.sleep(600)
     """)
@@ -125,9 +143,8 @@ def test_the_fixture_servers_die_with_a_pytest_killed_by_sigkill(tmp_path):
     try:
         _, server, postmaster, cluster = read_line(proc, "up ").split()
         server, postmaster = int(server), int(postmaster)
-        servers = group_members(server)  # the server and the workers it forked
-        databases = {postmaster} | children(postmaster)  # and its background processes
-        assert len(servers) >= 2 and len(databases) >= 2
+        servers = until(lambda: group_members(server), at_least=2)  # the server and the workers it forks
+        databases = until(lambda: {postmaster} | children(postmaster), at_least=2)  # and its background processes
         proc.kill()  # as `kill -9` of pytest: no finally, no atexit
         proc.wait()
         assert wait_gone(servers | databases) == set()

@@ -13,7 +13,6 @@ import urllib.request
 
 import pytest
 from browser import chromium, open_page  # noqa: F401 (chromium is a fixture)
-from conftest import quick_study_in
 
 from sgdtune.cli import ui_main
 from sgdtune.stores import open_storage
@@ -28,9 +27,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """A directory holding one quick study (mlruns/), made by the study's CLI, in-process."""
-    cwd = quick_study_in(tmp_path_factory.mktemp("ui"))
+def quick(quick_study):
+    """The shared quick study's folder (conftest.quick_study) and the study."""
+    cwd = quick_study
     import optuna
 
     study = optuna.load_study(study_name="quick", storage=open_storage(str(cwd / "mlruns/optuna.journal")))

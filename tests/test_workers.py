@@ -5,11 +5,12 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import optuna
 import pytest
-from conftest import PG_PASSWORD, run_cli
+from conftest import EXPERIMENTS, PG_PASSWORD, run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -61,6 +62,28 @@ def test_split_gives_shares_that_differ_by_at_most_one():
     assert split(12, 3) == [4, 4, 4]
     assert split(10, 3) == [4, 3, 3]
     assert split(2, 3) == [1, 1]
+
+
+def test_a_worker_interrupted_while_it_starts_exits_130_without_a_traceback(tmp_path):
+    # The supervisor sends its Ctrl-C on each second until the workers end, so it can land on
+    # any line of a worker's start once its handlers are in: here, while it starts its writer.
+    script = textwrap.dedent(f"""
+        import signal
+        from pathlib import Path
+        from sgdtune import workers
+        from sgdtune.config import load_experiment
+
+        def starting_the_writer(*args, **kwargs):
+            signal.raise_signal(signal.SIGINT)  # the supervisor's signal, on this line
+            raise AssertionError("the worker took no handler for SIGINT")
+
+        workers.BackgroundTracker = starting_the_writer
+        config = load_experiment(Path({str(EXPERIMENTS / "quick.toml")!r}))
+        spec = workers.WorkerSpec(config, {str(tmp_path / "mlruns")!r}, parent_run_id=None, heartbeat=None, track=True)
+        workers.run_worker(spec, share=1, index=1, threads=1)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (130, "")
 
 
 def test_three_workers_share_twelve_trials_on_the_embedded_storage(workdir):
@@ -121,8 +144,11 @@ def test_kill_9_of_a_worker_fails_its_trial_ends_its_run_and_the_study_completes
 @pytest.mark.postgres
 def test_with_heartbeats_a_killed_workers_trial_is_failed_and_run_again_by_another(workdir, postgres, mlflow_server):
     storage = postgres("optuna_heartbeat")
+    # A live worker's trial must never look dead: its heartbeat thread must get to write within the
+    # grace period (2 heartbeats) even on a busy machine, so one torch thread each (no spinning
+    # threads beside it) and heartbeats of 2 s.
     common = ["experiments/quick.toml", "--n-trials", "3", "--storage", storage, "--tracking-uri", mlflow_server,
-              "--heartbeat", "1", *LONG]
+              "--heartbeat", "2", "--threads", "1", *LONG]
     first = start(workdir, *common)
     wait_for_running_trial(storage, first)
     second = start(workdir, *common)  # a worker on "another machine" joins the same study
