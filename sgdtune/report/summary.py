@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..search import failure_causes
 from .html import fmt, octave_trend_sentence
 from .inputs import column
 from .sections import NOISE_SE
@@ -37,7 +38,9 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
     s = report["study"]["trials_by_state"]
     out = [f"{sum(s.values())} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(s.items())) + "."]
     if not complete:
-        return out
+        failed = [r.get("fail_reason") for r in report["trials"] if r["state"] == "FAIL"]
+        why = f" Fail reasons: {failure_causes(failed)}." if failed else ""
+        return out + [f"No trial completed: there is nothing to compare, and every section below is skipped.{why}"]
     best = max(complete, key=lambda r: (r["summary"]["final_val_acc"], -r["number"]))
     sizes = sorted({r["batch_size"] for r in complete})
     tried = f"batch sizes {sizes[0]}-{sizes[-1]}" if len(sizes) > 1 else f"batch size {sizes[0]}"
