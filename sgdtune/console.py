@@ -11,7 +11,6 @@ import optuna
 from optuna.trial import TrialState
 
 from .config import ExperimentConfig
-from .search import failure_causes
 from .tracking import redact_url, ui_url
 from .trainer import BatchPlan, Diverged, EpochMetrics
 
@@ -241,6 +240,8 @@ def print_recommendation(study: optuna.Study, tracking_uri: str | None, goal: st
 
 def no_trial_completed(study: optuna.Study) -> str:
     """The closing line of a study where no trial completed, with the commonest fail reasons."""
+    from .report.summary import failure_causes  # the report says it in the same words
+
     ended = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.FAIL, TrialState.PRUNED)]
     failed = [t.user_attrs.get("fail_reason") for t in ended if t.state == TrialState.FAIL]
     why = f"; fail reasons: {failure_causes(failed)}" if failed else ""

@@ -95,18 +95,6 @@ def n_finished(study: optuna.Study) -> int:
     return sum(counts_as_finished(t) for t in study.get_trials(deepcopy=False))
 
 
-def failure_causes(reasons: list[str | None], shown: int = 2) -> str:
-    """The most common fail reasons with their counts, for a study where no trial completed:
-    "'training loss became nan at update 2 (epoch 1)' (2 trials)"; numbers in a reason
-    (the update, the loss) are kept, so the same cause at other updates counts apart."""
-    from collections import Counter
-
-    counts = Counter(r or "no reason recorded" for r in reasons).most_common()
-    words = [f"{reason!r} ({n} trial{'s' * (n > 1)})" for reason, n in counts[:shown]]
-    rest = sum(n for _, n in counts[shown:])
-    return "; ".join(words) + (f"; {rest} other{'s' * (rest > 1)}" if rest else "")
-
-
 def best_value(study: optuna.Study) -> float | None:
     """The best first objective value among complete trials (None before any)."""
     values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]

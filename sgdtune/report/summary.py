@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
-from ..search import failure_causes
 from .html import fmt, octave_trend_sentence
 from .inputs import column
 from .sections import NOISE_SE
@@ -31,6 +32,16 @@ def noise_verdict(c: dict) -> str:
         return f"difference {c['difference']:+.4f} ± {c['se']:.4f} (combined SE): within noise (|Δ| < 2 SE)"
     z = f" = {c['z']:.1f} SE" if c.get("z") is not None else ""
     return f"difference {c['difference']:+.4f} ± {c['se']:.4f} (combined SE): beyond noise (|Δ|{z} ≥ 2 SE)"
+
+
+def failure_causes(reasons: list[str | None], shown: int = 2) -> str:
+    """The most common fail reasons with their counts, for a study where no trial completed:
+    "'training loss became nan at update 2 (epoch 1)' (2 trials)"; numbers in a reason
+    (the update, the loss) are kept, so the same cause at other updates counts apart."""
+    counts = Counter(r or "no reason recorded" for r in reasons).most_common()
+    words = [f"{reason!r} ({n} trial{'s' * (n > 1)})" for reason, n in counts[:shown]]
+    rest = sum(n for _, n in counts[shown:])
+    return "; ".join(words) + (f"; {rest} other{'s' * (rest > 1)}" if rest else "")
 
 
 def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
