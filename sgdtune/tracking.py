@@ -54,6 +54,8 @@ REPLACED_ROLE = "replaced-study"  # a parent run whose Optuna study was deleted 
 STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 FLUSH_EVERY_S = 2.0  # a running trial's epochs reach the store at least this often
+RECOVERED_NOTE = ("ended on a later start: its end was lost (a killed writer or a store that refused writes); "
+                  "summary metrics from the Optuna trial, epochs not yet written are missing")
 
 
 # Stores MLflow 3 opens for a tracking URI (its file store is refused), beside any plugin's.
@@ -338,20 +340,29 @@ class Tracker:
                                        max_results=5000)
         return {r.info.run_id for r in runs}
 
-    def end_runs_of_finished_trials(self, states: dict[int, tuple[str, str | None]]) -> int:
-        """End each RUNNING trial run whose trial has finished, {number: (state, fail_reason)},
-        with that state: its end was lost (a killed writer, a full disk). How many were ended."""
+    def end_runs_of_finished_trials(self, states: dict[int, tuple[str, str | None, dict]]) -> int:
+        """End each RUNNING trial run whose trial has finished, {number: (state, fail_reason,
+        summary)}, with that state: its end was lost (a killed writer, a full disk). A complete
+        or pruned trial's run gets the summary metrics its Optuna trial kept (the epochs still
+        buffered when the write failed are lost; tag sgdtune.recovered says so); one whose
+        trial kept none is ended FAILED, since a run without its metrics is not complete.
+        How many were ended."""
         running = "attributes.status = 'RUNNING'"
         ended = 0
         for run in self.client.search_runs([self.experiment_id], filter_string=running, max_results=1000):
             number = run.data.tags.get("sgdtune.trial_number")
             if number is None or int(number) not in states:
                 continue
-            state, reason = states[int(number)]
+            state, reason, summary = states[int(number)]
             if state == "FAIL":
                 self.fail_stale_run(run.info.run_id, reason or "the trial failed; its run's end was lost")
+            elif not summary:
+                self.fail_stale_run(run.info.run_id, f"the trial is {state} in Optuna, but its run's metrics were "
+                                    "lost with its end (a killed writer or a store that refused writes)")
             else:
-                self.end_trial_run(run.info.run_id, state, {})
+                self.client.set_tag(run.info.run_id, "sgdtune.recovered", RECOVERED_NOTE)
+                self.end_trial_run(run.info.run_id, state, {k: v for k, v in summary.items()
+                                                            if isinstance(v, (int, float))})
             ended += 1
         return ended
     # -- what a user takes away: datasets and trained networks (saved.py) --------------------
