@@ -219,7 +219,11 @@ def check_before_writing(storage_url: str, tracking_uri: str | None) -> None:
             _sqlite_of_its_kind("--storage", storage_file, storage_url, OPTUNA_TABLES, "an Optuna storage",
                                 MLFLOW_TABLES, "the MLflow store (--tracking-uri)")
     if tracking_file is not None:
-        writable_file("--tracking-uri", tracking_file, tracking_uri, "mlflow.db", create=False)
+        try:
+            writable_file("--tracking-uri", tracking_file, tracking_uri, "mlflow.db", create=False)
+        except InputError as e:  # as check_tracking words it: what MLflow needs, and why this one is not
+            raise InputError("--tracking-uri", "must be a tracking store MLflow can open",
+                             f"{redact(tracking_uri)!r} (it {e.rule})") from None
         _sqlite_of_its_kind("--tracking-uri", tracking_file, tracking_uri, MLFLOW_TABLES, "an MLflow store",
                             OPTUNA_TABLES, "an Optuna storage (--storage)")
 

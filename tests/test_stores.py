@@ -344,7 +344,8 @@ NOT_SQLITE = r"^error: --tracking-uri: must be an SQLite database to serve as an
 REFUSALS = {  # the flags; the one line (a regular expression); {d} is the working folder
     "a text file as the MLflow store": (["--tracking-uri", "sqlite:///{d}/notadb.db"], NOT_SQLITE),
     "a folder as the MLflow store": (["--tracking-uri", "sqlite:////tmp"],
-                                     r"^error: --tracking-uri: names a folder, not a file"),
+                                     r"^error: --tracking-uri: must be a tracking store MLflow can open; got "
+                                     r"'sqlite:////tmp' \(it names a folder, not a file"),
     # in a fresh folder the default MLflow store is that same file, not yet created
     "the MLflow database as the Optuna storage": (
         ["--storage", "sqlite:///{d}/mlruns/mlflow.db"],
