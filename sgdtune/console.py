@@ -108,7 +108,7 @@ def fit_columns(rows: list[dict[str, str]], width: int) -> list[str]:
     """CLOSING_COLUMNS, less those from the end that would not fit in `width` characters
     (each column takes its widest cell plus 3 for padding and border); at least four."""
     keep = list(CLOSING_COLUMNS)
-    while len(keep) > 4 and 1 + sum(3 + max(len(c), *(len(r[c]) for r in rows)) for c in keep) > width:
+    while len(keep) > 4 and 1 + sum(3 + max([len(c), *(len(r[c]) for r in rows)]) for c in keep) > width:
         keep.pop()
     return keep
 
@@ -151,12 +151,36 @@ def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: st
                   top: int = 5) -> None:
     """A table of the top trials (as wide as the terminal allows), then where everything
     is and how to look at it."""
+    width = terminal_width()
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if trials:
+        _print_top(study, trials, config, width, top)
+    else:  # a table with no rows says nothing: say why instead
+        print(no_trial_completed(study))
+    states = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in states.items()))
+    print(f"optuna storage: {redact_url(storage_url)}")
+    if tracking_uri:
+        experiment_id = study.user_attrs["mlflow_experiment_id"]
+        print(f"mlflow store:   {redact_url(tracking_uri)}")
+        if tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+            print(f"open the MLflow UI: {ui_url(experiment_id, base=tracking_uri)}")
+        else:
+            print("open the MLflow UI on this store:")
+            store = shlex.quote(redact_url(tracking_uri))
+            print(f"  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
+            print(f"  then {ui_url(experiment_id)}")
+
+
+def _print_top(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], config: ExperimentConfig, width: int,
+               top: int) -> None:
+    """The table of the `top` best complete trials; columns that do not fit are named below it."""
     from rich.console import Console
     from rich.table import Table
 
-    width = terminal_width()
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    trials.sort(key=lambda t: -t.values[0])
+    trials = sorted(trials, key=lambda t: -t.values[0])
     # several objectives: the trials no other beats on all of them (Optuna's best_trials) get a *
     front = {t.number for t in study.best_trials} if len(study.directions) > 1 and trials else set()
     rows = []
@@ -186,21 +210,6 @@ def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: st
     if len(shown) < len(CLOSING_COLUMNS):
         left_out = ", ".join(c for c in CLOSING_COLUMNS if c not in shown)
         print(f"(left out at {width} columns: {left_out})")
-    states = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    for t in study.get_trials(deepcopy=False):
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in states.items()))
-    print(f"optuna storage: {redact_url(storage_url)}")
-    if tracking_uri:
-        experiment_id = study.user_attrs["mlflow_experiment_id"]
-        print(f"mlflow store:   {redact_url(tracking_uri)}")
-        if tracking_uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
-            print(f"open the MLflow UI: {ui_url(experiment_id, base=tracking_uri)}")
-        else:
-            print("open the MLflow UI on this store:")
-            store = shlex.quote(redact_url(tracking_uri))
-            print(f"  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
-            print(f"  then {ui_url(experiment_id)}")
 
 
 def print_recommendation(study: optuna.Study, tracking_uri: str | None, goal: str | None = None) -> dict | None:
@@ -227,3 +236,14 @@ def print_recommendation(study: optuna.Study, tracking_uri: str | None, goal: st
     for line in lines(recommendation):
         print(line)
     return recommendation
+
+
+def no_trial_completed(study: optuna.Study) -> str:
+    """The closing line of a study where no trial completed, with the commonest fail reasons."""
+    from .report.summary import failure_causes  # the report says it in the same words
+
+    ended = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.FAIL, TrialState.PRUNED)]
+    failed = [t.user_attrs.get("fail_reason") for t in ended if t.state == TrialState.FAIL]
+    why = f"; fail reasons: {failure_causes(failed)}" if failed else ""
+    return (f"no trial completed, nothing to rank ({len(failed)} failed, {len(ended) - len(failed)} pruned{why}); "
+            "check the search ranges (a diverging lr, a batch size too small for it) and the data")

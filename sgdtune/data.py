@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import math
 import warnings
 import zipfile
@@ -49,7 +50,10 @@ class DataConfig(BaseModel):
     )
     path: Path | None = Field(default=None, description="the file, for csv and npz; relative to the experiment "
                               "file's folder when written in it, to the working directory when given by --set")
-    label: str = Field(default="label", description="label/target column (csv) or array name (npz)")
+    label: str = Field(default="label", description="label/target column (csv) or array name (npz); for "
+                       "classification its numbers must be whole (0, 1.0, 7): a value like 0.37 is refused, with "
+                       "the hint task = 'regression'. CSV cells: numbers, features within float32 (|x| <= 3.4e38); "
+                       "a UTF-8 byte-order mark before the header is fine")
     n_samples: int = Field(default=10_000, ge=10, le=50_000_000,
                            description="examples generated, synthetic and linear only")
     n_features: int = Field(default=64, ge=2, description="features per example, synthetic and linear only")
@@ -58,7 +62,8 @@ class DataConfig(BaseModel):
     val_fraction: float = Field(
         default=0.2, gt=0.0, lt=1.0,
         description="share held out for validation, ceil(val_fraction x n) of the n examples left after any test "
-        "set (seeded; stratified for classification); what pruning and the sampler see",
+        "set (seeded; stratified for classification); what pruning and the sampler see. At least 30 examples: "
+        "val_acc's standard error (a normal approximation) means little below that",
     )
     test_fraction: float = Field(
         default=0.0, ge=0.0, lt=1.0,
@@ -152,15 +157,21 @@ def load_arrays(config: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, _as_targets(values, config.task, where)
 
 
+# The fewest validation examples: val_acc is reported with its binomial standard error
+# sqrt(p (1 - p) / n_val) and trials are compared within 2 SE, a normal approximation that
+# needs tens of examples (one example reads 1.0000 ± 0.0000); 30 is the usual rule of thumb.
+MIN_VAL_EXAMPLES = 30
+
+
 def min_examples(val_fraction: float, test_fraction: float = 0.0) -> int:
-    """The fewest examples n whose splits leave at least one example on every side: ceil(test_fraction x n)
-    test examples (when test_fraction > 0), then ceil(val_fraction x m) of the m left to validation, and
-    at least one to train on (stratified_split, random_split)."""
+    """The fewest examples n whose splits leave every side its share: ceil(test_fraction x n) test
+    examples (at least one, when test_fraction > 0), then ceil(val_fraction x m) of the m left to
+    validation (at least MIN_VAL_EXAMPLES), and at least one to train on (stratified_split, random_split)."""
     def rest(n: int, fraction: float) -> int:  # what a split by `fraction` leaves to the other side
         return n - math.ceil(fraction * n)
 
-    m = max(2, math.ceil(1 / (1 - val_fraction)) - 1)  # the fewest to split into train and validation
-    while not 0 < m - rest(m, val_fraction) < m:
+    m = max(2, math.floor((MIN_VAL_EXAMPLES - 1) / val_fraction))  # below it, validation is too small
+    while not (m - rest(m, val_fraction) >= MIN_VAL_EXAMPLES and rest(m, val_fraction) >= 1):
         m += 1
     if test_fraction <= 0:
         return m
@@ -178,8 +189,9 @@ def check_size(n: int, config: DataConfig) -> None:
     fractions = f"val_fraction = {config.val_fraction}" + (
         f" and test_fraction = {config.test_fraction}" if config.test_fraction > 0 else "")
     held_out = "validation and test sets" if config.test_fraction > 0 else "validation set"
-    rule = (f"must have at least {need} {{rows}} for {fractions} (ceil(fraction x n) go to the {held_out}, "
-            f"and at least one must stay to train on)")
+    rule = (f"must have at least {need} {{rows}} for {fractions} (ceil(fraction x n) go to the {held_out}; "
+            f"validation needs at least {MIN_VAL_EXAMPLES} examples for a standard error of val_acc that means "
+            "something, and at least one must stay to train on)")
     if config.dataset in ("csv", "npz"):
         raise InputError("data.path", rule.format(rows="data rows"),
                          f"{n} row{'' if n == 1 else 's'} in {str(config.path)!r}")
@@ -356,11 +368,21 @@ def synthetic_parts(n_samples: int, n_features: int, n_classes: int, seed: int):
     return labels.astype(np.int64), features
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: a feature beyond it becomes inf on the device
+CSV_BLOCK = 8_192  # lines parsed at once: their text and float64 copy stay small beside the arrays
+CSV_ENCODING = "utf-8-sig"  # UTF-8, with the byte-order mark some spreadsheets write before the header
+
+
 def _read_csv(path: Path, label: str, task: str = "classification") -> tuple[np.ndarray, np.ndarray, str]:
     """A CSV with a header row: (features float32, the `label` column as float64, where it is). Every
-    cell must be a finite number; the first that is not is named by line and column."""
+    cell must be a finite number, features within float32's range; the first that is not is named by
+    line and column.
+
+    Read as a stream: the rows are counted first, then parsed CSV_BLOCK at a time into arrays of
+    their final size, so the peak memory is the arrays plus one block (genfromtxt held about 17x
+    the file: Python lists of every cell, then float64)."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding=CSV_ENCODING) as f:
             header = next(csv.reader(f), None)
     except UnicodeDecodeError as e:
         raise InputError("data.path", "must be a CSV text file (UTF-8)",
@@ -373,46 +395,78 @@ def _read_csv(path: Path, label: str, task: str = "classification") -> tuple[np.
         raise InputError("data.path", f"must have at least one feature column besides the label {label!r}",
                          f"only the column {label!r} in {str(path)!r}")
     col = header.index(label)
-    try:
-        with warnings.catch_warnings():  # a header and no rows: numpy warns, load_data says why it stops
-            warnings.simplefilter("ignore", UserWarning)
-            table = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=np.float64)
-    except ValueError as e:  # rows of different lengths
-        raise InputError("data.path", f"every row of {str(path)!r} must have the {len(header)} columns of its header",
-                         str(e).strip().splitlines()[-1].strip()) from None
     where = f"column {label!r} of {str(path)!r}"
-    if table.size == 0:
-        return np.empty((0, len(header) - 1), dtype=np.float32), np.empty(0), where
-    table = table.reshape(-1, len(header))  # one data row reads as 1-D
-    if not np.isfinite(table).all():
-        _name_the_bad_cell(path, header, col, task)
-    x = np.delete(table, col, axis=1).astype(np.float32)
-    return x, table[:, col], where
+    lines = _count_lines(path)
+    x = np.empty((lines, len(header) - 1), dtype=np.float32)
+    y = np.empty(lines, dtype=np.float64)
+    n = 0
+    with open(path, newline="", encoding=CSV_ENCODING) as f:
+        next(f)  # the header
+        while True:
+            block = [line for line in itertools.islice(f, CSV_BLOCK) if line.strip()]  # blank lines skipped
+            if not block:
+                break
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    table = np.loadtxt(block, delimiter=",", dtype=np.float64, ndmin=2, quotechar='"')
+            except ValueError:  # a cell that is not a number, or a row of another length
+                _name_the_bad_cell(path, header, col, task)
+            if table.shape[1] != len(header) or not _fits(np.delete(table, col, axis=1)) or \
+                    not np.isfinite(table[:, col]).all():
+                _name_the_bad_cell(path, header, col, task)
+            x[n:n + len(table)] = np.delete(table, col, axis=1)
+            y[n:n + len(table)] = table[:, col]
+            n += len(table)
+    return x[:n], y[:n], where
+
+
+def _count_lines(path: Path, chunk: int = 1 << 20) -> int:
+    """Newlines in the file, +1 for a last line without one: at least its data rows."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while data := f.read(chunk):
+            count += data.count(b"\n")
+            last = data[-1:]
+    return count + (last != b"\n")
+
+
+def _fits(values: np.ndarray) -> bool:
+    """Every value finite and within float32's range (a float64 1e300 is inf as float32)."""
+    return bool(np.isfinite(values).all() and (np.abs(values) <= FLOAT32_MAX).all())
 
 
 def _name_the_bad_cell(path: Path, header: list[str], col: int, task: str) -> None:
-    """Raise an InputError naming the first cell of the CSV that is not a finite number."""
-    with open(path, newline="") as f:
+    """Raise an InputError naming the first cell of the CSV that is not a finite number (a
+    feature: within float32's range), or the first row whose length is not the header's."""
+    with open(path, newline="", encoding=CSV_ENCODING) as f:
         rows = csv.reader(f)
         next(rows)
         data_row = 0
         for row in rows:
-            if not any(cell.strip() for cell in row):  # blank lines are skipped, as genfromtxt does
+            if not any(cell.strip() for cell in row):  # blank lines are skipped, as when reading
                 continue
             data_row += 1
+            if len(row) != len(header):
+                raise InputError("data.path", f"every row of {str(path)!r} must have the {len(header)} columns of "
+                                 "its header", f"{len(row)} at line {rows.line_num} (data row {data_row})")
             for j, cell in enumerate(row):
                 try:
-                    ok = math.isfinite(float(cell))
+                    value = float(cell)
                 except ValueError:
-                    ok = False
-                if not ok:
-                    got = (f"{cell!r}" if cell.strip() else "an empty cell") + \
-                        f" at line {rows.line_num} (data row {data_row}), column {header[j]!r} of {str(path)!r}"
-                    if j == col:
-                        what = "a regression target" if task == "regression" else "a class label"
-                        raise InputError("data.label", f"every cell of column {header[col]!r} must be a finite number "
-                                                       f"({what})", got)
-                    raise InputError("data.path", "every feature cell must be a finite number", got)
+                    value = None
+                if value is not None and math.isfinite(value) and (j == col or abs(value) <= FLOAT32_MAX):
+                    continue
+                got = (f"{cell!r}" if cell.strip() else "an empty cell") + \
+                    f" at line {rows.line_num} (data row {data_row}), column {header[j]!r} of {str(path)!r}"
+                if j == col:
+                    what = "a regression target" if task == "regression" else "a class label"
+                    raise InputError("data.label", f"every cell of column {header[col]!r} must be a finite number "
+                                                   f"({what})", got)
+                if value is not None and math.isfinite(value):
+                    raise InputError("data.path", f"every feature cell must fit float32 (|x| <= {FLOAT32_MAX:.4g}; "
+                                     "training computes in float32, where it would be infinite)", got)
+                raise InputError("data.path", "every feature cell must be a finite number", got)
     raise InputError("data.path", f"{str(path)!r} has empty or non-numeric cells")
 
 
@@ -448,14 +502,15 @@ def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.
     if not (x.dtype == np.bool_ or np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise InputError("data.path", "every feature array must hold numbers",
                          f"dtype {x.dtype} in {str(path)!r}")
-    x = x.astype(np.float32)
-    bad = np.argwhere(~np.isfinite(x))
+    # Checked before the cast, so that the message shows the value stored (1e300, not inf).
+    bad = np.argwhere(~np.isfinite(x) | (np.abs(x) > FLOAT32_MAX)) if np.issubdtype(x.dtype, np.floating) else []
     if len(bad):
         row, col = (int(i) for i in bad[0])
         cell = f"array {feature_names[0]!r}, row {row + 1}, column {col + 1}" if len(feature_names) == 1 \
             else f"array {feature_names[col]!r}, row {row + 1}"
-        raise InputError("data.path", "every feature must be a finite float32 number",
-                         f"{x[row, col]!r} at {cell} of {str(path)!r}")
+        raise InputError("data.path", f"every feature must be a finite number that fits float32 (|x| <= "
+                         f"{FLOAT32_MAX:.4g})", f"{x[row, col].item()!r} at {cell} of {str(path)!r}")
+    x = x.astype(np.float32)
     return x, y, f"array {label!r} of {str(path)!r}"
 
 
@@ -482,6 +537,13 @@ def _as_labels(values: np.ndarray, where: str = "the labels") -> np.ndarray:
         if len(bad):
             raise InputError("data.label", f"every label in {where} must be a finite number (a class label)",
                              f"{values[bad[0]]!r} at row {bad[0] + 1}")
+        fraction = np.flatnonzero(values != np.round(values))
+        if len(fraction):  # a measured quantity, not a class: as classes, each value would be its own
+            row = int(fraction[0])
+            raise InputError(
+                "data.label", f"classification needs whole-number class labels in {where}; for a numeric target "
+                "set data.task = \"regression\"", f"{values[row].item()!r} at row {row + 1} "
+                f"({len(np.unique(values))} distinct values in {len(values)} rows)")
     classes, codes = np.unique(values, return_inverse=True)
     if len(classes) == 1:  # one class trains to val_acc 1.0 and measures nothing
         value = classes[0].item() if hasattr(classes[0], "item") else classes[0]

@@ -62,10 +62,11 @@ def as_store_error(error: BaseException, storage_url: str) -> BaseException:
                       f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
 
 
-def finished_trial_states(study: optuna.Study) -> dict[int, tuple[str, str | None]]:
-    """{trial number: (state, fail_reason)} of the study's finished trials: a run left RUNNING
-    under one of them (its end lost with a killed writer or a full disk) is ended so."""
-    return {t.number: (t.state.name, t.user_attrs.get("fail_reason"))
+def finished_trial_states(study: optuna.Study) -> dict[int, tuple[str, str | None, dict]]:
+    """{trial number: (state, fail_reason, summary)} of the study's finished trials: a run left
+    RUNNING under one of them (its end lost with a killed writer or a full disk) is ended so,
+    with the summary metrics the Optuna trial kept."""
+    return {t.number: (t.state.name, t.user_attrs.get("fail_reason"), t.user_attrs.get("summary") or {})
             for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
 

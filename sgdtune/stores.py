@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .redact import redact
-from .tracking import Tracker, default_tracking_uri, holds_run
+from .tracking import Tracker, default_tracking_uri, holds_run, sqlite_path
 
 if TYPE_CHECKING:
     import optuna
@@ -106,9 +106,9 @@ def _open_rdb(url: str, kind: str, heartbeat: int | None, tracking_uri: str | No
 
     kwargs: dict = {}
     if kind == "sqlite":
-        database = url.partition(":///")[2]  # sqlite:///rel/path, sqlite:////abs/path; sqlite:// is in memory
-        if database and database != ":memory:":
-            writable_file("--storage", Path(database.partition("?")[0]), url, "optuna.db")
+        database = sqlite_path(url)  # sqlite:///rel/path, sqlite:////abs/path; sqlite:// is in memory
+        if database is not None:
+            writable_file("--storage", database, url, "optuna.db")
     elif kind == "postgresql" and "connect_timeout" not in url:
         kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     if heartbeat is not None:
@@ -167,21 +167,98 @@ def _rdb_problem(error: Exception, kind: str) -> str:
     return f"cannot be opened as an Optuna {kind} storage ({first})"
 
 
-def writable_file(flag: str, path: Path, shown: str, example: str = "optuna.journal") -> None:
+def writable_file(flag: str, path: Path, shown: str, example: str = "optuna.journal", create: bool = True) -> None:
     """Check that `path` can be a store's file: not a folder, in a folder that exists (made
-    here) and can be written (SQLite and the journal write beside the file), itself writable."""
+    here unless not `create`: then its nearest existing ancestor must be a writable folder)
+    and can be written (SQLite and the journal write beside the file), itself writable."""
     if path.is_dir():
         raise InputError(flag, f"names a folder, not a file; give a file inside it (e.g. {Path(path, example)})",
                          repr(redact(shown)))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(flag, f"cannot create its folder {str(path.parent)!r} ({e.strerror}); "
-                         "choose a place you can write to", repr(redact(shown))) from None
-    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
-        where = path if path.exists() else path.parent
+    folder = path.parent
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(flag, f"cannot create its folder {str(folder)!r} ({e.strerror}); "
+                             "choose a place you can write to", repr(redact(shown))) from None
+    else:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise InputError(flag, f"cannot have its folder created: {str(folder)!r} is a file; choose a place "
+                             "you can write to", repr(redact(shown)))
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
+        where = path if path.exists() else folder
         raise InputError(flag, f"is read-only ({str(where)!r} cannot be written); choose a place you can write "
                          "to, or fix its permissions", repr(redact(shown)))
+
+
+# -- both stores, before either is written ------------------------------------------------------
+
+# Tables that say whose an SQLite database is (both use alembic_version, so one file cannot
+# serve as both stores).
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+MLFLOW_TABLES = frozenset({"experiments", "runs"})
+
+
+def check_before_writing(storage_url: str, tracking_uri: str | None) -> None:
+    """Both stores' local files, checked read-only before either store is opened (opening
+    creates files and tables): each can be created or written, an existing SQLite file holds
+    its own store's tables (or none), and the two are not one file. InputError naming the
+    flag otherwise; nothing is created or changed."""
+    storage_file = sqlite_path(storage_url) if "://" in storage_url else Path(storage_url)
+    tracking_file = sqlite_path(tracking_uri) if tracking_uri else None
+    if storage_file is not None and tracking_file is not None and _same_file(storage_file, tracking_file):
+        raise InputError("--storage", "must be another file than the MLflow store (--tracking-uri): each store "
+                         "keeps its own tables and schema version (e.g. mlruns/optuna.journal and "
+                         "sqlite:///mlruns/mlflow.db)", f"{redact(storage_url)!r} for both")
+    if storage_file is not None:
+        writable_file("--storage", storage_file, storage_url, "optuna.db" if "://" in storage_url else
+                      "optuna.journal", create=False)
+        if "://" in storage_url:  # a journal's content is checked (read-only) as it is opened
+            _sqlite_of_its_kind("--storage", storage_file, storage_url, OPTUNA_TABLES, "an Optuna storage",
+                                MLFLOW_TABLES, "the MLflow store (--tracking-uri)")
+    if tracking_file is not None:
+        try:
+            writable_file("--tracking-uri", tracking_file, tracking_uri, "mlflow.db", create=False)
+        except InputError as e:  # as check_tracking words it: what MLflow needs, and why this one is not
+            raise InputError("--tracking-uri", "must be a tracking store MLflow can open",
+                             f"{redact(tracking_uri)!r} (it {e.rule})") from None
+        _sqlite_of_its_kind("--tracking-uri", tracking_file, tracking_uri, MLFLOW_TABLES, "an MLflow store",
+                            OPTUNA_TABLES, "an Optuna storage (--storage)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _sqlite_of_its_kind(flag: str, path: Path, shown: str, own: frozenset[str], what: str,
+                        other: frozenset[str], other_what: str) -> None:
+    """An existing, non-empty file at `path` is an SQLite database holding `own` tables, or none."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise InputError(flag, f"must be an SQLite database to serve as {what}; this file is something else "
+                         "(not overwritten); give a new file or the store's own", repr(redact(shown)))
+    import sqlite3
+
+    try:  # read-only, by URI: no journal or WAL file is created beside it
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise InputError(flag, f"must be an SQLite database to serve as {what}; this one cannot be read ({e})",
+                         repr(redact(shown))) from None
+    if tables and not own <= tables:
+        whose = f"it is {other_what}" if other <= tables else f"it holds other tables: {', '.join(sorted(tables))}"
+        raise InputError(flag, f"must be its own SQLite database to serve as {what}, or a new file; {whose} "
+                         "(left as it was)", repr(redact(shown)))
 
 
 # -- the journal file -------------------------------------------------------------------------
@@ -298,10 +375,9 @@ def check_tracking(tracking_uri: str, storage: optuna.storages.BaseStorage, stud
     scheme = tracking_uri.partition("://")[0].lower() if "://" in tracking_uri else ""
     if scheme in ("http", "https"):
         probe_server(tracking_uri)
-    elif scheme == "sqlite" and tracking_uri.partition(":///")[2]:
+    elif sqlite_path(tracking_uri) is not None:
         try:
-            writable_file("--tracking-uri", Path(tracking_uri.partition(":///")[2].partition("?")[0]), tracking_uri,
-                          "mlflow.db")
+            writable_file("--tracking-uri", sqlite_path(tracking_uri), tracking_uri, "mlflow.db")
         except InputError as e:  # the rule the writer process gives for a store it cannot open, and why
             raise InputError("--tracking-uri", "must be a tracking store MLflow can open",
                              f"{redact(tracking_uri)!r} (it {e.rule})") from None

@@ -34,7 +34,7 @@ from .redact import redact_url
 from .saved import dataset_records, register_best
 from .science.fits import study_metrics
 from .search import best_value, n_finished, open_study
-from .stores import MLRUNS, check_tracking, locations, open_storage
+from .stores import MLRUNS, check_before_writing, check_tracking, locations, open_storage
 from .timing import describe_device, resolve_device
 from .tracking import default_artifact_location
 from .trial import Objective
@@ -84,6 +84,7 @@ def run_study(
     device = resolve_device(config.device)
     data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
     storage_url, tracking_uri = locations(config, mlruns)
+    check_before_writing(storage_url, tracking_uri if track else None)  # read-only: opening creates files
     storage = open_storage(storage_url, heartbeat, tracking_uri if track else None)
     if track:  # both stores checked before anything is written (stores.py)
         check_tracking(tracking_uri, storage, config.name, storage_url)

@@ -38,7 +38,7 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
+from urllib.parse import unquote, urlsplit  # noqa: E402
 
 from . import runs_view  # noqa: E402
 from .redact import redact_url  # noqa: E402, F401 - the masking every writer here applies
@@ -54,6 +54,8 @@ REPLACED_ROLE = "replaced-study"  # a parent run whose Optuna study was deleted 
 STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 FLUSH_EVERY_S = 2.0  # a running trial's epochs reach the store at least this often
+RECOVERED_NOTE = ("ended on a later start: its end was lost (a killed writer or a store that refused writes); "
+                  "summary metrics from the Optuna trial, epochs not yet written are missing")
 
 
 # Stores MLflow 3 opens for a tracking URI (its file store is refused), beside any plugin's.
@@ -71,7 +73,33 @@ def tracking_schemes() -> frozenset[str]:
 
 def default_tracking_uri(root: Path | str = "mlruns") -> str:
     """SQLite store under `root` (absolute, so it does not depend on a later cwd)."""
-    return f"sqlite:///{(Path(root).resolve() / 'mlflow.db')}"
+    return sqlite_uri(Path(root).resolve() / "mlflow.db")
+
+
+URL_SPECIAL = "%?#"  # what SQLAlchemy's URL parser reads in a path: quoted, and only these
+
+
+def sqlite_uri(path: Path | str) -> str:
+    """sqlite:///PATH, with '%', '?' and '#' in the path percent-quoted: SQLAlchemy (under MLflow
+    and Optuna) reads a '?' as the start of the URL's query and decodes '%41' as 'A', so a folder
+    named 'w_q?x=1' or 'w_pc%41' would send the database elsewhere. Such a path is given with
+    the driver named (sqlite+pysqlite, the same store): MLflow creates the folder of a
+    'sqlite:///' path without decoding it (mlflow/store/db/utils.py, _make_parent_dirs_if_sqlite),
+    which would leave an empty 'w_q%3Fx=1' beside the working folder."""
+    text = str(path)
+    if not any(c in text for c in URL_SPECIAL):
+        return f"sqlite:///{text}"
+    return "sqlite+pysqlite:///" + "".join(f"%{ord(c):02X}" if c in URL_SPECIAL else c for c in text)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a sqlite:///PATH URL (query cut off, percent-decoded, as SQLAlchemy reads
+    it: sqlalchemy/engine/url.py); None for another scheme or an in-memory database."""
+    scheme, sep, rest = uri.partition(":///")
+    if not sep or scheme.lower().split("+")[0] != "sqlite":
+        return None
+    database = unquote(rest.partition("?")[0])
+    return Path(database) if database and database != ":memory:" else None
 
 
 def default_artifact_location(root: Path | str = "mlruns") -> str:
@@ -91,11 +119,12 @@ def quiet_logging() -> None:
 def use_write_ahead_log(tracking_uri: str) -> None:
     """Switch a SQLite store to WAL journaling (a persistent property of the file): a commit
     costs fewer syncs, and readers (the UI, other workers) no longer block writers."""
-    if not tracking_uri.startswith("sqlite:///"):
+    path = sqlite_path(tracking_uri)
+    if path is None:
         return
     import sqlite3
 
-    with sqlite3.connect(tracking_uri.removeprefix("sqlite:///"), timeout=30) as db:
+    with sqlite3.connect(path, timeout=30) as db:
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA journal_mode=WAL")
 
@@ -311,20 +340,29 @@ class Tracker:
                                        max_results=5000)
         return {r.info.run_id for r in runs}
 
-    def end_runs_of_finished_trials(self, states: dict[int, tuple[str, str | None]]) -> int:
-        """End each RUNNING trial run whose trial has finished, {number: (state, fail_reason)},
-        with that state: its end was lost (a killed writer, a full disk). How many were ended."""
+    def end_runs_of_finished_trials(self, states: dict[int, tuple[str, str | None, dict]]) -> int:
+        """End each RUNNING trial run whose trial has finished, {number: (state, fail_reason,
+        summary)}, with that state: its end was lost (a killed writer, a full disk). A complete
+        or pruned trial's run gets the summary metrics its Optuna trial kept (the epochs still
+        buffered when the write failed are lost; tag sgdtune.recovered says so); one whose
+        trial kept none is ended FAILED, since a run without its metrics is not complete.
+        How many were ended."""
         running = "attributes.status = 'RUNNING'"
         ended = 0
         for run in self.client.search_runs([self.experiment_id], filter_string=running, max_results=1000):
             number = run.data.tags.get("sgdtune.trial_number")
             if number is None or int(number) not in states:
                 continue
-            state, reason = states[int(number)]
+            state, reason, summary = states[int(number)]
             if state == "FAIL":
                 self.fail_stale_run(run.info.run_id, reason or "the trial failed; its run's end was lost")
+            elif not summary:
+                self.fail_stale_run(run.info.run_id, f"the trial is {state} in Optuna, but its run's metrics were "
+                                    "lost with its end (a killed writer or a store that refused writes)")
             else:
-                self.end_trial_run(run.info.run_id, state, {})
+                self.client.set_tag(run.info.run_id, "sgdtune.recovered", RECOVERED_NOTE)
+                self.end_trial_run(run.info.run_id, state, {k: v for k, v in summary.items()
+                                                            if isinstance(v, (int, float))})
             ended += 1
         return ended
     # -- what a user takes away: datasets and trained networks (saved.py) --------------------
@@ -403,14 +441,15 @@ def _deleted_meanwhile(error: Exception) -> bool:
 def store_exists(tracking_uri: str) -> bool:
     """False for a SQLite store whose file is missing (opening it would create an empty one);
     True otherwise, since a server's or a database's existence shows only when it is asked."""
-    return not tracking_uri.startswith("sqlite:///") or Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+    path = sqlite_path(tracking_uri)
+    return path is None or path.is_file()
 
 
 def holds_run(tracking_uri: str, run_id: str) -> bool:
     """Whether the store holds the run; False for a missing or empty (0-byte) SQLite file,
     which is not opened: MLflow would create its tables in it."""
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri.removeprefix("sqlite:///"))
+    path = sqlite_path(tracking_uri)
+    if path is not None:
         if not path.is_file() or path.stat().st_size == 0:
             return False
     return RunReader(tracking_uri).find_run(run_id) is not None

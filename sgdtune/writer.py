@@ -150,6 +150,7 @@ class BackgroundTracker:
         self._child, _spare = (_spare or _Child()), None
         self._ids: dict[int, str] = {}
         self._errors: list[str] = []  # write errors not yet raised (each is raised once)
+        self._cause: str | None = None  # the first write error: later ones are often its consequences
         self._failed: dict[int, str] = {}  # key -> why that run was not created
         self._store_error: str | None = None  # why the store could not be opened
         self._next_key = 0
@@ -188,7 +189,7 @@ class BackgroundTracker:
                       fail_reason: str | None = None) -> None:
         self._call("end_trial_run", run, state, summary, fail_reason)
 
-    def end_runs_of_finished_trials(self, states: dict[int, tuple[str, str | None]]) -> None:
+    def end_runs_of_finished_trials(self, states: dict[int, tuple[str, str | None, dict]]) -> None:
         self._call("end_runs_of_finished_trials", states)
 
     @property
@@ -340,7 +341,11 @@ class BackgroundTracker:
                              f"{redact_url(self.tracking_uri)!r} ({self._store_error})")
         if self._errors:
             first, self._errors = self._errors[0], []
-            raise TrackingError(f"MLflow write failed in the writer process: {first} "
+            self._cause = self._cause or first
+            # A full disk shows first where it happened (a trial's write); what the command says
+            # at its end is that cause, not a later write's consequence of it.
+            said = first if first == self._cause else f"{self._cause} (then {first})"
+            raise TrackingError(f"MLflow write failed in the writer process: {said} "
                                 f"(store {redact_url(self.tracking_uri)})")
 
     # -- after the writer process died --------------------------------------------------------
@@ -445,6 +450,10 @@ def serve(commands: Connection, replies: Connection) -> None:
                 reply.send("closed")
             else:  # a call; skipped after a failed open (already reported)
                 method, args, refs, new_key = rest
+                if any(args[i] not in ids for i in refs):
+                    # A call on a run whose creation failed (reported then, with its cause): made
+                    # with no run id it would only add a TypeError that hides that cause.
+                    continue
                 args = [ids.get(a) if i in refs else a for i, a in enumerate(args)]
                 result = reply.guarded(getattr(tracker, method), *args) if tracker is not None else None
                 if new_key is not None and result is not None:
@@ -452,7 +461,7 @@ def serve(commands: Connection, replies: Connection) -> None:
                     reply.send("id", new_key, result)
                 elif new_key is not None:  # whoever waits for this run's id must not wait for ever
                     reply.send("failed", new_key, "the store could not be opened" if tracker is None
-                               else f"{method} failed (see the error raised before)")
+                               else f"{method} failed: {reply.last_error}")
     finally:
         if tracker is not None:
             reply.guarded(tracker.flush)
@@ -493,6 +502,7 @@ class _Replies:
 
     def __init__(self, conn: Connection):
         self.conn: Connection | None = conn
+        self.last_error = ""  # the text of the last error reported (a failed run's creation names it)
 
     def send(self, *message) -> None:
         if self.conn is None:
@@ -508,6 +518,7 @@ class _Replies:
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - reported to the training process, which raises it
             text = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"  # one line
+            self.last_error = text
             if self.conn is None:
                 print(f"sgdtune writer: {text}", file=sys.stderr)
             self.send("error", text)

@@ -329,3 +329,23 @@ def test_a_local_store_gets_the_command_that_serves_it(monkeypatch, capsys):
     assert "  mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db --host 127.0.0.1 --port 5000\n" in out
     assert "  then http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" \
            "&viewStateShareKey=sgdtune-trials\n" in out
+
+
+def test_a_study_where_no_trial_completes_ends_with_a_line_saying_so_and_its_report_says_so_too(tmp_path):
+    """lr = 1e30 diverges at the second update of every trial: the study ends (exit 0), its
+    closing line says no trial completed and why, and --report is written and says it too."""
+    shutil.copytree(EXPERIMENTS, tmp_path / "experiments")
+    done = subprocess.run([sys.executable, "-m", "sgdtune.study", "experiments/quick.toml", "--n-trials", "2",
+                           "--set", "search.lr={choices=[1e30]}", "--no-progress", "--report"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "no trial completed, nothing to rank (2 failed, 0 pruned; fail reasons: 'training loss became nan" \
+           in done.stdout
+    assert "trials: 0 complete, 0 pruned, 2 fail\n" in done.stdout
+    report = json.loads((tmp_path / "reports" / "quick" / "report.json").read_text())
+    assert report["study"]["trials_by_state"] == {"COMPLETE": 0, "PRUNED": 0, "FAIL": 2}
+    assert report["summary"][1].startswith("No trial completed: there is nothing to compare")
+    assert "(2 trials)" in report["summary"][1]
+    assert "No trial completed" in (tmp_path / "reports" / "quick" / "report.html").read_text()

@@ -67,15 +67,15 @@ def test_a_split_that_leaves_a_side_empty_names_the_field():
 
 
 def test_csv_with_a_named_label_column(tmp_path):
-    rows = ["f1,kind,f2"] + [f"{i},{i % 2},{i * 2}" for i in range(50)]
+    rows = ["f1,kind,f2"] + [f"{i},{i % 2},{i * 2}" for i in range(200)]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
     data = load_data(DataConfig(dataset="csv", path=tmp_path / "d.csv", label="kind", val_fraction=0.2), seed=0)
-    assert (data.n_train, data.n_val, data.n_features, data.n_classes) == (40, 10, 2, 2)
+    assert (data.n_train, data.n_val, data.n_features, data.n_classes) == (160, 40, 2, 2)
 
 
 def test_npz_with_a_feature_matrix_and_labels(tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", X=rng.normal(size=(30, 5)), target=np.array([3, 7, 9] * 10))
+    np.savez(tmp_path / "d.npz", X=rng.normal(size=(150, 5)), target=np.array([3, 7, 9] * 50))
     data = load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz", label="target"), seed=0)
     assert data.n_features == 5 and data.n_classes == 3
     assert set(data.y_train.tolist()) == {0, 1, 2}  # labels mapped to 0..k-1
@@ -102,18 +102,18 @@ def write_csv(path, header: str, rows: list[str]):
 
 
 def test_a_regression_csv_keeps_its_float_targets_as_given_and_standardizes_the_features_only(tmp_path):
-    targets = [round(0.37 * i - 3.1, 2) for i in range(40)]  # 40 distinct floats, not class codes
+    targets = [round(0.37 * i - 3.1, 2) for i in range(160)]  # 160 distinct floats, not class codes
     path = write_csv(tmp_path / "d.csv", "f1,y,f2", [f"{i},{t},{(i * 7) % 11}" for i, t in enumerate(targets)])
     config = DataConfig(dataset="csv", path=path, label="y", task="regression", val_fraction=0.25)
     data = load_data(config, seed=0)
-    assert (data.task, data.n_classes, data.n_train, data.n_val, data.n_features) == ("regression", 1, 30, 10, 2)
-    assert data.y_train.dtype == torch.float32 and data.y_train.shape == (30,) and data.y_val.shape == (10,)
+    assert (data.task, data.n_classes, data.n_train, data.n_val, data.n_features) == ("regression", 1, 120, 40, 2)
+    assert data.y_train.dtype == torch.float32 and data.y_train.shape == (120,) and data.y_val.shape == (40,)
     # Targets as given (no class mapping, no standardizing): the split's rows of the column.
-    train_idx, val_idx = random_split(40, 0.25, seed=0)
+    train_idx, val_idx = random_split(160, 0.25, seed=0)
     expected = np.array(targets, dtype=np.float32)
     assert np.array_equal(data.y_train.numpy(), expected[train_idx])
     assert np.array_equal(data.y_val.numpy(), expected[val_idx])
-    f1 = np.arange(40, dtype=np.float32)  # the features are standardized with training statistics
+    f1 = np.arange(160, dtype=np.float32)  # the features are standardized with training statistics
     assert np.allclose(data.x_train[:, 0].numpy(), (f1[train_idx] - f1[train_idx].mean()) / f1[train_idx].std(),
                        atol=1e-5)
 
@@ -133,16 +133,16 @@ def test_the_regression_split_is_a_seeded_random_partition():
 
 def test_a_regression_npz_target_is_taken_as_float32(tmp_path):
     rng = np.random.default_rng(1)
-    y = rng.normal(size=50) * 100.0
-    np.savez(tmp_path / "d.npz", X=rng.normal(size=(50, 3)), t=y)
+    y = rng.normal(size=200) * 100.0
+    np.savez(tmp_path / "d.npz", X=rng.normal(size=(200, 3)), t=y)
     data = load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz", label="t", task="regression"), seed=2)
     assert data.n_classes == 1 and data.y_train.dtype == torch.float32
-    train_idx, val_idx = random_split(50, 0.2, seed=2)
+    train_idx, val_idx = random_split(200, 0.2, seed=2)
     assert np.array_equal(data.y_val.numpy(), y[val_idx].astype(np.float32))
 
 
 def test_a_non_numeric_regression_npz_target_names_the_field(tmp_path):
-    np.savez(tmp_path / "d.npz", X=np.zeros((4, 2)), t=np.array(["a", "b", "c", "d"]))
+    np.savez(tmp_path / "d.npz", X=np.zeros((200, 2)), t=np.array(["a", "b", "c", "d"] * 50))
     with pytest.raises(InputError, match=r"^data.label: array 't' of '.*d.npz' must hold numbers \(a regression "
                                          r"target\); got dtype <U1$"):
         load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz", label="t", task="regression"), seed=0)
@@ -151,11 +151,12 @@ def test_a_non_numeric_regression_npz_target_names_the_field(tmp_path):
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_a_single_row_names_the_field(tmp_path, task):
     path = write_csv(tmp_path / "one.csv", "a,y", ["1.5,2.5"])
-    with pytest.raises(InputError, match=r"^data.path: must have at least 2 data rows for val_fraction = 0.2 "
+    with pytest.raises(InputError, match=r"^data.path: must have at least 146 data rows for val_fraction = 0.2 "
                                          r"\(.*\); got 1 row in '.*one.csv'$"):
         load_data(DataConfig(dataset="csv", path=path, label="y", task=task), seed=0)
     header_only = write_csv(tmp_path / "none.csv", "a,y", [])
-    with pytest.raises(InputError, match=r"^data.path: must have at least 2 data rows .*; got 0 rows in '.*none.csv'$"):
+    with pytest.raises(InputError, match=r"^data.path: must have at least 146 data rows .*; got 0 rows in "
+                                         r"'.*none.csv'$"):
         load_data(DataConfig(dataset="csv", path=header_only, label="y", task=task), seed=0)
 
 
@@ -252,9 +253,9 @@ def test_a_test_fraction_carves_a_stratified_seeded_test_set_before_validation()
     assert torch.equal(again.x_test, data.x_test) and torch.equal(again.y_val, data.y_val)
     other = load_data(DataConfig(dataset="digits", test_fraction=0.25, val_fraction=0.2), seed=1)
     assert not torch.equal(other.y_test, data.y_test)
-    regression = load_data(DataConfig(dataset="linear", task="regression", n_samples=100, n_features=3,
+    regression = load_data(DataConfig(dataset="linear", task="regression", n_samples=400, n_features=3,
                                       test_fraction=0.1), seed=0)
-    assert (regression.n_train, regression.n_val, regression.n_test) == (72, 18, 10)
+    assert (regression.n_train, regression.n_val, regression.n_test) == (288, 72, 40)
 
 
 def test_a_trial_with_a_test_set_logs_final_test_acc_and_n_test(workdir):
@@ -277,11 +278,14 @@ def test_a_trial_with_a_test_set_logs_final_test_acc_and_n_test(workdir):
 
 
 def brute_min_examples(val_fraction: float, test_fraction: float) -> int:
-    """The definition, by counting: the fewest n whose splits leave every side an example."""
+    """The definition, by counting: the fewest n whose splits leave every side an example, and
+    validation its minimum."""
+    from sgdtune.data import MIN_VAL_EXAMPLES
+
     for n in range(1, 10_000):
         m = n - math.ceil(test_fraction * n)
         test_ok = test_fraction == 0 or 0 < math.ceil(test_fraction * n) < n
-        if test_ok and 0 < math.ceil(val_fraction * m) < m:
+        if test_ok and MIN_VAL_EXAMPLES <= math.ceil(val_fraction * m) < m:
             return n
     raise AssertionError("none below 10,000")
 
@@ -296,7 +300,7 @@ def test_min_examples_is_the_fewest_rows_every_split_can_use(val_fraction, test_
     config = DataConfig(dataset="linear", task="regression", n_samples=max(n, 10), n_features=2,
                         val_fraction=val_fraction, test_fraction=test_fraction)
     data = load_data(config, seed=0)  # the minimum itself splits: every side has an example
-    assert min(data.n_train, data.n_val) >= 1 and (data.n_test >= 1) == (test_fraction > 0)
+    assert data.n_train >= 1 and data.n_val >= 30 and (data.n_test >= 1) == (test_fraction > 0)
 
 
 def test_too_few_rows_name_both_fractions_and_the_minimum(tmp_path):
@@ -304,23 +308,24 @@ def test_too_few_rows_name_both_fractions_and_the_minimum(tmp_path):
     with pytest.raises(InputError) as info:
         load_data(DataConfig(dataset="csv", path=path, label="y", val_fraction=0.2, test_fraction=0.25), seed=0)
     assert str(info.value) == (
-        f"data.path: must have at least 3 data rows for val_fraction = 0.2 and test_fraction = 0.25 (ceil(fraction "
-        f"x n) go to the validation and test sets, and at least one must stay to train on); got 2 rows in '{path}'")
-    with pytest.raises(InputError, match=r"^data.n_samples: must have at least 20 examples for val_fraction = 0.95 "
+        f"data.path: must have at least 195 data rows for val_fraction = 0.2 and test_fraction = 0.25 (ceil(fraction "
+        f"x n) go to the validation and test sets; validation needs at least 30 examples for a standard error of "
+        f"val_acc that means something, and at least one must stay to train on); got 2 rows in '{path}'")
+    with pytest.raises(InputError, match=r"^data.n_samples: must have at least 31 examples for val_fraction = 0.95 "
                                          r".*; got 10 examples in linear$"):
         load_data(DataConfig(dataset="linear", task="regression", n_samples=10, val_fraction=0.95), seed=0)
 
 
 def test_one_class_only_is_refused_naming_the_column_and_the_class(tmp_path):
-    path = write_csv(tmp_path / "d.csv", "a,kind", [f"{i},7" for i in range(12)])
+    path = write_csv(tmp_path / "d.csv", "a,kind", [f"{i},7" for i in range(200)])
     with pytest.raises(InputError) as info:
         load_data(DataConfig(dataset="csv", path=path, label="kind"), seed=0)
     assert str(info.value) == (f"data.label: classification needs at least 2 classes in column 'kind' of '{path}' "
-                               "(for a numeric target, set task = 'regression'); got only the class 7 in all 12 rows")
-    assert load_data(DataConfig(dataset="csv", path=path, label="kind", task="regression"), seed=0).n_train == 9
-    np.savez(tmp_path / "d.npz", X=np.ones((6, 2)), y=np.array(["cat"] * 6))
+                               "(for a numeric target, set task = 'regression'); got only the class 7 in all 200 rows")
+    assert load_data(DataConfig(dataset="csv", path=path, label="kind", task="regression"), seed=0).n_train == 160
+    np.savez(tmp_path / "d.npz", X=np.ones((200, 2)), y=np.array(["cat"] * 200))
     with pytest.raises(InputError, match=r"^data.label: classification needs at least 2 classes in array 'y' of "
-                                         r"'.*d.npz' .*; got only the class 'cat' in all 6 rows$"):
+                                         r"'.*d.npz' .*; got only the class 'cat' in all 200 rows$"):
         load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz", label="y"), seed=0)
 
 
@@ -352,18 +357,18 @@ def test_npz_errors_name_the_array_row_and_column(tmp_path):
     np.savez(tmp_path / "m.npz", X=x, y=np.arange(10) % 2)
     with pytest.raises(InputError) as info:
         load_data(DataConfig(dataset="npz", path=tmp_path / "m.npz", label="y"), seed=0)
-    assert str(info.value) == (f"data.path: every feature must be a finite float32 number; got np.float32(inf) at "
-                               f"array 'X', row 4, column 2 of '{tmp_path / 'm.npz'}'")
+    assert str(info.value) == (f"data.path: every feature must be a finite number that fits float32 (|x| <= "
+                               f"3.403e+38); got inf at array 'X', row 4, column 2 of '{tmp_path / 'm.npz'}'")
     np.savez(tmp_path / "c.npz", f1=np.zeros(10), f2=np.array([0.0] * 8 + [np.nan, 0.0]), y=np.arange(10) % 2)
-    with pytest.raises(InputError, match=r"^data.path: every feature must be a finite float32 number; got "
-                                         r"np.float32\(nan\) at array 'f2', row 9 of '.*c.npz'$"):
+    with pytest.raises(InputError, match=r"^data.path: every feature must be a finite number that fits float32 "
+                                         r"\(.*\); got nan at array 'f2', row 9 of '.*c.npz'$"):
         load_data(DataConfig(dataset="npz", path=tmp_path / "c.npz", label="y"), seed=0)
     np.savez(tmp_path / "e.npz", X=np.zeros((0, 3)), y=np.zeros(0))
-    with pytest.raises(InputError, match=r"^data.path: must have at least 2 data rows .*; got 0 rows in '.*e.npz'$"):
+    with pytest.raises(InputError, match=r"^data.path: must have at least 146 data rows .*; got 0 rows in '.*e.npz'$"):
         load_data(DataConfig(dataset="npz", path=tmp_path / "e.npz", label="y"), seed=0)
-    labels = np.array([0.0, 1.0] * 5)
+    labels = np.array([0.0, 1.0] * 100)
     labels[6] = np.nan
-    np.savez(tmp_path / "l.npz", X=np.zeros((10, 2)), y=labels)
+    np.savez(tmp_path / "l.npz", X=np.zeros((200, 2)), y=labels)
     with pytest.raises(InputError, match=r"^data.label: every label in array 'y' of '.*l.npz' must be a finite "
                                          r"number \(a class label\); got np.float64\(nan\) at row 7$"):
         load_data(DataConfig(dataset="npz", path=tmp_path / "l.npz", label="y"), seed=0)
@@ -380,22 +385,22 @@ def test_a_binary_file_given_as_csv_is_named(tmp_path):
         load_data(DataConfig(dataset="csv", path=tmp_path / "b.csv"), seed=0)
 
 
+VALIDATION_RULE = ("validation needs at least 30 examples for a standard error of val_acc that means something, and "
+                   "at least one must stay to train on")
 DATA_ERRORS = {  # CSV text -> the one line the CLI prints (PATH: the CSV's absolute path)
-    "header_only": ("a,b,label\n", "error: data.path: must have at least 2 data rows for val_fraction = 0.2 "
-                    "(ceil(fraction x n) go to the validation set, and at least one must stay to train on); "
-                    "got 0 rows in 'PATH'"),
-    "one_row": ("a,b,label\n1,2,0\n", "error: data.path: must have at least 2 data rows for val_fraction = 0.2 "
-                "(ceil(fraction x n) go to the validation set, and at least one must stay to train on); "
-                "got 1 row in 'PATH'"),
+    "header_only": ("a,b,label\n", "error: data.path: must have at least 146 data rows for val_fraction = 0.2 "
+                    f"(ceil(fraction x n) go to the validation set; {VALIDATION_RULE}); got 0 rows in 'PATH'"),
+    "one_row": ("a,b,label\n1,2,0\n", "error: data.path: must have at least 146 data rows for val_fraction = 0.2 "
+                f"(ceil(fraction x n) go to the validation set; {VALIDATION_RULE}); got 1 row in 'PATH'"),
     "non_numeric": ("a,b,label\n1,2,0\n3,four,1\n5,6,1\n", "error: data.path: every feature cell must be a finite "
                     "number; got 'four' at line 3 (data row 2), column 'b' of 'PATH'"),
     "nan_label": ("a,b,label\n1,2,0\n3,4,1\n5,6,nan\n", "error: data.label: every cell of column 'label' must be "
                   "a finite number (a class label); got 'nan' at line 4 (data row 3), column 'label' of 'PATH'"),
     "no_label": ("a,b,y\n1,2,0\n3,4,1\n", "error: data.label: must be one of the columns ['a', 'b', 'y']; "
                  "got 'label'"),
-    "one_class": ("a,b,label\n1,2,5\n3,4,5\n5,6,5\n", "error: data.label: classification needs at least 2 classes "
+    "one_class": ("a,b,label\n" + "1,2,5\n" * 150, "error: data.label: classification needs at least 2 classes "
                   "in column 'label' of 'PATH' (for a numeric target, set task = 'regression'); got only the "
-                  "class 5 in all 3 rows"),
+                  "class 5 in all 150 rows"),
 }
 
 
@@ -423,16 +428,92 @@ def test_a_data_error_in_a_real_process_prints_one_line_and_no_traceback(tmp_pat
     (tmp_path / "x.toml").write_text('[data]\ndataset = "csv"\npath = "d.csv"\n[search.lr]\nchoices = [0.1]\n')
     proc = run_cli("sgdtune.study", str(tmp_path / "x.toml"), "--no-progress", cwd=tmp_path.parent, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines() == [f"error: data.path: must have at least 2 data rows for val_fraction = 0.2 "
-                                        f"(ceil(fraction x n) go to the validation set, and at least one must stay to "
-                                        f"train on); got 0 rows in '{(tmp_path / 'd.csv').resolve()}'"]
+    assert proc.stderr.splitlines() == [f"error: data.path: must have at least 146 data rows for val_fraction = 0.2 "
+                                        f"(ceil(fraction x n) go to the validation set; {VALIDATION_RULE}); got 0 rows "
+                                        f"in '{(tmp_path / 'd.csv').resolve()}'"]
 
 
 def test_npz_features_must_be_numbers_and_booleans_count_as_numbers(tmp_path):
-    np.savez(tmp_path / "s.npz", X=np.array([["a", "b"]] * 6), y=np.arange(6) % 2)
+    np.savez(tmp_path / "s.npz", X=np.array([["a", "b"]] * 200), y=np.arange(200) % 2)
     with pytest.raises(InputError, match=r"^data.path: every feature array must hold numbers; got dtype <U1 in "
                                          r"'.*s.npz'$"):
         load_data(DataConfig(dataset="npz", path=tmp_path / "s.npz", label="y"), seed=0)
-    np.savez(tmp_path / "b.npz", X=np.eye(6, dtype=bool), y=np.arange(6) % 2)
+    np.savez(tmp_path / "b.npz", X=np.eye(200, dtype=bool), y=np.arange(200) % 2)
     data = load_data(DataConfig(dataset="npz", path=tmp_path / "b.npz", label="y", standardize=False), seed=0)
-    assert data.x_train.dtype == torch.float32 and float(data.x_train.sum() + data.x_val.sum()) == 6.0
+    assert data.x_train.dtype == torch.float32 and float(data.x_train.sum() + data.x_val.sum()) == 200.0
+
+
+# -- values a file can hold that training cannot use ------------------------------------------
+
+
+def rows_of(n: int, label=lambda i: i % 3) -> list[str]:
+    return [f"{i * 0.25},{label(i)},{(i * 7) % 11}" for i in range(n)]
+
+
+def test_a_feature_beyond_float32_is_refused_naming_its_line_and_column(tmp_path):
+    """1e300 is finite as float64 and inf as float32, where training computes: every trial diverged."""
+    rows = rows_of(200)
+    rows[150] = "1e300,1,3"
+    path = write_csv(tmp_path / "d.csv", "a,y,b", rows)
+    with pytest.raises(InputError) as info:
+        load_data(DataConfig(dataset="csv", path=path, label="y"), seed=0)
+    assert str(info.value) == (f"data.path: every feature cell must fit float32 (|x| <= 3.403e+38; training computes "
+                               f"in float32, where it would be infinite); got '1e300' at line 152 (data row 151), "
+                               f"column 'a' of '{path}'")
+    x = np.zeros((200, 2))
+    x[7, 1] = -1e300
+    np.savez(tmp_path / "d.npz", X=x, y=np.arange(200) % 2)
+    with pytest.raises(InputError, match=r"^data.path: every feature must be a finite number that fits float32 "
+                                         r"\(\|x\| <= 3.403e\+38\); got -1e\+300 at array 'X', row 8, column 2 of "):
+        load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz", label="y"), seed=0)
+
+
+def test_continuous_labels_are_refused_for_classification_with_the_regression_hint(tmp_path):
+    path = write_csv(tmp_path / "d.csv", "a,y,b", rows_of(200, label=lambda i: round(0.37 * i - 3.1, 2)))
+    with pytest.raises(InputError) as info:
+        load_data(DataConfig(dataset="csv", path=path, label="y"), seed=0)
+    assert str(info.value) == (f"data.label: classification needs whole-number class labels in column 'y' of "
+                               f"'{path}'; for a numeric target set data.task = \"regression\"; got -3.1 at row 1 "
+                               f"(200 distinct values in 200 rows)")
+    assert load_data(DataConfig(dataset="csv", path=path, label="y", task="regression"), seed=0).n_classes == 1
+    whole = write_csv(tmp_path / "w.csv", "a,y,b", rows_of(200, label=lambda i: f"{i % 3}.0"))  # 0.0, 1.0, 2.0
+    assert load_data(DataConfig(dataset="csv", path=whole, label="y"), seed=0).n_classes == 3
+
+
+def test_a_byte_order_mark_before_the_header_is_accepted(tmp_path):
+    path = tmp_path / "bom.csv"
+    rows = [",".join([label, a, b]) for a, label, b in (row.split(",") for row in rows_of(200))]
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(["label,a,b", *rows]).encode() + b"\n")  # read as '\ufefflabel
+    data = load_data(DataConfig(dataset="csv", path=path), seed=0)
+    assert (data.n_features, data.n_classes, data.n_train + data.n_val) == (2, 3, 200)
+
+
+def test_a_validation_set_too_small_for_a_standard_error_is_refused_naming_the_minimum():
+    """digits with val_fraction = 0.0005 would hold out one example: val_acc 1.0000 ± 0.0000."""
+    with pytest.raises(InputError, match=r"^data.val_fraction: must have at least 58001 examples for val_fraction = "
+                                         r"0.0005 \(.*validation needs at least 30 examples.*\); got 1797 examples "
+                                         r"in digits$"):
+        load_data(DataConfig(dataset="digits", val_fraction=0.0005), seed=0)
+    assert load_data(DataConfig(dataset="digits", val_fraction=30 / 1797), seed=0).n_val == 30
+
+
+def test_a_csv_is_read_in_a_few_times_its_size_of_memory(tmp_path):
+    """genfromtxt held ~17x the file at its peak (lists of every cell, then float64); the
+    streaming reader holds the float32 arrays and one block. Measured by tracemalloc, which
+    counts NumPy's buffers."""
+    import tracemalloc
+
+    from sgdtune.data import _read_csv
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100_000, 10)).round(6)
+    path = tmp_path / "big.csv"
+    np.savetxt(path, np.column_stack([x, rng.integers(0, 3, 100_000)]), delimiter=",", fmt="%.6f",
+               header=",".join([*(f"f{j}" for j in range(10)), "label"]), comments="")
+    size = path.stat().st_size
+    tracemalloc.start()
+    features, labels, _ = _read_csv(path, "label")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.allclose(features, x.astype(np.float32)) and features.dtype == np.float32 and len(labels) == 100_000
+    assert peak < 2 * size, (peak, size)

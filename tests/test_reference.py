@@ -47,7 +47,7 @@ def test_every_key_of_every_section_has_a_row_with_a_description():
     "| `search.<key>.step` | number | `unset` | > 0 | spacing of the values from low to high",
     "| `search.batch_size` | integers (whole numbers) | >= 1 |",
     "| `sampler.name` | string | `\"tpe\"` | \"tpe\" \\| \"random\" \\| \"grid\" \\| \"cmaes\" \\| \"gp\" | ",
-    "| 0.9 | 10 | 13 | 20 |",  # the fewest rows for val_fraction 0.9 and test_fraction 0, 0.2, 0.5
+    "| 0.9 | 33 | 42 | 66 |",  # the fewest rows for val_fraction 0.9 and test_fraction 0, 0.2, 0.5
 ])
 def test_rows_show_type_default_rules_and_meaning(row):
     assert "\n" + row in render()
@@ -101,7 +101,7 @@ def test_a_set_beats_a_flag_and_a_flag_beats_the_file(tmp_path, monkeypatch, cap
 
 # -- paths in an experiment file --------------------------------------------------------------
 
-CSV = "a,b,label\n" + "".join(f"{i},{(i * 7) % 5},{i % 2}\n" for i in range(40))
+CSV = "a,b,label\n" + "".join(f"{i},{(i * 7) % 5},{i % 2}\n" for i in range(200))
 EXPERIMENT = """name = "paths"
 n_trials = 1
 [data]
@@ -138,7 +138,7 @@ def test_a_relative_data_path_is_relative_to_the_experiment_file(project):
     config = load_experiment("../project/experiments/x.toml")
     assert config.data.path == (project / "data" / "x.csv").resolve()
     data = load_data(config.data, config.seed)
-    assert (data.n_train, data.n_val, data.n_classes) == (32, 8, 2)
+    assert (data.n_train, data.n_val, data.n_classes) == (160, 40, 2)
 
 
 def test_a_study_runs_from_another_folder_with_a_relative_data_path(project, capsys):

@@ -310,3 +310,125 @@ def test_heartbeats_use_the_retry_api_that_is_not_deprecated(tmp_path):
     queued = s.trials[1]
     assert queued.state == TrialState.WAITING and queued.params == s.trials[0].params
     assert queued.system_attrs["failed_trial"] == 0
+
+
+# -- nothing written on a refusal: both stores checked, read-only, before either is opened -----
+
+
+def listing(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file and folder under `root` (the experiments aside): size and sha256 of each file.
+    An SQLite -shm file is left out: it is the shared-memory index that every reader of a WAL
+    database, a read-only one included, updates; it holds no data (the -wal file does)."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if "experiments" in p.relative_to(root).parts or p.name.endswith("-shm"):
+            continue
+        out[str(p.relative_to(root))] = (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()) \
+            if p.is_file() else (-1, "folder")
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_study(tmp_path_factory) -> Path:
+    """A folder holding one quick study of one trial (mlruns/optuna.journal, mlruns/mlflow.db)."""
+    cwd = tmp_path_factory.mktemp("one_study")
+    shutil.copytree(Path(__file__).resolve().parent.parent / "experiments", cwd / "experiments")
+    assert study(cwd).returncode == 0
+    return cwd
+
+
+SAME_FILE = r"^error: --storage: must be another file than the MLflow store \(--tracking-uri\)"
+NOT_SQLITE = r"^error: --tracking-uri: must be an SQLite database to serve as an MLflow store; this file is something"
+REFUSALS = {  # the flags; the one line (a regular expression); {d} is the working folder
+    "a text file as the MLflow store": (["--tracking-uri", "sqlite:///{d}/notadb.db"], NOT_SQLITE),
+    "a folder as the MLflow store": (["--tracking-uri", "sqlite:////tmp"],
+                                     r"^error: --tracking-uri: must be a tracking store MLflow can open; got "
+                                     r"'sqlite:////tmp' \(it names a folder, not a file"),
+    # in a fresh folder the default MLflow store is that same file, not yet created
+    "the MLflow database as the Optuna storage": (
+        ["--storage", "sqlite:///{d}/mlruns/mlflow.db"],
+        r"^error: --storage: must be its own SQLite database to serve as an Optuna storage, or a new file; it is "
+        r"the MLflow store|" + SAME_FILE),
+    "the Optuna journal as the MLflow store": (["--tracking-uri", "sqlite:///{d}/mlruns/optuna.journal"],
+                                               NOT_SQLITE + "|" + SAME_FILE),
+    "one new file for both stores": (["--storage", "sqlite:///{d}/both.db", "--tracking-uri",
+                                      "sqlite:///{d}/both.db"], SAME_FILE),
+    "the MLflow database as the journal": (["--storage", "mlruns/mlflow.db"], SAME_FILE),
+    "an Optuna database as the MLflow store": (
+        ["--storage", "sqlite:///{d}/o.db", "--tracking-uri", "sqlite:///{d}/optuna.db"],
+        r"^error: --tracking-uri: must be its own SQLite database to serve as an MLflow store, or a new file; it is "
+        r"an Optuna storage"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+@pytest.mark.parametrize("fresh", [True, False], ids=["fresh folder", "beside a study"])
+def test_a_refused_store_leaves_every_file_and_folder_as_it_was(case, fresh, one_study, tmp_path):
+    import re
+
+    cwd = tmp_path / "w"
+    if fresh:
+        shutil.copytree(one_study / "experiments", cwd / "experiments")
+    else:
+        shutil.copytree(one_study, cwd)
+    (cwd / "notadb.db").write_text("not a database\n")
+    optuna.create_study(storage=f"sqlite:///{cwd}/optuna.db", study_name="other")  # an Optuna database
+    args, line = REFUSALS[case]
+    before = listing(cwd)
+    proc = study(cwd, *(a.format(d=cwd) for a in args))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and re.search(line, proc.stderr), proc.stderr
+    assert listing(cwd) == before
+
+
+def test_a_database_with_another_store_s_tables_is_refused_before_it_is_opened(tmp_path):
+    """The rule behind the refusals above, at the API: read-only, and naming whose tables they are."""
+    from sgdtune.stores import check_before_writing
+
+    db = tmp_path / "optuna.db"
+    optuna.create_study(storage=f"sqlite:///{db}", study_name="x")
+    size = db.stat().st_size
+    with pytest.raises(InputError, match=r"^--tracking-uri: must be its own SQLite database to serve as an MLflow "
+                                         r"store, or a new file; it is an Optuna storage \(--storage\)"):
+        check_before_writing(str(tmp_path / "j.journal"), f"sqlite:///{db}")
+    with pytest.raises(InputError, match=r"^--storage: must be another file than the MLflow store"):
+        check_before_writing(f"sqlite:///{db}", f"sqlite:///{tmp_path}/../{tmp_path.name}/optuna.db")
+    check_before_writing(f"sqlite:///{db}", f"sqlite:///{tmp_path}/new/mlflow.db")  # its own kind: fine
+    assert db.stat().st_size == size and not (tmp_path / "new").exists() and not (tmp_path / "j.journal").exists()
+
+
+# -- working folders whose names mean something in a URL ---------------------------------------
+
+
+@pytest.mark.parametrize("name", ["w_q?x=1", "w_pc%41", "w_h#1"])
+def test_a_working_folder_named_with_url_characters_keeps_the_stores_inside_it(tmp_path, name):
+    import sqlite3
+
+    from sgdtune.tracking import sqlite_path
+
+    cwd = tmp_path / name
+    shutil.copytree(Path(__file__).resolve().parent.parent / "experiments", cwd / "experiments")
+    done = study(cwd, "--report")
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no store beside the folder
+    (shown,) = [line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("mlflow store:")]
+    db = cwd / "mlruns" / "mlflow.db"
+    assert sqlite_path(shown) == db  # the console names the file that was used
+    with sqlite3.connect(db) as c:
+        assert "trial-0" in {row[0] for row in c.execute("SELECT name FROM runs")}
+    assert (cwd / "mlruns" / "optuna.journal").stat().st_size > 0
+    assert (cwd / "reports" / "quick" / "report.json").is_file()
+    assert list((cwd / "mlruns" / "artifacts").rglob("quick.toml"))  # the experiment file, with its runs
+
+
+@pytest.mark.parametrize("path", ["/tmp/w_q?x=1/mlflow.db", "/tmp/w_pc%41/m.db", "/tmp/a#b/m.db", "rel/plain.db",
+                                  "/tmp/sp ace/@:=/m.db"])
+def test_a_store_url_built_from_a_path_reads_back_as_that_path(path):
+    from sqlalchemy.engine import make_url
+
+    from sgdtune.tracking import sqlite_path, sqlite_uri
+
+    assert make_url(sqlite_uri(path)).database == path  # as MLflow's and Optuna's SQLAlchemy read it
+    assert sqlite_path(sqlite_uri(path)) == Path(path)

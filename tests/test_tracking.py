@@ -107,3 +107,70 @@ def test_a_stale_trial_run_is_failed_with_its_nested_runs_and_child_runs_list_tr
     assert client.get_run(running).info.status == "FAILED"
     assert client.get_run(running).data.tags["sgdtune.fail_reason"] == "worker died"
     assert client.get_run(done).info.status == "FINISHED"  # an ended replicate keeps its ending
+
+
+# -- runs whose end was lost (a killed writer, a full disk) ----------------------------------------
+
+
+def test_a_run_left_running_under_a_complete_trial_gets_its_summary_or_ends_failed(tmp_path):
+    """A complete trial whose run's end was lost: ended FINISHED with the summary metrics the
+    Optuna trial kept (and a tag saying so); without a summary it is not labelled complete."""
+    from sgdtune.tracking import RECOVERED_NOTE
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "s")
+    parent = tracker.start_parent_run({}, {"seed": 0})
+    with_summary, without = (tracker.start_trial_run(parent, n, {"batch_size": 16}, {}) for n in (0, 1))
+    summary = {"final_val_acc": 0.93, "best_val_acc": 0.95, "updates": 900, "note": "text is not a metric"}
+    assert tracker.end_runs_of_finished_trials({0: ("COMPLETE", None, summary), 1: ("COMPLETE", None, {})}) == 2
+    run = tracker.client.get_run(with_summary)
+    assert (run.info.status, run.data.tags["sgdtune.trial_state"]) == ("FINISHED", "COMPLETE")
+    assert run.data.metrics == {"final_val_acc": 0.93, "best_val_acc": 0.95, "updates": 900.0}
+    assert run.data.tags["sgdtune.recovered"] == RECOVERED_NOTE
+    lost = tracker.client.get_run(without)
+    assert (lost.info.status, lost.data.tags["sgdtune.trial_state"]) == ("FAILED", "FAIL")
+    assert "its run's metrics were lost" in lost.data.tags["sgdtune.fail_reason"] and not lost.data.metrics
+
+
+FULL_STORE = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))  # a write past 40 kB fails (EFBIG), as on a full disk
+from sgdtune.writer import BackgroundTracker, TrackingError
+tracker = BackgroundTracker(sys.argv[1], "s")  # its writer process inherits the limit
+for number in range(2):
+    try:
+        run = tracker.start_trial_run(sys.argv[2], number, {"batch_size": 16}, {})
+        tracker.log_epoch(run, {"val_acc": 0.5}, step=1)
+        tracker.end_trial_run(run, "COMPLETE", {"final_val_acc": 0.5})
+    except TrackingError as e:
+        print(e)
+    for _ in range(3):  # as a trial records its run id (trial.py), after its end
+        try:
+            tracker.run_id(run.key)
+        except TrackingError as e:
+            print(e)
+try:
+    tracker.close()
+except TrackingError as e:
+    print(e)
+"""
+
+
+def test_a_store_that_refuses_writes_is_named_as_the_cause_not_a_later_consequence(tmp_path):
+    """Once a run could not be created, the calls on it are not made with no run id (each a
+    TypeError 'expected string or bytes-like object'); every error the study says names the
+    store's refusal."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent = Tracker(uri, "s").start_parent_run({}, {"seed": 0})  # the store, before the disk is full
+    out = subprocess.run([sys.executable, "-c", FULL_STORE, uri, parent], capture_output=True, text=True,
+                         timeout=120)
+    lines = out.stdout.splitlines()
+    assert lines, out.stderr
+    for line in lines:
+        assert line.startswith(("MLflow write failed in the writer process: ", "MLflow run not created")), line
+        assert "disk I/O error" in line or "database or disk is full" in line or "File too large" in line, line
+        assert "TypeError" not in line and "NoneType" not in line, line

@@ -11,7 +11,7 @@ import optuna
 
 from ..errors import InputError
 from ..stores import check_name, open_storage, probe_server
-from ..tracking import RunReader, RunRecord, redact_url, store_exists
+from ..tracking import RunReader, RunRecord, redact_url, sqlite_path, store_exists
 
 TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_s", "throughput_eps",
                "gpu_util_mean_pct")
@@ -40,7 +40,7 @@ def load_study(storage: str, study_name: str | None) -> optuna.Study:
     if "://" not in storage and not Path(storage).is_file():
         raise InputError("--storage", "must be an existing Optuna journal file or a database URL",
                          f"{storage!r} (run `python -m sgdtune.study` first, or pass --storage)")
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+    if sqlite_path(storage) is not None and not sqlite_path(storage).is_file():
         raise InputError("--storage", "must name an existing SQLite file", repr(storage))
     names = sorted(optuna.get_all_study_names(storage=open_storage(storage)))
     if not names:

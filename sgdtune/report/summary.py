@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from .html import fmt, octave_trend_sentence
@@ -32,12 +34,24 @@ def noise_verdict(c: dict) -> str:
     return f"difference {c['difference']:+.4f} ± {c['se']:.4f} (combined SE): beyond noise (|Δ|{z} ≥ 2 SE)"
 
 
+def failure_causes(reasons: list[str | None], shown: int = 2) -> str:
+    """The most common fail reasons with their counts, for a study where no trial completed:
+    "'training loss became nan at update 2 (epoch 1)' (2 trials)"; numbers in a reason
+    (the update, the loss) are kept, so the same cause at other updates counts apart."""
+    counts = Counter(r or "no reason recorded" for r in reasons).most_common()
+    words = [f"{reason!r} ({n} trial{'s' * (n > 1)})" for reason, n in counts[:shown]]
+    rest = sum(n for _, n in counts[shown:])
+    return "; ".join(words) + (f"; {rest} other{'s' * (rest > 1)}" if rest else "")
+
+
 def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
     """Sentences computed from the report's numbers; each says what it compares."""
     s = report["study"]["trials_by_state"]
     out = [f"{sum(s.values())} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(s.items())) + "."]
     if not complete:
-        return out
+        failed = [r.get("fail_reason") for r in report["trials"] if r["state"] == "FAIL"]
+        why = f" Fail reasons: {failure_causes(failed)}." if failed else ""
+        return out + [f"No trial completed: there is nothing to compare, and every section below is skipped.{why}"]
     best = max(complete, key=lambda r: (r["summary"]["final_val_acc"], -r["number"]))
     sizes = sorted({r["batch_size"] for r in complete})
     tried = f"batch sizes {sizes[0]}-{sizes[-1]}" if len(sizes) > 1 else f"batch size {sizes[0]}"
