@@ -13,6 +13,7 @@ from importlib import resources
 
 import numpy as np
 
+from ..profile import KEYS as PROFILE_KEYS
 from ..profile import sentences
 
 TEMPLATE = "report_page.html"  # in the sgdtune package folder, beside the other page templates
@@ -477,9 +478,7 @@ def render_html(report: dict) -> str:
             plot(fig_sharpness, "sharpness", "plot-sharpness"))
     section("compute", "Compute time and throughput against batch size", None,
             lambda: _plot(fig_compute(compute), "plot-compute") if compute else no_time)
-    section("profile", "This device: time per update against batch size", None,
-            lambda: _plot(fig_profile(profile), "plot-profile") + _notes(profile_notes(profile)) if profile else
-            '<p class="skip">Not shown: the study ran without a device profile (profile = false).</p>')
+    section("profile", "This device: time per update against batch size", None, lambda: _profile_html(profile))
     section("pareto", "Pareto front of val_acc against compute time", None,
             lambda: _plot(fig_pareto(compute, timings["pareto"]), "plot-pareto") if compute else no_time)
     section("history", "Optimization history", "history", plot(fig_history, "history", "plot-history"))
@@ -550,6 +549,16 @@ def notes(report: dict, key: str) -> list[str]:
         out += [f"{r[k]}." for k in ("adam", "weight_decay_note") if k in r]
         return out + ([f"{r['full_batch_skipped']}."] if "full_batch_skipped" in r else [])
     return []
+
+
+def _profile_html(profile: dict | None) -> str:
+    """The device profile's plot and sentences, or why not."""
+    if not profile:
+        return '<p class="skip">Not shown: the study ran without a device profile (profile = false).</p>'
+    missing = [k for k in PROFILE_KEYS if k not in profile]
+    if missing:
+        return f'<p class="skip">Not shown: the recorded device profile lacks {html.escape(", ".join(missing))}.</p>'
+    return _plot(fig_profile(profile), "plot-profile") + _notes(profile_notes(profile))
 
 
 def profile_notes(profile: dict) -> list[str]:
