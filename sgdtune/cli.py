@@ -1,4 +1,4 @@
-"""Every command line of sgdtune: `python -m sgdtune.study | report | surface | ui`, and the
+"""Every command line of sgdtune: `python -m sgdtune.study | report | surface | ui | profile`, and the
 same as subcommands of the `sgdtune` console script.
 
 The edge between a person and the Python API: each command parses its flags, calls the API,
@@ -13,6 +13,7 @@ import argparse
 import gc
 import os
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -113,6 +114,8 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
                          "again; its MLflow runs stay")
     changed.add_argument("--extend", action="store_true", help="continue an existing study with a changed "
                          "configuration (recorded in the study and its parent run)")
+    p.add_argument("--no-profile", action="store_true", help="skip the device profile before the first trial "
+                   "(as `profile = false` in the file)")
     p.add_argument("--report", action="store_true", help="write reports/<study>/report.html and .json at the end")
     p.add_argument("--no-tracking", action="store_true", help="skip MLflow (Optuna storage only)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
@@ -153,7 +156,8 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
             raise InputError("--replicates", "must be >= 1", repr(args.replicates))
         overrides = {"n_trials": args.n_trials, "seed": args.seed, "name": args.study_name, "storage": args.storage,
                      "tracking_uri": args.tracking_uri, "timeout_s": args.timeout, "device": args.device,
-                     "replicates": args.replicates, "threads": args.threads, **parse_overrides(args.set)}
+                     "replicates": args.replicates, "threads": args.threads,
+                     "profile": False if args.no_profile else None, **parse_overrides(args.set)}
         config = load_experiment(args.experiment, **overrides)
         from .console import one_line_trial_failures, print_closing, print_recommendation, quiet_libraries
         from .reclaim import StoreError
@@ -212,6 +216,90 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         print(f"report:         {folder / 'report.html'}")
     print_recommendation(study, None if args.no_tracking else tracking_uri, args.goal)
     return 0
+
+
+# -- sgdtune profile ------------------------------------------------------------------------
+
+PROFILE_EPILOG = """examples:
+  python -m sgdtune.profile                                  # experiments/batch_tradeoff.toml
+  python -m sgdtune.profile experiments/mnist1d_cnn.toml --device cuda
+  python -m sgdtune.profile experiments/quick.toml --threads 1 --budget 5
+
+Times one update (forward, backward, optimizer step, as the trainer makes it) of the
+experiment's model at B = 1, 2, 4, ... up to the search's largest B and at the study's own B
+values, on its device and threads; caches the result in <mlruns>/profiles/ (a study does the
+same before its first trial and reuses it).
+"""
+
+
+def profile_parser(prog: str = "python -m sgdtune.profile") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, epilog=PROFILE_EPILOG.replace("python -m sgdtune.profile", prog),
+                                description="Time one update of an experiment's model at each batch size on this "
+                                "device: seconds per update, examples/s, peak memory, the flat range.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", nargs="?", help="experiment TOML file (default: experiments/batch_tradeoff.toml)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--threads", type=_auto_or_int, metavar="auto|N", help="torch threads per update: auto = as "
+                   "a trial at that B would use (default), N = always N")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any field, VALUE in TOML syntax (e.g. model.hidden=[256]); repeatable")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="time the profile may take; larger batch sizes are left out once it is spent (default: 10)")
+    p.add_argument("--mlruns", default="mlruns", help="folder whose profiles/ holds the cache (default: mlruns)")
+    p.add_argument("--no-cache", action="store_true", help="time again, and store nothing")
+    return p
+
+
+def profile_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.profile") -> int:
+    """Print the device profile of an experiment's model; 0 when printed, 2 on bad input."""
+    args = profile_parser(prog).parse_args(argv)
+    with ctrl_c_deferred():
+        from .config import load_experiment, parse_overrides
+    from .profile import CACHE_FOLDER, DEFAULT_BUDGET_S, profile_study
+
+    budget = DEFAULT_BUDGET_S if args.budget is None else args.budget
+    try:
+        if not budget > 0:
+            raise InputError("--budget", "must be > 0 (seconds)", repr(args.budget))
+        config = load_experiment(args.experiment, device=args.device, threads=args.threads,
+                                 **parse_overrides(args.set))
+        from .data import load_data
+        from .timing import resolve_device
+
+        data = load_data(config.data, config.seed, resolve_device(config.device))
+        cache = None if args.no_cache else Path(args.mlruns) / CACHE_FOLDER
+        profile = profile_study(config, data, cache, budget_s=budget)
+    except InputError as e:
+        return _bad_input(e)
+    print_profile(profile, config.name)
+    return 0
+
+
+PROFILE_COLUMNS = ("B", "threads", "ms/update", "IQR ms", "examples/s", "peak MiB")
+
+
+def print_profile(profile: dict, name: str) -> None:
+    """The profile as a table, one row per B that ran, then its sentences (profile.sentences)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .profile import sentences, table_rows
+
+    cached = " (cached)" if profile["cached"] else ""
+    table = Table(title=f"'{name}': one update of {profile['model']} on {profile['device']}",
+                  caption=f"{profile['dtype']}, threads {profile['threads']}{cached}")
+    for column in PROFILE_COLUMNS:
+        table.add_column(column, justify="right", no_wrap=True)
+    flat, largest = profile["flat_up_to"], profile["largest_batch_size"]
+    for row in table_rows(profile):
+        b = int(row["B"])
+        style = "bold" if b in (flat, largest) else None
+        table.add_row(*(row[c] for c in PROFILE_COLUMNS), style=style)
+    Console(width=shutil.get_terminal_size((120, 24)).columns).print(table)  # 120 into a file or a pipe
+    for line in sentences(profile):
+        print(line)
+    print(f"flat range rule: {profile['flat_rule']}; median of the timed updates after "
+          f"a warm-up, IQR their spread; budget {profile['budget_s']:g} s")
 
 
 # -- sgdtune report -------------------------------------------------------------------------
@@ -530,6 +618,7 @@ COMMANDS: dict[str, tuple[str, Callable[..., int]]] = {
     "storage-proxy": ("serve an Optuna RDB storage to many workers through gRPC", proxy_main),
     "model": ("save a trial's trained network (the best by default) to a file", model_main),
     "cluster": ("render a SLURM job array or Kubernetes indexed Job that runs one study", cluster_main),
+    "profile": ("time one update at each batch size on this device: sgdtune profile X.toml", profile_main),
 }
 
 

@@ -126,6 +126,8 @@ class ExperimentConfig(_Strict):
         description="trained networks kept per study (a count of trials): each COMPLETE trial among the best "
         "keep_models by the first objective logs its weights as an MLflow logged model, and a trial that drops "
         "out of them has its model deleted; 0 = none")
+    profile: bool = Field(default=True, description="time one update of the model at each batch size on this device "
+                          "before the first trial (sgdtune/profile.py; cached under mlruns/profiles/); false = skip")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

@@ -25,9 +25,10 @@ from .errors import InputError
 # Fields that leave what a trial computes unchanged (TrainConfig's own model and seed are
 # never used: a trial takes the experiment's model and a derived seed, config.py). Like the
 # device, the thread count is how a trial runs: it may change the last bits of a float sum.
+# The device profile is timed before the trials and changes none of them.
 IGNORED: dict[str, Any] = {"name": True, "description": True, "n_trials": True, "timeout_s": True,
                            "storage": True, "tracking_uri": True, "device": True, "threads": True,
-                           "keep_models": True, "train": {"model", "seed"}}
+                           "keep_models": True, "profile": True, "train": {"model", "seed"}}
 ON_CHANGE = ("refuse", "fresh", "extend")
 
 # Optuna study user attributes (README.md, "What a trial records").

@@ -29,6 +29,7 @@ from .errors import EXIT_BAD_INPUT, InputError
 FLAG_KEYS = {
     "--study-name": "name", "--seed": "seed", "--n-trials": "n_trials", "--timeout": "timeout_s",
     "--replicates": "replicates", "--device": "device", "--storage": "storage", "--tracking-uri": "tracking_uri",
+    "--no-profile": "profile",
 }
 NO_DESCRIPTION = "(no description)"
 UNSET = "unset"

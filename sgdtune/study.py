@@ -16,6 +16,7 @@ if __name__ == "__main__":
 
     sys.exit(interruptible(study_main))
 
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -35,6 +36,7 @@ from .saved import dataset_records, register_best
 from .science.fits import study_metrics
 from .search import best_value, n_finished, open_study
 from .stores import MLRUNS, check_before_writing, check_tracking, locations, open_storage
+from .threads import core_share
 from .timing import describe_device, resolve_device
 from .tracking import default_artifact_location
 from .trial import Objective
@@ -120,6 +122,9 @@ def run_study(
     try:
         if progress:
             progress.bar.start()
+        if config.profile:  # before the first trial, on the trials' threads (workers split the cores)
+            record_profile(study, config, data, mlruns, tracker, parent_run,
+                           core_share(workers) if workers > 1 else None)
         if remaining > 0 and workers > 1:
             parent_run_id = None
             if tracker is not None:
@@ -182,6 +187,37 @@ def _place_on_gpus(config: ExperimentConfig, workers: int,
         worker_gpus(1, visible, gpus)  # the index is checked
         return config.model_copy(update={"device": f"cuda:{gpus[0]}"}), ()
     return config.model_copy(update={"device": "cuda"}), tuple(worker_gpus(workers, visible, gpus))
+def record_profile(study: optuna.Study, config: ExperimentConfig, data, mlruns: str | Path,
+                   tracker: BackgroundTracker | None, parent_run: RunRef | None, cores: int | None) -> dict:
+    """The device profile (profile.py) as the study's user attribute `profile` and, unless the
+    study already holds the same one, on its parent run: the artifacts profile/profile.json and
+    profile/profile.csv, the metrics profile_s_per_update, profile_examples_per_s and
+    profile_peak_mem_mb with step = B, and profile_flat_up_to and profile_largest_batch_size
+    (README, "What a trial records"). Cached in <mlruns>/profiles/ where a store of the study
+    lives in <mlruns> (two remote stores: no folder is made here)."""
+    from .profile import CACHE_FOLDER, profile_study, to_csv
+
+    local = config.storage is None or (tracker is not None and config.tracking_uri is None)
+    recorded = study.user_attrs.get("profile")
+    profile = profile_study(config, data, Path(mlruns) / CACHE_FOLDER if local else None, cores=cores,
+                            recorded=recorded)
+    if recorded is not None and recorded.get("key_sha256") == profile["key_sha256"]:
+        return recorded  # a resumed study: recorded and logged when it began
+    study.set_user_attr("profile", profile)
+    if tracker is None:
+        return profile
+    folder = temporary_folder("sgdtune-profile-")
+    (folder / "profile.json").write_text(json.dumps(profile, indent=1, sort_keys=True) + "\n")
+    (folder / "profile.csv").write_text(to_csv(profile))
+    for name in ("profile.json", "profile.csv"):
+        tracker.log_artifact(parent_run, folder / name, "profile")
+    for b, s, e, m in zip(profile["batch_size"], profile["seconds_per_update"], profile["examples_per_second"],
+                          profile["peak_mem_mb"]):
+        tracker.log_epoch(parent_run, {"profile_s_per_update": s, "profile_examples_per_s": e,
+                                       "profile_peak_mem_mb": m}, step=b)
+    tracker.log_epoch(parent_run, {"profile_flat_up_to": profile["flat_up_to"],
+                                   "profile_largest_batch_size": profile["largest_batch_size"]}, step=0)
+    return profile
 
 
 def _check_registration(name: str | None, track: bool, config: ExperimentConfig) -> None:
@@ -235,15 +271,21 @@ def masked_copy(path: str | Path) -> Path:
     text = Path(path).read_text()
     if redact_url(text) == text:
         return Path(path)
+    copy = temporary_folder("sgdtune-experiment-") / Path(path).name
+    copy.write_text(redact_url(text))
+    return copy
+
+
+def temporary_folder(prefix: str) -> Path:
+    """A temporary folder for files the writer process logs as artifacts (it copies them
+    later), removed at exit, after run_study has closed its tracker."""
     import atexit
     import shutil
     import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix="sgdtune-experiment-"))
-    atexit.register(shutil.rmtree, folder, True)  # after run_study has closed its tracker
-    copy = folder / Path(path).name
-    copy.write_text(redact_url(text))
-    return copy
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def _git_commit() -> str | None:

@@ -45,10 +45,12 @@ HELP_FORMS = [
     (["sgdtune.report"], "python -m sgdtune.report"),
     (["sgdtune.ui"], "python -m sgdtune.ui"),
     (["sgdtune.surface"], "python -m sgdtune.surface"),
+    (["sgdtune.profile"], "python -m sgdtune.profile"),
     (["sgdtune", "study"], "sgdtune study"),
     (["sgdtune", "report"], "sgdtune report"),
     (["sgdtune", "ui"], "sgdtune ui"),
     (["sgdtune", "surface"], "sgdtune surface"),
+    (["sgdtune", "profile"], "sgdtune profile"),
 ]
 
 
@@ -67,7 +69,8 @@ def test_help_imports_nothing_heavy_and_names_the_command_as_typed(argv, prog):
 def test_the_console_script_help_lists_the_commands_and_imports_nothing_heavy():
     status, printed, modules = probe("sgdtune", "--help")
     assert status == 0
-    assert printed.startswith("usage: sgdtune {study,report,surface,ui,storage-proxy,model,cluster} [options]")
+    assert printed.startswith("usage: sgdtune {study,report,surface,ui,storage-proxy,model,cluster,profile} "
+                              "[options]")
     assert not {m for m in modules if m.split(".")[0] in ("torch", "optuna", "mlflow", "numpy")}
 
 

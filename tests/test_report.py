@@ -42,8 +42,10 @@ PLOTS = ["plot-accuracy", "plot-curves", "plot-loss-noise", "plot-grad-noise", "
 
 
 def quick_plots(report: dict) -> list[str]:
-    """PLOTS, with the sharpness plot where the trainer recorded final_sharpness."""
-    return PLOTS[:4] + ["plot-sharpness"] * ("sharpness" in report) + PLOTS[4:]
+    """PLOTS, with the sharpness plot where the trainer recorded final_sharpness, and the device
+    profile's where the study has one."""
+    return (PLOTS[:4] + ["plot-sharpness"] * ("sharpness" in report) + PLOTS[4:5]
+            + ["plot-profile"] * ("profile" in report["volatile"]) + PLOTS[5:])
 
 
 def run_commands(cwd, monkeypatch, study_command: str, report_command: str) -> dict:
@@ -72,7 +74,7 @@ def test_report_json_has_every_section_and_skips_steps_without_a_target(quick):
     assert SECTIONS <= set(report)
     assert set(report["skipped"]) - {"sharpness"} == {"steps_to_target"}  # sharpness: where the trainer records it
     assert "target_val_acc" in report["skipped"]["steps_to_target"]
-    assert set(report["volatile"]) == {"timings", "memory_mb", "mlflow", "dates"}
+    assert set(report["volatile"]) == {"timings", "memory_mb", "profile", "mlflow", "dates"}
     assert len(report["summary"]) >= 6
 
 

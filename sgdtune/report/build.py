@@ -164,7 +164,8 @@ def reproducibility(study: optuna.Study, reader: RunReader | None, parent: RunRe
 
 def volatile(study: optuna.Study, reader: RunReader | None, parent: RunRecord | None, runs: dict[int, RunRecord],
              complete: list[dict]) -> dict:
-    """Timings, memory, MLflow ids, locations and dates: what a rerun of the same command changes."""
+    """Timings, memory, the device profile, MLflow ids, locations and dates: what a rerun of the
+    same command changes."""
     trials = study.get_trials(deepcopy=False)
     out: dict[str, Any] = {
         "timings": timings(study, complete),
@@ -174,6 +175,8 @@ def volatile(study: optuna.Study, reader: RunReader | None, parent: RunRecord | 
                   "trials": {str(t.number): [_iso(t.datetime_start), _iso(t.datetime_complete)]
                              for t in trials}},
     }
+    if "profile" in study.user_attrs:  # the device's time per update at each B (sgdtune/profile.py)
+        out["profile"] = study.user_attrs["profile"]
     if parent is not None:
         out["mlflow"] = {"tracking_uri": redact_url(reader.tracking_uri), "experiment_id": parent.experiment_id,
                          "parent_run_id": parent.run_id, "ui_url": ui_url(parent.experiment_id),

@@ -13,6 +13,9 @@ from importlib import resources
 
 import numpy as np
 
+from ..profile import KEYS as PROFILE_KEYS
+from ..profile import sentences
+
 TEMPLATE = "report_page.html"  # in the sgdtune package folder, beside the other page templates
 
 
@@ -335,6 +338,34 @@ def fig_compute(c: dict):
     return fig
 
 
+def fig_profile(p: dict):
+    """The device profile: milliseconds per update (±IQR/2) and examples/s against B, log-log, the
+    flat range shaded and the largest B that fits marked."""
+    import plotly.graph_objects as go
+
+    fig = _subplots(["time per update (median of the timed updates)", "throughput"], showlegend=True)
+    b, ms = p["batch_size"], [s * 1e3 for s in p["seconds_per_update"]]
+    text = [f"B {x}<br>{t:.3g} ms/update<br>{e:.3g} examples/s" for x, t, e in zip(b, ms, p["examples_per_second"])]
+    fig.add_trace(go.Scatter(x=b, y=ms, mode="lines+markers", name="ms per update (bars: ± half the IQR)", text=text,
+                             error_y=_error_y([q * 1e3 / 2 for q in p["seconds_per_update_iqr"]]),
+                             marker={"size": 8}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=b, y=p["examples_per_second"], mode="lines+markers", name="examples per second",
+                             text=text, marker={"size": 8, "color": "#2ca02c"}), row=1, col=2)
+    for col in (1, 2):
+        if p["flat_up_to"] > b[0]:
+            fig.add_vrect(x0=b[0], x1=p["flat_up_to"], fillcolor="#1f77b4", opacity=0.12, line_width=0, row=1, col=col)
+        fig.add_vline(x=p["largest_batch_size"], line={"dash": "dash", "color": "#d62728"}, row=1, col=col)
+    if p["flat_up_to"] > b[0]:  # legend entries for the shapes, which have none of their own
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"shaded: almost free, B ≤ {p['flat_up_to']}",
+                                 marker={"symbol": "square", "size": 12, "color": "rgba(31,119,180,0.3)"}))
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"largest B that fits: {p['largest_batch_size']}",
+                             line={"dash": "dash", "color": "#d62728"}))
+    fig.update_xaxes(**LOG_B)
+    fig.update_yaxes(type="log", title_text="ms per update (log scale)", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="examples/s (log scale)", row=1, col=2)
+    return fig
+
+
 def fig_pareto(c: dict, p: dict):
     import plotly.graph_objects as go
 
@@ -404,7 +435,7 @@ def fmt(value, spec: str) -> str:
 NAV = (("answer", "answer"), ("summary", "summary"), ("accuracy", "accuracy"), ("octaves", "octaves"),
        ("curves", "curves"), ("loss-noise", "loss noise"),
        ("grad-noise", "noise scale"), ("steps", "steps"), ("sharpness", "sharpness"),
-       ("compute", "compute"), ("pareto", "Pareto"),
+       ("compute", "compute"), ("profile", "device"), ("pareto", "Pareto"),
        ("history", "history"), ("importance", "importance"), ("top", "top trials"), ("repro", "reproducibility"))
 
 
@@ -414,6 +445,7 @@ def render_html(report: dict) -> str:
 
     timings = report["volatile"]["timings"]
     compute = timings.get("compute")
+    profile = report["volatile"].get("profile")
     parts: list[str] = []
 
     def section(anchor: str, title: str, key: str | None, draw) -> None:
@@ -446,6 +478,7 @@ def render_html(report: dict) -> str:
             plot(fig_sharpness, "sharpness", "plot-sharpness"))
     section("compute", "Compute time and throughput against batch size", None,
             lambda: _plot(fig_compute(compute), "plot-compute") if compute else no_time)
+    section("profile", "This device: time per update against batch size", None, lambda: _profile_html(profile))
     section("pareto", "Pareto front of val_acc against compute time", None,
             lambda: _plot(fig_pareto(compute, timings["pareto"]), "plot-pareto") if compute else no_time)
     section("history", "Optimization history", "history", plot(fig_history, "history", "plot-history"))
@@ -516,6 +549,26 @@ def notes(report: dict, key: str) -> list[str]:
         out += [f"{r[k]}." for k in ("adam", "weight_decay_note") if k in r]
         return out + ([f"{r['full_batch_skipped']}."] if "full_batch_skipped" in r else [])
     return []
+
+
+def _profile_html(profile: dict | None) -> str:
+    """The device profile's plot and sentences, or why not."""
+    if not profile:
+        return '<p class="skip">Not shown: the study ran without a device profile (profile = false).</p>'
+    missing = [k for k in PROFILE_KEYS if k not in profile]
+    if missing:
+        return f'<p class="skip">Not shown: the recorded device profile lacks {html.escape(", ".join(missing))}.</p>'
+    return _plot(fig_profile(profile), "plot-profile") + _notes(profile_notes(profile))
+
+
+def profile_notes(profile: dict) -> list[str]:
+    """The profile's sentences (sgdtune/profile.py), with how it was measured and on what."""
+    threads = profile["threads"]
+    return sentences(profile) + [
+        f"One update of {profile['model']} ({profile['dtype']}, threads {threads}) as the trainer makes it: the "
+        f"median over timed updates after a warm-up; bars: half the interquartile range. Flat range: "
+        f"{profile['flat_rule']}. Timed within a budget of {profile['budget_s']:g} s"
+        + (", read from the cache of an earlier run." if profile["cached"] else ".")]
 
 
 def octave_trend_sentence(fit: dict) -> str:

@@ -16,13 +16,15 @@ from ..tracking import RunReader, RunRecord, redact_url, sqlite_path, store_exis
 TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_s", "throughput_eps",
                "gpu_util_mean_pct")
 MEMORY_KEYS = ("peak_mem_mb", "gpu_mem_used_max_mb")
+PROFILE_PREFIX = "profile_"  # the parent run's device profile metrics (study.record_profile): timings too
 
 
 def is_timing(key: str) -> bool:
-    """A timing metric (any `*_time_s`, throughput), or its spread over replicates (`_std`, `_se`):
-    it differs between two runs of one command, so the report keeps it under "volatile"."""
+    """A timing metric (any `*_time_s`, throughput, the device profile's `profile_*`), or its
+    spread over replicates (`_std`, `_se`): it differs between two runs of one command, so the
+    report keeps it under "volatile"."""
     base = key.removesuffix("_std").removesuffix("_se")
-    return base in TIMING_KEYS or base.endswith("_time_s")
+    return base in TIMING_KEYS or base.endswith("_time_s") or base.startswith(PROFILE_PREFIX)
 
 
 def is_memory(key: str) -> bool:
