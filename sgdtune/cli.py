@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import EXIT_BAD_INPUT, InputError
+from .errors import EXIT_BAD_INPUT, InputError, StudyGone
 from .redact import redact
 
 EXIT_INTERRUPTED = 130
@@ -197,6 +197,9 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         print(f"\ninterrupted ({describe(e)}): finished trials are kept; run the same command again to resume.",
               file=sys.stderr)
         return exit_status(e)
+    except StudyGone as e:  # deleted under this process: nothing to resume
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (TrackingError, StoreError) as e:  # a store failed mid-study: one line, not a traceback
         print(f"error: {redact(str(e))}; finished trials are kept; run the same command again to resume",
               file=sys.stderr)

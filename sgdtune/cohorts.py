@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .config import ExperimentConfig
 from .errors import InputError
-from .search import n_finished
+from .search import Surplus, n_claimed
 from .trainer import BUDGET_SIZES, PER_MEMBER, Diverged, UnstackableModel, group_key, train, train_stacked
 from .trial import TRIAL_ENDINGS, Objective, TrialJob
 
@@ -26,14 +26,17 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, config: E
         objective,
         n_trials=n_trials,
         timeout=config.timeout_s,
-        catch=(Diverged,),  # a diverged trial is finished (FAIL); the study goes on
+        catch=(Diverged, Surplus),  # a diverged trial is finished (FAIL); a surplus one stops the study below
         callbacks=[_stop_when_done(config.n_trials)],
     )
 
 
 def _stop_when_done(n_trials: int):
+    """Stop once the study's finished trials, and those other processes are running, make
+    n_trials: a trial started now would be one too many (if one of theirs fails instead of
+    finishing, the same command runs the missing one)."""
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        if n_finished(study) >= n_trials:
+        if n_claimed(study) >= n_trials:
             study.stop()
 
     return callback
@@ -79,13 +82,19 @@ def optimize_batched(study: optuna.Study, objective: Objective, n_trials: int, c
     check_cohorts(config, batch_trials)
     shaping = [name for name in config.search if name not in PER_MEMBER and name not in BUDGET_SIZES[:2]]
     started, deadline = 0, time.monotonic() + (config.timeout_s or math.inf)
-    while started < n_trials and n_finished(study) < config.n_trials and time.monotonic() < deadline:
-        size = min(batch_trials, n_trials - started)
-        jobs = [objective.begin(study.ask())]
-        for _ in range(size - 1):
-            if shaping:
-                study.enqueue_trial({name: jobs[0].trial.params[name] for name in shaping})
-            jobs.append(objective.begin(study.ask()))
+    while started < n_trials and n_claimed(study) < config.n_trials and time.monotonic() < deadline:
+        size = min(batch_trials, n_trials - started, config.n_trials - n_claimed(study))
+        jobs = []
+        try:
+            jobs.append(objective.begin(trial := study.ask()))
+            for _ in range(size - 1):
+                if shaping:
+                    study.enqueue_trial({name: jobs[0].trial.params[name] for name in shaping})
+                jobs.append(objective.begin(trial := study.ask()))
+        except Surplus:  # another process took the last trials: train those begun, then stop
+            study.tell(trial, state=TrialState.FAIL)
+            run_cohort(study, objective, jobs)
+            return
         started += size
         run_cohort(study, objective, jobs)
 
@@ -131,8 +140,9 @@ def settle(study: optuna.Study, objective: Objective, config: ExperimentConfig, 
     while study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         time.sleep(heartbeat)
         optuna.storages.fail_stale_trials(study)
-        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) or n_finished(study) < config.n_trials:
-            more = max(1, config.n_trials - n_finished(study))
+        # Trials other workers are running count: asking beside them would only make surplus ones.
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) or n_claimed(study) < config.n_trials:
+            more = max(1, config.n_trials - n_claimed(study))
             if batch_trials > 1:
                 optimize_batched(study, objective, more, config, batch_trials)
             else:

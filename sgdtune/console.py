@@ -115,8 +115,9 @@ def fit_columns(rows: list[dict[str, str]], width: int) -> list[str]:
 
 class _OneLineFailures(logging.Filter):
     """Optuna logs each failed trial with its traceback, then a second line 'failed with value
-    None'. A diverged trial is an expected ending (trainer/loop.py), and an interrupt or a
-    store failure is said once by the CLI: for these the first line is enough."""
+    None'. A diverged trial is an expected ending (trainer/loop.py), a surplus one (another
+    process started the last trial at the same moment, search.Surplus) too, and an interrupt
+    or a store failure is said once by the CLI: for these the first line is enough."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -124,11 +125,12 @@ class _OneLineFailures(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         from .reclaim import StoreError
+        from .search import Surplus
         from .writer import TrackingError
 
         exc = record.exc_info[1] if record.exc_info else None
         message = record.getMessage()
-        if isinstance(exc, (Diverged, KeyboardInterrupt, TrackingError, StoreError)):
+        if isinstance(exc, (Diverged, KeyboardInterrupt, TrackingError, StoreError, Surplus)):
             record.exc_info, record.exc_text = None, None
             self.quiet.add(message.split("failed", 1)[0])
             return True

@@ -18,3 +18,15 @@ class InputError(ValueError):
     def __init__(self, field: str, rule: str, got: str | None = None):
         self.field, self.rule, self.got = field, rule, got
         super().__init__(f"{field}: {rule}" + (f"; got {got}" if got is not None else ""))
+
+
+class StudyGone(RuntimeError):
+    """The study was deleted from the Optuna storage (or replaced by a new one of the same
+    name) while this process ran it: another process ran it with `--fresh` from where it
+    could not see this one (another host), or someone deleted it. The process stops; its
+    runs are ended. The CLI prints it on one line and exits with EXIT_BAD_INPUT."""
+
+    def __init__(self, study_name: str):
+        super().__init__(f"study {study_name!r} was deleted from the Optuna storage while this process ran it "
+                         "(started again elsewhere with --fresh, or deleted); this process stops, its MLflow runs "
+                         "ended; its finished trials went with the study")

@@ -81,6 +81,21 @@ def config_diff(recorded_json: str, config: ExperimentConfig) -> list[str]:
     return diff(old, config_dict(config))
 
 
+def _check_none_alive(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
+    """--fresh is refused while a process runs the study (reclaim.live_processes: this host's
+    processes, and other hosts' that send heartbeats); the writers of dead ones are given
+    time to make their last writes, so that the runs they leave are ended as replaced."""
+    from .reclaim import live_processes, wait_for_writer
+
+    live = live_processes(study, storage)
+    if live:
+        raise InputError("--fresh", f"cannot replace study {study.study_name!r} while a process runs it (its trials "
+                         "and runs would be pulled from under it); wait until it ends, or stop it (Ctrl-C), then run "
+                         "this again", ", ".join(live))
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        wait_for_writer(trial)
+
+
 def _show(value: Any) -> str:
     return "(none)" if value is _MISSING else json.dumps(value)
 
@@ -121,8 +136,10 @@ def check(config: ExperimentConfig, storage: optuna.storages.BaseStorage, on_cha
 
     Raises InputError, before anything is written, when they differ and on_change is
     "refuse". "fresh" deletes the stored study (whatever its configuration; its MLflow runs
-    stay); "extend" continues it with this configuration. A study with no recorded
-    configuration is adopted as it is.
+    stay), unless a process still runs it (InputError: replacing it would pull the study
+    from under that process); "extend" continues it with this configuration. A study with
+    no recorded configuration is adopted as it is. Call it under the start lock
+    (startlock.py), with the record that follows: the check and the record are one step.
     """
     if on_change not in ON_CHANGE:
         raise InputError("on_change", f"must be one of {', '.join(map(repr, ON_CHANGE))}", repr(on_change))
@@ -131,6 +148,7 @@ def check(config: ExperimentConfig, storage: optuna.storages.BaseStorage, on_cha
     study = optuna.load_study(study_name=config.name, storage=storage)
     n_before = len(study.get_trials(deepcopy=False))
     if on_change == "fresh":
+        _check_none_alive(study, storage)
         optuna.delete_study(study_name=config.name, storage=storage)
         print(f"--fresh: deleted study {config.name!r} ({n_before} trials) from the Optuna storage; "
               f"its MLflow runs stay in experiment {config.name!r}", file=sys.stderr)

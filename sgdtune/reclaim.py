@@ -13,6 +13,14 @@ worker's trial through the same function (`fail_and_requeue`). Trials of other h
 left to heartbeats (`--heartbeat`, RDB storages): from here, a process on another machine
 cannot be seen alive or dead. Where /proc is missing (not Linux) only the pid is checked.
 
+A trial can die before it records its process (a full disk as it was created, a kill in
+between). The study's own record of the processes that run it (study user attribute
+`processes`, written at each start under the start lock, startlock.py, by `join`) covers it:
+a RUNNING trial with no process record is reclaimed when no other process of the study is
+alive (every recorded one on this host, and gone). The same record, with the RUNNING trials'
+processes and, with heartbeats, the trials of other hosts that still send them, tells
+`--fresh` whether the study has live processes (`live_processes`).
+
 `StoreError`: the Optuna storage failed to write (a full disk, a file-size limit); the CLI
 prints it on one line and exits 2, like an MLflow store that fails (writer.TrackingError).
 """
@@ -35,6 +43,8 @@ if TYPE_CHECKING:
     from .tracking import Tracker
 
 PROCESS_ATTR = "process"  # trial user attribute: the identity of the process running it
+PROCESSES_ATTR = "processes"  # study user attribute: [process_identity()] of the processes running it
+JOINS_ATTR = "joins"  # study user attribute: how many processes have started on the study (a sampler seed)
 WRITER_EXIT_WAIT_S = 30.0  # a dead trial process's writer finishes its queued writes first
 
 
@@ -52,14 +62,25 @@ def as_store_error(error: BaseException, storage_url: str) -> BaseException:
     write (a full disk: OSError ENOSPC, EFBIG, ...; an RDB's failed commit); else `error`."""
     from .tracking import redact_url
 
-    if isinstance(error, optuna.exceptions.StorageInternalError):
-        cause = error.__cause__ or error
-    elif isinstance(error, OSError) and error.errno in WRITE_REFUSED:
-        cause = error
-    else:
+    cause = _refused_write(error) if isinstance(error, Exception) else None  # not under a Ctrl-C
+    if cause is None:
         return error
     return StoreError(f"the Optuna storage {redact_url(storage_url)} failed to write: "
                       f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+
+
+def _refused_write(error: BaseException | None) -> BaseException | None:
+    """The refused write behind `error`, looked for down its chain too: Optuna raises its own
+    AssertionError ("Should not reach.") from a journal write that failed while it told a
+    trial's end."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, optuna.exceptions.StorageInternalError):
+            return error.__cause__ or error
+        if isinstance(error, OSError) and error.errno in WRITE_REFUSED:
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 def finished_trial_states(study: optuna.Study) -> dict[int, tuple[str, str | None, dict]]:
@@ -128,12 +149,77 @@ def alive(pid: int | None, start: str | None) -> bool:
     return True
 
 
-def dead_on_this_host(trial: FrozenTrial) -> bool:
-    """A RUNNING trial whose recorded process ran on this host and is gone."""
+def dead_on_this_host(trial: FrozenTrial, others_alive: bool = True) -> bool:
+    """A RUNNING trial whose recorded process ran on this host and is gone; or, with no
+    process recorded, a trial of a study none of whose other processes may be alive."""
     ident = trial.user_attrs.get(PROCESS_ATTR)
+    if ident is None:
+        return not others_alive
     if not isinstance(ident, dict) or ident.get("host") != socket.gethostname():
-        return False  # another host's, or not recorded: heartbeats' to handle
+        return False  # another host's: heartbeats' to handle
     return not alive(ident.get("pid"), ident.get("start"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.get("host") == b.get("host") and a.get("pid") == b.get("pid") and a.get("start") == b.get("start")
+
+
+def _gone(ident: dict) -> bool:
+    """A recorded process of this host that no longer runs (another host's cannot be told)."""
+    return ident.get("host") == socket.gethostname() and not alive(ident.get("pid"), ident.get("start"))
+
+
+def joins_before(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    """How many processes have started on the study (0 for a new one): the next one's join
+    number, which seeds its sampler apart (search.open_study)."""
+    found = next((s for s in storage.get_all_studies() if s.study_name == study_name), None)
+    return int(found.user_attrs.get(JOINS_ATTR, 0)) if found is not None else 0
+
+
+def join(study: optuna.Study) -> None:
+    """Record this process among the study's processes (dropping those of this host that are
+    gone) and count its start. Call under the start lock (startlock.py), after joins_before:
+    a read, then a write."""
+    me = process_identity()
+    kept = [p for p in study.user_attrs.get(PROCESSES_ATTR, []) if isinstance(p, dict) and not _gone(p)
+            and not _same(p, me)]
+    study.set_user_attr(PROCESSES_ATTR, [*kept, me])
+    study.set_user_attr(JOINS_ATTR, int(study.user_attrs.get(JOINS_ATTR, 0)) + 1)
+
+
+def leave(study: optuna.Study) -> None:
+    """Take this process out of the study's record of processes (under the start lock)."""
+    me = process_identity()
+    recorded = study.user_attrs.get(PROCESSES_ATTR, [])
+    if any(isinstance(p, dict) and _same(p, me) for p in recorded):
+        study.set_user_attr(PROCESSES_ATTR, [p for p in recorded if not (isinstance(p, dict) and _same(p, me))])
+
+
+def others_alive(study: optuna.Study) -> bool:
+    """Whether a process of the study other than this one may be alive: one recorded on this
+    host that still runs, or one recorded on another host (it cannot be seen from here)."""
+    me = process_identity()
+    return any(isinstance(p, dict) and not _same(p, me) and not _gone(p)
+               for p in study.user_attrs.get(PROCESSES_ATTR, []))
+
+
+def live_processes(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[str]:
+    """The study's processes known to be alive, as 'pid N on HOST': recorded in the study, or
+    running one of its trials, on this host; with heartbeats (RDB storages), a RUNNING trial's
+    process on any host whose heartbeat is fresh (stale ones are failed first)."""
+    here = socket.gethostname()
+    found = []
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for ident in [*study.user_attrs.get(PROCESSES_ATTR, []), *(t.user_attrs.get(PROCESS_ATTR) for t in running)]:
+        if isinstance(ident, dict) and ident.get("host") == here and alive(ident.get("pid"), ident.get("start")):
+            found.append(f"pid {ident.get('pid')} on {here}")
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:  # an RDB storage with heartbeats
+        optuna.storages.fail_stale_trials(study)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            ident = t.user_attrs.get(PROCESS_ATTR) or {}
+            if ident.get("host") != here:
+                found.append(f"pid {ident.get('pid')} on {ident.get('host')} (trial {t.number}, heartbeats)")
+    return list(dict.fromkeys(found))
 
 
 def wait_for_writer(trial: FrozenTrial, timeout_s: float = WRITER_EXIT_WAIT_S) -> None:
@@ -167,7 +253,9 @@ def reclaim_dead(study: optuna.Study, storage: optuna.storages.BaseStorage, trac
     """Fail, end and queue again every RUNNING trial whose process on this host is gone (see
     the module's docstring); the numbers of the trials reclaimed. MLflow is opened only when
     there is one (`tracking_uri` None: no tracking)."""
-    dead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if dead_on_this_host(t)]
+    others = others_alive(study)  # a trial with no process record may be theirs
+    dead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if dead_on_this_host(t, others_alive=others)]
     if not dead:
         return []
     tracker = None
@@ -177,8 +265,12 @@ def reclaim_dead(study: optuna.Study, storage: optuna.storages.BaseStorage, trac
         tracker = Tracker(tracking_uri, study.study_name)
     for trial in dead:
         wait_for_writer(trial)
-        ident = trial.user_attrs[PROCESS_ATTR]
-        reason = (f"process {ident.get('pid')} on {ident.get('host')} died during the trial (killed or lost); "
-                  "the trial is run again")
-        fail_and_requeue(study, storage, trial, reason, tracker)
+        ident = trial.user_attrs.get(PROCESS_ATTR)
+        if ident is None:  # it died before recording itself: no parameters drawn, perhaps
+            reason = ("its process died as the trial started, before recording itself (killed, or its store "
+                      "failed to write)" + ("; the trial is run again" if trial.params else ""))
+        else:
+            reason = (f"process {ident.get('pid')} on {ident.get('host')} died during the trial (killed or lost); "
+                      "the trial is run again")
+        fail_and_requeue(study, storage, trial, reason, tracker, requeue=bool(trial.params) or ident is not None)
     return [t.number for t in dead]

@@ -58,11 +58,15 @@ def make_pruner(config: ExperimentConfig) -> optuna.pruners.BasePruner:
     return StratifiedPruner(median, stratified) if stratified else median  # the median within the stratum
 
 
-def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, worker: int = 0) -> optuna.Study:
+def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, worker: int = 0,
+               join: int = 0) -> optuna.Study:
     """Create or load the study, with a sampler seeded from the study seed.
 
-    A resumed study, or a second worker, gets a fresh sampler stream rather than a replay
-    of the first trials' draws: the seed also mixes in the trial count and worker index.
+    A resumed study, a second worker, or a second process that joins the study (`join`: the
+    starts before its own, reclaim.join, counted under the start lock) gets a fresh sampler
+    stream rather than a replay of the first trials' draws: the seed also mixes in the trial
+    count, the worker index and the join number (a study's first process draws as it did
+    before joins were counted).
     """
     n_existing = 0
     if any(s.study_name == config.name for s in storage.get_all_studies()):
@@ -70,7 +74,7 @@ def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, w
     study = optuna.create_study(
         storage=storage,
         study_name=config.name,
-        sampler=make_sampler(config, derive_seed(config.seed, 1, n_existing, worker)),
+        sampler=make_sampler(config, derive_seed(config.seed, 1, n_existing, worker, *([join] if join else []))),
         pruner=make_pruner(config),
         directions=config.directions,
         load_if_exists=True,
@@ -84,6 +88,15 @@ def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, w
     return study
 
 
+def study_exists(storage: optuna.storages.BaseStorage, name: str, study_id: int) -> bool:
+    """Whether the storage's study `name` is still the one with id `study_id` (not deleted,
+    nor replaced by a new study of the same name)."""
+    try:
+        return storage.get_study_id_from_name(name) == study_id
+    except KeyError:
+        return False
+
+
 def counts_as_finished(trial: FrozenTrial) -> bool:
     """Complete, pruned, or failed by its own divergence; not a crash or a Ctrl-C."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -93,6 +106,29 @@ def counts_as_finished(trial: FrozenTrial) -> bool:
 
 def n_finished(study: optuna.Study) -> int:
     return sum(counts_as_finished(t) for t in study.get_trials(deepcopy=False))
+
+
+def n_claimed(study: optuna.Study) -> int:
+    """Finished trials and those RUNNING (in any process): what n_trials is held against
+    before another trial starts, so that processes sharing a study start no extra one."""
+    return sum(counts_as_finished(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+class Surplus(Exception):
+    """A trial that started once the study already had n_trials finished or running trials
+    with lower numbers (two processes asked at once): failed before drawing anything, with
+    fail_kind "surplus", and the process stops; it does not count as finished."""
+
+
+def check_not_surplus(trial: optuna.Trial, n_trials: int) -> None:
+    """Raise Surplus if the trials before this one (finished, or RUNNING with a lower number)
+    already make n_trials. Trial numbers are given out in one order by the storage, so two
+    processes that asked at once agree on which of their trials is the extra one."""
+    before = sum(counts_as_finished(t) or (t.state == TrialState.RUNNING and t.number < trial.number)
+                 for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number)
+    if before >= n_trials:
+        raise Surplus(f"not run: the study already had its {n_trials} trials finished or running in other "
+                      "processes when this one started")
 
 
 def best_value(study: optuna.Study) -> float | None:

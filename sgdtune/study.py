@@ -28,13 +28,23 @@ from .cohorts import check_cohorts, optimize, optimize_batched, settle
 from .config import ExperimentConfig, file_sha256
 from .console import Progress
 from .data import load_data
-from .errors import InputError
+from .errors import InputError, StudyGone
 from .identity import check as check_identity
-from .reclaim import as_store_error, finished_trial_states, reclaim_dead
+from .reclaim import (
+    JOINS_ATTR,
+    StoreError,
+    as_store_error,
+    finished_trial_states,
+    join,
+    joins_before,
+    leave,
+    reclaim_dead,
+)
 from .redact import redact_url
 from .saved import dataset_records, register_best
 from .science.fits import study_metrics
-from .search import best_value, n_finished, open_study
+from .search import best_value, n_claimed, n_finished, open_study, study_exists
+from .startlock import study_lock
 from .stores import MLRUNS, check_before_writing, check_tracking, locations, open_storage
 from .threads import core_share
 from .timing import describe_device, resolve_device
@@ -90,35 +100,41 @@ def run_study(
     storage = open_storage(storage_url, heartbeat, tracking_uri if track else None)
     if track:  # both stores checked before anything is written (stores.py)
         check_tracking(tracking_uri, storage, config.name, storage_url)
-    identity = check_identity(config, storage, on_change)  # before any trial or MLflow write
-    study = open_study(config, storage)
-    identity.record(study)
-    # n_val: the report's binomial standard errors where no MLflow run records it (--no-tracking)
-    for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train,
-                       "n_val": data.n_val}.items():
-        study.set_user_attr(key, value)
-    reclaim_dead(study, storage, tracking_uri if track else None)  # trials of killed processes (reclaim.py)
-
     tracker = parent_run = datasets = None
-    if track:
-        artifact_location = None if config.tracking_uri else default_artifact_location(mlruns)
-        tracker = BackgroundTracker(tracking_uri, config.name, artifact_location)
-        tracker.experiment_id  # noqa: B018 - waits until the store is open: InputError here, not at a trial's end
-        parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device,
-                                   identity.parent_tags(study), replace=identity.action == "fresh")
+    with study_lock(storage_url):  # the check, the record and the join are one step (startlock.py)
+        identity = check_identity(config, storage, on_change)  # before any trial or MLflow write
+        study = open_study(config, storage, join=joins_before(storage, config.name))
+        identity.record(study)
+        # n_val: the report's binomial standard errors where no MLflow run records it (--no-tracking)
+        for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train,
+                           "n_val": data.n_val}.items():
+            study.set_user_attr(key, value)
+        join(study)  # this process among the study's (reclaim.py): --fresh elsewhere waits for it
+        study_id = storage.get_study_id_from_name(config.name)
+        reclaim_dead(study, storage, tracking_uri if track else None)  # trials of killed processes (reclaim.py)
+        if track:
+            artifact_location = None if config.tracking_uri else default_artifact_location(mlruns)
+            tracker = BackgroundTracker(tracking_uri, config.name, artifact_location)
+            tracker.experiment_id  # noqa: B018 - waits until the store is open: InputError here, not at a trial's end
+            parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device,
+                                       identity.parent_tags(study), replace=identity.action == "fresh")
+            record_mlflow_location(study, tracker, parent_run)  # one parent run: the next process finds it
+    if tracker is not None:
         tracker.end_runs_of_finished_trials(finished_trial_states(study))  # ends a killed writer lost
         datasets = dataset_records(data, config.data, config.seed)  # hashed once; every trial run gets them
         tracker.log_inputs(parent_run, datasets)
 
     done = n_finished(study)
-    remaining = config.n_trials - done
-    if done > 0:
+    remaining = config.n_trials - n_claimed(study)  # trials other processes run now count (search.n_claimed)
+    if done > 0 or remaining < config.n_trials:
         more = "" if remaining > 0 else "; nothing to run (a larger --n-trials runs more)"
-        print(f"resuming {config.name}: {done} of {config.n_trials} trials finished{more}", file=sys.stderr)
+        others = n_claimed(study) - done
+        running = f", {others} running in other processes" if others else ""
+        print(f"resuming {config.name}: {done} of {config.n_trials} trials finished{running}{more}", file=sys.stderr)
     progress = None
     if show_progress:
         progress = Progress(config.n_trials, config.n_trials - max(remaining, 0), best_value(study))
-    status = "FINISHED"
+    status, failure = "FINISHED", None
     try:
         if progress:
             progress.bar.start()
@@ -126,17 +142,12 @@ def run_study(
             record_profile(study, config, data, mlruns, tracker, parent_run,
                            core_share(workers) if workers > 1 else None)
         if remaining > 0 and workers > 1:
-            parent_run_id = None
-            if tracker is not None:
-                parent_run_id = parent_run.id
-                record_mlflow_location(study, tracker, parent_run)  # before a worker can fail
-            spec = WorkerSpec(config, str(mlruns), parent_run_id, heartbeat, track, batch_trials, worker_gpus)
+            spec = WorkerSpec(config, str(mlruns), parent_run.id if parent_run else None, heartbeat, track,
+                              batch_trials, worker_gpus, join=study.user_attrs.get(JOINS_ATTR, 0))
             supervise(study, spec, workers, progress)
         elif remaining > 0:
             objective = Objective(config, data, tracker, parent_run, describe_device(device), progress,
                                   datasets=datasets)
-            if tracker is not None:  # once the first trial's run exists, so do the parent's ids
-                objective.on_first_end = lambda study: record_mlflow_location(study, tracker, parent_run)
             if batch_trials > 1:
                 optimize_batched(study, objective, remaining, config, batch_trials)
             else:
@@ -144,19 +155,14 @@ def run_study(
             if heartbeat is not None:
                 settle(study, objective, config, heartbeat, batch_trials)
     except BaseException as e:
-        status = "KILLED"
-        failed = as_store_error(e, storage_url)  # a full disk under the Optuna storage: one line (reclaim.py)
-        if failed is not e:
-            raise failed from e
+        status, failure = "KILLED", _stopped_by(e, storage, config.name, study_id, storage_url)
+        if failure is not e:  # one line at the CLI (StudyGone, StoreError), not Optuna's traceback
+            raise failure from None
         raise
     finally:
         if progress:
             progress.bar.stop()
-        if tracker is not None:
-            metrics = study_metrics(study.get_trials(deepcopy=False), study.user_attrs.get("n_train", math.inf))
-            tracker.end_parent_run(parent_run, metrics, status=status)
-            tracker.close()  # every write made
-            record_mlflow_location(study, tracker, parent_run)
+        _close(study, storage_url, tracker, parent_run, status, failure)
     if register_model is not None:  # every write is made: the best trial's model is in the store
         number, version = register_best(study, register_model, tracking_uri)
         study.set_user_attr("registered_model", {"name": register_model, "version": version, "trial": number})
@@ -187,6 +193,8 @@ def _place_on_gpus(config: ExperimentConfig, workers: int,
         worker_gpus(1, visible, gpus)  # the index is checked
         return config.model_copy(update={"device": f"cuda:{gpus[0]}"}), ()
     return config.model_copy(update={"device": "cuda"}), tuple(worker_gpus(workers, visible, gpus))
+
+
 def record_profile(study: optuna.Study, config: ExperimentConfig, data, mlruns: str | Path,
                    tracker: BackgroundTracker | None, parent_run: RunRef | None, cores: int | None) -> dict:
     """The device profile (profile.py) as the study's user attribute `profile` and, unless the
@@ -218,6 +226,48 @@ def record_profile(study: optuna.Study, config: ExperimentConfig, data, mlruns: 
     tracker.log_epoch(parent_run, {"profile_flat_up_to": profile["flat_up_to"],
                                    "profile_largest_batch_size": profile["largest_batch_size"]}, step=0)
     return profile
+
+
+def _stopped_by(error: BaseException, storage: optuna.storages.BaseStorage, name: str, study_id: int,
+                storage_url: str) -> BaseException:
+    """What stopped the study, as the CLI says it in one line: StudyGone when the study was
+    deleted (or replaced) under this process (the storage's KeyError "Record does not exist."
+    from wherever it was read), a StoreError for a storage that refused a write (reclaim.py),
+    else the error itself."""
+    if not isinstance(error, KeyboardInterrupt):
+        try:
+            if not study_exists(storage, name, study_id):
+                return StudyGone(name)
+        except Exception:  # noqa: BLE001 - the storage cannot be read at all: said by the error itself
+            pass
+    return as_store_error(error, storage_url)
+
+
+def _close(study: optuna.Study, storage_url: str, tracker: BackgroundTracker | None, parent_run: RunRef | None,
+           status: str, failure: BaseException | None) -> None:
+    """End the study's runs, make every MLflow write, and take this process off the study's
+    record. After a failure, nothing here may replace it: a storage that refused a write (or
+    a study deleted under this process) is not written again, and a second error is dropped
+    (the first one is what the CLI says)."""
+    storage_ok = not isinstance(failure, (StoreError, StudyGone))
+    try:
+        if tracker is not None:
+            if failure is not None:  # a trial whose end never came (its study deleted under it)
+                tracker.fail_open_runs(f"the study stopped: {str(failure).splitlines()[0] if str(failure) else ''}"
+                                       if not isinstance(failure, KeyboardInterrupt) else "interrupted")
+            metrics = {}
+            if storage_ok:
+                metrics = study_metrics(study.get_trials(deepcopy=False), study.user_attrs.get("n_train", math.inf))
+            tracker.end_parent_run(parent_run, metrics, status=status)
+            tracker.close()  # every write made
+            if storage_ok:
+                record_mlflow_location(study, tracker, parent_run)
+        if storage_ok:
+            with study_lock(storage_url):
+                leave(study)
+    except Exception:
+        if failure is None:
+            raise
 
 
 def _check_registration(name: str | None, track: bool, config: ExperimentConfig) -> None:

@@ -35,6 +35,8 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
@@ -157,6 +159,42 @@ def save_runs_views(tracking_uri: str, experiment_ids: list[str]) -> None:
         save_runs_view(client, experiment_id, client.get_experiment(experiment_id).tags)
 
 
+SCHEMA_ATTEMPTS = 6  # tries at opening a database store while other processes create its tables
+
+
+@contextmanager
+def _schema_guard(tracking_uri: str) -> Iterator[None]:
+    """MLflow creates (or migrates) a store's tables when it first opens it; two processes
+    doing it at once on one SQLite file fail ("table ... already exists", "Online migration
+    expected to match one row"). A SQLite store is opened under an flock beside its file
+    (startlock.file_lock); a server's store is the server's to create."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    from .startlock import file_lock
+
+    with file_lock(Path(tracking_uri.removeprefix("sqlite:///").partition("?")[0]), tracking_uri):
+        yield
+
+
+def _client(tracking_uri: str):
+    """An MlflowClient; a database store whose tables another process is creating at this
+    moment (PostgreSQL, MySQL: no file to lock) is opened again, at different moments."""
+    import random
+
+    from mlflow import MlflowClient
+
+    for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+        try:
+            return MlflowClient(tracking_uri=tracking_uri)
+        except Exception as e:
+            text = str(e).lower()
+            racing = "already exists" in text or "duplicate" in text or "expected to match one row" in text
+            if attempt == SCHEMA_ATTEMPTS or not racing or tracking_uri.startswith(("sqlite:", "http")):
+                raise
+            time.sleep(random.uniform(0.2, 0.6) * attempt)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -165,13 +203,12 @@ class Tracker:
     """The MLflow side of one study."""
 
     def __init__(self, tracking_uri: str, study_name: str, artifact_location: str | None = None):
-        from mlflow import MlflowClient
-
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.study_name = study_name
-        self.experiment_id = self._experiment(study_name, artifact_location)
-        use_write_ahead_log(tracking_uri)
+        with _schema_guard(tracking_uri):
+            self.client = _client(tracking_uri)
+            self.experiment_id = self._experiment(study_name, artifact_location)
+            use_write_ahead_log(tracking_uri)
         self._unwritten: dict[str, list[Metric]] = {}  # run id -> epochs not yet in the store
         self._unwritten_params: dict[str, list[Param]] = {}  # run id -> its params, until the first write
         self._written_at: dict[str, float] = {}  # run id -> time.monotonic() of its last write
@@ -205,10 +242,16 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def find_trial_run(self, trial_number: int) -> str | None:
-        """The RUNNING run of a trial whose process died before it recorded the run's id."""
+        """The RUNNING run of a trial whose process died before it recorded the run's id: a
+        child of the study's parent run, never a run of a study `--fresh` replaced (same
+        trial numbers, another parent)."""
+        parent = self.find_parent_run()
+        if parent is None:
+            return None
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`sgdtune.trial_number` = '{trial_number}' and attributes.status = 'RUNNING'",
+            filter_string=f"tags.`sgdtune.trial_number` = '{trial_number}' and attributes.status = 'RUNNING' "
+                          f"and tags.mlflow.parentRunId = '{parent}'",
             max_results=1,
             order_by=["attributes.start_time DESC"],
         )
@@ -227,6 +270,7 @@ class Tracker:
         run_id = self.find_parent_run()
         if run_id is not None and replace:
             self.client.set_tag(run_id, "sgdtune.role", REPLACED_ROLE)
+            self._end_replaced(run_id)
             run_id = None
         if run_id is None:
             run = self.client.create_run(
@@ -244,6 +288,19 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return run_id
+
+    def _end_replaced(self, parent_run_id: str) -> None:
+        """End the runs a replaced study left RUNNING (its processes were killed: `--fresh`
+        waits for live ones to end), FAILED with the reason, and its parent KILLED: no later
+        study's trial of the same number ends them as its own."""
+        from mlflow.entities import RunStatus
+
+        reason = "its study was replaced (--fresh) after the process running this trial died"
+        running = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        for run in self.client.search_runs([self.experiment_id], filter_string=running, max_results=5000):
+            self.fail_stale_run(run.info.run_id, reason)
+        if self.client.get_run(parent_run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+            self.client.set_terminated(parent_run_id, status="KILLED")
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -341,13 +398,17 @@ class Tracker:
         return {r.info.run_id for r in runs}
 
     def end_runs_of_finished_trials(self, states: dict[int, tuple[str, str | None, dict]]) -> int:
-        """End each RUNNING trial run whose trial has finished, {number: (state, fail_reason,
-        summary)}, with that state: its end was lost (a killed writer, a full disk). A complete
-        or pruned trial's run gets the summary metrics its Optuna trial kept (the epochs still
-        buffered when the write failed are lost; tag sgdtune.recovered says so); one whose
-        trial kept none is ended FAILED, since a run without its metrics is not complete.
-        How many were ended."""
-        running = "attributes.status = 'RUNNING'"
+        """End each RUNNING trial run of the study's parent run whose trial has finished,
+        {number: (state, fail_reason, summary)}, with that state: its end was lost (a killed
+        writer, a full disk). A complete or pruned trial's run gets the summary metrics its
+        Optuna trial kept (the epochs still buffered when the write failed are lost; tag
+        sgdtune.recovered says so); one whose trial kept none is ended FAILED, since a run
+        without its metrics is not complete. A replaced study's runs are not this study's
+        trials. How many were ended."""
+        parent = self.find_parent_run()
+        if parent is None:
+            return 0
+        running = f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{parent}'"  # this study's only
         ended = 0
         for run in self.client.search_runs([self.experiment_id], filter_string=running, max_results=1000):
             number = run.data.tags.get("sgdtune.trial_number")
@@ -365,6 +426,7 @@ class Tracker:
                                                             if isinstance(v, (int, float))})
             ended += 1
         return ended
+
     # -- what a user takes away: datasets and trained networks (saved.py) --------------------
 
     def log_inputs(self, run_id: str, datasets: list[dict]) -> None:

@@ -43,7 +43,7 @@ from .interrupts import describe
 from .model import build_model, describe_model
 from .reclaim import PROCESS_ATTR, process_identity
 from .saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision, model_spec, write_network
-from .search import FAIL_KIND, derive_seed
+from .search import FAIL_KIND, Surplus, check_not_surplus, derive_seed
 from .space import suggest
 from .threads import ThreadChooser
 from .timing import release_cached_memory
@@ -260,9 +260,6 @@ class TrialJob:
                              for k in ("final_val_acc", "final_val_r2") if k in summary})
             obj.tracker.end_trial_run(self.run, state.name, once, fail_reason=reason)
             self.record_run_id(wait=True)
-            if obj.on_first_end is not None:  # the run ids are in by now
-                obj.on_first_end(self.trial.study)
-                obj.on_first_end = None
         if obj.progress:
             obj.progress.trial_done(self.trial.number, state.name, summary)
 
@@ -277,7 +274,6 @@ class Objective:
     parent_run: RunRef | str | None
     device_tag: str
     progress: Progress | None = None
-    on_first_end: Any = None  # called with the study once, when the first trial's run has ended
     identity: dict | None = None  # this process's (and its writer's): reclaim.process_identity
     opening: RunRef | None = None  # the run `begin` opened, until it returns
     cores: int | None = None  # CPUs this process may use (its share under --workers); None: the machine's
@@ -324,6 +320,10 @@ class Objective:
         self.opening = None
         try:
             return self._begin(trial)
+        except Surplus as e:  # nothing drawn, no run opened
+            trial.set_user_attr(FAIL_KIND, "surplus")
+            trial.set_user_attr("fail_reason", str(e))
+            raise
         except BaseException as e:
             interrupted = isinstance(e, KeyboardInterrupt)
             reason = f"interrupted ({describe(e)})" if interrupted else f"{type(e).__name__}: {e}"
@@ -335,6 +335,7 @@ class Objective:
             raise
 
     def _begin(self, trial: optuna.Trial) -> TrialJob:
+        check_not_surplus(trial, self.config.n_trials)  # two processes asked for the last trial at once
         trial.set_user_attr("worker_pid", os.getpid())  # lets a supervisor find a dead worker's trial
         if self.identity is None:
             self.identity = process_identity(writer_pid=self.tracker.writer_pid if self.tracker else None)

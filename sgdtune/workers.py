@@ -43,7 +43,7 @@ from .interrupts import (
     stop_on_sigterm,
 )
 from .reclaim import StoreError, fail_and_requeue
-from .search import best_value, n_finished, open_study
+from .search import best_value, n_claimed, n_finished, open_study, study_exists
 from .stores import locations, open_storage
 from .threads import core_share
 from .timing import describe_device, resolve_device
@@ -68,6 +68,7 @@ class WorkerSpec:
     track: bool
     batch_trials: int = 1
     gpus: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES of worker 1, 2, ... in turn (gpus.py); () = as inherited
+    join: int = 0  # the supervisor's join number (reclaim.join): workers of two machines draw apart
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -84,6 +85,8 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
     # The worker starts with SIGINT/SIGTERM ignored (supervise); from its handlers on, a signal
     # raises Terminated on whatever line runs (the supervisor sends it again each second), so
     # every line from them on is inside the try: an interrupted start exits cleanly too.
+    storage = study_id = None
+    code = 1  # an exception not handled below
     try:
         stop_on_sigterm(also_sigint=True)  # a forwarded signal must not cut the cleanup of the first
         _stop_with_parent()
@@ -97,7 +100,8 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
         device = resolve_device(config.device)
         data = load_data(config.data, config.seed, device)
         storage = open_storage(storage_url, spec.heartbeat, tracking_uri if spec.track else None)
-        study = open_study(config, storage, worker=index)
+        study_id = storage.get_study_id_from_name(config.name)
+        study = open_study(config, storage, worker=index, join=spec.join)
         objective = Objective(config, data, tracker, spec.parent_run_id, describe_device(device), cores=threads)
         if spec.batch_trials > 1:
             optimize_batched(study, objective, share, config, spec.batch_trials)
@@ -111,11 +115,17 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
     except (TrackingError, StoreError, OSError) as e:  # a full disk: the supervisor stops the study
         print(f"sgdtune worker {index}: store failed: {e}", file=sys.stderr)
         code = EXIT_STORE_FAILED
+    except KeyError:  # the storage's "Record does not exist.": the study deleted under it (--fresh elsewhere)
+        if storage is None or study_exists(storage, config.name, study_id):
+            raise
+        code = EXIT_STORE_FAILED  # the supervisor says it, in one line
     else:
         code = 0
     finally:
         if tracker is not None:
             try:
+                if code != 0:  # a run a failure left open (its trial's end never came) ends FAILED
+                    tracker.fail_open_runs(f"worker {index} stopped (exit status {code})")
                 tracker.close()  # every write made before this process exits
             except TrackingError as e:
                 print(f"sgdtune worker {index}: store failed: {e}", file=sys.stderr)
@@ -142,7 +152,7 @@ def supervise(study: optuna.Study, spec: WorkerSpec, workers: int, progress=None
     context = multiprocessing.get_context("spawn")  # no forked torch or SQLite state
     threads = core_share(workers)
     n_trials = spec.config.n_trials
-    while (remaining := n_trials - n_finished(study)) > 0:
+    while (remaining := n_trials - n_claimed(study)) > 0:  # trials other processes run count too
         before = n_finished(study)
         procs = [
             context.Process(target=run_worker, args=(spec, share, index, threads), name=f"sgdtune-worker-{index}")

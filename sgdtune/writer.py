@@ -237,6 +237,14 @@ class BackgroundTracker:
             pass
         return self._resolve(key)
 
+    def fail_open_runs(self, reason: str) -> None:
+        """End FAILED, with `reason`, every trial (and replicate) run this tracker started and
+        did not end: a failure that skipped a trial's end (its study deleted under it) leaves
+        none RUNNING. The parent run is the caller's to end."""
+        for key, kind in sorted(self._open.items(), reverse=True):  # a replicate's before its trial's
+            if kind[0] != "parent" and key not in self._failed:
+                self._call("end_trial_run", RunRef(key, self), "FAIL", {}, reason)
+
     def close(self) -> None:
         """Wait until every write is made; the child is kept for the next study."""
         global _spare

@@ -117,7 +117,9 @@ def check(workdir: Path, fault: str, before: dict[int, tuple], n_trials: int) ->
     # a run labelled complete has its metrics (one whose end was lost gets its trial's summary)
     bare = [r.info.run_name for r in runs if r.data.tags.get("sgdtune.trial_state") == "COMPLETE"
             and "final_val_acc" not in r.data.metrics]
-    per_trial = Counter(r.data.tags["sgdtune.trial_number"] for r in runs if "sgdtune.trial_number" in r.data.tags)
+    (parent,) = [r.info.run_id for r in runs if r.data.tags.get("sgdtune.role") == "study"]
+    per_trial = Counter(r.data.tags["sgdtune.trial_number"] for r in runs  # a study --fresh replaced keeps its own
+                        if "sgdtune.trial_number" in r.data.tags and r.data.tags["mlflow.parentRunId"] == parent)
     params = Counter(tuple(sorted(t.params.items())) for t in ts if counts_as_finished(t))
     dups = sum(c - 1 for c in per_trial.values() if c > 1) + sum(c - 1 for c in params.values() if c > 1)
     ROWS.append((fault, 1, lost, len(left_running), dups))
@@ -319,3 +321,210 @@ def test_a_process_is_alive_only_with_its_own_start_time():
     started = start_time(child.pid)
     child.wait()
     assert started is not None and not alive(child.pid, started)
+
+
+# -- processes that start one study together, and --fresh beside a running study --------------
+
+# Trials of a fraction of a second: what is counted here is the start, not the training.
+SHORT = ["--set", "search.epochs={choices=[2]}", "--set", "search.batch_size={choices=[64, 256]}",
+         "--set", "train.probe_size=0", "--set", "train.sharpness_every=0", "--set", "keep_models=0",
+         "--no-progress"]
+
+
+def start_together(cwd: Path, name: str, configs: list[list[str]], storage: str, n_trials: int,
+                   hold: str | None = None, hold_s: float = 0.0, extra: tuple = ("--no-tracking",)):
+    """Start one process per entry of `configs` (extra --set flags) on study `name`, while
+    the test holds `hold` ("start": sgdtune's start lock; "journal": Optuna's journal lock)
+    for `hold_s` seconds; their (exit status, stderr), in order."""
+    from sgdtune.startlock import file_lock
+
+    args = ["experiments/quick.toml", "--study-name", name, "--n-trials", str(n_trials), "--storage", storage,
+            *SHORT, *extra]
+    procs = []
+    (cwd / storage).parent.mkdir(parents=True, exist_ok=True)
+    if hold == "journal":
+        lock = optuna.storages.journal.JournalFileOpenLock(str(cwd / storage))
+        lock.acquire()
+        procs = [start(cwd, [*args, *c]) for c in configs]
+        time.sleep(hold_s)
+        lock.release()
+    elif hold == "start":
+        with file_lock(cwd / storage, storage):
+            procs = [start(cwd, [*args, *c]) for c in configs]
+            time.sleep(hold_s)
+    else:
+        procs = [start(cwd, [*args, *c]) for c in configs]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return procs, [(p.returncode, err) for p, (_, err) in zip(procs, outs)]
+
+
+def study_counts(storage, name: str, procs, configs) -> dict:
+    """Mixed configurations (finished trials run by a process of a configuration other than
+    the recorded one), duplicate parameter sets, finished trials, surplus trials."""
+    import json
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    recorded = json.loads(study.user_attrs["config_json"])["train"]["momentum"]
+    momentum = {p.pid: (0.0 if "train.momentum=0.0" in c else 0.9) for p, c in zip(procs, configs)}
+    done = [t for t in study.get_trials() if counts_as_finished(t)]
+    params = Counter(tuple(sorted(t.params.items())) for t in done)
+    return {
+        "mixed": sum(momentum[t.user_attrs["process"]["pid"]] != recorded for t in done),
+        "duplicates": sum(c - 1 for c in params.values()),
+        "finished": len(done),
+        "surplus": sum(t.user_attrs.get("fail_kind") == "surplus" for t in study.get_trials()),
+        "running": sum(t.state == TrialState.RUNNING for t in study.get_trials()),
+        "recorded": recorded,
+    }
+
+
+def race(cwd: Path, storage: str, rounds: list[int], n_trials: int = 3, seed: int = 0):
+    """Rounds of 2-4 processes started together on a new study each (every other round with
+    two configurations), the start lock or the journal lock held for a random while; the
+    totals of study_counts over the rounds, and the number of starts."""
+    import random
+
+    rng = random.Random(seed)
+    totals = Counter()
+    for r, k in enumerate(rounds):
+        mixed = r % 2 == 1
+        configs = [["--set", "train.momentum=0.0"] if mixed and i % 2 else [] for i in range(k)]
+        hold = rng.choice(["start", "journal", None]) if "://" not in storage else None
+        procs, results = start_together(cwd, f"race{r}", configs, storage, n_trials, hold, rng.uniform(0, 4))
+        counts = study_counts(open_storage(storage), f"race{r}", procs, configs)
+        for (code, err), c in zip(results, configs):
+            same = (0.0 if c else 0.9) == counts["recorded"]
+            assert code == (0 if same else 2), (r, code, err)
+            assert "Traceback" not in err, err
+            if not same:  # one line, and nothing written: the study's record is the winner's
+                assert "run with another configuration" in err, err
+        assert counts["finished"] == n_trials and counts["running"] == 0, (r, counts)
+        totals.update({k: v for k, v in counts.items() if k != "recorded"})
+    return totals, sum(rounds)
+
+
+def test_processes_started_together_on_one_study_never_mix_configurations_nor_draw_the_same_trial(workdir):
+    """2-4 processes per round, 21 starts: half the rounds with two configurations (one wins,
+    the others exit 2 before writing), the locks held and released at random."""
+    totals, starts = race(workdir, STORAGE, [3, 2, 4, 3, 2, 4, 3])
+    ROWS.append((f"{starts} starts, 2-4 processes together, locks held at random", starts, 0, totals["running"],
+                 totals["mixed"] + totals["duplicates"]))
+    assert starts >= 20
+    assert totals["mixed"] == 0 and totals["duplicates"] == 0, totals
+    assert totals["finished"] == 3 * 7  # exactly n_trials in each study: a surplus trial is not counted
+
+
+@pytest.mark.postgres
+def test_processes_started_together_on_postgresql_never_mix_nor_draw_the_same_trial(workdir, postgres):
+    url = postgres("faults_race")
+    totals, starts = race(workdir, url, [3, 3])
+    assert totals["mixed"] == 0 and totals["duplicates"] == 0 and totals["finished"] == 6, totals
+
+
+def parent_runs(workdir: Path, name: str = "quick") -> list:
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name(name).experiment_id
+    return [r for r in client.search_runs([experiment]) if r.data.tags.get("sgdtune.role") == "study"]
+
+
+def test_processes_started_together_in_a_fresh_folder_create_the_mlflow_store_once(workdir):
+    """Three processes with MLflow tracking in an empty folder: the store's tables are made
+    once (no "must be a tracking store MLflow can open"), one parent run, n_trials trials."""
+    configs = [[], [], []]
+    procs, results = start_together(workdir, "quick", configs, STORAGE, 4, extra=())
+    assert [code for code, _ in results] == [0, 0, 0], [err for _, err in results]
+    counts = study_counts(open_storage(STORAGE), "quick", procs, configs)
+    assert counts["finished"] == 4 and counts["duplicates"] == 0, counts
+    assert len(parent_runs(workdir)) == 1
+    check(workdir, "3 processes together in a fresh folder (MLflow store created once)", {}, 4)
+    assert len(finished(trials())) == 4
+
+
+def test_fresh_is_refused_while_another_process_runs_the_study(workdir):
+    """Three `--fresh` starts at once beside a running study: each refused in one line, the
+    study untouched; then the running one is stopped and the same command completes it."""
+    args = command(500, "--set", "keep_models=0")  # runs until stopped below
+    proc = start(workdir, args)
+    wait_for(proc, lambda ts: running(ts, with_run=True))
+    fresh = [start(workdir, [*args, "--fresh"]) for _ in range(3)]
+    for p in fresh:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 2, err
+        one_line(err, "error: --fresh: cannot replace study 'quick' while a process runs it")
+        assert f"pid {proc.pid} on" in err
+    assert proc.poll() is None, "the running study was cut off"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    before = finished(trials())
+    n = len(before) + 1
+    resume(workdir, command(n, "--set", "keep_models=0"))
+    assert len(parent_runs(workdir)) == 1
+    check(workdir, "--fresh (3 at once) beside a running study: refused", before, n)
+    assert len(finished(trials())) == n
+
+
+def test_runs_of_a_study_replaced_by_fresh_are_never_ended_as_the_new_studys_trials(workdir):
+    args = command(2, "--set", "keep_models=0")
+    proc = start(workdir, args)
+    victim = wait_for(proc, lambda ts: running(ts, with_run=True))
+    os.killpg(proc.pid, signal.SIGKILL)  # the writer too: its run stays RUNNING
+    proc.communicate(timeout=60)
+    resume(workdir, [*args, "--fresh"])
+    resume(workdir, command(3, "--set", "keep_models=0"))  # the next start ends lost runs of *this* study
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    killed = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert killed.info.status == "FAILED", killed.info.status
+    assert killed.data.tags["sgdtune.trial_state"] == "FAIL"
+    assert "replaced (--fresh)" in killed.data.tags["sgdtune.fail_reason"]
+    check(workdir, "kill -9 mid-trial, then --fresh, then resume", {}, 3)
+
+
+def test_a_process_whose_study_is_deleted_under_it_stops_with_one_line_and_no_run_running(workdir):
+    """What `--fresh` from another host (which cannot see this process) would do."""
+    args = command(6, "--set", "keep_models=0")
+    proc = start(workdir, args)
+    wait_for(proc, lambda ts: running(ts, with_run=True))
+    optuna.delete_study(study_name="quick", storage=open_storage(STORAGE))
+    out, err = proc.communicate(timeout=200)
+    assert proc.returncode == 2, err
+    one_line(err, "error: study 'quick' was deleted from the Optuna storage while this process ran it")
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
+    left = [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    ROWS.append(("study deleted under a running process", 1, 0, len(left), 0))
+    assert not left, left
+
+
+# -- a full disk under the Optuna storage alone ----------------------------------------------------
+
+
+def test_an_optuna_storage_that_refuses_writes_stops_with_one_line_and_the_resume_loses_nothing(workdir):
+    """The journal alone runs out of room: once the first trial runs, the training process
+    (not its MLflow writer, started before) may grow no file past the journal's size + 3 KB."""
+    args = command(8, "--set", "keep_models=0")
+    proc = start(workdir, args, preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
+    wait_for(proc, lambda ts: running(ts, with_run=True))
+    limit = (workdir / STORAGE).stat().st_size + 3000
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    before = finished(trials())
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 2, err
+    one_line(err, "error: the Optuna storage")
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    resume(workdir, args)
+    check(workdir, "Optuna journal refuses writes (file size limit), then resume", before, 8)
+
+
+def test_a_trial_left_running_by_a_process_that_died_before_recording_itself_is_reclaimed(workdir):
+    resume(workdir, command(1, "--set", "keep_models=0"))
+    ask = ("import optuna; from sgdtune.stores import open_storage; "
+           f"optuna.load_study(study_name='quick', storage=open_storage({STORAGE!r})).ask()")
+    subprocess.run([sys.executable, "-c", ask], cwd=workdir, check=True)  # a trial, then the process is gone
+    (orphan,) = [t for t in trials() if t.state == TrialState.RUNNING]
+    assert "process" not in orphan.user_attrs
+    before = finished(trials())
+    resume(workdir, command(2, "--set", "keep_models=0"))
+    t = trials()[orphan.number]
+    assert t.state == TrialState.FAIL and "before recording itself" in t.user_attrs["fail_reason"]
+    check(workdir, "a trial RUNNING with no process record (its process died as it began)", before, 2)
