@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .data import DataConfig
 from .errors import InputError
+from .factories import experiment_import_path, on_import_path
 from .model import ModelConfig
 from .stores import NAME_RULE, name_problem
 from .trainer import TrainConfig
@@ -264,6 +265,10 @@ def default_experiment_path() -> Path:
 def load_experiment(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
     """Read a TOML experiment, apply overrides (dotted keys reach into tables; None = keep), validate.
 
+    The experiment file's folder and the working directory go on the import path first, so a
+    factory ("pkg.module:function") beside the file or in the working directory is found by
+    every command and by this function alike (factories.py).
+
     Raises InputError naming the field, the rule and the value given.
     """
     path = Path(path) if path is not None else default_experiment_path()
@@ -282,6 +287,7 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Experim
             _set_dotted(raw, key, value)
     _written_paths_exist(raw, written, path)
     _refuse_searched_overrides(overrides, raw.get("search"))
+    on_import_path(experiment_import_path(path))
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:

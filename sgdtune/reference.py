@@ -246,6 +246,13 @@ Setting it directly, with `--set train.X=...` or the keyword `train.X`, is refus
   where it was looked for.
 - The stores and outputs are not experiment paths: `storage`, `tracking_uri`, `mlruns/` and
   `reports/` are relative to the working directory.
+- A factory (`model.factory`, `data.factory` = `"pkg.module:function"`) is imported from
+  **the experiment file's folder**, then **the working directory**, then `sys.path`
+  (`PYTHONPATH`): both folders are put on the import path when the experiment is read, the
+  same for `sgdtune study`, `python -m sgdtune.study` and `load_experiment`. A kept model
+  records the folder its factory came from (`import_root` in `architecture.json`), so
+  `sgdtune model` and `load_model` rebuild it from any working directory while that folder
+  exists; otherwise they say which folder to put on `PYTHONPATH`.
 
 ## Features, targets and splits
 

@@ -29,6 +29,7 @@ from .console import Progress
 from .data import load_data
 from .errors import InputError
 from .identity import check as check_identity
+from .model import describe_model
 from .reclaim import as_store_error, finished_trial_states, reclaim_dead
 from .redact import redact_url
 from .saved import dataset_records, register_best
@@ -83,6 +84,7 @@ def run_study(
     config, worker_gpus = _place_on_gpus(config, workers, gpus)
     device = resolve_device(config.device)
     data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
+    describe_model(config.model, data.n_features, data.n_classes, data.input_shape)  # a CNN that cannot take them
     storage_url, tracking_uri = locations(config, mlruns)
     storage = open_storage(storage_url, heartbeat, tracking_uri if track else None)
     if track:  # both stores checked before anything is written (stores.py)

@@ -229,7 +229,8 @@ class TrialJob:
         if below:
             obj.tracker.delete_trial_models(below)
         architecture = architecture_of(self.config.model, obj.data)
-        example = obj.data.x_val[:EXAMPLE_ROWS].cpu().tolist()
+        example = obj.data.x_val[:EXAMPLE_ROWS].cpu()
+        example = example.reshape(-1, *(obj.data.input_shape or example.shape[1:])).tolist()  # images: (n, C, H, W)
         spec = model_spec(self.trial.number, obj.config.name, architecture, obj.run_params(self.config, self.plan),
                           example, 0 if self.replicates else None)
         obj.tracker.log_model(self.run, write_network(result.module, architecture), spec)
@@ -286,7 +287,8 @@ class Objective:
 
     def __post_init__(self) -> None:
         self.threads = ThreadChooser(self.config.threads, self.cores)
-        model = build_model(self.config.model, self.data.n_features, self.data.n_classes, seed=0)
+        model = build_model(self.config.model, self.data.n_features, self.data.n_classes, seed=0,
+                            input_shape=self.data.input_shape)
         self.weights = sum(p.numel() for p in model.parameters())
     datasets: list[dict] | None = None  # saved.dataset_records of `data`, made on first use
 
@@ -389,7 +391,7 @@ class Objective:
             "n_train": self.data.n_train,
             "n_val": self.data.n_val,
             "n_test": self.data.n_test,
-            "model": describe_model(tc.model, self.data.n_features, self.data.n_classes),
+            "model": describe_model(tc.model, self.data.n_features, self.data.n_classes, self.data.input_shape),
             "seed": tc.seed,
             "iterations_per_epoch": plan.iterations_per_epoch,
             "total_updates": plan.total_updates,
