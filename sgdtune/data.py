@@ -402,7 +402,7 @@ def _read_csv(path: Path, label: str, task: str = "classification") -> tuple[np.
     if not header:
         raise InputError("data.path", f"{str(path)!r} is empty; expected a header row")
     if label not in header:
-        raise InputError("data.label", f"must be one of the columns {header}", repr(label))
+        raise InputError("data.label", f"must be one of the columns {header} of {str(path)!r}", repr(label))
     if len(header) < 2:
         raise InputError("data.path", f"must have at least one feature column besides the label {label!r}",
                          f"only the column {label!r} in {str(path)!r}")
@@ -459,7 +459,7 @@ def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.
         with np.load(path) as archive:
             names = list(archive.files)
             if label not in names:
-                raise InputError("data.label", f"must be one of the arrays {names}", repr(label))
+                raise InputError("data.label", f"must be one of the arrays {names} of {str(path)!r}", repr(label))
             y = archive[label]
             features = {k: archive[k] for k in names if k != label}
     except (OSError, ValueError, zipfile.BadZipFile) as e:

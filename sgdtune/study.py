@@ -25,7 +25,7 @@ import optuna
 from . import __version__
 from .cohorts import check_cohorts, optimize, optimize_batched, settle
 from .config import ExperimentConfig, file_sha256
-from .console import Progress
+from .console import Progress, one_line_trial_failures
 from .data import load_data
 from .errors import InputError
 from .identity import check as check_identity
@@ -57,6 +57,7 @@ def run_study(
     on_change: str = "refuse",
     register_model: str | None = None,
     gpus: list[int] | None = None,
+    face: str = "api",
 ) -> optuna.Study:
     """Run (or resume) the study until it has config.n_trials finished trials.
 
@@ -72,6 +73,7 @@ def run_study(
     MLflow's model registry under NAME (user attribute registered_model: name, version, trial).
     With config.device cuda and workers > 1, each worker gets one GPU (gpus.py): `gpus` lists
     the indices to use (a repeated one runs several trials on that GPU; default: all visible).
+    face: whose words messages use, "api" (on_change=...) or "cli" (--fresh, --extend).
     """
     if workers < 1:
         raise InputError("--workers", "must be >= 1", repr(workers))
@@ -89,9 +91,10 @@ def run_study(
     storage = open_storage(storage_url, heartbeat, tracking_uri if track else None)
     if track:  # both stores checked before anything is written (stores.py)
         check_tracking(tracking_uri, storage, config.name, storage_url)
-    identity = check_identity(config, storage, on_change)  # before any trial or MLflow write
+    identity = check_identity(config, storage, on_change, face)  # before any trial or MLflow write
     study = open_study(config, storage)
     identity.record(study)
+    one_line_trial_failures()  # a diverged trial: one line, not Optuna's traceback (the CLI does the same)
     # n_val: the report's binomial standard errors where no MLflow run records it (--no-tracking)
     for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train,
                        "n_val": data.n_val}.items():

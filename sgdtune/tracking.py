@@ -541,9 +541,10 @@ def _write_pyfunc_model(local: Path, network: Path, spec: dict, model_id: str, r
     """An MLflow model folder at `local`: MLmodel (pyfunc flavor loaded by sgdtune.saved, the
     float32 tensor signature: inputs (-1, n_features) or images (-1, C, H, W); a classifier's
     output class ids (-1,) int64 with the param `output` = classes | probabilities | logits;
-    the input example's metadata), data/<network>, the input example and requirements.txt. Written here rather than by mlflow.pyfunc.save_model, whose check of
-    the requirements against every installed distribution took 4-6 s of the writer's first
-    model on this machine (0.2-0.5 s each after)."""
+    the input example's metadata), data/<network>, the input example and requirements.txt.
+    Written here rather than by mlflow.pyfunc.save_model, whose check of the requirements
+    against every installed distribution took 4-6 s of the writer's first model on this
+    machine (0.2-0.5 s each after)."""
     import mlflow.pyfunc
     import numpy as np
     from mlflow.models import Model, ModelSignature

@@ -41,7 +41,7 @@ from .config import ExperimentConfig
 from .data import Dataset
 from .interrupts import describe
 from .model import build_model, describe_model
-from .reclaim import PROCESS_ATTR, process_identity
+from .reclaim import PROCESS_ATTR, process_identity, requeue
 from .saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision, model_spec, write_network
 from .search import FAIL_KIND, derive_seed
 from .space import suggest
@@ -207,6 +207,7 @@ class TrialJob:
                 self.trial.set_user_attr("failed_replicate", self.current.index)
         elif isinstance(ending, KeyboardInterrupt):
             kind, reason = "interrupted", f"interrupted ({describe(ending)})"
+            requeue(self.trial)
         else:  # a bug in a user's model, say: the run must not stay RUNNING
             kind, reason = "error", f"{of}{type(ending).__name__}: {ending}"
         self.trial.set_user_attr(FAIL_KIND, kind)
@@ -332,6 +333,8 @@ class Objective:
             reason += ", as the trial started"
             trial.set_user_attr(FAIL_KIND, "interrupted" if interrupted else "error")
             trial.set_user_attr("fail_reason", reason)
+            if interrupted:
+                requeue(trial)
             if self.opening is not None:
                 self.tracker.end_trial_run(self.opening, "FAIL", {}, fail_reason=reason)
             raise

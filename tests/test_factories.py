@@ -99,8 +99,8 @@ def test_a_kept_factory_model_records_its_import_root_and_loads_from_any_folder(
     proc = run([str(CONSOLE), "model", "--study-name", "kept_factory", *stores], cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     assert (elsewhere / "kept_factory-trial-0.pt").is_file()
-    code = ("import sgdtune; m = sgdtune.load_model('kept_factory', storage=%r, tracking_uri=%r); "
-            "print(type(m[0]).__name__, m[0].out_features)") % (stores[1], stores[3])
+    code = (f"import sgdtune; m = sgdtune.load_model('kept_factory', storage={stores[1]!r}, "
+            f"tracking_uri={stores[3]!r}); print(type(m[0]).__name__, m[0].out_features)")
     proc = run([sys.executable, "-c", code], cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["Linear", "16"]
@@ -111,8 +111,8 @@ def test_a_factory_model_whose_folder_is_gone_says_in_one_line_what_to_put_on_th
     (root / "exp").rename(root / "moved")
     try:
         proc = run([str(CONSOLE), "model", "--study-name", "kept_factory", *stores], cwd=tmp_path)
-        code = ("import sgdtune\ntry: sgdtune.load_model('kept_factory', storage=%r, tracking_uri=%r)\n"
-                "except sgdtune.InputError as e: print(e)") % (stores[1], stores[3])
+        code = (f"import sgdtune\ntry: sgdtune.load_model('kept_factory', storage={stores[1]!r}, "
+                f"tracking_uri={stores[3]!r})\nexcept sgdtune.InputError as e: print(e)")
         api = run([sys.executable, "-c", code], cwd=tmp_path)
     finally:
         (root / "moved").rename(root / "exp")

@@ -199,7 +199,8 @@ def test_unknown_label_column_names_the_columns_and_writes_nothing(workdir, caps
     (workdir / "d.csv").write_text("a,b,target\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(40)))
     path = write_experiment(workdir / "x.toml", '[data]\ndataset = "csv"\npath = "d.csv"\nlabel = "y"\n')
     assert main([str(path), "--no-progress"]) == 2
-    assert "data.label: must be one of the columns ['a', 'b', 'target']; got 'y'" in capsys.readouterr().err
+    assert f"data.label: must be one of the columns ['a', 'b', 'target'] of '{(workdir / 'd.csv').resolve()}'; " \
+           "got 'y'" in capsys.readouterr().err
     assert not (workdir / "mlruns").exists()
 
 
