@@ -218,7 +218,8 @@ def save_model_file(study_name: str | None, trial: int | str = "best", out: str 
 
         check_name(name, "--study-name")  # it names the file: a name from a shared storage is not trusted
     path = Path(out or f"{name}-trial-{number}.pt")
-    torch.save(module.state_dict(), path)
+    shape = arch.get("input_shape")
+    torch.save((module[1] if shape else module).state_dict(), path)  # images: the network behind the Flatten
     from .model import ModelConfig
 
     defaults = ModelConfig().model_dump(mode="json")
@@ -227,9 +228,11 @@ def save_model_file(study_name: str | None, trial: int | str = "best", out: str 
             f"{_describe(arch)} (tensors only)\n"
             f"load it:  import sgdtune; model = sgdtune.load_model({name!r}, trial={number})\n"
             f"   or:    from sgdtune.model import ModelConfig, build_model; import torch\n"
-            f"          model = build_model(ModelConfig({model}), {arch['n_features']}, {arch['n_outputs']}, seed=0)\n"
+            f"          model = build_model(ModelConfig({model}), {arch['n_features']}, {arch['n_outputs']}, seed=0"
+            f"{f', input_shape={tuple(shape)}' if shape else ''})\n"
             f"          model.load_state_dict(torch.load({str(path)!r}, weights_only=True)); model.eval()\n"
-            f"input:    features as sgdtune.load_data gives them (standardized), float32 (n, {arch['n_features']});\n"
+            f"input:    features as sgdtune.load_data gives them (standardized), float32 (n, {arch['n_features']})"
+            f"{' flattened from images ' + repr(tuple(shape)) if shape else ''};\n"
             f"          sgdtune.load_model(..., raw_features=True) takes them as in the data file")
     return path, text
 

@@ -166,7 +166,7 @@ def test_fresh_deletes_the_study_and_starts_a_new_parent_run_the_old_runs_stay(w
     old_parent = first.user_attrs["mlflow_parent_run_id"]
     config = load_tiny(workdir, **{"train.momentum": 0.0})
     study = run_study(config, experiment_path=path, on_change="fresh")
-    assert "--fresh: deleted study 'tiny' (1 trials)" in capsys.readouterr().err
+    assert "on_change='fresh': deleted study 'tiny' (1 trials)" in capsys.readouterr().err
     assert [t.number for t in study.trials] == [0, 1]
     assert study.user_attrs["config_sha256"] == fingerprint(config) != fingerprint(load_tiny(workdir))
     client, runs = mlflow_runs(workdir)

@@ -17,6 +17,7 @@ import sgdtune
 from sgdtune.data import DataConfig, load_data, load_digits
 from sgdtune.errors import InputError
 from sgdtune.model import ModelConfig, build_model, describe_model
+from sgdtune.saved import save_model_file
 from sgdtune.stores import open_storage
 from sgdtune.trainer import TrainConfig, train, train_stacked
 
@@ -110,7 +111,7 @@ name = "none"
     return root
 
 
-def test_a_kept_image_model_takes_images_in_load_model_and_in_its_pyfunc_signature(image_study, rgb_npz):
+def test_a_kept_image_model_takes_images_in_load_model_and_in_its_pyfunc_signature(image_study, rgb_npz, tmp_path):
     import optuna
 
     root = image_study
@@ -137,6 +138,12 @@ def test_a_kept_image_model_takes_images_in_load_model_and_in_its_pyfunc_signatu
     assert example.shape == (2, 3, 8, 8) and np.array_equal(example, images[:2].numpy())
     classes = mlflow.pyfunc.load_model(str(folder)).predict(images.numpy())
     assert (classes == data.y_val.numpy()).mean() == pytest.approx(trial.values[0], abs=1e-9)
+    path, text = save_model_file("rgb", out=tmp_path / "rgb.pt", **stores)  # `sgdtune model`
+    assert "input_shape=(3, 8, 8)" in text
+    rebuilt = build_model(CNN, 192, 10, seed=0, input_shape=(3, 8, 8))
+    rebuilt.load_state_dict(torch.load(path, weights_only=True))
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(images), network(images))
 
 
 def test_a_2d_cnn_on_192_flat_features_stops_the_study_with_one_line(tmp_path):

@@ -133,7 +133,9 @@ def test_resume_after_an_interrupt_keeps_every_finished_trial_once(workdir, monk
 
     first = optuna.load_study(study_name="quick", storage=open_storage(locations(config)[0]))
     states = [t.state for t in first.get_trials()]
-    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    cut, queued = first.get_trials()[2:]
+    assert queued.user_attrs["retry_of"] == 2 and queued.system_attrs["fixed_params"] == cut.params  # run again
     finished_before = {t.number: t.values for t in first.get_trials() if t.state == TrialState.COMPLETE}
 
     study = run_study(config)
