@@ -106,7 +106,9 @@ def study_parser(prog: str = "python -m sgdtune.study") -> argparse.ArgumentPars
     p.add_argument("--heartbeat", type=int, metavar="SECONDS",
                    help="RDB storages: fail and re-run a trial whose worker is silent for 2x SECONDS")
     p.add_argument("--batch-trials", type=int, default=1, metavar="K",
-                   help="train up to K trials of one batch size at once as one stacked model (MLPs)")
+                   help="train up to K trials of one batch size at once as one stacked model: the built-in MLP "
+                   "(batched products), the CNN and factory models without buffers or dropout (torch.func); "
+                   "others (BatchNorm, dropout) train one by one; not with --replicates")
     p.add_argument("--replicates", type=int, metavar="R",
                    help="train each sampled configuration with R seeds; its value is their mean (default: 1)")
     changed = p.add_mutually_exclusive_group()
@@ -187,7 +189,7 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         study = run_study(config, experiment_path=args.experiment or default_experiment_path(), command=command,
                           track=not args.no_tracking, show_progress=not args.no_progress, workers=workers,
                           heartbeat=args.heartbeat, batch_trials=args.batch_trials,
-                          on_change="fresh" if args.fresh else "extend" if args.extend else "refuse",
+                          on_change="fresh" if args.fresh else "extend" if args.extend else "refuse", face="cli",
                           register_model=args.register_model, gpus=gpus)
     except InputError as e:
         return _bad_input(e)

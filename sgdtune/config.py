@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .data import DataConfig
 from .errors import InputError
+from .factories import experiment_import_path, on_import_path
 from .model import ModelConfig
 from .stores import NAME_RULE, name_problem
 from .trainer import TrainConfig
@@ -236,10 +237,15 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
             names_field = msg.split(" ", 1)[0].endswith(":")
             lines.append(msg if names_field or not loc else f"{loc}: {msg}")
             continue
+        elif kind in STRICT_TYPES and isinstance(given, str):
+            rule = f"must be {STRICT_TYPES[kind]}, written without quotes"
         else:
             rule = err["msg"][0].lower() + err["msg"][1:]
         lines.append(f"{loc}: {rule}; got {given!r}")
     return "\n".join(lines)
+
+
+STRICT_TYPES = {"int_type": "a whole number", "float_type": "a number", "bool_type": "true or false"}
 
 
 def _allowed_keys(section: str) -> list[str]:
@@ -256,15 +262,21 @@ def _allowed_keys(section: str) -> list[str]:
 
 
 def default_experiment_path() -> Path:
-    """experiments/batch_tradeoff.toml in the working directory, else beside the package."""
+    """experiments/batch_tradeoff.toml in the working directory, else the package's own copy
+    (sgdtune/experiments/, package data: in a checkout a link to the top-level experiments/,
+    in an installed wheel a folder)."""
     here = Path("experiments") / DEFAULT_EXPERIMENT
     if here.is_file():
         return here
-    return Path(__file__).resolve().parent.parent / "experiments" / DEFAULT_EXPERIMENT
+    return Path(__file__).resolve().parent / "experiments" / DEFAULT_EXPERIMENT
 
 
 def load_experiment(path: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
     """Read a TOML experiment, apply overrides (dotted keys reach into tables; None = keep), validate.
+
+    The experiment file's folder and the working directory go on the import path first, so a
+    factory ("pkg.module:function") beside the file or in the working directory is found by
+    every command and by this function alike (factories.py).
 
     Raises InputError naming the field, the rule and the value given.
     """
@@ -284,10 +296,24 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Experim
             _set_dotted(raw, key, value)
     _written_paths_exist(raw, written, path)
     _refuse_searched_overrides(overrides, raw.get("search"))
+    on_import_path(experiment_import_path(path))
     try:
-        return ExperimentConfig.model_validate(raw)
+        # Strict: a string where a number belongs (n_trials = "24") is refused, not converted.
+        return ExperimentConfig.model_validate(_as_schema_types(raw), strict=True)
     except ValidationError as e:
         raise InputError(str(path), format_validation_error(e)) from None
+
+
+def _as_schema_types(raw: Any, key: str = "") -> Any:
+    """TOML's arrays as the schema's tuples and data.path as a Path, the two conversions strict
+    validation would otherwise refuse; every other value is validated as written."""
+    if isinstance(raw, dict):
+        return {k: _as_schema_types(v, f"{key}.{k}".lstrip(".")) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return tuple(_as_schema_types(v) for v in raw)
+    if key == "data.path" and isinstance(raw, str):
+        return Path(raw)
+    return raw
 
 
 PATH_KEYS = (("data", "path"),)  # files the experiment reads (storage, tracking_uri: from the working directory)

@@ -149,6 +149,14 @@ def one_line_trial_failures() -> None:
             handler.addFilter(_OneLineFailures())
 
 
+def mean_and_spread(summary: dict[str, float], key: str) -> str:
+    """'0.9806', or with replicates '0.9806 ± 0.0042': the mean and the sample standard
+    deviation over the replicates (trial.mean_summary's <key>_std)."""
+    text = f"{summary.get(key, float('nan')):.4f}"
+    std = summary.get(f"{key}_std")
+    return text if std is None else f"{text} ± {std:.4f}"
+
+
 def print_closing(study: optuna.Study, config: ExperimentConfig, storage_url: str, tracking_uri: str | None,
                   top: int = 5) -> None:
     """A table of the top trials (as wide as the terminal allows), then where everything
@@ -193,7 +201,7 @@ def _print_top(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], conf
             "trial": f"{t.number}{' *' if t.number in front else ''}",
             "batch_size": str(t.params.get("batch_size", config.train.batch_size)),
             "lr": f"{t.params.get('lr', config.train.lr):.4g}",
-            "val_acc": f"{s.get('final_val_acc', float('nan')):.4f}",
+            "val_acc": mean_and_spread(s, "final_val_acc"),
             "budget": f"{b}={t.params.get(b, getattr(config.train, b))}",
             "gen_gap": f"{s.get('final_gen_gap', float('nan')):+.4f}",
             "compute s": f"{s.get('compute_time_s', float('nan')):.2f}",

@@ -21,13 +21,15 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .datafactory import call_data_factory
 from .errors import InputError
+from .factories import resolve_factory
 
 ROW_BLOCK = 65_536  # rows per block when building large arrays in place
 
@@ -37,11 +39,20 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: Literal["digits", "mnist1d", "synthetic", "linear", "csv", "npz"] = Field(
+    dataset: Literal["digits", "mnist1d", "synthetic", "linear", "csv", "npz", "factory"] = Field(
         default="digits",
         description="digits: 1,797 8x8 images, 10 classes; mnist1d: 4,000 sequences of 40 (+ 1,000 test), 10 "
         "classes, needs the mnist1d package; synthetic: Gaussian class clusters; linear: regression with a known "
-        "answer; csv, npz: your file (path, label)",
+        "answer; csv, npz: your file (path, label; an .npz may hold images N x C x H x W or N x H x W); factory: "
+        "your function (data.factory, which sets it)",
+    )
+    factory: str | None = Field(
+        default=None,
+        description='"pkg.module:function" giving the data: (x, y) arrays or tensors, ready splits {"train": (x, y), '
+        '"val": (x, y)[, "test": ...]}, or a map-style torch.utils.data.Dataset; called once as function(seed=SEED) '
+        "(or function()), torch's and NumPy's global generators seeded; x of shape N x F, or images N x C x H x W "
+        "or N x H x W; materialized on the device if it takes at most half its free memory; imported like "
+        "model.factory. Sets dataset = 'factory'",
     )
     task: Literal["classification", "regression"] = Field(
         default="classification",
@@ -81,6 +92,23 @@ class DataConfig(BaseModel):
         """Whether the features are standardized: `standardize`, or by default all but 'linear'."""
         return self.standardize if self.standardize is not None else self.dataset != "linear"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _factory_sets_the_dataset(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("factory") is not None:
+            if values.get("dataset", "factory") != "factory":
+                raise ValueError(f"data.dataset: must be 'factory' or unset when data.factory is given; "
+                                 f"got {values['dataset']!r}")
+            values = {**values, "dataset": "factory"}
+        return values
+
+    @field_validator("factory")
+    @classmethod
+    def _importable(cls, factory: str | None) -> str | None:
+        if factory is not None:
+            resolve_factory(factory)
+        return factory
+
     @model_validator(mode="after")
     def _file_sources_need_a_file(self) -> DataConfig:
         if self.dataset == "linear" and self.task != "regression":
@@ -89,8 +117,10 @@ class DataConfig(BaseModel):
             raise ValueError(f"data.test_fraction: must be 0 for dataset = 'mnist1d' (it has its own test set); "
                              f"got {self.test_fraction}")
         if self.task == "regression" and self.dataset in ("digits", "mnist1d", "synthetic"):
-            raise ValueError(f"data.task: 'regression' needs dataset = 'linear', 'csv' or 'npz'; "
+            raise ValueError(f"data.task: 'regression' needs dataset = 'linear', 'csv', 'npz' or a data.factory; "
                              f"got dataset = {self.dataset!r}")
+        if self.dataset == "factory" and self.factory is None:
+            raise ValueError("data.factory: required when dataset = 'factory'; got nothing")
         if self.dataset in ("csv", "npz"):
             if self.path is None:
                 raise ValueError(f"data.path: required when dataset = {self.dataset!r}; got nothing")
@@ -118,6 +148,9 @@ class Dataset:
     # ((x - mean) / std), or None where they were not: a saved network needs them (saved.py).
     feature_mean: list[float] | None = None
     feature_std: list[float] | None = None
+    # Images: each example's shape (C, H, W); their features come flattened, C * H * W of them
+    # in that order (model.CNN puts the shape back). None: flat features.
+    input_shape: tuple[int, ...] | None = None
 
     @property
     def n_test(self) -> int:
@@ -195,7 +228,8 @@ def check_size(n: int, config: DataConfig) -> None:
     if config.dataset in ("csv", "npz"):
         raise InputError("data.path", rule.format(rows="data rows"),
                          f"{n} row{'' if n == 1 else 's'} in {str(config.path)!r}")
-    field = "data.n_samples" if config.dataset in ("synthetic", "linear") else "data.val_fraction"
+    field = {"synthetic": "data.n_samples", "linear": "data.n_samples", "factory": "data.factory"}.get(
+        config.dataset, "data.val_fraction")
     raise InputError(field, rule.format(rows="examples"), f"{n} example{'' if n == 1 else 's'} in {config.dataset}")
 
 
@@ -390,7 +424,7 @@ def _read_csv(path: Path, label: str, task: str = "classification") -> tuple[np.
     if not header:
         raise InputError("data.path", f"{str(path)!r} is empty; expected a header row")
     if label not in header:
-        raise InputError("data.label", f"must be one of the columns {header}", repr(label))
+        raise InputError("data.label", f"must be one of the columns {header} of {str(path)!r}", repr(label))
     if len(header) < 2:
         raise InputError("data.path", f"must have at least one feature column besides the label {label!r}",
                          f"only the column {label!r} in {str(path)!r}")
@@ -471,13 +505,15 @@ def _name_the_bad_cell(path: Path, header: list[str], col: int, task: str) -> No
 
 
 def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.ndarray, np.ndarray, str]:
-    """An .npz archive: (features float32, the `label` array as stored, where it is). Every
-    feature must be a finite number; the first that is not is named by row and column."""
+    """An .npz archive: (features float32, the `label` array as stored, where it is). The
+    features: one array (n, F), or images (n, H, W) or (n, C, H, W) kept in their shape, or
+    1-D columns. Every feature must be a finite number; the first that is not is named by row
+    and column (or position in the image)."""
     try:
         with np.load(path) as archive:
             names = list(archive.files)
             if label not in names:
-                raise InputError("data.label", f"must be one of the arrays {names}", repr(label))
+                raise InputError("data.label", f"must be one of the arrays {names} of {str(path)!r}", repr(label))
             y = archive[label]
             features = {k: archive[k] for k in names if k != label}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
@@ -487,12 +523,15 @@ def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.
         raise InputError("data.path", "must be a NumPy .npz archive of numeric arrays (numpy.savez)",
                          f"{str(path)!r} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     features, feature_names = list(features.values()), list(features)
-    if len(features) == 1 and features[0].ndim == 2:
+    if len(features) == 1 and features[0].ndim in (2, 3, 4):
         x = features[0]
     elif features and all(f.ndim == 1 for f in features):
         x = np.stack(features, axis=1)
     else:
-        raise InputError("data.path", "an .npz needs one 2-D feature array, or 1-D columns, beside the labels")
+        shapes = ", ".join(f"{k!r}: {'x'.join(map(str, f.shape)) or 'scalar'}" for k, f in zip(feature_names, features))
+        raise InputError("data.path", "an .npz needs, beside the labels, one feature array of shape N x F, images "
+                         "N x H x W or N x C x H x W, or 1-D columns of N", f"{shapes or 'no feature array'} in "
+                         f"{str(path)!r}")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -505,11 +544,15 @@ def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.
     # Checked before the cast, so that the message shows the value stored (1e300, not inf).
     bad = np.argwhere(~np.isfinite(x) | (np.abs(x) > FLOAT32_MAX)) if np.issubdtype(x.dtype, np.floating) else []
     if len(bad):
-        row, col = (int(i) for i in bad[0])
-        cell = f"array {feature_names[0]!r}, row {row + 1}, column {col + 1}" if len(feature_names) == 1 \
-            else f"array {feature_names[col]!r}, row {row + 1}"
+        row, *at = (int(i) for i in bad[0])
+        if x.ndim > 2:
+            cell = f"array {feature_names[0]!r}, example {row + 1}, position {tuple(at)}"
+        elif len(feature_names) == 1:
+            cell = f"array {feature_names[0]!r}, row {row + 1}, column {at[0] + 1}"
+        else:
+            cell = f"array {feature_names[at[0]]!r}, row {row + 1}"
         raise InputError("data.path", f"every feature must be a finite number that fits float32 (|x| <= "
-                         f"{FLOAT32_MAX:.4g})", f"{x[row, col].item()!r} at {cell} of {str(path)!r}")
+                         f"{FLOAT32_MAX:.4g})", f"{x[(row, *at)].item()!r} at {cell} of {str(path)!r}")
     x = x.astype(np.float32)
     return x, y, f"array {label!r} of {str(path)!r}"
 
@@ -594,9 +637,17 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
     elif config.dataset == "synthetic":  # features come later, block by block, into the split
         x = None
         y, features = synthetic_parts(config.n_samples, config.n_features, config.n_classes, seed)
+    elif config.factory is not None:
+        parts = call_data_factory(config.factory, seed, device)
+        if "all" not in parts:
+            return _ready_splits(config, parts, device)
+        x, values = parts["all"]
+        check_size(len(values), config)
+        y = _as_targets(values, config.task, f"the targets of data.factory {config.factory!r}")
     else:
         x, y = load_arrays(config, seed)
-    name = config.dataset if config.path is None else f"{config.dataset}:{config.path.name}"
+    x, shape = (x, None) if x is None else image_features(x, config)
+    name = dataset_name(config)
     check_size(len(y), config)  # every side of the splits gets an example (min_examples)
     n_classes = 1 if regression else int(y.max()) + 1
     if config.test_fraction > 0:  # the test set first, then validation from what is left
@@ -625,10 +676,67 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
         del train_idx
         x_va = x[val_idx]
         del x, val_idx
+    return _placed(name, config, (x_tr, y_tr), (x_va, y_va), None if x_te is None else (x_te, y_te), n_classes,
+                   shape, device)
+
+
+def dataset_name(config: DataConfig) -> str:
+    """The `dataset` param: digits, csv:wine.csv, factory:pkg.module:function."""
+    if config.factory is not None:
+        return f"factory:{config.factory}"
+    return config.dataset if config.path is None else f"{config.dataset}:{config.path.name}"
+
+
+def image_features(x: np.ndarray, config: DataConfig) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """(features (n, F), None) for flat features; for images (n, H, W) or (n, C, H, W), their
+    features flattened to (n, C * H * W) and each example's shape (C, H, W) (C = 1 for n x H x W).
+    InputError showing the shape for anything else."""
+    if x.ndim == 2:
+        return x, None
+    if x.ndim in (3, 4) and all(d > 0 for d in x.shape[1:]):
+        shape = (1, *x.shape[1:]) if x.ndim == 3 else tuple(x.shape[1:])
+        return x.reshape(x.shape[0], -1), tuple(int(d) for d in shape)
+    field = "data.factory" if config.factory is not None else "data.path"
+    raise InputError(field, "features must have the shape N x F, or images N x H x W or N x C x H x W",
+                     f"shape {' x '.join(map(str, x.shape))}")
+
+
+def _ready_splits(config: DataConfig, parts: dict, device: torch.device | str) -> Dataset:
+    """A data.factory's own splits, used as given: labels mapped to 0..k-1 over all of them
+    together, features standardized with the training split's statistics."""
+    names = [s for s in ("train", "val", "test") if s in parts]
+    xs = [image_features(parts[s][0], config) for s in names]
+    if len({(x.shape[1], shape) for x, shape in xs}) != 1:
+        raise InputError("data.factory", "every split must have the same feature shape",
+                         ", ".join(f"{s}: {parts[s][0].shape}" for s in names))
+    values = np.concatenate([parts[s][1] for s in names])
+    y = _as_targets(values, config.task, f"the targets of data.factory {config.factory!r}")
+    ys = np.split(y, np.cumsum([len(parts[s][1]) for s in names])[:-1])
+    if min(len(v) for v in ys) == 0:
+        raise InputError("data.factory", "every split must hold at least one example",
+                         ", ".join(f"{s}: {len(v)}" for s, v in zip(names, ys)))
+    split = {s: (x.copy(), v) for s, (x, _), v in zip(names, xs, ys)}
+    n_classes = 1 if config.task == "regression" else int(y.max()) + 1
+    return _placed(dataset_name(config), config, split["train"], split["val"], split.get("test"), n_classes,
+                   xs[0][1], device)
+
+
+def _placed(name: str, config: DataConfig, train: tuple, val: tuple, test: tuple | None, n_classes: int,
+            shape: tuple[int, ...] | None, device: torch.device | str) -> Dataset:
+    """The splits standardized (in place, with the training split's statistics: per feature, or
+    per channel for images) and put on the device as tensors."""
+    (x_tr, y_tr), (x_va, y_va) = train, val
+    x_te, y_te = test if test is not None else (None, None)
     mean = std = None
     if config.standardizes:
-        mean = x_tr.mean(axis=0)
-        std = x_tr.std(axis=0)
+        if shape is None:
+            mean = x_tr.mean(axis=0)
+            std = x_tr.std(axis=0)
+        else:  # one mean and std per channel, over examples and pixels, repeated for each pixel
+            channels = x_tr.reshape(x_tr.shape[0], shape[0], -1)
+            pixels = channels.shape[2]
+            mean = np.repeat(channels.mean(axis=(0, 2), dtype=np.float64), pixels).astype(np.float32)
+            std = np.repeat(channels.std(axis=(0, 2), dtype=np.float64), pixels).astype(np.float32)
         std[std == 0] = 1.0  # constant features (digits has some) stay 0 rather than NaN
         for part in (x_tr, x_va) if x_te is None else (x_tr, x_va, x_te):  # (x - mean) / std, in place
             part -= mean
@@ -646,4 +754,5 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
         y_test=None if y_te is None else torch.as_tensor(y_te, **to),
         feature_mean=None if mean is None else mean.tolist(),
         feature_std=None if std is None else std.tolist(),
+        input_shape=shape,
     )

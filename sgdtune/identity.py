@@ -131,16 +131,28 @@ class Identity:
         return tags
 
 
-def check(config: ExperimentConfig, storage: optuna.storages.BaseStorage, on_change: str = "refuse") -> Identity:
+# How each face names the choices: the command line's flags, or run_study's keywords.
+WORDS = {
+    "cli": {"name": "--study-name", "fresh": "--fresh", "extend": "--extend"},
+    "api": {"name": "name= (load_experiment(..., name=...))", "fresh": "on_change='fresh'",
+            "extend": "on_change='extend'"},
+}
+
+
+def check(config: ExperimentConfig, storage: optuna.storages.BaseStorage, on_change: str = "refuse",
+          face: str = "api") -> Identity:
     """Compare the configuration with the one the stored study (if any) was started with.
 
     Raises InputError, before anything is written, when they differ and on_change is
     "refuse". "fresh" deletes the stored study (whatever its configuration; its MLflow runs
     stay), unless a process still runs it (InputError: replacing it would pull the study
     from under that process); "extend" continues it with this configuration. A study with
-    no recorded configuration is adopted as it is. Call it under the start lock
-    (startlock.py), with the record that follows: the check and the record are one step.
+    no recorded configuration is adopted as it is. `face` ("api" or "cli") says whose words
+    the messages use: run_study's keywords or the command line's flags. Call it under the
+    start lock (startlock.py), with the record that follows: the check and the record are one
+    step.
     """
+    words = WORDS[face]
     if on_change not in ON_CHANGE:
         raise InputError("on_change", f"must be one of {', '.join(map(repr, ON_CHANGE))}", repr(on_change))
     if not any(s.study_name == config.name for s in storage.get_all_studies()):
@@ -150,7 +162,7 @@ def check(config: ExperimentConfig, storage: optuna.storages.BaseStorage, on_cha
     if on_change == "fresh":
         _check_none_alive(study, storage)
         optuna.delete_study(study_name=config.name, storage=storage)
-        print(f"--fresh: deleted study {config.name!r} ({n_before} trials) from the Optuna storage; "
+        print(f"{words['fresh']}: deleted study {config.name!r} ({n_before} trials) from the Optuna storage; "
               f"its MLflow runs stay in experiment {config.name!r}", file=sys.stderr)
         return Identity(config, "fresh", n_before)
     recorded = study.user_attrs.get(JSON_ATTR)
@@ -164,12 +176,12 @@ def check(config: ExperimentConfig, storage: optuna.storages.BaseStorage, on_cha
         raise InputError(
             f"study {config.name!r}",
             f"has {n_before} trials run with another configuration; to keep it, give this one a new "
-            "--study-name; to replace it, add --fresh (on_change='fresh': deletes the study, its MLflow runs "
-            "stay); to continue it with this configuration, add --extend (on_change='extend')",
+            f"{words['name']}; to replace it, use {words['fresh']} (deletes the study, its MLflow runs "
+            f"stay); to continue it with this configuration, use {words['extend']}",
             shown,
         )
     if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in config.directions]:
-        raise InputError("--extend", "cannot change a study's objectives; give a new --study-name or use --fresh",
-                         shown)
-    print(f"--extend: study {config.name!r} continues from trial {n_before} with {shown}", file=sys.stderr)
+        raise InputError(words["extend"], f"cannot change a study's objectives; give a new {words['name']} or use "
+                         f"{words['fresh']}", shown)
+    print(f"{words['extend']}: study {config.name!r} continues from trial {n_before} with {shown}", file=sys.stderr)
     return Identity(config, "extend", n_before, changes)

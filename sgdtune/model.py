@@ -3,13 +3,15 @@ factory "pkg.module:function"."""
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
+
+from .errors import InputError
+from .factories import resolve_factory
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -38,8 +40,9 @@ class ModelConfig(BaseModel):
         default="relu", description="the nonlinearity after every hidden Linear layer and every convolution")
     factory: str | None = Field(
         default=None,
-        description='"pkg.module:function", importable when the experiment is read, called as '
-        'function(n_features, n_classes) -> nn.Module',
+        description='"pkg.module:function", called as function(n_features, n_classes) -> nn.Module, its input '
+        "(B, n_features) float32 (images flattened); imported when the experiment is read, from the experiment "
+        "file's folder, the working directory or sys.path (the folder it came from is kept with every saved model)",
     )
 
     @field_validator("hidden")
@@ -64,38 +67,27 @@ class ModelConfig(BaseModel):
         return factory
 
 
-def resolve_factory(spec: str):
-    """Import "pkg.module:function"; ValueError naming what is wrong."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f'must look like "pkg.module:function"; got {spec!r}')
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import module {module_name!r} ({e})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"module {module_name!r} has no callable {attr!r}")
-    return fn
-
-
-def describe_model(config: ModelConfig, n_features: int, n_classes: int) -> str:
+def describe_model(config: ModelConfig, n_features: int, n_classes: int,
+                   input_shape: tuple[int, ...] | None = None) -> str:
     """The `model` param: 'mlp(64-128-10,relu)', 'linear(64-10)' when there is no hidden
-    layer (the activation plays no part), or the factory string."""
+    layer (the activation plays no part), 'cnn2d(3x8x8-32-32-10,relu)', or the factory string."""
     if config.factory:
         return config.factory
     if config.name == "cnn":
-        dims, shape = cnn_input(config, n_features)
+        dims, shape = cnn_input(config, n_features, input_shape)
         widths = "-".join(str(w) for w in (*config.channels, *config.hidden, n_classes))
-        return f"cnn{dims}({'x'.join(str(d) for d in (1, *shape))}-{widths},{config.activation})"
+        return f"cnn{dims}({'x'.join(str(d) for d in shape)}-{widths},{config.activation})"
     widths = "-".join(str(w) for w in (n_features, *config.hidden, n_classes))
     if not config.hidden:
         return f"linear({widths})"
     return f"mlp({widths},{config.activation})"
 
 
-def build_model(config: ModelConfig, n_features: int, n_classes: int, seed: int) -> nn.Module:
-    """A freshly initialized model; the initial weights depend on `seed` alone.
+def build_model(config: ModelConfig, n_features: int, n_classes: int, seed: int,
+                input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """A freshly initialized model; the initial weights depend on `seed` alone. Its input is
+    (B, n_features) float32; images (input_shape = (C, H, W), C * H * W = n_features) come
+    flattened, and the CNN puts their shape back.
 
     The MLP is nn.Sequential of Linear layers (each with a bias) and activations, the last
     Linear giving n_classes outputs (1 for regression). With hidden = () it is one
@@ -105,7 +97,8 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int, seed: int)
     The CNN (model.name = "cnn") is the MNIST-1D paper's shape: len(channels) convolutions of
     kernel_size, stride and padding kernel_size // 2, each followed by the activation, then the
     `hidden` Linear layers and a Linear head. No BatchNorm: it would couple the examples of a
-    batch, and the noise probe needs per-example gradients.
+    batch, and the noise probe needs per-example gradients. On images of C channels the first
+    convolution takes C input channels.
 
     Initialization draws from torch's global generator, so it is forked and seeded here
     rather than left to whatever ran before.
@@ -115,7 +108,7 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int, seed: int)
         if config.factory:
             return resolve_factory(config.factory)(n_features, n_classes)
         if config.name == "cnn":
-            return CNN(config, n_features, n_classes)
+            return CNN(config, n_features, n_classes, input_shape)
         layers: list[nn.Module] = []
         width = n_features
         for hidden in config.hidden:
@@ -127,7 +120,8 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int, seed: int)
 
 class Standardize(nn.Module):
     """(x - mean) / std per feature, with fixed statistics (buffers, not parameters): put in
-    front of a trained network, it takes features as they come in the data file."""
+    front of a trained network, it takes features as they come in the data file (images
+    (n, C, H, W) are flattened first)."""
 
     def __init__(self, mean: list[float], std: list[float]):
         super().__init__()
@@ -135,36 +129,44 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return (x.flatten(1) - self.mean) / self.std
 
 
-def cnn_input(config: ModelConfig, n_features: int) -> tuple[str, tuple[int, ...]]:
-    """('1d', (n,)) for sequences, ('2d', (s, s)) for square images (n_features = s * s)."""
+def cnn_input(config: ModelConfig, n_features: int,
+              input_shape: tuple[int, ...] | None = None) -> tuple[str, tuple[int, ...]]:
+    """The CNN's view of one example: ('2d', (C, H, W)) for images (the data's input_shape, or
+    (1, s, s) when n_features = s * s), ('1d', (1, n)) for sequences. InputError, showing the
+    shape, when model.image = '2d' and the features are neither."""
+    if input_shape is not None and config.image != "1d":
+        return "2d", tuple(input_shape)
     side = math.isqrt(n_features)
     square = side > 1 and side * side == n_features
     if config.image == "2d" and not square:
-        raise ValueError(f"model.image = '2d' needs n_features to be a perfect square; got {n_features}")
+        raise InputError("model.image", "'2d' needs images: features of shape N x C x H x W or N x H x W (an .npz "
+                         "array, or a data.factory), or N x n_features with n_features a perfect square (one channel)",
+                         f"features of shape N x {n_features}")
     if config.image == "2d" or (config.image == "auto" and square):
-        return "2d", (side, side)
-    return "1d", (n_features,)
+        return "2d", (1, side, side)
+    return "1d", (1, n_features)
 
 
 class CNN(nn.Module):
-    """Convolutions on (B, 1, n) or (B, 1, s, s) inputs, given flat as (B, n_features)."""
+    """Convolutions on (B, C, H, W) images or (B, 1, n) sequences, given flat as (B, n_features)."""
 
-    def __init__(self, config: ModelConfig, n_features: int, n_classes: int):
+    def __init__(self, config: ModelConfig, n_features: int, n_classes: int,
+                 input_shape: tuple[int, ...] | None = None):
         super().__init__()
-        dims, self.shape = cnn_input(config, n_features)
+        dims, self.shape = cnn_input(config, n_features, input_shape)
         conv = nn.Conv2d if dims == "2d" else nn.Conv1d
         layers: list[nn.Module] = []
-        width = 1
+        width = self.shape[0]
         for channels in config.channels:
             layers += [conv(width, channels, config.kernel_size, stride=config.stride, padding=config.kernel_size // 2),
                        ACTIVATIONS[config.activation]()]
             width = channels
         self.features = nn.Sequential(*layers)
         with torch.no_grad():
-            flat = self.features(torch.zeros(1, 1, *self.shape)).numel()
+            flat = self.features(torch.zeros(1, *self.shape)).numel()
         head: list[nn.Module] = [nn.Flatten()]
         for hidden in config.hidden:
             head += [nn.Linear(flat, hidden), ACTIVATIONS[config.activation]()]
@@ -173,4 +175,4 @@ class CNN(nn.Module):
         self.head = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.reshape(x.shape[0], 1, *self.shape)))
+        return self.head(self.features(x.reshape(x.shape[0], *self.shape)))

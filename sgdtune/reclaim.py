@@ -38,6 +38,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .search import FAIL_KIND
+from .space import RETRY_ATTR
 
 if TYPE_CHECKING:
     from .tracking import Tracker
@@ -246,7 +247,13 @@ def fail_and_requeue(study: optuna.Study, storage: optuna.storages.BaseStorage, 
         if run_id:
             tracker.fail_stale_run(run_id, reason)
     if requeue:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number}, skip_if_exists=False)
+
+
+def requeue(trial: optuna.Trial) -> None:
+    """Queue an interrupted trial's parameters again (user attribute retry_of), as a killed
+    one's are: the resumed study runs it again in its place in the plan (space.plan_place)."""
+    trial.study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number}, skip_if_exists=False)
 
 
 def reclaim_dead(study: optuna.Study, storage: optuna.storages.BaseStorage, tracking_uri: str | None) -> list[int]:

@@ -232,6 +232,11 @@ Highest first:
 From Python, `load_experiment(path, **overrides)` takes the same dotted keys as keyword
 arguments (`**{{"train.momentum": 0.5}}`, `seed=3`); an override of `None` keeps the file's value.
 
+Types are strict: a value must have its key's type as written. A string where a number or a
+boolean belongs (`n_trials = "24"`, `standardize = "false"`) is refused, naming the key; an
+integer where a float belongs is fine (`momentum = 0`). `--set` values are TOML, so
+`--set n_trials=24` is a number and `--set 'n_trials="24"'` the refused string.
+
 A key that the file searches (`[search.X]`) takes its value from the sampler in each trial.
 Setting it directly, with `--set train.X=...` or the keyword `train.X`, is refused: change
 `[search.X]` instead (in the file, or with `--set search.X.low=...`, `search.X.high=...`).
@@ -247,6 +252,13 @@ Setting it directly, with `--set train.X=...` or the keyword `train.X`, is refus
   where it was looked for.
 - The stores and outputs are not experiment paths: `storage`, `tracking_uri`, `mlruns/` and
   `reports/` are relative to the working directory.
+- A factory (`model.factory`, `data.factory` = `"pkg.module:function"`) is imported from
+  **the experiment file's folder**, then **the working directory**, then `sys.path`
+  (`PYTHONPATH`): both folders are put on the import path when the experiment is read, the
+  same for `sgdtune study`, `python -m sgdtune.study` and `load_experiment`. A kept model
+  records the folder its factory came from (`import_root` in `architecture.json`), so
+  `sgdtune model` and `load_model` rebuild it from any working directory while that folder
+  exists; otherwise they say which folder to put on `PYTHONPATH`.
 
 ## Features, targets and splits
 

@@ -18,8 +18,9 @@ split's mean and standard deviation (data.py), float32, shape (n, n_features).
 Datasets. Every trial run and the parent run get one MLflow dataset input per split
 ("training", "validation", "test": the context tag), named after the dataset, with the
 split's digest (sha256 of its feature and target arrays, first 16 hex digits, computed once
-per process), the source (the file, or the generator and its seed) and the split sizes in
-the profile (`dataset_records`).
+per process), the source (the file, the generator and its seed, or a data.factory's
+"pkg.module:function" and the seed it was called with) and the split sizes in the profile
+(`dataset_records`).
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def model_spec(trial_number: int, study_name: str, architecture: dict[str, Any],
         "params": {**{k: v for k, v in params.items() if v is not None},
                    "architecture": json.dumps(architecture["model"], sort_keys=True)},
         "tags": tags,
-        "inputs": [-1, architecture["n_features"]],
+        "inputs": [-1, *(architecture.get("input_shape") or [architecture["n_features"]])],
         "outputs": [-1, architecture["n_outputs"]],
+        "task": architecture["task"],
         "example": example,
         "network_dir": NETWORK_DIR,
     }
@@ -105,13 +107,20 @@ def model_spec(trial_number: int, study_name: str, architecture: dict[str, Any],
 
 def architecture_of(model_config: Any, data: Dataset) -> dict[str, Any]:
     """What model.build_model needs to rebuild the network: the [model] section (JSON), the
-    number of input features and of outputs (classes; 1 for regression), the task, and the
-    training split's feature statistics the inputs were standardized with (None: they were not)."""
+    number of input features and of outputs (classes; 1 for regression), the task, the
+    training split's feature statistics the inputs were standardized with (None: they were
+    not), the images' shape (C, H, W) (None: flat features), and, for a factory model, the
+    folder its module was imported from (factories.import_root)."""
+    from .factories import import_root
+
     regression = getattr(data, "task", "classification") == "regression"
     mean, std = getattr(data, "feature_mean", None), getattr(data, "feature_std", None)
+    shape = getattr(data, "input_shape", None)
     return {"model": model_config.model_dump(mode="json"), "n_features": data.n_features,
             "n_outputs": 1 if regression else data.n_classes, "task": "regression" if regression else "classification",
-            "standardize": None if mean is None else {"mean": mean, "std": std}}
+            "standardize": None if mean is None else {"mean": mean, "std": std},
+            "input_shape": None if shape is None else list(shape),
+            "import_root": import_root(model_config.factory) if model_config.factory else None}
 
 
 # -- datasets -----------------------------------------------------------------------------------
@@ -123,6 +132,9 @@ def dataset_records(data: Dataset, config: DataConfig, seed: int) -> list[dict[s
     sizes = {"n_train": data.n_train, "n_val": data.n_val, "n_test": data.n_test}
     if config.path is not None:
         source_type, source = "local", {"uri": Path(config.path).resolve().as_uri()}
+    elif config.factory is not None:  # the function's name; the digests say what it gave
+        tags = {"generator": config.factory, "factory": config.factory, "seed": str(seed)}
+        source_type, source = "code", {"tags": tags}
     else:
         data_config = json.dumps({"dataset": config.dataset, **config.model_dump(mode="json", exclude_defaults=True)},
                                  sort_keys=True)
@@ -164,9 +176,15 @@ def load_model(study_name: str, trial: int | str = "best", *, storage: str | Non
                tracking_uri: str | None = None, raw_features: bool = False) -> nn.Module:
     """The trained network of one trial of a study: "best" (by the first objective) or a
     trial number; an nn.Module in eval mode on the CPU. Its input: features as `load_data`
-    gives them (standardized with the training split's statistics), float32 (n, n_features);
+    gives them (standardized with the training split's statistics), float32 (n, n_features),
+    or for a network trained on images (n, C, H, W) (flat (n, C*H*W) works too);
     with raw_features, features as they are in the data file: the network is preceded by
     model.Standardize with the training split's mean and std (where the data was standardized).
+    Its output: for classification the logits (n, k), one per class (softmax for probabilities,
+    argmax for the class id; MLflow's pyfunc model of the same trial returns class ids by
+    default); for regression the predictions (n, 1). A factory model is rebuilt from the folder
+    its module was imported from (recorded with it), else from sys.path; InputError saying what
+    to put on PYTHONPATH when it cannot be imported.
 
     storage: the Optuna storage (default mlruns/optuna.journal); tracking_uri: the MLflow
     store (default sqlite:///mlruns/mlflow.db). InputError when the study, the trial or its
@@ -200,7 +218,8 @@ def save_model_file(study_name: str | None, trial: int | str = "best", out: str 
 
         check_name(name, "--study-name")  # it names the file: a name from a shared storage is not trusted
     path = Path(out or f"{name}-trial-{number}.pt")
-    torch.save(module.state_dict(), path)
+    shape = arch.get("input_shape")
+    torch.save((module[1] if shape else module).state_dict(), path)  # images: the network behind the Flatten
     from .model import ModelConfig
 
     defaults = ModelConfig().model_dump(mode="json")
@@ -209,18 +228,22 @@ def save_model_file(study_name: str | None, trial: int | str = "best", out: str 
             f"{_describe(arch)} (tensors only)\n"
             f"load it:  import sgdtune; model = sgdtune.load_model({name!r}, trial={number})\n"
             f"   or:    from sgdtune.model import ModelConfig, build_model; import torch\n"
-            f"          model = build_model(ModelConfig({model}), {arch['n_features']}, {arch['n_outputs']}, seed=0)\n"
+            f"          model = build_model(ModelConfig({model}), {arch['n_features']}, {arch['n_outputs']}, seed=0"
+            f"{f', input_shape={tuple(shape)}' if shape else ''})\n"
             f"          model.load_state_dict(torch.load({str(path)!r}, weights_only=True)); model.eval()\n"
-            f"input:    features as sgdtune.load_data gives them (standardized), float32 (n, {arch['n_features']});\n"
+            f"input:    features as sgdtune.load_data gives them (standardized), float32 (n, {arch['n_features']})"
+            f"{' flattened from images ' + repr(tuple(shape)) if shape else ''};\n"
             f"          sgdtune.load_model(..., raw_features=True) takes them as in the data file")
     return path, text
 
 
 def _describe(arch: dict[str, Any]) -> str:
     """The `model` param's text of an architecture: mlp(64-32-10,relu)."""
-    from .model import ModelConfig, describe_model
+    from .model import describe_model
 
-    return describe_model(ModelConfig(**arch["model"]), arch["n_features"], arch["n_outputs"])
+    shape = arch.get("input_shape")
+    return describe_model(model_config_of(arch), arch["n_features"], arch["n_outputs"],
+                          None if shape is None else tuple(shape))
 
 
 def _load(study_name: str | None, trial: int | str, storage: str | None, tracking_uri: str | None):
@@ -239,16 +262,46 @@ def _load(study_name: str | None, trial: int | str, storage: str | None, trackin
 
 def network_from(folder: str | Path) -> nn.Module:
     """The network saved in `folder` (weights.pt and architecture.json), eval mode, CPU;
-    the weights are read with torch.load(weights_only=True): tensors, no pickled code."""
+    the weights are read with torch.load(weights_only=True): tensors, no pickled code.
+    A network trained on images takes them shaped (n, C, H, W) or flat (n, C*H*W)."""
     import torch
 
-    from .model import ModelConfig, build_model
+    from .model import build_model
 
     folder = Path(folder)
     arch = json.loads((folder / ARCHITECTURE_FILE).read_text())
-    module = build_model(ModelConfig(**arch["model"]), arch["n_features"], arch["n_outputs"], seed=0)
+    shape = arch.get("input_shape")
+    module = build_model(model_config_of(arch), arch["n_features"], arch["n_outputs"], seed=0,
+                         input_shape=None if shape is None else tuple(shape))
     module.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    if shape is not None:  # images as they come, (n, C, H, W): flattened, as the network was trained
+        module = torch.nn.Sequential(torch.nn.Flatten(), module)
     return module.eval()
+
+
+def model_config_of(arch: dict[str, Any]):
+    """The ModelConfig of a saved architecture. A factory model's module is imported from the
+    folder recorded with it (import_root) when that folder still exists, else from sys.path;
+    InputError saying what to put on the import path when it cannot be imported."""
+    from pydantic import ValidationError
+
+    from .factories import on_import_path
+    from .model import ModelConfig
+
+    spec, root = arch["model"].get("factory"), arch.get("import_root")
+    if spec and root and Path(root).is_dir():
+        on_import_path([root])
+    try:
+        return ModelConfig(**arch["model"])
+    except ValidationError as e:
+        if not spec:
+            raise InputError("model", "must be a model section this version of sgdtune can build",
+                             e.errors(include_url=False)[0]["msg"]) from None
+        module = spec.partition(":")[0].split(".")[0]  # the top-level package: its folder goes on the path
+        where = f"PYTHONPATH={root}" if root else "PYTHONPATH=<the folder that holds it>"
+        raise InputError("model.factory", f"must be importable to rebuild the network: put the folder that holds "
+                         f"{module!r} on the import path ({where}) or run from that folder",
+                         f"{spec!r}, not importable from {Path.cwd()}") from None
 
 
 def _find_trial(study_name: str | None, trial: int | str, storage: str | None, tracking_uri: str | None):
@@ -306,21 +359,38 @@ def register_best(study: optuna.Study, name: str, tracking_uri: str) -> tuple[in
 # -- MLflow's pyfunc loader: mlflow.pyfunc.load_model("models:/<id>") --------------------------
 
 
-class PyfuncNetwork:
-    """predict(features (n, n_features) float32) -> the network's outputs (logits), numpy."""
+OUTPUTS = ("classes", "probabilities", "logits")  # what a classifier's pyfunc predict returns (params "output")
 
-    def __init__(self, module: nn.Module):
-        self.module = module
+
+class PyfuncNetwork:
+    """MLflow's pyfunc face of a network: predict(features) with features (n, n_features)
+    float32, or images (n, C, H, W), as `load_data` gives them (standardized).
+
+    A classifier returns class ids 0..k-1, int64 (n,), by default; params={"output":
+    "probabilities"} gives the softmax (n, k), "logits" the network's raw outputs (n, k).
+    A regression network returns its predictions, float32 (n, 1)."""
+
+    def __init__(self, module: nn.Module, task: str = "classification"):
+        self.module, self.task = module, task
 
     def predict(self, model_input, params=None):
         import numpy as np
         import torch
 
+        output = (params or {}).get("output", "classes")
+        if output not in OUTPUTS:
+            raise InputError("params.output", f"must be one of {list(OUTPUTS)}", repr(output))
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.no_grad():
-            return self.module(x).numpy()
+            logits = self.module(x)
+        if self.task == "regression" or output == "logits":
+            return logits.numpy()
+        if output == "probabilities":
+            return torch.softmax(logits, dim=1).numpy()
+        return logits.argmax(dim=1).numpy()
 
 
 def _load_pyfunc(data_path: str) -> PyfuncNetwork:
     """MLflow calls this (the logged model's loader_module) with the path of data/network."""
-    return PyfuncNetwork(network_from(data_path))
+    arch = json.loads((Path(data_path) / ARCHITECTURE_FILE).read_text())
+    return PyfuncNetwork(network_from(data_path), arch.get("task", "classification"))

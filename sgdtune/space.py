@@ -49,26 +49,33 @@ def powers_of_two(rng: ParamRange) -> list[int]:
 
 
 class StratifiedSampler(optuna.samplers.BaseSampler):
-    """One parameter drawn round-robin over fixed values by trial number (trial n gets
-    values[n % len(values)]), the others by a base sampler that sees only the trials at the
-    same value: e.g. every octave of B gets as many trials, and lr is tuned per batch size.
+    """One parameter drawn round-robin over fixed values by place in the plan (the trial at
+    place p gets values[p % len(values)]), the others by a base sampler that sees only the
+    trials at the same value: e.g. every octave of B gets as many trials, and lr is tuned per
+    batch size.
 
-    Keyed on trial.number alone, so several workers sharing a study still cover the values
-    evenly. Enqueued values win, as with any Optuna sampler.
+    A trial's place is its number less the retries numbered before it, and a retry (user
+    attribute retry_of: a trial queued again after a kill or a Ctrl-C, reclaim.py, trial.py)
+    takes the place of the trial it retries: an interrupted and resumed study runs the plan of
+    an uninterrupted one. Keyed on the stored trials alone, so several workers sharing a study
+    still cover the values evenly. Enqueued values win, as with any Optuna sampler.
     """
 
     def __init__(self, base: optuna.samplers.BaseSampler, name: str, values: list[Any]) -> None:
         self.base, self.name, self.values = base, name, list(values)
 
-    def value_of(self, number: int) -> Any:
-        """The stratified parameter's value for trial `number`."""
-        return self.values[number % len(self.values)]
+    def value_of(self, place: int) -> Any:
+        """The stratified parameter's value at `place` in the plan."""
+        return self.values[place % len(self.values)]
+
+    def value_for(self, study: optuna.Study, trial: FrozenTrial) -> Any:
+        return self.value_of(plan_place(study.get_trials(deepcopy=False), trial))
 
     def _stratum(self, study: optuna.Study, trial: FrozenTrial) -> tuple[optuna.Study, FrozenTrial]:
         """The trials at this trial's value (stratum_study), and a running trial standing in for
         this one there: what the base sampler writes to its trial (TPE's and GP's shared
         relative params) stays in the copy."""
-        view = stratum_study(study, self.name, self.value_of(trial.number))
+        view = stratum_study(study, self.name, self.value_for(study, trial))
         view.ask()
         return view, view.get_trials(deepcopy=False)[-1]
 
@@ -90,7 +97,7 @@ class StratifiedSampler(optuna.samplers.BaseSampler):
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         if param_name == self.name:
-            return self.value_of(trial.number)
+            return self.value_for(study, trial)
         return self.base.sample_independent(*self._stratum(study, trial), param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -99,6 +106,21 @@ class StratifiedSampler(optuna.samplers.BaseSampler):
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         self.base.after_trial(study, trial, state, values)
+
+
+RETRY_ATTR = "retry_of"  # trial user attribute: the number of the trial this one runs again
+
+
+def plan_place(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> int:
+    """`trial`'s place in a round-robin plan: a retry's is the place of the trial it retries;
+    any other's is its number less the retries numbered before it (each took a number without
+    taking a new place)."""
+    by_number = {t.number: t for t in trials}
+    seen = set()
+    while trial.user_attrs.get(RETRY_ATTR) in by_number and trial.number not in seen:
+        seen.add(trial.number)
+        trial = by_number[trial.user_attrs[RETRY_ATTR]]
+    return trial.number - sum(1 for t in trials if t.number < trial.number and RETRY_ATTR in t.user_attrs)
 
 
 def stratum_study(study: optuna.Study, name: str, value: Any) -> optuna.Study:

@@ -26,10 +26,11 @@ import optuna
 from . import __version__
 from .cohorts import check_cohorts, optimize, optimize_batched, settle
 from .config import ExperimentConfig, file_sha256
-from .console import Progress
+from .console import Progress, one_line_trial_failures
 from .data import load_data
 from .errors import InputError, StudyGone
 from .identity import check as check_identity
+from .model import describe_model
 from .reclaim import (
     JOINS_ATTR,
     StoreError,
@@ -68,6 +69,7 @@ def run_study(
     on_change: str = "refuse",
     register_model: str | None = None,
     gpus: list[int] | None = None,
+    face: str = "api",
 ) -> optuna.Study:
     """Run (or resume) the study until it has config.n_trials finished trials.
 
@@ -83,6 +85,7 @@ def run_study(
     MLflow's model registry under NAME (user attribute registered_model: name, version, trial).
     With config.device cuda and workers > 1, each worker gets one GPU (gpus.py): `gpus` lists
     the indices to use (a repeated one runs several trials on that GPU; default: all visible).
+    face: whose words messages use, "api" (on_change=...) or "cli" (--fresh, --extend).
     """
     if workers < 1:
         raise InputError("--workers", "must be >= 1", repr(workers))
@@ -95,6 +98,7 @@ def run_study(
     config, worker_gpus = _place_on_gpus(config, workers, gpus)
     device = resolve_device(config.device)
     data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
+    describe_model(config.model, data.n_features, data.n_classes, data.input_shape)  # a CNN that cannot take them
     storage_url, tracking_uri = locations(config, mlruns)
     check_before_writing(storage_url, tracking_uri if track else None)  # read-only: opening creates files
     storage = open_storage(storage_url, heartbeat, tracking_uri if track else None)
@@ -102,9 +106,10 @@ def run_study(
         check_tracking(tracking_uri, storage, config.name, storage_url)
     tracker = parent_run = datasets = None
     with study_lock(storage_url):  # the check, the record and the join are one step (startlock.py)
-        identity = check_identity(config, storage, on_change)  # before any trial or MLflow write
+        identity = check_identity(config, storage, on_change, face)  # before any trial or MLflow write
         study = open_study(config, storage, join=joins_before(storage, config.name))
         identity.record(study)
+        one_line_trial_failures()  # a diverged trial: one line, not Optuna's traceback (the CLI does the same)
         # n_val: the report's binomial standard errors where no MLflow run records it (--no-tracking)
         for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train,
                            "n_val": data.n_val}.items():

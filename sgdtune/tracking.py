@@ -640,19 +640,26 @@ def _all_logged_models(client, experiment_id: str) -> list:
 
 def _write_pyfunc_model(local: Path, network: Path, spec: dict, model_id: str, run_id: str) -> None:
     """An MLflow model folder at `local`: MLmodel (pyfunc flavor loaded by sgdtune.saved, the
-    float32 tensor signature, the input example's metadata), data/<network>, the input example
-    and requirements.txt. Written here rather than by mlflow.pyfunc.save_model, whose check of
-    the requirements against every installed distribution took 4-6 s of the writer's first
-    model on this machine (0.2-0.5 s each after)."""
+    float32 tensor signature: inputs (-1, n_features) or images (-1, C, H, W); a classifier's
+    output class ids (-1,) int64 with the param `output` = classes | probabilities | logits;
+    the input example's metadata), data/<network>, the input example and requirements.txt.
+    Written here rather than by mlflow.pyfunc.save_model, whose check of the requirements
+    against every installed distribution took 4-6 s of the writer's first model on this
+    machine (0.2-0.5 s each after)."""
     import mlflow.pyfunc
     import numpy as np
     from mlflow.models import Model, ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
     f32 = np.dtype(np.float32)
     model = Model(model_id=model_id, run_id=run_id)
+    if spec.get("task", "classification") == "classification":  # class ids by default (saved.PyfuncNetwork)
+        outputs = TensorSpec(np.dtype(np.int64), (-1,))
+        params = ParamSchema([ParamSpec("output", "string", "classes")])
+    else:
+        outputs, params = TensorSpec(f32, tuple(spec["outputs"])), None
     model.signature = ModelSignature(inputs=Schema([TensorSpec(f32, tuple(spec["inputs"]))]),
-                                     outputs=Schema([TensorSpec(f32, tuple(spec["outputs"]))]))
+                                     outputs=Schema([outputs]), params=params)
     data = f"data/{network.name}"
     shutil.copytree(network, local / data)
     # The input example as MLflow writes a numpy one: the rows, and the serving request.

@@ -41,7 +41,7 @@ from .config import ExperimentConfig
 from .data import Dataset
 from .interrupts import describe
 from .model import build_model, describe_model
-from .reclaim import PROCESS_ATTR, process_identity
+from .reclaim import PROCESS_ATTR, process_identity, requeue
 from .saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision, model_spec, write_network
 from .search import FAIL_KIND, Surplus, check_not_surplus, derive_seed
 from .space import suggest
@@ -207,6 +207,7 @@ class TrialJob:
                 self.trial.set_user_attr("failed_replicate", self.current.index)
         elif isinstance(ending, KeyboardInterrupt):
             kind, reason = "interrupted", f"interrupted ({describe(ending)})"
+            requeue(self.trial)
         else:  # a bug in a user's model, say: the run must not stay RUNNING
             kind, reason = "error", f"{of}{type(ending).__name__}: {ending}"
         self.trial.set_user_attr(FAIL_KIND, kind)
@@ -229,7 +230,8 @@ class TrialJob:
         if below:
             obj.tracker.delete_trial_models(below)
         architecture = architecture_of(self.config.model, obj.data)
-        example = obj.data.x_val[:EXAMPLE_ROWS].cpu().tolist()
+        example = obj.data.x_val[:EXAMPLE_ROWS].cpu()
+        example = example.reshape(-1, *(obj.data.input_shape or example.shape[1:])).tolist()  # images: (n, C, H, W)
         spec = model_spec(self.trial.number, obj.config.name, architecture, obj.run_params(self.config, self.plan),
                           example, 0 if self.replicates else None)
         obj.tracker.log_model(self.run, write_network(result.module, architecture), spec)
@@ -282,7 +284,8 @@ class Objective:
 
     def __post_init__(self) -> None:
         self.threads = ThreadChooser(self.config.threads, self.cores)
-        model = build_model(self.config.model, self.data.n_features, self.data.n_classes, seed=0)
+        model = build_model(self.config.model, self.data.n_features, self.data.n_classes, seed=0,
+                            input_shape=self.data.input_shape)
         self.weights = sum(p.numel() for p in model.parameters())
     datasets: list[dict] | None = None  # saved.dataset_records of `data`, made on first use
 
@@ -330,6 +333,8 @@ class Objective:
             reason += ", as the trial started"
             trial.set_user_attr(FAIL_KIND, "interrupted" if interrupted else "error")
             trial.set_user_attr("fail_reason", reason)
+            if interrupted:
+                requeue(trial)
             if self.opening is not None:
                 self.tracker.end_trial_run(self.opening, "FAIL", {}, fail_reason=reason)
             raise
@@ -390,7 +395,7 @@ class Objective:
             "n_train": self.data.n_train,
             "n_val": self.data.n_val,
             "n_test": self.data.n_test,
-            "model": describe_model(tc.model, self.data.n_features, self.data.n_classes),
+            "model": describe_model(tc.model, self.data.n_features, self.data.n_classes, self.data.input_shape),
             "seed": tc.seed,
             "iterations_per_epoch": plan.iterations_per_epoch,
             "total_updates": plan.total_updates,

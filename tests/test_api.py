@@ -33,3 +33,18 @@ def test_the_api_names_are_what_the_readme_says():
     assert train.__annotations__.get("return") in (TrainResult, "TrainResult")
     assert callable(run_study) and callable(load_experiment) and callable(load_data)
     assert sgdtune.ConfigError is sgdtune.InputError  # the older name of the one input-error type
+
+
+def test_a_diverged_trial_run_through_the_api_prints_one_line_not_a_traceback(workdir):
+    code = """if True:
+        from sgdtune import load_experiment, run_study
+        config = load_experiment("experiments/quick.toml", n_trials=1, name="diverges", keep_models=0, **{
+            "search.lr.low": 1e5, "search.lr.high": 1e6, "search.batch_size.choices": [16]})
+        print(run_study(config, track=False).trials[0].state.name)
+    """
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["FAIL"], out.stderr
+    err = out.stderr
+    failed = [line for line in err.splitlines() if "Trial 0 failed" in line]
+    assert len(failed) == 1 and "diverged" in failed[0].lower()
+    assert "Traceback" not in err and "failed with value None" not in err

@@ -319,6 +319,32 @@ def test_the_closing_table_of_a_pareto_study_marks_its_front(monkeypatch, capsys
     assert "* on the Pareto front of val_acc and compute_time_s: trials 0, 2, 3" in out
 
 
+def test_the_closing_table_shows_mean_and_std_of_val_acc_with_replicates(monkeypatch, capsys):
+    import optuna
+
+    from sgdtune.config import load_experiment
+    from sgdtune.console import print_closing
+
+    study = finished_study()
+    summary = {"final_val_acc": 0.9806, "final_val_acc_std": 0.0042, "final_gen_gap": 0.01, "compute_time_s": 2.0}
+    study.add_trial(optuna.trial.create_trial(
+        params={"batch_size": 16, "lr": 0.02, "epochs": 3}, distributions=study.trials[0].distributions,
+        value=0.9806, user_attrs={"summary": summary, "mlflow_run_id": "run9"}))
+    monkeypatch.setenv("COLUMNS", "200")
+    print_closing(study, load_experiment(EXPERIMENTS / "quick.toml"), "mlruns/optuna.journal", None)
+    rows = [line for line in capsys.readouterr().out.splitlines() if "epochs=3" in line]
+    assert "0.9806 ± 0.0042" in rows[0] and "±" not in "".join(rows[1:])  # without replicates: the value alone
+
+
+def test_batch_trials_help_says_which_models_stack():
+    from sgdtune.cli import study_parser
+
+    text = " ".join(study_parser().format_help().split())
+    assert "--batch-trials K train up to K trials of one batch size at once as one stacked model: the built-in MLP " \
+           "(batched products), the CNN and factory models without buffers or dropout (torch.func); others " \
+           "(BatchNorm, dropout) train one by one" in text
+
+
 def test_a_tracking_server_is_opened_at_its_own_url_without_credentials(monkeypatch, capsys):
     out = closing(monkeypatch, capsys, 120, "http://alice:s3cret@127.0.0.1:5111/")
     assert "open the MLflow UI: http://127.0.0.1:5111/#/experiments/7/runs?workflowType=machine_learning" \

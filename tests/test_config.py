@@ -59,3 +59,26 @@ def test_the_readme_experiment_example_is_a_valid_experiment(tmp_path):
     (tmp_path / "x.toml").write_text(block)
     config = load_experiment(tmp_path / "x.toml")
     assert (config.train.probe_size, config.train.measure_every_epochs, config.replicates) == ("auto", "auto", 1)
+
+
+@pytest.mark.parametrize("line,message", [
+    ('n_trials = "24"', "n_trials: must be a whole number, written without quotes; got '24'"),
+    ('[train]\nlr = "0.1"', "train.lr: must be a number, written without quotes; got '0.1'"),
+    ('[data]\nval_fraction = "0.3"', "data.val_fraction: must be a number, written without quotes; got '0.3'"),
+    ('[data]\nstandardize = "false"', "data.standardize: must be true or false, written without quotes; got 'false'"),
+])
+def test_a_string_where_a_number_belongs_in_the_file_is_refused_naming_the_field(tmp_path, line, message):
+    path = tmp_path / "strings.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(InputError) as error:
+        load_experiment(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_set_values_are_parsed_as_toml_so_a_number_stays_a_number_and_a_quoted_one_is_refused(tmp_path):
+    path = tmp_path / "plain.toml"
+    path.write_text("[model]\nhidden = [8]\n")
+    config = load_experiment(path, **parse_overrides(["n_trials=24", "model.hidden=[4, 2]", "train.momentum=0"]))
+    assert (config.n_trials, config.model.hidden, config.train.momentum) == (24, (4, 2), 0.0)
+    with pytest.raises(InputError, match="n_trials: must be a whole number, written without quotes; got '24'"):
+        load_experiment(path, **parse_overrides(['n_trials="24"']))

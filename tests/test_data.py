@@ -81,10 +81,11 @@ def test_npz_with_a_feature_matrix_and_labels(tmp_path):
     assert set(data.y_train.tolist()) == {0, 1, 2}  # labels mapped to 0..k-1
 
 
-def test_unknown_npz_label_lists_the_arrays(tmp_path):
+def test_unknown_npz_label_lists_the_arrays_and_names_the_file(tmp_path):
     np.savez(tmp_path / "d.npz", X=np.zeros((4, 2)), y=np.zeros(4))
-    with pytest.raises(InputError, match=r"data.label: must be one of the arrays \['X', 'y'\]; got 'label'"):
+    with pytest.raises(InputError) as info:
         load_data(DataConfig(dataset="npz", path=tmp_path / "d.npz"), seed=0)
+    assert str(info.value) == f"data.label: must be one of the arrays ['X', 'y'] of '{tmp_path / 'd.npz'}'; got 'label'"
 
 
 def test_synthetic_scales_to_a_million_examples_as_float32():
@@ -211,7 +212,7 @@ def test_the_default_task_is_classification_and_standardize_follows_the_dataset(
 
 @pytest.mark.parametrize("table,message", [
     ('dataset = "linear"\n', "data.task: must be 'regression' when dataset = 'linear'; got 'classification'"),
-    ('task = "regression"\n', "data.task: 'regression' needs dataset = 'linear', 'csv' or 'npz'; "
+    ('task = "regression"\n', "data.task: 'regression' needs dataset = 'linear', 'csv', 'npz' or a data.factory; "
                               "got dataset = 'digits'"),
     ('task = "ranking"\n', "data.task: must be one of 'classification' or 'regression'; got 'ranking'"),
 ])
@@ -340,11 +341,11 @@ def test_nan_and_inf_cells_are_named_by_line_and_column(tmp_path, cell, shown):
                                f"(data row 5), column 'b' of '{path}'")
 
 
-def test_a_missing_label_column_lists_the_columns(tmp_path):
+def test_a_missing_label_column_lists_the_columns_and_names_the_file(tmp_path):
     path = write_csv(tmp_path / "d.csv", "a,b,class", ["1,2,0", "3,4,1"])
     with pytest.raises(InputError) as info:
         load_data(DataConfig(dataset="csv", path=path), seed=0)
-    assert str(info.value) == "data.label: must be one of the columns ['a', 'b', 'class']; got 'label'"
+    assert str(info.value) == f"data.label: must be one of the columns ['a', 'b', 'class'] of '{path}'; got 'label'"
     only_label = write_csv(tmp_path / "l.csv", "label", ["0", "1", "1"])
     with pytest.raises(InputError, match=r"^data.path: must have at least one feature column besides the label "
                                          r"'label'; got only the column 'label' in '.*l.csv'$"):
@@ -396,8 +397,8 @@ DATA_ERRORS = {  # CSV text -> the one line the CLI prints (PATH: the CSV's abso
                     "number; got 'four' at line 3 (data row 2), column 'b' of 'PATH'"),
     "nan_label": ("a,b,label\n1,2,0\n3,4,1\n5,6,nan\n", "error: data.label: every cell of column 'label' must be "
                   "a finite number (a class label); got 'nan' at line 4 (data row 3), column 'label' of 'PATH'"),
-    "no_label": ("a,b,y\n1,2,0\n3,4,1\n", "error: data.label: must be one of the columns ['a', 'b', 'y']; "
-                 "got 'label'"),
+    "no_label": ("a,b,y\n1,2,0\n3,4,1\n", "error: data.label: must be one of the columns ['a', 'b', 'y'] of "
+                 "'PATH'; got 'label'"),
     "one_class": ("a,b,label\n" + "1,2,5\n" * 150, "error: data.label: classification needs at least 2 classes "
                   "in column 'label' of 'PATH' (for a numeric target, set task = 'regression'); got only the "
                   "class 5 in all 150 rows"),

@@ -116,13 +116,14 @@ def test_a_changed_set_on_an_existing_study_exits_2_naming_the_change_and_writes
     assert (len(stored(cwd).trials), len(mlflow_runs(cwd)[1])) == before == (2, 3)
 
 
-def test_the_api_refuses_a_changed_configuration_the_same_way(tiny_cli):
+def test_the_api_refuses_a_changed_configuration_naming_on_change_not_the_flags(tiny_cli):
     cwd, _ = tiny_cli
     config = load_tiny(cwd, seed=1, **{"search.lr.high": 0.3})
     with pytest.raises(InputError) as e:
         run_study(config, mlruns=cwd / "mlruns")
     assert e.value.got == "seed: 0 -> 1, search.lr.high: 0.2 -> 0.3"
     assert "on_change='fresh'" in str(e.value) and "on_change='extend'" in str(e.value)
+    assert not any(flag in str(e.value) for flag in ("--study-name", "--fresh", "--extend"))  # no CLI words
     with pytest.raises(InputError, match="on_change: must be one of 'refuse', 'fresh', 'extend'; got 'yes'"):
         run_study(config, mlruns=cwd / "mlruns", on_change="yes")
     assert len(stored(cwd).trials) == 2
@@ -165,7 +166,7 @@ def test_fresh_deletes_the_study_and_starts_a_new_parent_run_the_old_runs_stay(w
     old_parent = first.user_attrs["mlflow_parent_run_id"]
     config = load_tiny(workdir, **{"train.momentum": 0.0})
     study = run_study(config, experiment_path=path, on_change="fresh")
-    assert "--fresh: deleted study 'tiny' (1 trials)" in capsys.readouterr().err
+    assert "on_change='fresh': deleted study 'tiny' (1 trials)" in capsys.readouterr().err
     assert [t.number for t in study.trials] == [0, 1]
     assert study.user_attrs["config_sha256"] == fingerprint(config) != fingerprint(load_tiny(workdir))
     client, runs = mlflow_runs(workdir)
@@ -183,7 +184,7 @@ def test_extend_continues_with_the_new_configuration_and_records_from_which_tria
     new = load_tiny(workdir, n_trials=3, **{"train.momentum": 0.0})
     study = run_study(new, on_change="extend")
     err = capsys.readouterr().err
-    assert f"--extend: study 'tiny' continues from trial 2 with {REFUSED}" in err
+    assert f"on_change='extend': study 'tiny' continues from trial 2 with {REFUSED}" in err
     assert "resuming tiny: 2 of 3 trials finished" in err
     assert study.user_attrs[CHANGES_ATTR] == [{"from_trial": 2, "config_sha256": fingerprint(new),
                                                "changes": [REFUSED]}]
@@ -197,7 +198,8 @@ def test_extend_continues_with_the_new_configuration_and_records_from_which_tria
     assert len(run_study(load_tiny(workdir, n_trials=3, **{"train.momentum": 0.0})).trials) == 3  # now its own
     with pytest.raises(InputError, match=re.escape("got train.momentum: 0.0 -> 0.9")):
         run_study(load_tiny(workdir, n_trials=3))
-    with pytest.raises(InputError, match="--extend: cannot change a study's objectives"):
+    with pytest.raises(InputError, match="on_change='extend': cannot change a study's objectives; give a new "
+                       "name="):
         run_study(load_tiny(workdir, n_trials=3, objectives=["compute_time_s"], **{"train.momentum": 0.0}),
                   on_change="extend")
 

@@ -87,7 +87,7 @@ def test_exactly_the_best_k_complete_trials_keep_a_logged_model_linked_to_their_
     assert len(list((cwd / "mlruns/artifacts/models").iterdir())) == ever_kept
 
 
-def test_the_logged_model_has_a_float32_signature_and_an_input_example(sweep):
+def test_the_logged_model_has_a_float32_signature_an_input_example_and_predicts_class_ids(sweep):
     cwd, _, study, client = sweep
     best = ranked(study)[0]
     experiment = client.get_experiment_by_name("quick").experiment_id
@@ -99,17 +99,24 @@ def test_the_logged_model_has_a_float32_signature_and_an_input_example(sweep):
     mlmodel = Model.load(str(folder / "MLmodel"))
     (inputs,), (outputs,) = mlmodel.signature.inputs.inputs, mlmodel.signature.outputs.inputs
     assert (inputs.type, inputs.shape) == (np.dtype(np.float32), (-1, 64))
-    assert (outputs.type, outputs.shape) == (np.dtype(np.float32), (-1, 10))
+    assert (outputs.type, outputs.shape) == (np.dtype(np.int64), (-1,))  # class ids
+    assert [(p.name, p.default) for p in mlmodel.signature.params.params] == [("output", "classes")]
     assert mlmodel.flavors["python_function"]["loader_module"] == "sgdtune.saved"
     example = mlmodel.load_input_example(str(folder))
     config = load_experiment(EXPERIMENTS / "quick.toml")
     data = load_data(config.data, config.seed)
     assert example.dtype == np.float32 and np.array_equal(example, data.x_val[:2].numpy())  # two validation rows
-    # An MLflow pyfunc model: MLflow's own loader calls sgdtune.saved, and its logits score
-    # the trial's final_val_acc.
-    logits = mlflow.pyfunc.load_model(model.artifact_location).predict(data.x_val.numpy())
-    assert logits.shape == (360, 10)
-    assert (logits.argmax(axis=1) == data.y_val.numpy()).mean() == pytest.approx(best.values[0], abs=1e-9)
+    # An MLflow pyfunc model: MLflow's own loader calls sgdtune.saved; its class ids score the
+    # trial's final_val_acc, and the logits and probabilities come on request.
+    pyfunc = mlflow.pyfunc.load_model(model.artifact_location)
+    classes = pyfunc.predict(data.x_val.numpy())
+    assert classes.shape == (360,) and classes.dtype == np.int64
+    assert (classes == data.y_val.numpy()).mean() == pytest.approx(best.values[0], abs=1e-9)
+    logits = pyfunc.predict(data.x_val.numpy(), params={"output": "logits"})
+    assert logits.shape == (360, 10) and np.array_equal(logits.argmax(axis=1), classes)
+    probabilities = pyfunc.predict(data.x_val.numpy(), params={"output": "probabilities"})
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert np.allclose(probabilities, torch.softmax(torch.as_tensor(logits), 1).numpy(), atol=1e-6)
 
 
 def test_every_run_has_the_dataset_inputs_with_name_digest_and_split_sizes(sweep):

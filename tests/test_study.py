@@ -133,7 +133,9 @@ def test_resume_after_an_interrupt_keeps_every_finished_trial_once(workdir, monk
 
     first = optuna.load_study(study_name="quick", storage=open_storage(locations(config)[0]))
     states = [t.state for t in first.get_trials()]
-    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    cut, queued = first.get_trials()[2:]
+    assert queued.user_attrs["retry_of"] == 2 and queued.system_attrs["fixed_params"] == cut.params  # run again
     finished_before = {t.number: t.values for t in first.get_trials() if t.state == TrialState.COMPLETE}
 
     study = run_study(config)
@@ -199,7 +201,8 @@ def test_unknown_label_column_names_the_columns_and_writes_nothing(workdir, caps
     (workdir / "d.csv").write_text("a,b,target\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(40)))
     path = write_experiment(workdir / "x.toml", '[data]\ndataset = "csv"\npath = "d.csv"\nlabel = "y"\n')
     assert main([str(path), "--no-progress"]) == 2
-    assert "data.label: must be one of the columns ['a', 'b', 'target']; got 'y'" in capsys.readouterr().err
+    assert f"data.label: must be one of the columns ['a', 'b', 'target'] of '{(workdir / 'd.csv').resolve()}'; " \
+           "got 'y'" in capsys.readouterr().err
     assert not (workdir / "mlruns").exists()
 
 

@@ -43,7 +43,7 @@ def train(
     loop = Loop([config], data, None if on_epoch is None else lambda _, metrics: on_epoch(metrics))
     if model is None:
         outputs = 1 if loop.task == "regression" else data.n_classes
-        model = build_model(config.model, data.n_features, outputs, config.seed)
+        model = build_model(config.model, data.n_features, outputs, config.seed, getattr(data, "input_shape", None))
     model = model.to(data.x_train.device).train()
     (result,) = loop.run(ModuleStepper(model, config, loop.lrs[0], loop.task))
     if isinstance(result, Exception):  # Diverged, or what the hook raised

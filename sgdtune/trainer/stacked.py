@@ -128,7 +128,8 @@ def train_stacked(
             "one trial at a time with sgdtune.trainer.train (stacking gains little there)."
         )
     device = data.x_train.device
-    modules = [build_model(c.model, data.n_features, data.n_classes, c.seed).to(device) for c in configs]
+    shape = getattr(data, "input_shape", None)  # images (C, H, W), given flat
+    modules = [build_model(c.model, data.n_features, data.n_classes, c.seed, shape).to(device) for c in configs]
     if uses_stacked_mlp(configs[0]):
         loop = Loop(configs, data, on_epoch)
         return loop.run(StackedMLP(modules, configs, loop.lrs))
