@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, InputError
-from .redact import redact
+from .redact import mask_output, redact
 
 EXIT_INTERRUPTED = 130
 
@@ -41,8 +41,11 @@ def ctrl_c_deferred() -> Iterator[None]:
 
 
 def interruptible(command_main: Callable[[], int]) -> int:
-    """A command's main as its entry point runs it: a Ctrl-C that lands outside the command's
-    own handling (while it imports torch, say) ends it with one line, not a traceback."""
+    """A command's main as its entry point runs it: everything the process prints masked
+    (redact.mask_output: MLflow's and Optuna's lines too), and a Ctrl-C that lands outside
+    the command's own handling (while it imports torch, say) ending it with one line, not a
+    traceback."""
+    mask_output()
     try:
         code = command_main()
     except KeyboardInterrupt:
@@ -208,7 +211,10 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     if args.report:
         from .report import write_report
 
-        folder = write_report(config.name, storage_url, tracking_uri, goal=args.goal)
+        try:
+            folder = write_report(config.name, storage_url, tracking_uri, goal=args.goal)
+        except InputError as e:  # the study is done and kept: only the report is missing
+            return _bad_input(e)
         print(f"report:         {folder / 'report.html'}")
     print_recommendation(study, None if args.no_tracking else tracking_uri, args.goal)
     return 0
@@ -361,7 +367,10 @@ def surface_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtu
 
     args = surface_parser(prog).parse_args(argv)
     data = make_data(args.n, args.seed)
-    out = write_page(args.out, data)
+    try:
+        out = write_page(args.out, data)
+    except InputError as e:
+        return _bad_input(e)
     w_star = optimum(data)
     print(
         f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): n={data.n}, seed={data.seed}, "

@@ -76,11 +76,13 @@ def write_network(module: nn.Module, architecture: dict[str, Any]) -> str:
     `network/architecture.json`; the writer process logs it, then deletes it."""
     import torch
 
+    from .files import atomic_write_all
+
     folder = Path(tempfile.mkdtemp(prefix="sgdtune-model-"))
     (folder / NETWORK_DIR).mkdir()
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    torch.save(state, folder / NETWORK_DIR / WEIGHTS_FILE)
-    (folder / NETWORK_DIR / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=1))
+    atomic_write_all({folder / NETWORK_DIR / WEIGHTS_FILE: lambda f: torch.save(state, f),
+                      folder / NETWORK_DIR / ARCHITECTURE_FILE: json.dumps(architecture, indent=1)})
     return str(folder)
 
 
@@ -192,15 +194,17 @@ def save_model_file(study_name: str | None, trial: int | str = "best", out: str 
     path, and lines saying what was saved and how to load it (`sgdtune model`)."""
     import torch
 
-    if out is not None and not Path(out).resolve().parent.is_dir():
-        raise InputError("--out", "must be a file in an existing folder", repr(str(out)))
+    from .files import atomic_write, check_target
+
+    if out is not None:
+        check_target(out, "--out")  # before the model is fetched
     module, number, name, arch = _load(study_name, trial, storage, tracking_uri)
     if out is None:
         from .stores import check_name
 
         check_name(name, "--study-name")  # it names the file: a name from a shared storage is not trusted
     path = Path(out or f"{name}-trial-{number}.pt")
-    torch.save(module.state_dict(), path)
+    atomic_write(path, lambda f: torch.save(module.state_dict(), f), field="--out")
     from .model import ModelConfig
 
     defaults = ModelConfig().model_dump(mode="json")

@@ -304,7 +304,9 @@ def write_page(out: Path | str, data: SurfaceData) -> Path:
     """Render the page for ``data`` and write it (UTF-8); returns the path written."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_page(data), encoding="utf-8")
+    from .files import atomic_write
+
+    atomic_write(out, render_page(data), field="--out")  # a kill or a full disk leaves the previous page
     return out
 
 
