@@ -230,15 +230,19 @@ def _describe(arch: dict[str, Any]) -> str:
 def _load(study_name: str | None, trial: int | str, storage: str | None, tracking_uri: str | None):
     """(network, trial number, study name, architecture) of one trial's logged model."""
     number, run_id, reader, name = _find_trial(study_name, trial, storage, tracking_uri)
-    model_id = reader.logged_model_id(run_id)
-    if model_id is None:
-        raise InputError("trial", "must be a trial that kept its trained model: only COMPLETE trials among the "
-                         "study's best `keep_models` (an experiment-file key, default 3) do",
-                         f"trial {number}, which has none (not among the best, or deleted when it dropped out)")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = reader.download_model_files(model_id, f"data/{NETWORK_DIR}", tmp)
-        arch = json.loads((folder / ARCHITECTURE_FILE).read_text())
-        return network_from(folder), number, name, arch
+    try:
+        model_id = reader.logged_model_id(run_id)
+        if model_id is None:
+            raise InputError("trial", "must be a trial that kept its trained model: only COMPLETE trials among the "
+                             "study's best `keep_models` (an experiment-file key, default 3) do",
+                             f"trial {number}, which has none (not among the best, or deleted when it dropped out)")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = reader.download_model_files(model_id, f"data/{NETWORK_DIR}", tmp)
+            arch = json.loads((folder / ARCHITECTURE_FILE).read_text())
+            return network_from(folder), number, name, arch
+    except (LookupError, FileNotFoundError) as e:  # the store lost what the study recorded
+        raise InputError("trial", "must be a trial whose trained model is still in the MLflow store",
+                         f"trial {number} of study {name!r}: {e}") from None
 
 
 def network_from(folder: str | Path) -> nn.Module:
