@@ -299,6 +299,9 @@ def ui_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.ui
     """Serve the UIs until Ctrl-C; 2 on bad flags (nothing started), 1 when a server failed."""
     args = ui_parser(prog).parse_args(argv)
     from . import ui
+    from .hosts import warn_if_exposed
+
+    warn_if_exposed(args.host, args.port, "the MLflow UI" + (" (and optuna-dashboard)" if args.optuna else ""))
 
     try:
         tracking_uri, storage = ui.plan(args)
@@ -412,7 +415,10 @@ def proxy_parser(prog: str = "python -m sgdtune.proxy") -> argparse.ArgumentPars
 def proxy_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.proxy") -> int:
     """Serve until Ctrl-C or SIGTERM; 0 when stopped, 2 on bad input (nothing served)."""
     args = proxy_parser(prog).parse_args(argv)
+    from .hosts import warn_if_exposed
     from .proxy import serve
+
+    warn_if_exposed(args.host, args.port, "the storage proxy")
 
     try:
         return serve(args.storage, args.host, args.port)

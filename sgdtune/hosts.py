@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 
 WILDCARDS = ("0.0.0.0", "::")
 
@@ -50,10 +51,13 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def exposure_warning(host: str, port: int, what: str) -> str | None:
-    """The line to print when `host` is not loopback (None when it is)."""
+def warn_if_exposed(host: str, port: int, what: str) -> None:
+    """One line on stderr when `host` is not loopback: the servers of `sgdtune ui` and
+    `sgdtune storage-proxy` have no TLS and no login. Printed first, before anything is
+    checked or started, so that it is seen even when the command stops on another error."""
     if is_loopback(host):
-        return None
+        return
     where = "every interface of this machine" if canonical(host) in WILDCARDS else canonical(host)
-    return (f"warning: bound to {where}, port {port}: {what} has no TLS and no authentication, so whoever reaches "
-            f"it can read and change every study; keep it to loopback or a private network (README, Security)")
+    print(f"warning: binding {where} (--host {host}), port {port}: {what} has no TLS and no authentication, so "
+          "whoever reaches it can read and change every study; keep it to loopback or a private network "
+          "(README, Security)", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import InputError
-from .hosts import canonical, exposure_warning, is_ipv6, url_host
+from .hosts import canonical, is_ipv6, url_host
 from .tracking import redact_url
 
 DEFAULT_HOST = "127.0.0.1"
@@ -80,9 +80,6 @@ def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     shown = url_host(host)  # where workers of this machine reach it (a wildcard: on loopback)
     out(f"serving the Optuna storage {redact_url(storage_url)}")
     out(f"     at grpc://{bound}:{port}  (workers: --storage grpc://{shown}:{port}); Ctrl-C stops it")
-    warning = exposure_warning(host, port, "the storage proxy")
-    if warning:
-        out(warning)
     sys.stdout.flush()
 
     def stop(signum, frame):

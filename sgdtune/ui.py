@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .files import atomic_write
-from .hosts import canonical, exposure_warning, is_ipv6, url_host
+from .hosts import canonical, is_ipv6, url_host
 from .reaper import Reaper
 from .redact import redact
 from .stores import MLRUNS, default_storage_url
@@ -172,10 +172,6 @@ def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> i
     failed: Child | None = None
     reaper = Reaper()
     try:
-        for port, what in ((args.port, "the MLflow UI"), (args.optuna_port if storage else None, "optuna-dashboard")):
-            warning = port and exposure_warning(args.host, port, what)  # the same rule as the storage proxy's
-            if warning:
-                print(warning, file=sys.stderr, flush=True)
         # The store URI goes in the environment (mlflow reads it there): a password stays out of `ps`.
         base = f"http://{host}:{args.port}"
         children.append(start(
