@@ -100,10 +100,13 @@ def test_a_damaged_mlflow_database_is_one_line_for_report_study_and_model(quick,
         else:
             f.seek(size // 5)
             f.write(b"\xff" * (size // 3))
+    journal = work / "mlruns" / "optuna.journal"
+    before = journal.read_bytes()
     for argv in (["sgdtune.report"], ["sgdtune.study", "experiments/quick.toml", *FAST, "--n-trials", "6"],
                  ["sgdtune", "model"]):
         one_line(run_cli(*argv, cwd=work), "--tracking-uri", "must be an MLflow store that can be read",
                  "database disk image is malformed")
+    assert journal.read_bytes() == before  # the study refused before its first write: no trial lost or added
 
 
 def test_model_after_mlflow_gc_removed_the_best_run_is_one_line(tmp_path):
