@@ -526,11 +526,11 @@ def cluster_main(argv: Sequence[str] | None = None, prog: str = "sgdtune cluster
         if args.out is None:
             print(text, end="")
             return 0
-        Path(args.out).write_text(text)
+        from .files import atomic_write
+
+        atomic_write(args.out, text, field="--out")  # whole or not at all (files.py)
     except InputError as e:
         return _bad_input(e)
-    except OSError as e:
-        return _bad_input(InputError("--out", "must be a file that can be written", f"{args.out!r} ({e.strerror})"))
     print(f"wrote {args.out}")
     return 0
 
