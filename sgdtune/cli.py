@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, InputError, StudyGone
-from .redact import redact
+from .redact import mask_output, redact
 
 EXIT_INTERRUPTED = 130
 
@@ -42,8 +42,11 @@ def ctrl_c_deferred() -> Iterator[None]:
 
 
 def interruptible(command_main: Callable[[], int]) -> int:
-    """A command's main as its entry point runs it: a Ctrl-C that lands outside the command's
-    own handling (while it imports torch, say) ends it with one line, not a traceback."""
+    """A command's main as its entry point runs it: everything the process prints masked
+    (redact.mask_output: MLflow's and Optuna's lines too), and a Ctrl-C that lands outside
+    the command's own handling (while it imports torch, say) ending it with one line, not a
+    traceback."""
+    mask_output()
     try:
         code = command_main()
     except KeyboardInterrupt:
@@ -217,7 +220,10 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     if args.report:
         from .report import write_report
 
-        folder = write_report(config.name, storage_url, tracking_uri, goal=args.goal)
+        try:
+            folder = write_report(config.name, storage_url, tracking_uri, goal=args.goal)
+        except InputError as e:  # the study is done and kept: only the report is missing
+            return _bad_input(e)
         print(f"report:         {folder / 'report.html'}")
     print_recommendation(study, None if args.no_tracking else tracking_uri, args.goal)
     return 0
@@ -386,6 +392,9 @@ def ui_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.ui
     """Serve the UIs until Ctrl-C; 2 on bad flags (nothing started), 1 when a server failed."""
     args = ui_parser(prog).parse_args(argv)
     from . import ui
+    from .hosts import warn_if_exposed
+
+    warn_if_exposed(args.host, args.port, "the MLflow UI" + (" (and optuna-dashboard)" if args.optuna else ""))
 
     try:
         tracking_uri, storage = ui.plan(args)
@@ -454,7 +463,10 @@ def surface_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtu
 
     args = surface_parser(prog).parse_args(argv)
     data = make_data(args.n, args.seed)
-    out = write_page(args.out, data)
+    try:
+        out = write_page(args.out, data)
+    except InputError as e:
+        return _bad_input(e)
     w_star = optimum(data)
     print(
         f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): n={data.n}, seed={data.seed}, "
@@ -496,7 +508,10 @@ def proxy_parser(prog: str = "python -m sgdtune.proxy") -> argparse.ArgumentPars
 def proxy_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.proxy") -> int:
     """Serve until Ctrl-C or SIGTERM; 0 when stopped, 2 on bad input (nothing served)."""
     args = proxy_parser(prog).parse_args(argv)
+    from .hosts import warn_if_exposed
     from .proxy import serve
+
+    warn_if_exposed(args.host, args.port, "the storage proxy")
 
     try:
         return serve(args.storage, args.host, args.port)
@@ -604,11 +619,11 @@ def cluster_main(argv: Sequence[str] | None = None, prog: str = "sgdtune cluster
         if args.out is None:
             print(text, end="")
             return 0
-        Path(args.out).write_text(text)
+        from .files import atomic_write
+
+        atomic_write(args.out, text, field="--out")  # whole or not at all (files.py)
     except InputError as e:
         return _bad_input(e)
-    except OSError as e:
-        return _bad_input(InputError("--out", "must be a file that can be written", f"{args.out!r} ({e.strerror})"))
     print(f"wrote {args.out}")
     return 0
 

@@ -284,7 +284,13 @@ def load_experiment(path: str | Path | None = None, **overrides: Any) -> Experim
     if not path.is_file():
         raise InputError("experiment", "must be an existing TOML file", repr(str(path)))
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
+    except UnicodeDecodeError as e:  # a binary file, or text in another encoding
+        raise InputError("experiment", "must be a TOML file, UTF-8 text",
+                         f"{str(path)!r} (byte {e.start} is not UTF-8: {e.object[e.start:e.start + 1]!r})") from None
+    except OSError as e:
+        raise InputError("experiment", "must be a TOML file that can be read",
+                         f"{str(path)!r} ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(str(path), f"must be valid TOML ({e})") from None
     if "train" in raw and isinstance(raw["train"], dict) and ("seed" in raw["train"] or "model" in raw["train"]):

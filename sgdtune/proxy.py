@@ -12,6 +12,7 @@ serve journal files, and carries no heartbeats (stores.open_grpc_storage).
 
 from __future__ import annotations
 
+import errno
 import signal
 import socket
 import sys
@@ -20,12 +21,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import InputError
+from .hosts import canonical, is_ipv6, url_host
 from .tracking import redact_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 13000
 SERVER_THREADS = 10  # Optuna's default; each thread holds at most one database connection
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 GRACE_S = 5.0  # calls in flight when stopped get this long to finish
 
 
@@ -40,11 +41,15 @@ def check(storage_url: str, host: str, port: int) -> None:
                          "proxy serves neither journal files nor another proxy", repr(redact_url(storage_url)))
     if not 0 < port < 65536:
         raise InputError("--port", "must be in 1..65535", repr(port))
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
     try:  # a plain bind: gRPC itself would share the port with another server (SO_REUSEPORT)
         with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((host, port))
+            s.bind((canonical(host), port))
+    except socket.gaierror as e:
+        raise InputError("--host", "must be an address or a name of this machine", f"{host!r} ({e.strerror})") from None
     except OSError as e:
+        if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):  # not one of this machine's addresses
+            raise InputError("--host", "must be an address of this machine", f"{host!r} ({e.strerror})") from None
         raise InputError("--port", f"must be free on {host} ({e.strerror})", repr(port)) from None
 
 
@@ -71,11 +76,10 @@ def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     check(storage_url, host, port)
     storage = open_backing_storage(storage_url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    shown = f"[{host}]" if ":" in host else host
+    bound = f"[{canonical(host)}]" if is_ipv6(host) else canonical(host)  # gRPC, as a URL, brackets IPv6
+    shown = url_host(host)  # where workers of this machine reach it (a wildcard: on loopback)
     out(f"serving the Optuna storage {redact_url(storage_url)}")
-    out(f"     at grpc://{shown}:{port}  (workers: --storage grpc://{shown}:{port}); Ctrl-C stops it")
-    if host not in LOOPBACK:
-        out(f"warning: no TLS, no authentication: whoever reaches {shown}:{port} can read and change every study")
+    out(f"     at grpc://{bound}:{port}  (workers: --storage grpc://{shown}:{port}); Ctrl-C stops it")
     sys.stdout.flush()
 
     def stop(signum, frame):
@@ -86,7 +90,7 @@ def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     try:
         with warnings.catch_warnings():  # the proxy is marked experimental; it is chosen knowingly here
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.run_grpc_proxy_server(storage, host=host, port=port, thread_pool=pool)
+            optuna.storages.run_grpc_proxy_server(storage, host=bound, port=port, thread_pool=pool)
     except (KeyboardInterrupt, Stopped):
         _stop_servers(grace_s=GRACE_S)
     finally:
@@ -109,6 +113,6 @@ def _stop_servers(grace_s: float) -> None:
 
 
 if __name__ == "__main__":
-    from sgdtune.cli import proxy_main
+    from sgdtune.cli import interruptible, proxy_main
 
-    sys.exit(proxy_main())
+    sys.exit(interruptible(proxy_main))

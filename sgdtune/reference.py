@@ -310,11 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None:
         sys.stdout.write(text)
         return 0
+    from .files import atomic_write
+
     try:
-        args.out.write_text(text)
-    except OSError as e:
-        print(f"error: {InputError('--out', 'must be a writable file path', f'{str(args.out)!r} ({e.strerror})')}",
-              file=sys.stderr)
+        atomic_write(args.out, text, field="--out")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"wrote {args.out}")
     return 0

@@ -77,11 +77,13 @@ def write_network(module: nn.Module, architecture: dict[str, Any]) -> str:
     `network/architecture.json`; the writer process logs it, then deletes it."""
     import torch
 
+    from .files import atomic_write_all
+
     folder = Path(tempfile.mkdtemp(prefix="sgdtune-model-"))
     (folder / NETWORK_DIR).mkdir()
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    torch.save(state, folder / NETWORK_DIR / WEIGHTS_FILE)
-    (folder / NETWORK_DIR / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=1))
+    atomic_write_all({folder / NETWORK_DIR / WEIGHTS_FILE: lambda f: torch.save(state, f),
+                      folder / NETWORK_DIR / ARCHITECTURE_FILE: json.dumps(architecture, indent=1)})
     return str(folder)
 
 
@@ -210,8 +212,10 @@ def save_model_file(study_name: str | None, trial: int | str = "best", out: str 
     path, and lines saying what was saved and how to load it (`sgdtune model`)."""
     import torch
 
-    if out is not None and not Path(out).resolve().parent.is_dir():
-        raise InputError("--out", "must be a file in an existing folder", repr(str(out)))
+    from .files import atomic_write, check_target
+
+    if out is not None:
+        check_target(out, "--out")  # before the model is fetched
     module, number, name, arch = _load(study_name, trial, storage, tracking_uri)
     if out is None:
         from .stores import check_name
@@ -219,7 +223,8 @@ def save_model_file(study_name: str | None, trial: int | str = "best", out: str 
         check_name(name, "--study-name")  # it names the file: a name from a shared storage is not trusted
     path = Path(out or f"{name}-trial-{number}.pt")
     shape = arch.get("input_shape")
-    torch.save((module[1] if shape else module).state_dict(), path)  # images: the network behind the Flatten
+    network = module[1] if shape else module  # images: the network behind the Flatten
+    atomic_write(path, lambda f: torch.save(network.state_dict(), f), field="--out")
     from .model import ModelConfig
 
     defaults = ModelConfig().model_dump(mode="json")
@@ -249,15 +254,19 @@ def _describe(arch: dict[str, Any]) -> str:
 def _load(study_name: str | None, trial: int | str, storage: str | None, tracking_uri: str | None):
     """(network, trial number, study name, architecture) of one trial's logged model."""
     number, run_id, reader, name = _find_trial(study_name, trial, storage, tracking_uri)
-    model_id = reader.logged_model_id(run_id)
-    if model_id is None:
-        raise InputError("trial", "must be a trial that kept its trained model: only COMPLETE trials among the "
-                         "study's best `keep_models` (an experiment-file key, default 3) do",
-                         f"trial {number}, which has none (not among the best, or deleted when it dropped out)")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = reader.download_model_files(model_id, f"data/{NETWORK_DIR}", tmp)
-        arch = json.loads((folder / ARCHITECTURE_FILE).read_text())
-        return network_from(folder), number, name, arch
+    try:
+        model_id = reader.logged_model_id(run_id)
+        if model_id is None:
+            raise InputError("trial", "must be a trial that kept its trained model: only COMPLETE trials among the "
+                             "study's best `keep_models` (an experiment-file key, default 3) do",
+                             f"trial {number}, which has none (not among the best, or deleted when it dropped out)")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = reader.download_model_files(model_id, f"data/{NETWORK_DIR}", tmp)
+            arch = json.loads((folder / ARCHITECTURE_FILE).read_text())
+            return network_from(folder), number, name, arch
+    except (LookupError, FileNotFoundError) as e:  # the store lost what the study recorded
+        raise InputError("trial", "must be a trial whose trained model is still in the MLflow store",
+                         f"trial {number} of study {name!r}: {e}") from None
 
 
 def network_from(folder: str | Path) -> nn.Module:

@@ -480,7 +480,9 @@ def open_grpc_storage(url: str, heartbeat: int | None = None,
         raise InputError("--storage", "grpc:// needs grpcio: pip install 'sgdtune[grpc]'", repr(url))
     with warnings.catch_warnings():  # the proxy is marked experimental; it is chosen knowingly here
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.GrpcStorageProxy(host=host.strip("[]"), port=int(port))
+        # gRPC reads "HOST:PORT": an IPv6 address goes in brackets (grpc://[::1]:13000)
+        host = f"[{host.strip('[]')}]" if ":" in host else host
+        storage = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
     try:
         storage.wait_server_ready(timeout=wait_s)
     except ConnectionError:

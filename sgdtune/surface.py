@@ -302,9 +302,17 @@ def render_page(data: SurfaceData) -> str:
 
 def write_page(out: Path | str, data: SurfaceData) -> Path:
     """Render the page for ``data`` and write it (UTF-8); returns the path written."""
+    from .errors import InputError
+    from .files import atomic_write
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_page(data), encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError("--out", "must be a file in a folder that can be created",
+                         f"{str(out)!r} ({e.strerror})") from None
+
+    atomic_write(out, render_page(data), field="--out")  # a kill or a full disk leaves the previous page
     return out
 
 

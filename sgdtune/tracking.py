@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 from urllib.parse import unquote, urlsplit  # noqa: E402
 
 from . import runs_view  # noqa: E402
+from .errors import InputError  # noqa: E402
 from .redact import redact_url  # noqa: E402, F401 - the masking every writer here applies
 
 if TYPE_CHECKING:
@@ -517,6 +518,19 @@ def holds_run(tracking_uri: str, run_id: str) -> bool:
     return RunReader(tracking_uri).find_run(run_id) is not None
 
 
+DATABASE_FAILED = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "BAD_REQUEST")  # the store's codes for a SQL error
+
+
+def unreadable_store(tracking_uri: str, error: Exception) -> InputError:
+    """The one line for an MLflow store that cannot be opened or read (`database disk image
+    is malformed`, `file is not a database`): the flag, the store, the first line of why."""
+    text = str(error).strip()
+    why = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".removeprefix("MlflowException: ")
+    return InputError("--tracking-uri", "must be an MLflow store that can be read (a damaged database file: restore "
+                      "it from a copy, or use another store with a new --study-name)",
+                      f"{redact_url(tracking_uri)!r} ({redact_url(why)})")
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One MLflow run as plain data: ids, params, latest metric values, tags."""
@@ -542,15 +556,21 @@ class RunReader:
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        try:  # MLflow opens a database store here, and reads its tables
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+        except Exception as e:  # noqa: BLE001 - a damaged file, a refused login, a missing driver: one line
+            raise unreadable_store(tracking_uri, e) from None
 
     def find_run(self, run_id: str) -> RunRecord | None:
-        """The run, or None when the store does not hold it (or cannot be read)."""
+        """The run, or None when the store does not hold it. InputError when the store cannot
+        be read (a damaged database file)."""
         from mlflow.exceptions import MlflowException
 
         try:
             return _record(self.client.get_run(run_id))
-        except MlflowException:
+        except MlflowException as e:
+            if getattr(e, "error_code", None) in DATABASE_FAILED:  # MLflow's wrapping of a SQL error
+                raise unreadable_store(self.tracking_uri, e) from None
             return None
 
     def child_runs(self, parent: RunRecord) -> dict[int, RunRecord]:
@@ -583,21 +603,29 @@ class RunReader:
             return found[0], Path(self.client.download_artifacts(run_id, found[0], tmp)).read_bytes()
 
     def logged_model_id(self, run_id: str) -> str | None:
-        """The id of the run's READY logged model (the newest), None when it has none."""
+        """The id of the run's READY logged model (the newest), None when it has none;
+        LookupError when the run itself is gone from the store."""
         from mlflow.entities import LoggedModelStatus
 
-        run = self.client.get_run(run_id)
-        found = [m for m in _all_logged_models(self.client, run.info.experiment_id)
+        run = self.find_run(run_id)
+        if run is None:
+            raise LookupError(f"its MLflow run {run_id} is not in the store (deleted, and removed by `mlflow gc`?)")
+        found = [m for m in _all_logged_models(self.client, run.experiment_id)
                  if m.source_run_id == run_id and m.status == LoggedModelStatus.READY]
         return max(found, key=lambda m: m.creation_timestamp).model_id if found else None
 
     def download_model_files(self, model_id: str, path: str, dst: str) -> Path:
-        """Download the logged model's artifact `path` into `dst`; the local path."""
+        """Download the logged model's artifact `path` into `dst`; the local path. LookupError
+        when its files are gone (`mlflow gc` removes a deleted model's)."""
         from mlflow.artifacts import download_artifacts
 
         location = self.client.get_logged_model(model_id).artifact_location.rstrip("/")
-        return Path(download_artifacts(artifact_uri=f"{location}/{path}", dst_path=dst,
-                                       tracking_uri=self.tracking_uri))
+        try:
+            return Path(download_artifacts(artifact_uri=f"{location}/{path}", dst_path=dst,
+                                           tracking_uri=self.tracking_uri))
+        except Exception as e:  # noqa: BLE001 - MLflow's error for missing files depends on the artifact store
+            raise LookupError(f"the files of its logged model {model_id} are not at {redact_url(location)} "
+                              f"(removed by `mlflow gc`, or the artifact folder moved): {type(e).__name__}") from None
 
     def experiments_with_runs(self) -> list[tuple[str, str]]:
         """(experiment id, name) of every experiment that holds a run, by id."""

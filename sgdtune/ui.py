@@ -10,6 +10,7 @@ reaches the workers it forked too. Killed outright, this process leaves that to 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
 import shutil
@@ -24,7 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .files import atomic_write
+from .hosts import canonical, is_ipv6, url_host
 from .reaper import Reaper
+from .redact import redact
 from .stores import MLRUNS, default_storage_url
 from .tracking import RunReader, default_tracking_uri, redact_url, save_runs_views, store_exists, ui_url
 
@@ -56,16 +60,21 @@ class Child:
 
 
 def browser_host(host: str) -> str:
-    """The host to put in a URL: a wildcard bind is reached on loopback."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    """The host to put in a URL: a wildcard bind is reached on loopback, IPv6 in brackets."""
+    return url_host(host)
 
 
 def check_port_free(host: str, port: int, flag: str) -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+    with socket.socket(socket.AF_INET6 if is_ipv6(host) else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a port in TIME_WAIT is free
         try:
-            s.bind((host, port))
+            s.bind((canonical(host), port))
+        except socket.gaierror as e:
+            raise InputError("--host", "must be an address or a name of this machine",
+                             f"{host!r} ({e.strerror})") from None
         except OSError as e:
+            if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                raise InputError("--host", "must be an address of this machine", f"{host!r} ({e.strerror})") from None
             raise InputError(flag, f"must be a free port on {host}", f"{port} ({e.strerror})") from None
 
 
@@ -166,13 +175,13 @@ def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> i
         # The store URI goes in the environment (mlflow reads it there): a password stays out of `ps`.
         base = f"http://{host}:{args.port}"
         children.append(start(
-            "mlflow", [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port),
-                       "--workers", "1"],
+            "mlflow", [sys.executable, "-m", "mlflow", "server", "--host", canonical(args.host),
+                       "--port", str(args.port), "--workers", "1"],
             {"MLFLOW_BACKEND_STORE_URI": tracking_uri}, f"{base}/", f"{base}/health", log_dir, reaper))
         if storage:
             base = f"http://{host}:{args.optuna_port}"
             children.append(start(
-                "optuna-dashboard", [sys.executable, "-c", DASHBOARD_CODE, args.host, str(args.optuna_port)],
+                "optuna-dashboard", [sys.executable, "-c", DASHBOARD_CODE, canonical(args.host), str(args.optuna_port)],
                 {"SGDTUNE_OPTUNA_STORAGE": storage}, f"{base}/dashboard/", f"{base}/api/studies", log_dir, reaper))
         for child in children:
             print(f"started {child.name} (pid {child.proc.pid}), log {child.log}", flush=True)
@@ -208,6 +217,9 @@ def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> i
         print("stopped.", flush=True)
         if failed is None:  # the logs are kept only when a server failed
             shutil.rmtree(log_dir, ignore_errors=True)
+        else:  # the servers' own lines may quote the store's URL, password included
+            for child in children:
+                atomic_write(child.log, redact(child.log.read_text(errors="replace")))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -43,6 +43,7 @@ from .interrupts import (
     stop_on_sigterm,
 )
 from .reclaim import StoreError, fail_and_requeue
+from .redact import mask_output
 from .search import best_value, n_claimed, n_finished, open_study, study_exists
 from .stores import locations, open_storage
 from .threads import core_share
@@ -79,6 +80,7 @@ def split(total: int, parts: int) -> list[int]:
 
 def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
     """One worker process: join the study and run up to `share` trials."""
+    mask_output()  # a process of its own (spawn): its prints and its libraries' lines masked too
     if spec.gpus:  # before CUDA starts: this worker sees its one GPU as cuda:0
         use_gpu(spec.gpus[(index - 1) % len(spec.gpus)])
     tracker = None

@@ -43,6 +43,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .errors import InputError
+from .redact import mask_output
 from .tracking import redact_url
 
 # Once ready, the writer runs this far below the training process's CPU priority (os.nice):
@@ -534,6 +535,7 @@ class _Replies:
 
 
 def main(argv: list[str]) -> None:
+    mask_output()  # MLflow prints "View run ... at: <tracking URI>" (a password in it) to stdout
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is SIGTERM; the closed pipe ends this process
     commands = Connection(int(argv[0]), writable=False)
@@ -555,6 +557,8 @@ def main(argv: list[str]) -> None:
     gc.freeze()
 
     serve(commands, replies)
+    sys.stdout.flush()  # a masked stream holds a partial line until flushed
+    sys.stderr.flush()
     os._exit(0)  # every write is made: skip tearing down MLflow and SQLAlchemy
 
 

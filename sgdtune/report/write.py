@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
+from ..files import atomic_write_all
 from ..redact import redact_tree, redact_url
 from ..stores import MLRUNS, default_storage_url
 from ..tracking import Tracker, default_tracking_uri
@@ -27,6 +28,7 @@ def write_report(study_name: str | None = None, storage: str | None = None, trac
     `command` is what the report shows as its own command (default: built from the arguments).
     Returns the report directory. Raises InputError (sgdtune.errors) on bad input.
     """
+    check_out_dir(out_dir)  # before the study is read: a wrong --out costs nothing
     storage = storage or default_storage_url(MLRUNS)
     study = load_study(storage, study_name)
     store = tracking_uri or default_tracking_uri(MLRUNS)
@@ -38,9 +40,15 @@ def write_report(study_name: str | None = None, storage: str | None = None, trac
     # Every string masked (a URL password in a tag, an experiment file recorded verbatim).
     text = to_json(redact_tree(build_report(study, reader, command, goal)))
     folder = report_folder(out_dir, study.study_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(text)
-    (folder / "report.html").write_text(render_html(json.loads(text)))  # drawn from the file's content alone
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError("--out", "must be a folder that can be created and written in",
+                         f"{str(out_dir)!r} ({e.strerror or e})") from None
+    # Both files replaced at once, each written whole: a kill or a full disk leaves the previous pair.
+    atomic_write_all({folder / "report.json": text,
+                      folder / "report.html": render_html(json.loads(text))},  # drawn from the file's content alone
+                     field="--out")
     if reader is not None:  # the store holds the parent run (open_runs checked): Tracker creates nothing
         tracker = Tracker(store, study.study_name)
         for name in ("report.json", "report.html"):
@@ -55,6 +63,14 @@ def record_recommendation(tracker: Tracker, parent_run_id: str, recommendation: 
     """The recommendation on the study's parent run: tags, metrics and its description."""
     tags, metrics = run_records(recommendation)
     tracker.describe_run(parent_run_id, tags, metrics)
+
+
+def check_out_dir(out_dir: str | Path) -> None:
+    """--out names a folder (created if missing), not a file or a device such as /dev/null."""
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise InputError("--out", "must be a folder (the report goes in <out>/<study>/), not a file or a device",
+                         repr(str(out_dir)))
 
 
 def report_folder(out_dir: str | Path, study_name: str) -> Path:
