@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..model import build_model
+from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_estimate
 from ..science.noise import ChunkSums, chunk_sums
 from ..science.sharpness import sharpness
 from .config import TrainConfig
@@ -166,6 +167,12 @@ class ModuleStepper:
 
     def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
         return [chunk_sums(self.model, self.loss_fn, x, y, chunks) for _ in positions]
+
+    def curvature_noise(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
+                        grad_sq: list[tuple[float, float]], population: int, samples: int,
+                        ) -> list[CurvatureNoiseEstimate]:
+        return [curvature_noise_estimate(self.model, self.loss_fn, x, y, *g, population=population, samples=samples)
+                for g in grad_sq]
 
     def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
         est = sharpness(self.model, self.loss_fn, x, y, iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=SHARPNESS_SEED)
