@@ -12,7 +12,7 @@ import statistics
 import pytest
 import torch
 import torch.nn.functional as F
-from linreg import D, NOISE_SD, half_squared_error, linear_model, regression
+from linreg import NOISE_SD, D, half_squared_error, linear_model, regression
 from torch import nn
 
 from sgdtune.data import Dataset
@@ -41,8 +41,8 @@ def dense_reference(model, loss_fn, x, y) -> dict[str, float]:
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params, create_graph=create_graph)])
 
     g_mean = flat_grad(loss_fn(model(x), y), create_graph=True)
-    hessian = torch.stack([flat_grad(g_mean[j]) if False else torch.cat(
-        [h.reshape(-1) for h in torch.autograd.grad(g_mean[j], params, retain_graph=True)]) for j in range(len(g_mean))])
+    hessian = torch.stack([torch.cat([h.reshape(-1) for h in torch.autograd.grad(g_mean[j], params, retain_graph=True)])
+                           for j in range(len(g_mean))])
     per_example = torch.stack([flat_grad(loss_fn(model(x[i:i + 1]), y[i:i + 1])) for i in range(x.shape[0])])
     g = g_mean.detach()
     dev = per_example - per_example.mean(dim=0)

@@ -42,8 +42,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..science.noise import ChunkSums, chunk_sums
 from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_estimate
+from ..science.noise import ChunkSums, chunk_sums
 from ..science.sharpness import sharpness
 from .config import TrainConfig
 from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, loss_function
