@@ -26,6 +26,12 @@ class TrainConfig(BaseModel):
     optimizer: Literal["sgd", "adam"] = Field(default="sgd", description="torch.optim.SGD (with momentum) or "
                                               "Adam (which ignores momentum)")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum")
+    loss: Literal["cross_entropy", "mse"] | None = Field(
+        default=None,
+        description="the training loss: unset = the task's own (cross_entropy for classification, mse for "
+                    "regression); 'mse' for classification = the square loss 1/2 |outputs - one-hot target|^2, "
+                    "summed over classes, mean over examples (Cohen et al. 2021; accuracy still by argmax); "
+                    "regression trains on mse only")
     weight_decay: float = Field(default=0.0, ge=0, description="L2 coefficient of the optimizer (per update)")
     budget: Literal["epochs", "updates", "examples"] = Field(
         default="epochs", description="what bounds training: passes over the training set, mini-batch updates, "

@@ -61,9 +61,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.op
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "classification") -> tuple[float, float]:
-    """Mean loss and score, in chunks; one sync at the end. Classification: cross-entropy and
-    accuracy; regression: mean squared error and R^2 = 1 - SSE/SST, SST about the mean of y."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "classification",
+             loss_fn=F.cross_entropy) -> tuple[float, float]:
+    """Mean loss and score, in chunks; one sync at the end. Classification: `loss_fn` (the
+    training loss: cross-entropy, or one-hot MSE) and accuracy by argmax; regression: mean
+    squared error and R^2 = 1 - SSE/SST, SST about the mean of y."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
@@ -74,7 +76,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "cl
         if task == "regression":
             loss_sum += F.mse_loss(out.squeeze(-1), target, reduction="sum").double()
         else:
-            loss_sum += F.cross_entropy(out, target, reduction="sum").double()
+            loss_sum += loss_fn(out, target, reduction="sum").double()
             correct += (out.argmax(dim=1) == target).sum()
     model.train(was_training)
     if task == "regression":
@@ -119,7 +121,7 @@ class ModuleStepper:
     """The loop's Stepper for one member: `model` stepped by torch.optim (make_optimizer)."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, lr: float, task: str = "classification"):
-        self.model, self.task, self.loss_fn = model, task, loss_function(task)
+        self.model, self.task, self.loss_fn = model, task, loss_function(task, config.loss)
         self.optimizer = make_optimizer(model, config, lr)
         device = next(model.parameters(), torch.empty(0)).device
         self.precision = Precision(config.precision, device, config.tf32)
@@ -154,7 +156,7 @@ class ModuleStepper:
             group["lr"] = lrs[0]
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[tuple[float, float]]:
-        return [evaluate(self.model, x, y, self.task) for _ in positions]
+        return [evaluate(self.model, x, y, self.task, self.loss_fn) for _ in positions]
 
     @torch.no_grad()
     def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
