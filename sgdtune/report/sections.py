@@ -357,6 +357,24 @@ def noise_scale_section(
                         "grad_noise_scale": curves[r["number"]]["value"]} for r in rows if r["number"] in curves]}
 
 
+ADAM_SHARPNESS = ("Adam: lr·λ_max of the raw Hessian is shown but compared with no limit; Adam's stability concerns "
+                  "the Hessian preconditioned by its second-moment estimate (Cohen et al. 2022: about 38/lr at "
+                  "β1 = 0.9), which sgdtune does not measure")
+WEIGHT_DECAY_NOTE = ("The Hessian (and the gradient-noise probe) use the data loss only, while the optimizer also "
+                     "applied weight decay wd: the full objective's top eigenvalue is λ_max + wd (given as "
+                     "final_sharpness_with_decay); its gradient adds wd·w to G, which the noise scale leaves out")
+
+
+def stability_limit(row: dict) -> tuple[float | None, str]:
+    """The full-batch stability limit of lr·λ_max for a trial's optimizer, and how it was set:
+    2(1 + m) under SGD with heavy-ball momentum m (3.8 at m = 0.9; docs/science.md, section 7),
+    None under Adam (ADAM_SHARPNESS). A trial that recorded no momentum counts as m = 0."""
+    if row.get("optimizer") == "adam":
+        return None, "adam"
+    m = row.get("momentum")
+    return 2 * (1 + (m or 0.0)), "sgd" if m is not None else "momentum not recorded: m = 0 assumed"
+
+
 def sharpness_section(rows: list[dict], n_train: float,
                       paths: dict[int, dict] | None = None) -> tuple[dict | None, str]:
     """Final sharpness (top Hessian eigenvalue of the training loss) against B, lr·λ_max against the
