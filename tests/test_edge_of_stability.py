@@ -25,7 +25,7 @@ SHORT = {"updates": 1000, "sharpness_every": 100}
 def test_full_batch_gd_rises_to_within_10_percent_of_2_over_lr_and_stays_there():
     config = load_experiment(EXPERIMENTS / "edge_of_stability.toml")
     data = load_data(config.data, config.seed)
-    tc = config.trial_config({}, seed=0).model_copy(update=SHORT)
+    tc = config.trial_config({"lr": 0.2}, seed=0).model_copy(update=SHORT)
     assert tc.batch_size >= data.n_train and tc.momentum == 0 and tc.lr == 0.2 and tc.loss == "mse"
     result = train(tc, data)
     path = {m.updates: m.lr_sharpness for m in result.history if m.lr_sharpness is not None}
