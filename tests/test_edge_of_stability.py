@@ -3,9 +3,10 @@ experiments/edge_of_stability.toml runs it: full-batch gradient descent without 
 digits, a 64-128-10 tanh MLP, the square loss on one-hot targets (train.loss = "mse"), lr 0.2.
 Sharpness x lr starts near 1 and rises to 2 (the limit 2/lr), then stays there.
 
-To keep the tests short the run is cut to 1,000 of the experiment's 3,000 updates, sharpness
+To keep the tests short the run is cut to 800 of the experiment's 3,000 updates, sharpness
 every 100 (the rise ends by update ~600; measured: 1.06 at 100, 2.05 at 600, 1.95-2.06 from
-600 to 3,000)."""
+600 to 3,000), and to 400 through the CLI, which checks what the report draws, not the level.
+(25 s and ~40 s on a quiet core; several minutes when the 2 cores are shared.)"""
 
 import json
 import shutil
@@ -19,7 +20,8 @@ from sgdtune.data import load_data
 from sgdtune.trainer import train
 from sgdtune.trainer.loop import loss_function, one_hot_mse
 
-SHORT = {"updates": 1000, "sharpness_every": 100}
+SHORT = {"updates": 800, "sharpness_every": 100}
+CLI_SHORT = {"updates": 400, "sharpness_every": 100}
 
 
 def test_full_batch_gd_rises_to_within_10_percent_of_2_over_lr_and_stays_there():
@@ -31,13 +33,13 @@ def test_full_batch_gd_rises_to_within_10_percent_of_2_over_lr_and_stays_there()
     path = {m.updates: m.lr_sharpness for m in result.history if m.lr_sharpness is not None}
     assert path[100] < 1.4, path  # starts well below the edge
     late = [v for u, v in path.items() if u >= 600]
-    assert len(late) == 5 and all(1.8 <= v <= 2.2 for v in late), path
+    assert len(late) == 3 and all(1.8 <= v <= 2.2 for v in late), path
     assert result.final.val_acc > 0.9  # accuracy by argmax
 
 
 def test_the_report_draws_sharpness_against_updates_with_the_limit_2_over_lr(tmp_path):
     shutil.copytree(EXPERIMENTS, tmp_path / "experiments")
-    sets = [a for k, v in SHORT.items() for a in ("--set", f"train.{k}={v}")]
+    sets = [a for k, v in CLI_SHORT.items() for a in ("--set", f"train.{k}={v}")]
     proc = run_cli("sgdtune.study", "experiments/edge_of_stability.toml", "--no-progress", *sets, cwd=tmp_path,
                    timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -46,11 +48,11 @@ def test_the_report_draws_sharpness_against_updates_with_the_limit_2_over_lr(tmp
     report = json.loads((tmp_path / "reports/edge_of_stability/report.json").read_text())
     (path,) = report["sharpness"]["full_batch"]["paths"]
     assert path["limit"] == pytest.approx(2 / 0.2) and path["momentum"] == 0.0
-    assert path["updates"] == list(range(100, 1001, 100))
+    assert path["updates"] == [100, 200, 300, 400]
     assert path["lr_sharpness"] == pytest.approx([0.2 * v for v in path["sharpness"]])
-    # This trial's seed is derive_seed(0, 0), not 0: it overshoots to ~2.22 at update 600 (the in-process
-    # test above holds seed 0 to the 10% band); here: it starts below the edge and ends near it.
-    assert path["lr_sharpness"][0] < 1.4 and 1.8 <= path["lr_sharpness"][-1] <= 2.2, path
+    # This trial's seed is derive_seed(0, 0), not 0 (measured: 1.19, 1.47, 1.72, 1.91 at 100-400, 2.22 at 600):
+    # the level is the in-process test's; here the drawn path rises towards the limit.
+    assert path["lr_sharpness"][0] < 1.4 and path["lr_sharpness"][-1] > 1.6, path
     html = (tmp_path / "reports/edge_of_stability/report.html").read_text()
     assert "sharpness against updates" in html
 
