@@ -12,7 +12,9 @@ timer brackets exactly that (its evaluation and noise probes are outside).
 The measurements at their defaults (probe_size and measure_every_epochs "auto",
 sharpness_every 50; docs/science.md, sections 3 and 7) are timed apart from the steps:
 noise_probe_time_s / compute_time_s and sharpness_time_s / compute_time_s, side by side, on
-the epoch budgets above and on a critical_batch-like trial that stops at its target.
+the epoch budgets above and on a critical_batch-like trial that stops at its target; so is
+B_noise (curvature_time_s; docs/science.md, section 3b), and one B_noise measurement on the
+whole digits training set is timed against one B_simple probe and one B = 64 step.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 
 from sgdtune.data import DataConfig, Dataset, load_data
 from sgdtune.model import ModelConfig, build_model
+from sgdtune.science.curvature_noise import curvature_noise_estimate
+from sgdtune.science.noise import noise_scale_estimate
 from sgdtune.trainer import TrainConfig, train
 
 from .common import Check
@@ -75,11 +79,45 @@ def cost_checks(label: str, results: list, note: str) -> list[Check]:
     """Noise-probe and sharpness time over step time, medians over `results`, side by side."""
     noise = statistics.median(r.probe_time_s / r.compute_time_s for r in results)
     sharp = statistics.median(r.sharpness_time_s / r.compute_time_s for r in results)
+    curvature = statistics.median(r.curvature_time_s / r.compute_time_s for r in results)
     return [
         Check(GROUP, f"noise probe time / step time, {label}", noise, 0.10, "<=", "fraction",
               f"{note}; median of {len(results)} runs"),
         Check(GROUP, f"sharpness time / step time, {label}", sharp, None, "", "fraction",
               f"{note}; median of {len(results)} runs (context: no target)"),
+        Check(GROUP, f"B_noise time / step time, {label}", curvature, None, "", "fraction",
+              f"{note}; median of {len(results)} runs (context: no target)"),
+    ]
+
+
+def measurement_checks(data: Dataset, rounds: int) -> list[Check]:
+    """One B_noise measurement (b_noise_samples at its default, whole training set) against one
+    B_simple probe and one B = 64 SGD step, alternated, on the default MLP at its initial weights."""
+    model = build_model(MODEL, data.n_features, data.n_classes, SEED)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every round at the same weights
+    x, y, n = data.x_train, data.y_train, data.n_train
+    samples = TrainConfig().b_noise_samples
+    times: dict[str, list[float]] = {"b_noise": [], "b_simple": [], "step": []}
+    for _ in range(rounds + 1):  # the first round warms up, not counted
+        t0 = time.perf_counter()
+        est = noise_scale_estimate(model, F.cross_entropy, x, y, population=n)
+        t1 = time.perf_counter()
+        curvature_noise_estimate(model, F.cross_entropy, x, y, est.grad_sq_norm, population=n, samples=samples)
+        t2 = time.perf_counter()
+        for start in range(0, 64 * 20, 64):
+            loss = F.cross_entropy(model(x[start:start + 64]), y[start:start + 64])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        t3 = time.perf_counter()
+        for key, value in (("b_simple", t1 - t0), ("b_noise", t2 - t1), ("step", (t3 - t2) / 20)):
+            times[key].append(value)
+    ms = {k: 1000 * statistics.median(v[1:]) for k, v in times.items()}
+    detail = f"digits, {n} examples, default MLP, {samples} Hutchinson samples; median of {rounds} alternated rounds"
+    return [
+        Check(GROUP, "B_noise measurement, ms", ms["b_noise"], None, "", "ms", detail),
+        Check(GROUP, "B_noise measurement / B_simple probe", ms["b_noise"] / ms["b_simple"], None, "", "x", detail),
+        Check(GROUP, "B_noise measurement / one B=64 step", ms["b_noise"] / ms["step"], None, "", "x", detail),
     ]
 
 
@@ -115,4 +153,4 @@ def run(tiny: bool = False) -> list[Check]:
         costs += cost_checks(f"to 95% then stop, B={batch_size}", results,
                              f"{note}; critical_batch.toml's trial, {stopped:.0f} updates: its one end-of-trial "
                              "measurement is a whole pass over the set, against ~1.3 epochs of steps")
-    return checks + costs
+    return checks + costs + measurement_checks(data, rounds)

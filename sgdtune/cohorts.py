@@ -50,6 +50,10 @@ def check_cohorts(config: ExperimentConfig, batch_trials: int) -> None:
         raise InputError("--batch-trials", "stacks classification models only; train a regression study one trial "
                          "at a time (drop --batch-trials)",
                          f"--batch-trials {batch_trials} with data.task = 'regression'")
+    if batch_trials > 1 and config.train.loss == "mse" and config.data.task == "classification":
+        raise InputError("--batch-trials", "stacks cross-entropy classifiers only; train a study with train.loss = "
+                         "'mse' one trial at a time (drop --batch-trials)",
+                         f"--batch-trials {batch_trials} with train.loss = 'mse'")
     if batch_trials > 1 and config.sampler.name == "grid":
         raise InputError("--batch-trials", "cannot be used with the grid sampler (it fixes every value itself, so a "
                          "cohort cannot share a batch size, and it ends a study only inside study.optimize); use "

@@ -189,6 +189,8 @@ class ExperimentConfig(_Strict):
         if len(stratified) > 1 or (stratified and self.sampler.name not in STRATIFIED_SAMPLERS):
             raise ValueError(f"search.{stratified[0]}.stratify: works for one parameter with sampler "
                              f"{' | '.join(STRATIFIED_SAMPLERS)}; got {stratified} with {self.sampler.name!r}")
+        if self.data.task == "regression" and self.train.loss == "cross_entropy":
+            raise ValueError("train.loss: regression trains on 'mse' only; got 'cross_entropy'")
         budget = self.train.budget
         if getattr(self.train, budget) is None and budget not in self.search:
             raise ValueError(f"train.{budget}: must be set (or searched) when budget = {budget!r}; got nothing")

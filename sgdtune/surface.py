@@ -6,7 +6,9 @@ two-weight least-squares loss on generated data and overlays three descent
 paths that start at the same point with the same learning rate and the same
 number of epochs:
 
-* full-batch gradient descent (B = n, one update per epoch),
+* full-batch gradient descent (B = n, one update per epoch); on this quadratic its
+  limit lr < 2/lambda_max is fixed, while a network's full-batch training raises its
+  sharpness until it meets that limit (experiments/edge_of_stability.toml),
 * mini-batch gradient descent (B chosen with a log-scale slider),
 * pure SGD (B = 1, n updates per epoch).
 

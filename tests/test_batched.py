@@ -48,14 +48,15 @@ def assert_same_trial(got, want, tol: float = TOL) -> None:
         assert (g.lr, g.noise_temperature) == (w.lr, w.noise_temperature)
         for name in ("train_loss", "val_loss", "train_acc", "val_acc", "loss_noise"):
             assert abs(getattr(g, name) - getattr(w, name)) <= tol, (name, g.epoch, getattr(g, name), getattr(w, name))
-        for name in ("grad_noise_scale", "grad_noise_scale_se", "sharpness", "lr_sharpness"):
+        for name in ("grad_noise_scale", "grad_noise_scale_se", "sharpness", "lr_sharpness", "b_noise", "eps_max"):
             value, alone = getattr(g, name), getattr(w, name)
             assert (value is None) == (alone is None), (name, g.epoch)
             assert value is None or value == pytest.approx(alone, rel=tol, abs=tol), (name, g.epoch, value, alone)
         assert g.grad_noise_scale_bound == w.grad_noise_scale_bound
     assert got.plan == want.plan and got.lr == want.lr
     assert set(got.summary()) == set(want.summary())
-    for name in ("final_grad_noise_scale", "final_sharpness", "grad_noise_scale_at_target"):
+    for name in ("final_grad_noise_scale", "final_sharpness", "grad_noise_scale_at_target", "final_b_noise",
+                 "b_noise_at_target"):
         assert (name in got.summary()) == (name in want.summary())
         if name in want.summary():
             assert got.summary()[name] == pytest.approx(want.summary()[name], rel=tol)

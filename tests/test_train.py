@@ -237,6 +237,13 @@ class FakeStepper:
         sum_sq = torch.full((2,), (2.0 * (b - 1) + b) / 2, dtype=torch.float64)
         return [ChunkSums(half, sum_sq, torch.full((2, 2), b * b / 4.0, dtype=torch.float64)) for _ in positions]
 
+    def curvature_noise(self, x, y, positions, grad_sq, population, samples):
+        # B_noise = tr(H Sigma) / G^T H G = 12 / 2 = 6; eps_max = |G|^2 / G^T H G with the probe's |G|^2 (1 here)
+        from sgdtune.science.curvature_noise import CurvatureNoiseEstimate
+        assert population == x.shape[0] and samples == 32
+        return [CurvatureNoiseEstimate(12.0, 0.0, 2.0, 0.0, 6.0, 0.0, grad_sq[0][0] / 2.0, 0.0, x.shape[0], 0)
+                for _ in positions]
+
     def sharpness(self, x, y, positions):
         self.sharpened.append((self.updates, x.shape[0], len(positions)))
         return [3.0 for _ in positions]
@@ -289,6 +296,8 @@ def test_the_loop_owns_shuffle_warmup_probes_and_divergence_for_any_stepper():
         assert history[-1].sharpness == 3.0 and history[-1].lr_sharpness == pytest.approx(3.0 * history[-1].lr)
         summary = results[i].summary()
         assert summary["final_grad_noise_scale"] == pytest.approx(2.0) and summary["final_sharpness"] == 3.0
+        assert (history[-1].b_noise, history[-1].eps_max) == (6.0, pytest.approx(0.5))  # where B_simple is
+        assert history[0].b_noise is None and summary["final_b_noise"] == 6.0
         losses = [(i + 1) / u for u in range(13, 19)]  # the last epoch's, member i's own column
         want = math.sqrt(sum((b - a) ** 2 for a, b in zip(losses, losses[1:])) / len(losses[1:]) / 2)
         assert history[-1].loss_noise == pytest.approx(want)

@@ -100,7 +100,9 @@ def build_report(study: optuna.Study, reader: RunReader | None = None, command: 
     put("grad_noise", noise_scale_section(complete, gns_curves, report.get("steps_to_target"), parent_metrics,
                                           n_train),
         "no trial measured the gradient noise scale (train.probe_size = 0)")
-    sharpness, why = sharpness_section(complete, n_train)
+    sharpness, why = sharpness_section(complete, n_train, {
+        r["number"]: _sharpness_path(reader, runs[r["number"]].run_id) for r in complete
+        if r["number"] in runs and r["batch_size"] and r["batch_size"] >= (r.get("n_train") or n_train)})
     put("sharpness", sharpness, why)
     picked = [r for r in pick_across_batch_sizes(complete) if r["number"] in runs] if complete else []
     curves = [_learning_curve(reader, runs[r["number"]].run_id, r) for r in picked]
@@ -126,6 +128,14 @@ def _search_space(study: optuna.Study) -> dict[str, str]:
         for name, dist in t.distributions.items():
             space.setdefault(name, repr(dist))
     return dict(sorted(space.items()))
+
+
+def _sharpness_path(reader: RunReader, run_id: str) -> dict:
+    """The sharpness along a run, against the update count of each epoch that measured it."""
+    sharp, updates = reader.metric_history(run_id, "sharpness"), reader.metric_history(run_id, "updates")
+    at = dict(zip(updates["step"], updates["value"]))
+    pairs = [(at[s], v) for s, v in zip(sharp["step"], sharp["value"]) if s in at]
+    return {"updates": [u for u, _ in pairs], "sharpness": [v for _, v in pairs]}
 
 
 def _learning_curve(reader: RunReader, run_id: str, row: dict) -> dict:

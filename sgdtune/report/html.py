@@ -302,6 +302,9 @@ def fig_sharpness(sh: dict):
     titles = ["final sharpness by batch size (colour: lr)"]
     if fb:
         titles.append("full batch: sharpness against the edge 2(1 + m)/lr")
+    paths = (fb or {}).get("paths") or []
+    if paths:
+        titles.append("full batch: sharpness against updates, limit 2(1+m)/lr")
     fig = _subplots(titles)
     fig.add_trace(go.Scatter(x=sh["batch_size"], y=sh["final_sharpness"], mode="markers", name="trials",
                              text=[f"trial {n}, lr {lr:.3g}" + ("" if k is None else f", lr·λ_max {k:.3g}")
@@ -320,6 +323,15 @@ def fig_sharpness(sh: dict):
                                  name="edge of stability λ_max = 2(1 + m)/lr"), row=1, col=2)
         fig.update_xaxes(type="log", title_text="2(1 + m) / lr (log scale)", row=1, col=2)
         fig.update_yaxes(type="log", title_text="sharpness λ_max (log scale)", row=1, col=2)
+    for path in paths:
+        fig.add_trace(go.Scatter(x=path["updates"], y=path["sharpness"], mode="lines+markers",
+                                 name=f"trial {path['number']}: sharpness (lr {path['lr']:.3g})"), row=1, col=3)
+        ends = [min(path["updates"]), max(path["updates"])]
+        fig.add_trace(go.Scatter(x=ends, y=[path["limit"]] * 2, mode="lines", line={"dash": "dash", "color": "#333"},
+                                 name=f"trial {path['number']}: 2(1+m)/lr = {path['limit']:.3g}"), row=1, col=3)
+    if paths:
+        fig.update_xaxes(title_text="updates", row=1, col=3)
+        fig.update_yaxes(title_text="sharpness λ_max", row=1, col=3)
     return fig
 
 

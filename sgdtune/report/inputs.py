@@ -103,6 +103,7 @@ def trial_rows(study: optuna.Study, runs: dict[int, RunRecord], objectives: Sequ
             "params": dict(t.params),
             "batch_size": as_number(p.get("batch_size", t.params.get("batch_size")), int),
             "lr": as_number(p.get("lr", t.params.get("lr")), float),
+            "momentum": as_number(p.get("momentum", t.params.get("momentum")), float),
             "budget": budget,
             "budget_size": as_number(size, int),
             "seed": as_number(p.get("seed"), int),
@@ -111,7 +112,6 @@ def trial_rows(study: optuna.Study, runs: dict[int, RunRecord], objectives: Sequ
             "replicates": as_number(p.get("replicates", t.params.get("replicates")), int) or 1,
             # what the sharpness is compared with depends on these (report.sections.sharpness_section)
             "optimizer": p.get("optimizer", t.params.get("optimizer")),
-            "momentum": as_number(p.get("momentum", t.params.get("momentum")), float),
             "weight_decay": as_number(p.get("weight_decay", t.params.get("weight_decay")), float),
             "values": {o: v for o, v in zip(objectives, t.values or []) if not is_timing(o)},
             "summary": {k: v for k, v in summary.items() if not (is_timing(k) or is_memory(k))},

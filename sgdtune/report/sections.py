@@ -375,10 +375,13 @@ def stability_limit(row: dict) -> tuple[float | None, str]:
     return 2 * (1 + (m or 0.0)), "sgd" if m is not None else "momentum not recorded: m = 0 assumed"
 
 
-def sharpness_section(rows: list[dict], n_train: float) -> tuple[dict | None, str]:
+def sharpness_section(rows: list[dict], n_train: float,
+                      paths: dict[int, dict] | None = None) -> tuple[dict | None, str]:
     """Final sharpness (top Hessian eigenvalue of the training loss) against B, lr·λ_max against the
     stability limit of each trial's optimizer (stability_limit), and for full-batch trials (B >= N)
-    λ_max against the edge of stability 2(1 + m)/lr (docs/science.md section 7)."""
+    λ_max against the edge of stability 2(1 + m)/lr (docs/science.md section 7). `paths`: per trial
+    number, {"updates": [...], "sharpness": [...]} along training (the MLflow histories); full-batch
+    trials with one get it drawn against updates beside their edge."""
     pts = [r for r in rows if r["summary"].get("final_sharpness") is not None]
     if not pts:
         return None, "no trial recorded final_sharpness (the trainer did not measure it, or an older store)"
@@ -407,6 +410,11 @@ def sharpness_section(rows: list[dict], n_train: float) -> tuple[dict | None, st
                              "final_sharpness": column(fb, "final_sharpness")}
         out["full_batch"]["ratio_to_edge"] = [s / t for s, t in zip(out["full_batch"]["final_sharpness"],
                                                                      out["full_batch"]["edge"])]
+        out["full_batch"]["paths"] = [
+            {"number": r["number"], "lr": r["lr"], "momentum": r.get("momentum") or 0.0, "limit": x / r["lr"],
+             "updates": paths[r["number"]]["updates"], "sharpness": paths[r["number"]]["sharpness"],
+             "lr_sharpness": [r["lr"] * v for v in paths[r["number"]]["sharpness"]]}
+            for r, x in full if paths and r["number"] in paths and paths[r["number"]]["sharpness"]]
     else:
         out["full_batch_skipped"] = ("No full-batch SGD trial (B >= n_train) with a sharpness: no edge-of-stability "
                                      "check")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, vmap
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,77 @@ def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
 def _restore(modes: list[tuple[nn.Module, bool]]) -> None:
     for module, training in modes:
         module.training = training
+
+
+class HessianOperator:
+    """Products of the Hessian of the MEAN loss over (x, y) w.r.t. the trainable parameters
+    with flat float64 vectors: `op(v)` for v of shape (P,) or a batch (S, P), the result in
+    float64 of the same shape. Never forms the Hessian.
+
+    `loss_fn(model(x_c), y_c)` must be the mean of the per-example losses of the chunk it is
+    given; the probe is cut into chunks of at most `chunk_size` examples and the product of
+    the mean loss is the size-weighted mean of the chunks' (exact, whatever the chunking).
+    A batch of S vectors runs as one vmap over the tangents, at most `rows` examples x
+    vectors at a time (memory). Products are computed in the parameters' dtype.
+    Reverse-over-reverse (`grad` of <`grad`, v>): see `sharpness`. The caller puts the model
+    in eval mode (dropout would make the Hessian random).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
+                 chunk_size: int = 4096, rows: int = 2**16):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+        self.n = n = x.shape[0]
+        if n < 1:
+            raise ValueError("the probe is empty")
+        named = list(model.named_parameters())
+        self.trainable = {k: p.detach() for k, p in named if p.requires_grad}
+        if not self.trainable:
+            raise ValueError("the model has no trainable parameters")
+        frozen = {k: p.detach() for k, p in named if not p.requires_grad}
+        buffers = {k: b.detach() for k, b in model.named_buffers()}
+        self.shapes = [(k, p.shape, p.numel(), p.dtype) for k, p in self.trainable.items()]
+        self.size = sum(numel for _, _, numel, _ in self.shapes)
+        self.device = next(iter(self.trainable.values())).device
+        self.chunks = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
+        self.rows = rows
+
+        def chunk_loss(params, xc, yc):
+            return loss_fn(functional_call(model, (params, frozen, buffers), (xc,)), yc)
+
+        def directional_slope(params, v, xc, yc):  # <grad L_c(params), v>; its gradient is H_c v
+            slope = grad(chunk_loss)(params, xc, yc)
+            return sum((slope[k] * v[k]).sum() for k in slope)
+
+        self._hv = grad(directional_slope)
+        self._hv_batch = vmap(grad(directional_slope), in_dims=(None, 0, None, None))
+
+    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat (..., P) vector as the parameters' dict, in their dtype (views where it can)."""
+        out, start = {}, 0
+        lead = v.shape[:-1]
+        for k, shape, numel, dtype in self.shapes:
+            out[k] = v[..., start:start + numel].reshape(*lead, *shape).to(dtype)
+            start += numel
+        return out
+
+    def flatten(self, tensors: dict[str, torch.Tensor], lead: tuple = ()) -> torch.Tensor:
+        return torch.cat([tensors[k].reshape(*lead, -1).double() for k, *_ in self.shapes], dim=-1)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if v.dim() == 1:
+            total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+            for xc, yc in self.chunks:
+                hv = self._hv(self.trainable, self.unflatten(v), xc, yc)
+                total += self.flatten(hv) * (xc.shape[0] / self.n)
+            return total
+        out = torch.zeros(v.shape, dtype=torch.float64, device=self.device)
+        for xc, yc in self.chunks:
+            per = max(1, self.rows // xc.shape[0])  # vectors per pass
+            for s in range(0, v.shape[0], per):
+                hv = self._hv_batch(self.trainable, self.unflatten(v[s:s + per]), xc, yc)
+                out[s:s + per] += self.flatten(hv, (min(per, v.shape[0] - s),)) * (xc.shape[0] / self.n)
+        return out
 
 
 def sharpness(
@@ -92,48 +163,11 @@ def sharpness(
         raise ValueError(f"iters must be >= 1; got {iters}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0; got {tol}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
-    n = x.shape[0]
-    if n < 1:
-        raise ValueError("the probe is empty")
-    named = list(model.named_parameters())
-    trainable = {k: p.detach() for k, p in named if p.requires_grad}
-    if not trainable:
-        raise ValueError("the model has no trainable parameters")
-    frozen = {k: p.detach() for k, p in named if not p.requires_grad}
-    buffers = {k: b.detach() for k, b in model.named_buffers()}
-    shapes = [(k, p.shape, p.numel(), p.dtype) for k, p in trainable.items()]
-    size = sum(numel for _, _, numel, _ in shapes)
-    device = next(iter(trainable.values())).device
-    chunks = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
-
-    def chunk_loss(params, xc, yc):
-        return loss_fn(functional_call(model, (params, frozen, buffers), (xc,)), yc)
-
-    def unflatten(v: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, start = {}, 0
-        for k, shape, numel, dtype in shapes:
-            out[k] = v[start:start + numel].view(shape).to(dtype)
-            start += numel
-        return out
-
-    def directional_slope(params, v, xc, yc):  # <grad L_c(params), v>; its gradient is H_c v
-        slope = grad(chunk_loss)(params, xc, yc)
-        return sum((slope[k] * v[k]).sum() for k in slope)
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        tangent = unflatten(v)
-        total = torch.zeros(size, dtype=torch.float64, device=device)
-        for xc, yc in chunks:
-            hv = grad(directional_slope)(trainable, tangent, xc, yc)
-            total += torch.cat([hv[k].reshape(-1).double() for k, *_ in shapes]) * (xc.shape[0] / n)
-        return total
-
+    operator = HessianOperator(model, loss_fn, x, y, chunk_size)
     modes = _modes(model)
     model.eval()
     try:
-        return _lanczos(hvp, size, device, iters, tol, seed, n)
+        return _lanczos(operator, operator.size, operator.device, iters, tol, seed, operator.n)
     finally:
         _restore(modes)
 

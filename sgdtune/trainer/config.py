@@ -26,6 +26,12 @@ class TrainConfig(BaseModel):
     optimizer: Literal["sgd", "adam"] = Field(default="sgd", description="torch.optim.SGD (with momentum) or "
                                               "Adam (which ignores momentum)")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum")
+    loss: Literal["cross_entropy", "mse"] | None = Field(
+        default=None,
+        description="the training loss: unset = the task's own (cross_entropy for classification, mse for "
+                    "regression); 'mse' for classification = the square loss 1/2 |outputs - one-hot target|^2, "
+                    "summed over classes, mean over examples (Cohen et al. 2021; accuracy still by argmax); "
+                    "regression trains on mse only")
     weight_decay: float = Field(default=0.0, ge=0, description="L2 coefficient of the optimizer (per update)")
     budget: Literal["epochs", "updates", "examples"] = Field(
         default="epochs", description="what bounds training: passes over the training set, mini-batch updates, "
@@ -57,6 +63,13 @@ class TrainConfig(BaseModel):
                     "0 = off, else >= 4; 'auto' = the whole training set when n <= 16,384, else sized from the "
                     "last measurement's SE of |G|^2 (aiming at 10%), a power of two within [2,048, 65,536]",
     )
+    b_noise_samples: int = Field(
+        default=32, ge=0,
+        description="Rademacher combinations behind tr(H Sigma) for B_noise and eps_max, measured at the "
+                    "target, at the end and where the noise probe runs (with measure_every_epochs 'auto': "
+                    "once their own modelled cost is <= 5% of the steps'); exact when the probe or the model "
+                    "has at most this many examples or parameters; 0 = off, else >= 2",
+    )
     sharpness_every: int = Field(
         default=50, ge=0,
         description="epochs between sharpness measurements (top Hessian eigenvalue), plus one at the "
@@ -86,6 +99,13 @@ class TrainConfig(BaseModel):
                 "is measured at epoch ends now; use train.measure_every_epochs (an int, or 'auto')"
             )
         return values
+
+    @field_validator("b_noise_samples")
+    @classmethod
+    def _two_or_none(cls, value):
+        if value == 1:
+            raise ValueError(f"must be 0 (off) or >= 2 (a standard error needs two samples); got {value}")
+        return value
 
     @field_validator("probe_size", "measure_every_epochs")
     @classmethod

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_estimate
 from ..science.noise import ChunkSums, chunk_sums
 from ..science.sharpness import sharpness
 from .config import TrainConfig
@@ -214,6 +215,13 @@ class FuncStacked:
 
     def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
         return [chunk_sums(self.load_into(self.template, p), self.loss_fn, x, y, chunks) for p in positions]
+
+    def curvature_noise(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
+                        grad_sq: list[tuple[float, float]], population: int, samples: int,
+                        ) -> list[CurvatureNoiseEstimate]:
+        return [curvature_noise_estimate(self.load_into(self.template, p), self.loss_fn, x, y, *g,
+                                         population=population, samples=samples)
+                for p, g in zip(positions, grad_sq)]
 
     def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
         return [sharpness(self.load_into(self.template, p), self.loss_fn, x, y, iters=SHARPNESS_ITERS,

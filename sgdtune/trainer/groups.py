@@ -56,6 +56,11 @@ def check_group(configs: list[TrainConfig], task: str = "classification") -> Non
             f"train_stacked trains in fp32 only; got precision = {first.precision!r}. "
             "Train mixed-precision configs one at a time with sgdtune.trainer.train."
         )
+    if first.loss == "mse":
+        raise ValueError(
+            "train_stacked trains on cross-entropy only; got train.loss = 'mse'. Train each trial one at a time "
+            "with sgdtune.trainer.train."
+        )
     want = _shared_fields(first)
     for i, config in enumerate(configs[1:], start=1):
         got = _shared_fields(config)

@@ -30,6 +30,12 @@ The measurements, per member (docs/science.md, section 3):
   "auto" at the first epoch end where the modelled probe cost is <= PROBE_COST_SHARE of the
   modelled step cost since the last one (`noise_due`); always at the end of training and
   when the target is first reached.
+- B_noise and eps_max (science.curvature_noise, docs/science.md, section 3b): on the same probe,
+  with b_noise_samples Hutchinson combinations, at a subset of the noise probe's points: always
+  at the end of training and when the target is first reached; with an int measure_every_epochs
+  at every probe; with "auto" once their modelled cost (CURVATURE_PASSES x (samples + 1) x probe
+  size) is <= PROBE_COST_SHARE of the modelled step cost since their last measurement
+  (`_curvature_due`). Their time is kept apart (TrainResult.curvature_time_s), as sharpness's.
 - sharpness: science.sharpness.sharpness on the first `sharpness_size` examples of the fixed
   order, every `sharpness_every` epochs and at the end of training.
 """
@@ -46,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset
+from ..science.curvature_noise import CurvatureNoiseEstimate
 from ..science.fits import loglog_slope
 from ..science.noise import (
     ChunkSums,
@@ -81,18 +88,42 @@ AUTO_MIN_PROBE, AUTO_MAX_PROBE = 2048, 65_536  # ... rounded up to a power of tw
 # CHUNK_OVERHEAD + PROBE_PASSES x probe size (benchmarks/trainer.py measures the real ratio).
 PROBE_COST_SHARE = 0.05
 STEP_OVERHEAD, CHUNK_OVERHEAD, PROBE_PASSES = 200, 50, 2
+# B_noise's cost per Hutchinson combination (and for G^T H G), in passes of the probe: a weighted
+# backward pass and a Hessian-vector product (64-128-10 MLP, 1,437 examples, one thread: 1.1 and
+# 2.6 ms against ~1.5 ms for a plain forward+backward pass; benchmarks/trainer.py measures it).
+CURVATURE_PASSES = 3
 # Sharpness: Lanczos stops when its top Ritz value moves by <= SHARPNESS_TOL (relative) twice.
 SHARPNESS_TOL, SHARPNESS_ITERS, SHARPNESS_SEED = 1e-3, 60, 0
 
 
-def loss_function(task: str):
+def loss_function(task: str, loss: str | None = None):
     """The training loss of a task, `loss(out, y, reduction="mean")`: cross-entropy for
-    classification, torch's mean squared error (no 1/2) of out.squeeze(-1) for regression."""
+    classification, torch's mean squared error (no 1/2) of out.squeeze(-1) for regression;
+    with loss = "mse" for classification, `one_hot_mse`. `loss` None = the task's own."""
     if task == "classification":
-        return F.cross_entropy
+        if loss in (None, "cross_entropy"):
+            return F.cross_entropy
+        if loss == "mse":
+            return one_hot_mse
+        raise ValueError(f"loss must be 'cross_entropy' or 'mse' for classification; got {loss!r}")
     if task == "regression":
+        if loss not in (None, "mse"):
+            raise ValueError(f"train.loss: regression trains on 'mse' only; got {loss!r}")
         return lambda out, y, reduction="mean": F.mse_loss(out.squeeze(-1), y, reduction=reduction)
     raise ValueError(f"task must be 'classification' or 'regression'; got {task!r}")
+
+
+def one_hot_mse(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The square loss of Cohen et al. (2021) for classification: per example 1/2 |out - e_y|^2,
+    the outputs `out` (n, C) against the one-hot target e_y of label y, summed over the C classes;
+    then `reduction` over examples. (Torch's MSELoss, a mean over classes with no 1/2, would be
+    C/2 times smaller: lr 0.2 on digits would then start 10x below the edge of stability instead
+    of at half of it.) One-hot by comparison with arange (works under vmap, unlike F.one_hot)."""
+    target = (torch.arange(out.shape[-1], device=out.device) == y.unsqueeze(-1)).to(out.dtype)
+    per_example = 0.5 * (out - target).square().sum(dim=-1)
+    if reduction == "none":
+        return per_example
+    return per_example.sum() if reduction == "sum" else per_example.mean()
 
 
 def auto_probe_size(n: int, last: NoiseScaleEstimate | None) -> int:
@@ -115,6 +146,11 @@ def auto_probe_size(n: int, last: NoiseScaleEstimate | None) -> int:
 def probe_cost(probe_size: int) -> float:
     """Modelled cost of one noise measurement, in example-equivalents (see PROBE_COST_SHARE)."""
     return min(PROBE_CHUNKS, probe_size // 2) * CHUNK_OVERHEAD + PROBE_PASSES * probe_size
+
+
+def curvature_cost(probe_size: int, samples: int) -> float:
+    """Modelled cost of one B_noise measurement, in example-equivalents (see CURVATURE_PASSES)."""
+    return CURVATURE_PASSES * (samples + 1) * probe_size
 
 
 def step_cost(updates: int, examples: int) -> float:
@@ -144,6 +180,12 @@ class Stepper(Protocol):
     def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
         """The per-chunk gradient sums (science.noise.chunk_sums) of the members at `positions`
         on the probe (x, y), cut into `chunks` chunks by tensor_split."""
+
+    def curvature_noise(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
+                        grad_sq: list[tuple[float, float]], population: int, samples: int,
+                        ) -> list[CurvatureNoiseEstimate]:
+        """science.curvature_noise.curvature_noise_estimate of the members at `positions` on the
+        probe (x, y), given each one's |G|^2 and its SE there."""
 
     def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
         """The top Hessian eigenvalue of the mean loss on (x, y) of the members at `positions`."""
@@ -190,6 +232,11 @@ class _Member:
     noise_update: int = -1  # ... at this update count
     noise_mark: tuple[int, int] = (0, 0)  # (updates, examples) at the last measurement
     noise_at_target: tuple[float, float] | None = None
+    curvature: CurvatureNoiseEstimate | None = None  # the last B_noise measurement
+    curvature_update: int = -1  # ... at this update count
+    curvature_mark: tuple[int, int] = (0, 0)  # (updates, examples) at the last B_noise measurement
+    curvature_s: float = 0.0  # its B_noise measurements (not in probe_s)
+    curvature_at_target: CurvatureNoiseEstimate | None = None
     target_pending: bool = False
     stop: bool = False  # reached its target with stop_at_target: its training ends at this update
     updates_to_target: int | None = None
@@ -223,7 +270,7 @@ class Loop:
         x, y, n = data.x_train, data.y_train, data.n_train
         first = configs[0]
         self.task = getattr(data, "task", "classification")
-        self.loss_fn = loss_function(self.task)
+        self.loss_fn = loss_function(self.task, first.loss)
         order = fixed_subset(n, n, device)  # the fixed order: every probe and subset is a prefix of it
         eval_idx = order[: first.eval_size]
         self.x_eval, self.y_eval = x[eval_idx], y[eval_idx]
@@ -430,11 +477,28 @@ class Loop:
         since = step_cost(self.updates - updates, self.examples - examples)
         return PROBE_COST_SHARE * since >= probe_cost(m.noise_size)
 
-    def _measure_noise(self, members: list[_Member]) -> None:
+    def _curvature_due(self, m: _Member, epoch: int, final: bool) -> bool:
+        """Whether member m's epoch end measures B_noise (see the module's docstring): always at
+        its end; with an int measure_every_epochs at every probe; with "auto" once its modelled
+        cost is <= PROBE_COST_SHARE of the steps' since its last."""
+        if not (m.noise_size and m.config.b_noise_samples):
+            return False
+        if final:
+            return True
+        every = m.config.measure_every_epochs
+        if every != "auto":
+            return epoch % every == 0
+        updates, examples = m.curvature_mark
+        since = step_cost(self.updates - updates, self.examples - examples)
+        return PROBE_COST_SHARE * since >= curvature_cost(m.noise_size, m.config.b_noise_samples)
+
+    def _measure_noise(self, members: list[_Member], curvature: list[_Member] = ()) -> None:
         """Noise measurement of these members, at most once per update count: members with
         the same probe size share one pass (the stepper's noise_sums); the time is split among
-        the members measured."""
+        the members measured. Those also in `curvature` measure B_noise on the same probe,
+        each timed to itself (curvature_s, apart from probe_s)."""
         members = [m for m in members if m.noise_size and m.noise_update != self.updates]
+        curvature = [m for m in curvature if m in members and m.config.b_noise_samples]
         if not members:
             return
         t0 = time.perf_counter()
@@ -454,6 +518,14 @@ class Loop:
         share = (time.perf_counter() - t0) / len(members)
         for m in members:
             m.probe_s += share
+        for m in curvature:
+            t0 = time.perf_counter()
+            idx = self.probe_order[:m.noise.probe_size]
+            (m.curvature,) = self.stepper.curvature_noise(
+                self.data.x_train[idx], self.data.y_train[idx], [self.members.index(m)],
+                [(m.noise.grad_sq_norm, m.noise.grad_sq_norm_se)], n, m.config.b_noise_samples)
+            m.curvature_update, m.curvature_mark = self.updates, (self.updates, self.examples)
+            m.curvature_s += time.perf_counter() - t0
 
     def _measure_sharpness(self, members: list[_Member]) -> dict[_Member, float]:
         """Sharpness of these members on the fixed sharpness probe, each timed to itself."""
@@ -478,10 +550,12 @@ class Loop:
         for m in reached:
             m.updates_to_target, m.examples_to_target, m.target_pending = self.updates, self.examples, False
             m.stop = m.config.stop_at_target
-        self._measure_noise(reached)  # the noise scale where the target is first reached
+        self._measure_noise(reached, reached)  # the noise scales where the target is first reached
         for m in reached:
             if m.noise_update == self.updates:
                 m.noise_at_target = (m.noise.simple, m.noise.simple_se)
+            if m.curvature_update == self.updates:
+                m.curvature_at_target = m.curvature
 
     def _end_epoch(self, epoch: int, members: list[_Member]) -> None:
         """Epoch end for these members (all, or those whose training ends mid-epoch):
@@ -500,7 +574,9 @@ class Loop:
         if pending:
             self._check_targets(pending, [evaluated[m][3] for m in pending])
         ending = {m: m.stop or m.plan.total_updates == self.updates for m in members}
-        self._measure_noise([m for m in members if self._noise_due(m, epoch, ending[m])])
+        curvature = [m for m in members if self._curvature_due(m, epoch, ending[m])]
+        self._measure_noise([m for m in members if self._noise_due(m, epoch, ending[m]) or m in curvature],
+                            curvature)
         sharp = {}
         if self.sharpness_probe is not None:
             every = members[0].config.sharpness_every
@@ -512,6 +588,7 @@ class Loop:
         for m in members:
             train_loss, train_acc, val_loss, val_acc = evaluated[m]
             noise = m.noise if m.noise_update == self.updates else None
+            curv = m.curvature if m.curvature_update == self.updates else None
             sharpness = sharp.get(m)
             metrics = EpochMetrics(
                 epoch=epoch,
@@ -531,6 +608,10 @@ class Loop:
                 grad_noise_scale_bound=None if noise is None else float(noise.bound),
                 sharpness=sharpness,
                 lr_sharpness=None if sharpness is None else m.lr_now * sharpness,
+                b_noise=None if curv is None else curv.b_noise,
+                b_noise_se=None if curv is None else curv.b_noise_se,
+                eps_max=None if curv is None else curv.eps_max,
+                eps_max_se=None if curv is None else curv.eps_max_se,
                 task=self.task,
             )
             m.history.append(metrics)
@@ -576,6 +657,10 @@ class Loop:
             updates_to_target=m.updates_to_target,
             examples_to_target=m.examples_to_target,
             noise_at_target=m.noise_at_target,
+            curvature_at_target=None if m.curvature_at_target is None else (
+                m.curvature_at_target.b_noise, m.curvature_at_target.b_noise_se,
+                m.curvature_at_target.eps_max, m.curvature_at_target.eps_max_se),
+            curvature_time_s=m.curvature_s,
             target_time_s=m.target_s,
             sharpness_time_s=m.sharpness_s,
             fixed_model_loss_noise_slope=m.fixed_loss_noise_slope,

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..model import build_model
+from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_estimate
 from ..science.noise import ChunkSums, chunk_sums
 from ..science.sharpness import sharpness
 from .config import TrainConfig
@@ -60,9 +61,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.op
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "classification") -> tuple[float, float]:
-    """Mean loss and score, in chunks; one sync at the end. Classification: cross-entropy and
-    accuracy; regression: mean squared error and R^2 = 1 - SSE/SST, SST about the mean of y."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "classification",
+             loss_fn=F.cross_entropy) -> tuple[float, float]:
+    """Mean loss and score, in chunks; one sync at the end. Classification: `loss_fn` (the
+    training loss: cross-entropy, or one-hot MSE) and accuracy by argmax; regression: mean
+    squared error and R^2 = 1 - SSE/SST, SST about the mean of y."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
@@ -73,7 +76,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "cl
         if task == "regression":
             loss_sum += F.mse_loss(out.squeeze(-1), target, reduction="sum").double()
         else:
-            loss_sum += F.cross_entropy(out, target, reduction="sum").double()
+            loss_sum += loss_fn(out, target, reduction="sum").double()
             correct += (out.argmax(dim=1) == target).sum()
     model.train(was_training)
     if task == "regression":
@@ -118,7 +121,7 @@ class ModuleStepper:
     """The loop's Stepper for one member: `model` stepped by torch.optim (make_optimizer)."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, lr: float, task: str = "classification"):
-        self.model, self.task, self.loss_fn = model, task, loss_function(task)
+        self.model, self.task, self.loss_fn = model, task, loss_function(task, config.loss)
         self.optimizer = make_optimizer(model, config, lr)
         device = next(model.parameters(), torch.empty(0)).device
         self.precision = Precision(config.precision, device, config.tf32)
@@ -153,7 +156,7 @@ class ModuleStepper:
             group["lr"] = lrs[0]
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[tuple[float, float]]:
-        return [evaluate(self.model, x, y, self.task) for _ in positions]
+        return [evaluate(self.model, x, y, self.task, self.loss_fn) for _ in positions]
 
     @torch.no_grad()
     def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
@@ -166,6 +169,12 @@ class ModuleStepper:
 
     def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
         return [chunk_sums(self.model, self.loss_fn, x, y, chunks) for _ in positions]
+
+    def curvature_noise(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
+                        grad_sq: list[tuple[float, float]], population: int, samples: int,
+                        ) -> list[CurvatureNoiseEstimate]:
+        return [curvature_noise_estimate(self.model, self.loss_fn, x, y, *g, population=population, samples=samples)
+                for g in grad_sq]
 
     def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
         est = sharpness(self.model, self.loss_fn, x, y, iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=SHARPNESS_SEED)

@@ -38,6 +38,10 @@ class EpochMetrics:
     grad_noise_scale_bound: float | None = None  # 1.0: grad_noise_scale is a lower bound; 0.0: an estimate
     sharpness: float | None = None  # top eigenvalue of the training loss's Hessian (loss / parameter^2)
     lr_sharpness: float | None = None  # lr x sharpness: GD is stable below 2, 2(1 + m) with momentum m
+    b_noise: float | None = None  # B_noise = tr(H Sigma) / G^T H G (examples; docs/science.md, section 3b)
+    b_noise_se: float | None = None
+    eps_max: float | None = None  # eps_max = |G|^2 / G^T H G: the best step along G without noise (lr units)
+    eps_max_se: float | None = None
     task: str = "classification"  # not a metric: names the scores in as_dict
 
     def as_dict(self) -> dict[str, float]:
@@ -68,6 +72,8 @@ class TrainResult:
     updates_to_target: int | None = None
     examples_to_target: int | None = None
     noise_at_target: tuple[float, float] | None = None  # (B_simple, its SE) when the target was first reached
+    # (B_noise, SE, eps_max, SE) when the target was first reached; an entry is None where G^T H G <= 0.
+    curvature_at_target: tuple[float | None, float | None, float | None, float | None] | None = None
     # Slope of log loss_noise against log B at the final weights, forward only (docs/science.md, §2).
     fixed_model_loss_noise_slope: float | None = None
     # (loss, score) on the held-out test set at the final weights (final_test_loss, final_test_acc
@@ -77,6 +83,7 @@ class TrainResult:
     sharpness_time_s: float = 0.0  # the sharpness measurements (not in probe_time_s nor compute_time_s)
     target_time_s: float = 0.0  # the target checks between epoch ends
     gpu: dict[str, float] | None = None  # NVML's gpu_util_mean_pct, gpu_mem_used_max_mb (timing.GpuMonitor)
+    curvature_time_s: float = 0.0  # the B_noise measurements (not in probe_time_s nor compute_time_s)
     # The trained network at its final weights, on the training device (the caller's own
     # module for `train`; a copy of its slice for a stacked member). Not a metric.
     module: nn.Module | None = None
@@ -104,6 +111,9 @@ class TrainResult:
         out.update(self.gpu or {})
         if self.noise_at_target is not None:
             out["grad_noise_scale_at_target"], out["grad_noise_scale_at_target_se"] = self.noise_at_target
+        if self.curvature_at_target is not None:
+            names = ("b_noise_at_target", "b_noise_at_target_se", "eps_max_at_target", "eps_max_at_target_se")
+            out.update(zip(names, self.curvature_at_target))
         return {k: float(v) for k, v in out.items() if v is not None}
 
 
@@ -128,6 +138,10 @@ def history_summary(history: list[EpochMetrics]) -> dict[str, float]:
         out["final_grad_noise_scale"] = noise.grad_noise_scale
         out["final_grad_noise_scale_se"] = noise.grad_noise_scale_se
         out["final_grad_noise_scale_bound"] = noise.grad_noise_scale_bound
+    curvature = next((m for m in reversed(history) if m.b_noise is not None), None)
+    if curvature is not None:  # the last measurement where G^T H G > 0
+        out["final_b_noise"], out["final_b_noise_se"] = curvature.b_noise, curvature.b_noise_se
+        out["final_eps_max"], out["final_eps_max_se"] = curvature.eps_max, curvature.eps_max_se
     if sharp is not None:
         out["final_sharpness"], out["final_lr_sharpness"] = sharp.sharpness, sharp.lr_sharpness
     names = SUMMARY_SCORE_NAMES.get(last.task, {})

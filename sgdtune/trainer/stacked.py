@@ -60,6 +60,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..model import build_model
+from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_estimate
 from ..science.noise import ChunkSums
 from ..science.sharpness import sharpness
 from .config import TrainConfig
@@ -415,6 +416,15 @@ class StackedMLP:
                             seed=SHARPNESS_SEED)
             out.append(est.eigenvalue)
         return out
+
+    def curvature_noise(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
+                        grad_sq: list[tuple[float, float]], population: int, samples: int,
+                        ) -> list[CurvatureNoiseEstimate]:
+        """science.curvature_noise.curvature_noise_estimate of each member at `positions`, loaded
+        into an nn.Module (as sharpness)."""
+        return [curvature_noise_estimate(self.load_into(self._template, p), F.cross_entropy, x, y, *g,
+                                         population=population, samples=samples)
+                for p, g in zip(positions, grad_sq)]
 
     @torch.no_grad()
     def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
