@@ -56,8 +56,11 @@ class ParamRange(_Strict):
                                "(the grid sampler needs a step or choices)")
     choices: tuple[float, ...] | None = Field(default=None, min_length=1,
                                               description="the values to pick from, in place of low and high")
-    stratify: bool = Field(default=False, description="round-robin over the powers of two in [low, high] by trial "
-                           "number (log ranges); the sampler tunes the rest per value")
+    stratify: bool = Field(default=False, description="spread trials over the powers of two in [low, high] (log "
+                           "ranges): each takes the value with the fewest complete, pruned or running trials (ties "
+                           "round-robin by trial number), so a diverged trial's value gets another; the sampler and "
+                           "the median pruner see the trials at that value only, and the pruner spares them until 2 "
+                           "there are complete")
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> ParamRange:
@@ -94,7 +97,8 @@ class PrunerConfig(_Strict):
     name: Literal["median", "hyperband", "none"] = Field(
         default="median", description="stops a trial early on its val_acc at epoch ends (single-objective "
         "studies only; a study of 2 objectives never prunes); hyperband's smallest resource: n_warmup_steps epochs")
-    n_startup_trials: int = Field(default=5, ge=0, description="trials before the median pruner acts")
+    n_startup_trials: int = Field(default=5, ge=0, description="complete trials before the median pruner "
+                                  "acts (per value of a stratified parameter, and there at least 2)")
     n_warmup_steps: int = Field(default=2, ge=0, description="epochs before a trial may be pruned")
 
 

@@ -17,6 +17,7 @@ from .config import ExperimentConfig
 from .space import StratifiedPruner, StratifiedSampler, grid, powers_of_two
 
 FAIL_KIND = "fail_kind"  # trial user attribute: "diverged" counts as finished, "interrupted" does not
+MIN_COMPLETE_PER_STRATUM = 2  # complete trials at each value of a stratified parameter before any there is pruned
 
 
 def derive_seed(*parts: int) -> int:
@@ -55,7 +56,33 @@ def make_pruner(config: ExperimentConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.HyperbandPruner(min_resource=max(1, p.n_warmup_steps))
     median = optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
     stratified = next((name for name, rng in config.search.items() if rng.stratify), None)
-    return StratifiedPruner(median, stratified) if stratified else median  # the median within the stratum
+    if not stratified:
+        return median
+    # the median within the stratum, once the stratum has enough complete trials to have a spread
+    return CoverFirst(StratifiedPruner(median, stratified), stratified, MIN_COMPLETE_PER_STRATUM)
+
+
+class CoverFirst(optuna.pruners.BasePruner):
+    """Never prunes a trial while fewer than `min_complete` trials at its value of `name` are
+    complete, whatever the base pruner says: every batch size then ends the study with at
+    least `min_complete` complete trials (given that many trials that do not diverge; the
+    stratified sampler gives a diverged trial's batch size another), so its best has a spread.
+
+    The count is read from the study's trials in the storage, so workers in other processes
+    see each other's complete trials. Trials at one value running at once (several workers)
+    may all be spared: more complete trials than needed, never fewer.
+    """
+
+    def __init__(self, base: optuna.pruners.BasePruner, name: str, min_complete: int) -> None:
+        self.base, self.name, self.min_complete = base, name, min_complete
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if self.name in trial.params:
+            value = trial.params[self.name]
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if sum(t.params.get(self.name) == value for t in complete) < self.min_complete:
+                return False
+        return self.base.prune(study, trial)
 
 
 def open_study(config: ExperimentConfig, storage: optuna.storages.BaseStorage, worker: int = 0,

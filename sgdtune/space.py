@@ -49,27 +49,45 @@ def powers_of_two(rng: ParamRange) -> list[int]:
 
 
 class StratifiedSampler(optuna.samplers.BaseSampler):
-    """One parameter drawn round-robin over fixed values by place in the plan (the trial at
-    place p gets values[p % len(values)]), the others by a base sampler that sees only the
-    trials at the same value: e.g. every octave of B gets as many trials, and lr is tuned per
-    batch size.
+    """One parameter spread over fixed values, the others drawn by a base sampler that sees only
+    the trials at the same value: e.g. every octave of B gets as many trials, and lr is tuned
+    per batch size.
+
+    Each trial takes the value with the fewest live trials (complete, pruned or running); ties
+    go round-robin from values[p % len(values)] for the trial at place p in the plan. With
+    nothing diverged that is values[p % len(values)], a plain round-robin; a trial that
+    diverged (or crashed) does not count, so its value gets another trial before any value
+    gets one more: live counts never differ by more than one, and a diverged trial does not
+    cost its batch size a slot.
 
     A trial's place is its number less the retries numbered before it, and a retry (user
     attribute retry_of: a trial queued again after a kill or a Ctrl-C, reclaim.py, trial.py)
-    takes the place of the trial it retries: an interrupted and resumed study runs the plan of
-    an uninterrupted one. Keyed on the stored trials alone, so several workers sharing a study
-    still cover the values evenly. Enqueued values win, as with any Optuna sampler.
+    runs again with its parameters, in the place of the trial it retries: an interrupted and
+    resumed study runs the plan of an uninterrupted one. Counted from the stored trials, so
+    several workers sharing a study still cover the values evenly (places break the ties of
+    trials created at once). Enqueued values win, as with any Optuna sampler.
     """
 
     def __init__(self, base: optuna.samplers.BaseSampler, name: str, values: list[Any]) -> None:
         self.base, self.name, self.values = base, name, list(values)
-
-    def value_of(self, place: int) -> Any:
-        """The stratified parameter's value at `place` in the plan."""
-        return self.values[place % len(self.values)]
+        self._chosen: dict[int, Any] = {}  # trial number -> its value, fixed at its first sampling call
 
     def value_for(self, study: optuna.Study, trial: FrozenTrial) -> Any:
-        return self.value_of(plan_place(study.get_trials(deepcopy=False), trial))
+        """The stratified parameter's value for `trial` (chosen once, then kept)."""
+        if trial.number not in self._chosen:
+            fixed = trial.system_attrs.get("fixed_params", {})
+            self._chosen[trial.number] = fixed[self.name] if self.name in fixed else self._least_served(study, trial)
+        return self._chosen[trial.number]
+
+    def _least_served(self, study: optuna.Study, trial: FrozenTrial) -> Any:
+        trials = study.get_trials(deepcopy=False)
+        live = {v: 0 for v in self.values}
+        for t in trials:
+            if (t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) and t.number != trial.number
+                    and t.params.get(self.name) in live):
+                live[t.params[self.name]] += 1
+        k, place = len(self.values), plan_place(trials, trial)
+        return self.values[min(range(k), key=lambda i: (live[self.values[i]], (i - place) % k))]
 
     def _stratum(self, study: optuna.Study, trial: FrozenTrial) -> tuple[optuna.Study, FrozenTrial]:
         """The trials at this trial's value (stratum_study), and a running trial standing in for
@@ -105,6 +123,7 @@ class StratifiedSampler(optuna.samplers.BaseSampler):
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
+        self._chosen.pop(trial.number, None)
         self.base.after_trial(study, trial, state, values)
 
 

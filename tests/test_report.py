@@ -845,6 +845,10 @@ def test_the_stratified_study_conditions_sampler_and_pruner_on_the_batch_size():
         study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(trial, 1.0 - b / 2048)
     assert study.trials[15].params["batch_size"] == 1024 and study.trials[15].state == TrialState.COMPLETE
     assert optuna.pruners.MedianPruner(n_warmup_steps=3).prune(study, study.trials[15])  # a plain median would
+    # the median within B = 1024 alone, without the spared first 2 complete trials (search.CoverFirst)
+    from sgdtune.space import StratifiedPruner
+    within = StratifiedPruner(optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=3), "batch_size")
+    assert not within.prune(study, study.trials[15])
 
 
 def suggest_b(trial) -> int:
