@@ -1,0 +1,186 @@
+"""The README's figures are those of the reports kept in docs/results/ (no training here).
+
+docs/results/<experiment>.json is the report.json of `python -m sgdtune.study experiments/<experiment>.toml
+--report`, written by `python docs/results/regenerate.py [experiment ...]`. Each claim below reads one figure
+from such a file (a stable report.json key), formats it as the README writes it and requires that text in
+README.md. When a rerun changes a figure, the test names the claim and the text the README should now hold.
+"""
+
+import json
+import re
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from conftest import ROOT
+
+RESULTS = ROOT / "docs" / "results"
+README = ROOT / "README.md"
+
+
+def _normalized(text: str) -> str:
+    """Whitespace (line wraps) collapsed to one space, the typographic minus read as '-'."""
+    return re.sub(r"\s+", " ", text.replace("\u2212", "-"))
+
+
+def report(experiment: str) -> dict:
+    return json.loads((RESULTS / f"{experiment}.json").read_text())
+
+
+@dataclass(frozen=True)
+class Claim:
+    """`template.format(*values(report))` appears in the README; `what` says which figure it is."""
+
+    experiment: str
+    what: str
+    values: Callable[[dict], tuple]
+    template: str
+
+    def text(self) -> str:
+        return self.template.format(*self.values(report(self.experiment)))
+
+
+def _states(r: dict) -> tuple:
+    s = r["study"]["trials_by_state"]
+    return s["COMPLETE"], s["PRUNED"], s["FAIL"]
+
+
+def _octave_fit(r: dict) -> tuple:
+    fit = r["per_octave"]["fit"]
+    return fit["gain_per_doubling"], fit["ci"]["ci_low"], fit["ci"]["ci_high"]
+
+
+def _best(r: dict) -> tuple:
+    """The study's best val_acc, its SE and batch size (the best trial per batch size, first of ties)."""
+    best = r["accuracy"]["best_per_batch"]
+    i = max(range(len(best["batch_size"])), key=lambda k: best["final_val_acc"][k])
+    return best["final_val_acc"][i], best["final_val_acc_se"][i], best["batch_size"][i]
+
+
+def _at_batch(batch_size: int) -> Callable[[dict], tuple]:
+    """The best val_acc and its SE at one batch size."""
+    def get(r: dict) -> tuple:
+        best = r["accuracy"]["best_per_batch"]
+        i = best["batch_size"].index(batch_size)
+        return best["final_val_acc"][i], best["final_val_acc_se"][i]
+    return get
+
+
+def _smallest_vs_largest(r: dict) -> tuple:
+    d = r["per_doubling"]["smallest_vs_largest"]
+    return d["difference"], d["se"], abs(d["z"])
+
+
+def _loss_noise_slope(r: dict) -> tuple:
+    ln = r["loss_noise"]
+    return ln["slope"], ln["slope_ci"]["ci_low"], ln["slope_ci"]["ci_high"]
+
+
+def _failed(r: dict) -> tuple:
+    """Complete and failed (diverged) trials, with the lr range and the largest B of the failed ones."""
+    failed = [t for t in r["trials"] if t["state"] == "FAIL"]
+    return (r["study"]["trials_by_state"]["COMPLETE"], len(failed), min(t["lr"] for t in failed),
+            max(t["lr"] for t in failed), max(t["batch_size"] for t in failed))
+
+
+def _critical_fit(r: dict) -> tuple:
+    fit = r["steps_to_target"]["fit"]
+    return (fit["b_crit"], fit["b_crit_ci"]["ci_low"], fit["b_crit_ci"]["ci_high"],
+            fit["s_min"], fit["s_min_ci"]["ci_low"], fit["s_min_ci"]["ci_high"])
+
+
+def _noise_scale_at_target(r: dict) -> tuple:
+    """Median and quartiles (inclusive method) of B_simple when each complete trial first reached its target,
+    and the median over the ends of the B_crit interval."""
+    values = [t["summary"]["grad_noise_scale_at_target"] for t in r["trials"]
+              if t["state"] == "COMPLETE" and t["summary"].get("grad_noise_scale_at_target") is not None]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    ci = r["steps_to_target"]["fit"]["b_crit_ci"]
+    return median, q1, q3, len(values), median / ci["ci_high"], median / ci["ci_low"]
+
+
+def _sharpness(r: dict) -> tuple:
+    sh = r["sharpness"]
+    return min(sh["final_sharpness"]), max(sh["final_sharpness"]), max(sh["final_lr_sharpness"])
+
+
+def _fixed_model_slope(r: dict) -> tuple:
+    return (r["loss_noise"]["fixed_model_slope"],)
+
+
+def _recommendation(r: dict) -> tuple:
+    rec = r["recommendation"]
+    return rec["batch_size"], rec["lr"], rec["budget"], rec["number"]
+
+
+def _lr_range(r: dict) -> tuple:
+    po = r["per_octave"]
+    lo = min(range(len(po["best_lr"])), key=lambda k: po["best_lr"][k])
+    hi = max(range(len(po["best_lr"])), key=lambda k: po["best_lr"][k])
+    return po["best_lr"][lo], po["best_batch_size"][lo], po["best_lr"][hi], po["best_batch_size"][hi]
+
+
+def _ped_anova(r: dict) -> tuple:
+    ranked = sorted(r["importance"]["ped_anova"].items(), key=lambda kv: -kv[1])
+    return tuple(x for kv in ranked for x in kv)
+
+
+def _reasons(*openings: str) -> Callable[[dict], tuple]:
+    """The recommendation's reasons that open with these words (those free of measured seconds)."""
+    def get(r: dict) -> tuple:
+        reasons = r["recommendation"]["reasons"]
+        return tuple(next(x for x in reasons if x.startswith(o)) for o in openings)
+    return get
+
+
+CLAIMS = [
+    # The default study (README, "Reports and the UIs"; its recommendation under "The answer").
+    Claim("batch_tradeoff", "trials by state", _states, "{} complete, {} pruned, {} failed"),
+    Claim("batch_tradeoff", "per-octave slope and its 95% interval", _octave_fit,
+          "{:+.4f} per doubling of B (95% interval {:+.4f} to {:+.4f}): no trend"),
+    Claim("batch_tradeoff", "the best val_acc", _best, "the best, {:.4f} ± {:.4f} at B = {}"),
+    Claim("batch_tradeoff", "fANOVA importances", lambda r: (r["importance"]["importance"]["lr"],
+                                                             r["importance"]["importance"]["batch_size"]),
+          "fANOVA ranks lr first ({:.2f}, batch_size {:.2f})"),
+    Claim("batch_tradeoff", "the best lr per octave, lowest and highest", _lr_range,
+          "ranged from {:.2g} (B = {}) to {:.2g} (B = {})"),
+    Claim("batch_tradeoff", "PED-ANOVA importances", _ped_anova, "PED-ANOVA ranks {} first ({:.2f}, {} {:.2f}, {} {:.2f})"),
+    Claim("batch_tradeoff", "the recommended B, lr, budget and trial", _recommendation,
+          "Train with B = {}, lr {:.3g}, {} (trial {})"),
+    Claim("batch_tradeoff", "the recommendation's accuracy reasons", _reasons("Accuracy", "Within noise"), "- {} - {}"),
+    Claim("batch_tradeoff", "the recommendation's evidence", _reasons("Evidence"), "- {}"),
+    # The science table and the paragraphs under it.
+    Claim("critical_batch", "complete and diverged trials", _failed,
+          "({} complete, {} diverged at lr {}-{} and B ≤ {})"),
+    Claim("critical_batch", "the S(B) fit", _critical_fit,
+          "fit B_crit = {:.0f} examples (95% interval {:.0f} to {:.0f}), S_min = {:.1f} updates ({:.1f} to {:.1f})"),
+    Claim("critical_batch", "B_simple at the target", _noise_scale_at_target,
+          "median {:.0f} examples (interquartile {:.0f}-{:.0f}, {} trials), {:.0f} to {:.0f} times B_crit"),
+    Claim("critical_batch", "sharpness and lr × sharpness", _sharpness,
+          "{:.2g} to {:.2g} with lr × sharpness at most {:.2f} (critical batch)"),
+    Claim("critical_batch", "loss-noise slope across trials", _loss_noise_slope,
+          "{:.2f} (critical batch; 95% interval {:.2f} to {:.2f})"),
+    Claim("critical_batch", "loss-noise slope at fixed weights", _fixed_model_slope, "the slope is {:.2f} (critical batch)"),
+]
+
+
+@pytest.mark.parametrize("experiment", sorted({c.experiment for c in CLAIMS}))
+def test_every_quoted_experiment_has_its_report_beside_the_readme(experiment):
+    r = report(experiment)
+    assert str(r.get("schema", "")).startswith("sgdtune.report/"), f"docs/results/{experiment}.json is no report"
+    assert (RESULTS / f"{experiment}.txt").is_file()
+
+
+def test_every_results_file_the_readme_names_exists():
+    named = set(re.findall(r"docs/results/([\w.-]+\.(?:json|txt))", README.read_text()))
+    assert named, "the README names no docs/results file"
+    assert sorted(n for n in named if not (RESULTS / n).is_file()) == []
+
+
+@pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: f"{c.experiment}: {c.what}")
+def test_the_readme_quotes_each_figure_as_its_report_gives_it(claim):
+    expected = _normalized(claim.text())
+    assert expected in _normalized(README.read_text()), (
+        f"README.md no longer matches docs/results/{claim.experiment}.json ({claim.what}): "
+        f"expected the text {expected!r}")
