@@ -17,6 +17,7 @@ from conftest import ROOT
 
 RESULTS = ROOT / "docs" / "results"
 README = ROOT / "README.md"
+SCIENCE = ROOT / "docs" / "science.md"
 
 
 def _normalized(text: str) -> str:
@@ -30,12 +31,13 @@ def report(experiment: str) -> dict:
 
 @dataclass(frozen=True)
 class Claim:
-    """`template.format(*values(report))` appears in the README; `what` says which figure it is."""
+    """`template.format(*values(report))` appears in `doc` (README.md by default); `what` names the figure."""
 
     experiment: str
     what: str
     values: Callable[[dict], tuple]
     template: str
+    doc: str = "README.md"
 
     def text(self) -> str:
         return self.template.format(*self.values(report(self.experiment)))
@@ -109,6 +111,36 @@ def _fixed_model_slope(r: dict) -> tuple:
     return (r["loss_noise"]["fixed_model_slope"],)
 
 
+def _complete_failed(r: dict) -> tuple:
+    s = r["study"]["trials_by_state"]
+    return s["COMPLETE"], s["FAIL"]
+
+
+def _examples_seen_at(batch_size: int) -> Callable[[dict], tuple]:
+    """Examples seen and updates made by the best complete trial at one batch size."""
+    def get(r: dict) -> tuple:
+        best = r["accuracy"]["best_per_batch"]
+        number = best["number"][best["batch_size"].index(batch_size)]
+        trial = next(t for t in r["trials"] if t["number"] == number)
+        return trial["summary"]["examples_seen"], trial["summary"]["updates"]
+    return get
+
+
+def _ends(r: dict) -> tuple:
+    """The best val_acc and its SE at the smallest and at the largest batch size."""
+    best = r["accuracy"]["best_per_batch"]
+    lo, hi = best["batch_size"].index(min(best["batch_size"])), best["batch_size"].index(max(best["batch_size"]))
+    return (best["final_val_acc"][lo], best["final_val_acc_se"][lo], best["batch_size"][lo],
+            best["final_val_acc"][hi], best["final_val_acc_se"][hi], best["batch_size"][hi])
+
+
+def _steps_within_noise(r: dict) -> tuple:
+    """Steps between neighbouring batch sizes whose change of best val_acc is under 2 SE, of all steps."""
+    pd = r["per_doubling"]
+    within = sum(abs(g) < 2 * se for g, se in zip(pd["gain_per_doubling"], pd["gain_per_doubling_se"], strict=True))
+    return within, len(pd["gain_per_doubling"])
+
+
 def _recommendation(r: dict) -> tuple:
     rec = r["recommendation"]
     return rec["batch_size"], rec["lr"], rec["budget"], rec["number"]
@@ -158,9 +190,34 @@ CLAIMS = [
     Claim("critical_batch", "B_simple at the target", _noise_scale_at_target,
           "median {:.0f} examples (interquartile {:.0f}-{:.0f}, {} trials), {:.0f} to {:.0f} times B_crit"),
     Claim("critical_batch", "sharpness and lr × sharpness", _sharpness,
-          "{:.2g} to {:.2g} with lr × sharpness at most {:.2f} (critical batch)"),
+          "{:.2f} to {:.2f} with lr × sharpness at most {:.2f} (critical batch)"),
     Claim("critical_batch", "loss-noise slope across trials", _loss_noise_slope,
           "{:.2f} (critical batch; 95% interval {:.2f} to {:.2f})"),
+    Claim("fixed_updates", "complete and failed trials", _complete_failed, "lr searched ({} complete, {} failed)"),
+    Claim("fixed_updates", "best val_acc at B = 8", _at_batch(8), "best val_acc {:.4f} ± {:.4f} at B = 8"),
+    Claim("fixed_updates", "best val_acc at B = 1024", _at_batch(1024), "{:.4f} ± {:.4f} at B = 1024"),
+    Claim("fixed_updates", "smallest against largest B", _smallest_vs_largest,
+          "(difference {:.4f} ± {:.4f}, {:.1f} SE: beyond noise)"),
+    Claim("fixed_updates", "the best val_acc", _best, "best overall {:.4f} ± {:.4f} at B = {}"),
+    Claim("fixed_updates", "batch sizes within noise of the best", _reasons("Within noise"), "{}"),
+    Claim("fixed_updates", "examples seen at B = 8", _examples_seen_at(8), "having seen {:,.0f} examples in its {:.0f} updates"),
+    Claim("fixed_updates", "sharpness and lr × sharpness", _sharpness,
+          "{:.2f} to {:.2f} with lr × sharpness at most {:.2f} (equal updates)"),
+    Claim("fixed_updates", "loss-noise slope across trials", _loss_noise_slope,
+          "{:.2f} (equal updates; {:.2f} to {:.2f})"),
+    Claim("fixed_updates", "loss-noise slope at fixed weights", _fixed_model_slope, "{:.2f} (equal updates)"),
+    Claim("linear_scaling", "best val_acc at the smallest and largest B", _ends,
+          "best val_acc {:.4f} ± {:.4f} at B = {} and {:.4f} ± {:.4f} at B = {}"),
+    Claim("linear_scaling", "the best val_acc", _best, "best {:.4f} ± {:.4f} at B = {}"),
+    Claim("linear_scaling", "steps within noise", _steps_within_noise,
+          "{} of {} steps between neighbouring batch sizes within 2 SE"),
+    Claim("linear_scaling", "sharpness and lr × sharpness", _sharpness,
+          "{:.2f} to {:.2f} with lr × sharpness at most {:.2f} (linear scaling)"),
+    Claim("linear_scaling", "loss-noise slope across trials", _loss_noise_slope,
+          "{:.2f} (linear scaling; {:.2f} to {:.2f})"),
+    Claim("linear_scaling", "loss-noise slope at fixed weights", _fixed_model_slope, "{:.2f} (linear scaling)"),
+    Claim("critical_batch", "median B_simple at the target, in the probe's cost", _noise_scale_at_target,
+          "its median `B_simple` at the target, {:.0f} examples", doc="docs/science.md"),
     Claim("critical_batch", "loss-noise slope at fixed weights", _fixed_model_slope, "the slope is {:.2f} (critical batch)"),
 ]
 
@@ -172,8 +229,9 @@ def test_every_quoted_experiment_has_its_report_beside_the_readme(experiment):
     assert (RESULTS / f"{experiment}.txt").is_file()
 
 
-def test_every_results_file_the_readme_names_exists():
-    named = set(re.findall(r"docs/results/([\w.-]+\.(?:json|txt))", README.read_text()))
+def test_every_results_file_the_readme_and_science_notes_name_exists():
+    text = README.read_text() + SCIENCE.read_text()
+    named = set(re.findall(r"docs/results/([\w.-]+\.(?:json|txt))", text))
     assert named, "the README names no docs/results file"
     assert sorted(n for n in named if not (RESULTS / n).is_file()) == []
 
@@ -181,6 +239,6 @@ def test_every_results_file_the_readme_names_exists():
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: f"{c.experiment}: {c.what}")
 def test_the_readme_quotes_each_figure_as_its_report_gives_it(claim):
     expected = _normalized(claim.text())
-    assert expected in _normalized(README.read_text()), (
-        f"README.md no longer matches docs/results/{claim.experiment}.json ({claim.what}): "
+    assert expected in _normalized((ROOT / claim.doc).read_text()), (
+        f"{claim.doc} no longer matches docs/results/{claim.experiment}.json ({claim.what}): "
         f"expected the text {expected!r}")
