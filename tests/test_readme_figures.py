@@ -141,6 +141,39 @@ def _steps_within_noise(r: dict) -> tuple:
     return within, len(pd["gain_per_doubling"])
 
 
+def _test_acc(r: dict, number: int) -> float:
+    return next(t for t in r["trials"] if t["number"] == number)["summary"]["final_test_acc"]
+
+
+def _best_with_test(r: dict) -> tuple:
+    acc, se, batch_size = _best(r)
+    best = r["accuracy"]["best_per_batch"]
+    return acc, se, batch_size, _test_acc(r, best["number"][best["batch_size"].index(batch_size)])
+
+
+def _octave_ends_with_test(r: dict) -> tuple:
+    """The best trial of the smallest and of the largest octave with a complete trial: val_acc, SE, B, test_acc;
+    then their difference and its combined SE."""
+    po = r["per_octave"]
+    kept = [i for i, n in enumerate(po["best_number"]) if n is not None]
+    ends = [(po["best_val_acc"][i], po["best_val_acc_se"][i], po["best_batch_size"][i], _test_acc(r, po["best_number"][i]))
+            for i in (kept[0], kept[-1])]
+    d = r["per_doubling"]["smallest_vs_largest"]
+    return (*ends[0], *ends[1], d["difference"], d["se"])
+
+
+def _largest_gap(r: dict) -> tuple:
+    return (max(r["accuracy"]["final_gen_gap"]),)
+
+
+def _completed_from(batch_size: int) -> Callable[[dict], tuple]:
+    """Trials at B >= batch_size, and how many of them completed."""
+    def get(r: dict) -> tuple:
+        at = [t for t in r["trials"] if t["batch_size"] >= batch_size]
+        return len(at), batch_size, sum(t["state"] == "COMPLETE" for t in at)
+    return get
+
+
 def _recommendation(r: dict) -> tuple:
     rec = r["recommendation"]
     return rec["batch_size"], rec["lr"], rec["budget"], rec["number"]
@@ -216,6 +249,20 @@ CLAIMS = [
     Claim("linear_scaling", "loss-noise slope across trials", _loss_noise_slope,
           "{:.2f} (linear scaling; {:.2f} to {:.2f})"),
     Claim("linear_scaling", "loss-noise slope at fixed weights", _fixed_model_slope, "{:.2f} (linear scaling)"),
+    # MNIST-1D.
+    Claim("mnist1d_tradeoff", "complete and pruned trials", lambda r: (r["study"]["trials_by_state"]["COMPLETE"],
+                                                                       r["study"]["trials_by_state"]["PRUNED"]),
+          "It kept {} complete trials ({} pruned)"),
+    Claim("mnist1d_tradeoff", "the best val_acc and its test_acc", _best_with_test,
+          "The best val_acc, {:.4f} ± {:.4f} at B = {} (test {:.3f})"),
+    Claim("mnist1d_tradeoff", "batch sizes within noise of the best", _reasons("Within noise"), '"{}"'),
+    Claim("mnist1d_tradeoff", "per-octave slope and its 95% interval", _octave_fit,
+          "{:.4f} per doubling (95% interval {:.4f} to {:+.4f})"),
+    Claim("mnist1d_tradeoff", "smallest against largest octave", _octave_ends_with_test,
+          "{:.4f} ± {:.4f} at B = {} (test {:.3f}), and of the largest, {:.4f} ± {:.4f} at B = {} (test {:.3f}), "
+          "are within noise of each other (difference {:.4f} ± {:.4f})"),
+    Claim("mnist1d_tradeoff", "the largest generalization gap", _largest_gap, "opened gaps of up to {:.2f}"),
+    Claim("mnist1d_tradeoff", "complete trials at large B", _completed_from(128), "of the {} trials at B ≥ {}, {} completed"),
     Claim("critical_batch", "median B_simple at the target, in the probe's cost", _noise_scale_at_target,
           "its median `B_simple` at the target, {:.0f} examples", doc="docs/science.md"),
     Claim("critical_batch", "loss-noise slope at fixed weights", _fixed_model_slope, "the slope is {:.2f} (critical batch)"),
