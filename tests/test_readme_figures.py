@@ -156,7 +156,8 @@ def _octave_ends_with_test(r: dict) -> tuple:
     then their difference and its combined SE."""
     po = r["per_octave"]
     kept = [i for i, n in enumerate(po["best_number"]) if n is not None]
-    ends = [(po["best_val_acc"][i], po["best_val_acc_se"][i], po["best_batch_size"][i], _test_acc(r, po["best_number"][i]))
+    ends = [(po["best_val_acc"][i], po["best_val_acc_se"][i], po["best_batch_size"][i],
+             _test_acc(r, po["best_number"][i]))
             for i in (kept[0], kept[-1])]
     d = r["per_doubling"]["smallest_vs_largest"]
     return (*ends[0], *ends[1], d["difference"], d["se"])
@@ -171,6 +172,22 @@ def _completed_from(batch_size: int) -> Callable[[dict], tuple]:
     def get(r: dict) -> tuple:
         at = [t for t in r["trials"] if t["batch_size"] >= batch_size]
         return len(at), batch_size, sum(t["state"] == "COMPLETE" for t in at)
+    return get
+
+
+PAPER_TEST_ACC_PCT = {"mnist1d_mlp": 68.0, "mnist1d_cnn": 94.0}  # Greydanus & Kobak (2024), their table
+
+
+def _test_acc_over_seeds(r: dict) -> tuple:
+    """The one trial's test accuracy in %, mean and standard deviation over its replicates (seeds)."""
+    summary = r["trials"][0]["summary"]
+    return 100 * summary["final_test_acc"], 100 * summary["final_test_acc_std"]
+
+
+def _points_below_paper(experiment: str) -> Callable[[dict], tuple]:
+    def get(r: dict) -> tuple:
+        mean, std = _test_acc_over_seeds(r)
+        return PAPER_TEST_ACC_PCT[experiment] - mean, std
     return get
 
 
@@ -210,7 +227,8 @@ CLAIMS = [
           "fANOVA ranks lr first ({:.2f}, batch_size {:.2f})"),
     Claim("batch_tradeoff", "the best lr per octave, lowest and highest", _lr_range,
           "ranged from {:.2g} (B = {}) to {:.2g} (B = {})"),
-    Claim("batch_tradeoff", "PED-ANOVA importances", _ped_anova, "PED-ANOVA ranks {} first ({:.2f}, {} {:.2f}, {} {:.2f})"),
+    Claim("batch_tradeoff", "PED-ANOVA importances", _ped_anova,
+          "PED-ANOVA ranks {} first ({:.2f}, {} {:.2f}, {} {:.2f})"),
     Claim("batch_tradeoff", "the recommended B, lr, budget and trial", _recommendation,
           "Train with B = {}, lr {:.3g}, {} (trial {})"),
     Claim("batch_tradeoff", "the recommendation's accuracy reasons", _reasons("Accuracy", "Within noise"), "- {} - {}"),
@@ -233,7 +251,8 @@ CLAIMS = [
           "(difference {:.4f} ± {:.4f}, {:.1f} SE: beyond noise)"),
     Claim("fixed_updates", "the best val_acc", _best, "best overall {:.4f} ± {:.4f} at B = {}"),
     Claim("fixed_updates", "batch sizes within noise of the best", _reasons("Within noise"), "{}"),
-    Claim("fixed_updates", "examples seen at B = 8", _examples_seen_at(8), "having seen {:,.0f} examples in its {:.0f} updates"),
+    Claim("fixed_updates", "examples seen at B = 8", _examples_seen_at(8),
+          "having seen {:,.0f} examples in its {:.0f} updates"),
     Claim("fixed_updates", "sharpness and lr × sharpness", _sharpness,
           "{:.2f} to {:.2f} with lr × sharpness at most {:.2f} (equal updates)"),
     Claim("fixed_updates", "loss-noise slope across trials", _loss_noise_slope,
@@ -262,10 +281,18 @@ CLAIMS = [
           "{:.4f} ± {:.4f} at B = {} (test {:.3f}), and of the largest, {:.4f} ± {:.4f} at B = {} (test {:.3f}), "
           "are within noise of each other (difference {:.4f} ± {:.4f})"),
     Claim("mnist1d_tradeoff", "the largest generalization gap", _largest_gap, "opened gaps of up to {:.2f}"),
-    Claim("mnist1d_tradeoff", "complete trials at large B", _completed_from(128), "of the {} trials at B ≥ {}, {} completed"),
+    Claim("mnist1d_tradeoff", "complete trials at large B", _completed_from(128),
+          "of the {} trials at B ≥ {}, {} completed"),
+    Claim("mnist1d_mlp", "test accuracy over 3 seeds", _test_acc_over_seeds, "| {:.1f} ± {:.1f}% |"),
+    Claim("mnist1d_mlp", "against the paper", _points_below_paper("mnist1d_mlp"),
+          "the MLP's mean is {:.1f} points below the paper's, with a standard deviation of {:.1f} points over seeds"),
+    Claim("mnist1d_cnn", "test accuracy over 3 seeds", _test_acc_over_seeds, "| {:.1f} ± {:.1f}% |"),
+    Claim("mnist1d_cnn", "against the paper", _points_below_paper("mnist1d_cnn"),
+          "The CNN's mean is {:.1f} points below the paper's, with a standard deviation of {:.1f} points over seeds"),
     Claim("critical_batch", "median B_simple at the target, in the probe's cost", _noise_scale_at_target,
           "its median `B_simple` at the target, {:.0f} examples", doc="docs/science.md"),
-    Claim("critical_batch", "loss-noise slope at fixed weights", _fixed_model_slope, "the slope is {:.2f} (critical batch)"),
+    Claim("critical_batch", "loss-noise slope at fixed weights", _fixed_model_slope,
+          "the slope is {:.2f} (critical batch)"),
 ]
 
 
