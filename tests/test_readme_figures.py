@@ -315,4 +315,4 @@ def test_the_readme_quotes_each_figure_as_its_report_gives_it(claim):
     expected = _normalized(claim.text())
     if expected not in _normalized((ROOT / claim.doc).read_text()):
         pytest.fail(f"{claim.doc} no longer matches docs/results/{claim.experiment}.json ({claim.what}): "
-                    f"expected the text {expected!r}; rerun python docs/results/regenerate.py only to refresh the files")
+                    f"expected the text {expected!r}")
