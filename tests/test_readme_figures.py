@@ -316,3 +316,10 @@ def test_the_readme_quotes_each_figure_as_its_report_gives_it(claim):
     if expected not in _normalized((ROOT / claim.doc).read_text()):
         pytest.fail(f"{claim.doc} no longer matches docs/results/{claim.experiment}.json ({claim.what}): "
                     f"expected the text {expected!r}")
+
+
+def test_the_readme_shows_the_default_studys_recommendation_as_its_console_printed_it():
+    """The example under "The answer" is docs/results/batch_tradeoff.txt's closing lines, seconds included."""
+    lines = (RESULTS / "batch_tradeoff.txt").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("recommendation:"))
+    assert "\n".join(lines[start:]) in README.read_text()
