@@ -24,7 +24,7 @@ def make_data(n: int = 240, d: int = 6, k: int = 3, seed: int = 0, n_val: int = 
 
 def cfg(**kw) -> TrainConfig:
     base = dict(batch_size=8, lr=0.05, momentum=0.0, epochs=3, probe_size="auto", measure_every_epochs=1,
-                sharpness_every=2, model=ModelConfig(hidden=(16, 16)))
+                sharpness_every=2, b_noise_samples=32, model=ModelConfig(hidden=(16, 16)))
     return TrainConfig(**{**base, **kw})
 
 

@@ -261,7 +261,8 @@ def test_the_loop_owns_shuffle_warmup_probes_and_divergence_for_any_stepper():
     from sgdtune.trainer.loop import Loop
 
     data = make_data(n=60)  # 6 updates an epoch at B = 10
-    configs = [cfg(batch_size=10, epochs=3, measure_every_epochs=2, probe_size="auto", sharpness_every=2, seed=s)
+    configs = [cfg(batch_size=10, epochs=3, measure_every_epochs=2, probe_size="auto", sharpness_every=2, seed=s,
+                   b_noise_samples=32)
                for s in (0, 1, 2)]
     scaled = {"lr_scaling": "linear", "base_batch_size": 5}  # lr 0.1 -> 0.2
     configs[0] = configs[0].model_copy(update=scaled)

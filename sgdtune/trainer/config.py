@@ -64,11 +64,13 @@ class TrainConfig(BaseModel):
                     "last measurement's SE of |G|^2 (aiming at 10%), a power of two within [2,048, 65,536]",
     )
     b_noise_samples: int = Field(
-        default=32, ge=0,
+        default=0, ge=0,
         description="Rademacher combinations behind tr(H Sigma) for B_noise and eps_max, measured at the "
                     "target, at the end and where the noise probe runs (with measure_every_epochs 'auto': "
                     "once their own modelled cost is <= 5% of the steps'); exact when the probe or the model "
-                    "has at most this many examples or parameters; 0 = off, else >= 2",
+                    "has at most this many examples or parameters; 0 = off (the default: one measurement with "
+                    "32 costs about a second on digits, more than a short trial's steps), else >= 2 (32 is a "
+                    "good start)",
     )
     sharpness_every: int = Field(
         default=50, ge=0,
