@@ -62,6 +62,8 @@ class MinimalLoop:
             optimizer.step()
         return time.perf_counter() - t0
 
+B_NOISE_SAMPLES = 32  # train.b_noise_samples in critical_batch.toml and linear_regression.toml (off by default)
+
 
 def trainer_config(batch_size: int, epochs: int, probe: bool) -> TrainConfig:
     # probe on: the defaults (probe_size, measure_every_epochs, sharpness_every, sharpness_size)
@@ -91,12 +93,13 @@ def cost_checks(label: str, results: list, note: str) -> list[Check]:
 
 
 def measurement_checks(data: Dataset, rounds: int) -> list[Check]:
-    """One B_noise measurement (b_noise_samples at its default, whole training set) against one
-    B_simple probe and one B = 64 SGD step, alternated, on the default MLP at its initial weights."""
+    """One B_noise measurement (b_noise_samples = 32, as the experiments that turn it on use; the
+    whole training set) against one B_simple probe and one B = 64 SGD step, alternated, on the
+    default MLP at its initial weights."""
     model = build_model(MODEL, data.n_features, data.n_classes, SEED)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every round at the same weights
     x, y, n = data.x_train, data.y_train, data.n_train
-    samples = TrainConfig().b_noise_samples
+    samples = B_NOISE_SAMPLES
     times: dict[str, list[float]] = {"b_noise": [], "b_simple": [], "step": []}
     for _ in range(rounds + 1):  # the first round warms up, not counted
         t0 = time.perf_counter()

@@ -76,13 +76,20 @@ class InterruptedTrialFilter(logging.Filter):
         self.hidden_from: str | None = None  # the logger whose interrupted trial was dropped
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        if isinstance(_exception_of(record), KeyboardInterrupt):
             self.hidden_from = record.name
             return False
         if record.name == self.hidden_from and "failed with value" in record.getMessage():
             self.hidden_from = None  # the same trial's second line
             return False
         return True
+
+
+def _exception_of(record: logging.LogRecord) -> BaseException | None:
+    """The exception a record reports, also after _OneLineFailures took its traceback off."""
+    if record.exc_info:
+        return record.exc_info[1]
+    return getattr(record, "sgdtune_exception", None)
 
 
 def hide_interrupted_trials() -> None:
@@ -128,10 +135,12 @@ class _OneLineFailures(logging.Filter):
         from .search import Surplus
         from .writer import TrackingError
 
-        exc = record.exc_info[1] if record.exc_info else None
+        exc = _exception_of(record)
         message = record.getMessage()
         if isinstance(exc, (Diverged, KeyboardInterrupt, TrackingError, StoreError, Surplus)):
-            record.exc_info, record.exc_text = None, None
+            # The record goes on to the logger's other handlers: keep its exception where
+            # their filters (InterruptedTrialFilter) still find it, without the traceback.
+            record.exc_info, record.exc_text, record.sgdtune_exception = None, None, exc
             self.quiet.add(message.split("failed", 1)[0])
             return True
         prefix = message.split("failed with value", 1)[0]

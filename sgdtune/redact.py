@@ -34,7 +34,8 @@ MASK = "***"
 _AUTHORITY_CHAR = r"[^/?#\s'\"<>]"
 _USERINFO = re.compile(rf"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#\s'\"<>]*:){_AUTHORITY_CHAR}*@")
 # NAME=VALUE, NAME at the start of the text or after one of ? & ; , or a blank
-_PARAM = re.compile(r"(?:^|(?<=[?&;\s,]))(?P<name>[\w.\-]+)=(?P<value>[^&\s#,;]*)")
+# (a value stops at a quote too: a quoted argument in a recorded command keeps its closing quote)
+_PARAM = re.compile(r"(?:^|(?<=[?&;\s,]))(?P<name>[\w.\-]+)=(?P<value>[^&\s#,;'\"]*)")
 _SECRET_NAME = re.compile(
     r"(?:password|secret|token"
     r"|(?:api|access|secret|private|auth|client|account|signing|session|master|encryption)[_.\-]?key)$"

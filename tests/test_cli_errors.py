@@ -102,10 +102,12 @@ def test_a_damaged_mlflow_database_is_one_line_for_report_study_and_model(quick,
             f.write(b"\xff" * (size // 3))
     journal = work / "mlruns" / "optuna.journal"
     before = journal.read_bytes()
-    for argv in (["sgdtune.report"], ["sgdtune.study", "experiments/quick.toml", *FAST, "--n-trials", "6"],
-                 ["sgdtune", "model"]):
-        one_line(run_cli(*argv, cwd=work), "--tracking-uri", "must be an MLflow store that can be read",
-                 "database disk image is malformed")
+    # the study command checks both stores read-only before it opens either (stores.check_before_writing)
+    for argv, rule in ((["sgdtune.report"], "must be an MLflow store that can be read"),
+                       (["sgdtune.study", "experiments/quick.toml", *FAST, "--n-trials", "6"],
+                        "must be an SQLite database to serve as an MLflow"),
+                       (["sgdtune", "model"], "must be an MLflow store that can be read")):
+        one_line(run_cli(*argv, cwd=work), "--tracking-uri", rule, "database disk image is malformed")
     assert journal.read_bytes() == before  # the study refused before its first write: no trial lost or added
 
 

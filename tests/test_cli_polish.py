@@ -378,3 +378,38 @@ def test_a_study_where_no_trial_completes_ends_with_a_line_saying_so_and_its_rep
     assert report["summary"][1].startswith("No trial completed: there is nothing to compare")
     assert "(2 trials)" in report["summary"][1]
     assert "No trial completed" in (tmp_path / "reports" / "quick" / "report.html").read_text()
+
+
+def test_a_ctrl_c_trial_is_dropped_by_a_handler_after_another_handler_made_it_one_line():
+    """Two handlers share each record: the one-line filter of the first (run_study installs it)
+    must not hide the interrupt from the interrupt filter of the second."""
+    import io
+    import logging
+
+    import optuna
+
+    from sgdtune.console import InterruptedTrialFilter, _OneLineFailures
+
+    first, second = io.StringIO(), io.StringIO()
+    one_line, hiding = logging.StreamHandler(first), logging.StreamHandler(second)
+    one_line.addFilter(_OneLineFailures())
+    hiding.addFilter(InterruptedTrialFilter())
+    logger = logging.getLogger("optuna")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    logger.addHandler(one_line)
+    logger.addHandler(hiding)
+    try:
+        study = optuna.create_study()
+
+        def interrupted(trial):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(interrupted, n_trials=1)
+    finally:
+        logger.removeHandler(one_line)
+        logger.removeHandler(hiding)
+        optuna.logging.set_verbosity(verbosity)
+    assert "Trial 0 failed with parameters" in first.getvalue() and "Traceback" not in first.getvalue()
+    assert "Trial 0" not in second.getvalue()

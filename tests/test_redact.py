@@ -117,3 +117,15 @@ def test_mask_output_masks_print_sys_writes_tracebacks_and_a_logging_handler_mad
     assert "stderr http://u:***@127.0.0.1:5000" in proc.stderr
     assert "log http://u:***@127.0.0.1:5000" in proc.stderr
     assert "RuntimeError: failed at http://u:***@127.0.0.1:5000" in proc.stderr
+
+
+def test_a_recorded_command_line_stays_a_command_line_when_masked_twice():
+    import shlex
+
+    args = ["x.toml", "--tracking-uri", "postgresql://sgd@h:1/db?sslmode=disable&password=PW",
+            "--storage", "postgresql://u:PW@h/db"]
+    command = "sgdtune study " + " ".join(shlex.quote(redact(a)) for a in args)  # as cli.study_main records it
+    again = redact(command)  # and as the parent run's tag is written
+    assert "PW" not in again
+    assert shlex.split(again)[2:] == ["x.toml", "--tracking-uri", "postgresql://sgd@h:1/db?sslmode=disable&password=***",
+                                      "--storage", "postgresql://u:***@h/db"]

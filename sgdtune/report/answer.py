@@ -72,7 +72,10 @@ def study_args(command: str | None, experiment_file: str | None = None) -> list[
     the default experiment gets its file (experiments/<experiment_file>) named."""
     if not command:
         return None
-    words = shlex.split(command)
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not a command line a shell would read: no next command from it
+        return None
     for i, w in enumerate(words):
         if w in ("sgdtune.study", "study") or w.endswith("/sgdtune.study"):
             words = words[i + 1:]
