@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .config import ExperimentConfig
 from .errors import InputError
+from .interrupts import interrupts_held
 from .search import Surplus, n_claimed
 from .trainer import BUDGET_SIZES, PER_MEMBER, Diverged, UnstackableModel, group_key, train, train_stacked
 from .trial import TRIAL_ENDINGS, Objective, TrialJob
@@ -27,7 +28,9 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, config: E
         n_trials=n_trials,
         timeout=config.timeout_s,
         catch=(Diverged, Surplus),  # a diverged trial is finished (FAIL); a surplus one stops the study below
-        callbacks=[_stop_when_done(config.n_trials)],
+        # Ctrl-C or SIGTERM while a trial was ending was held (trial.py): it stops the study
+        # now that Optuna has the trial's state.
+        callbacks=[lambda study, trial: objective.held.deliver(), _stop_when_done(config.n_trials)],
     )
 
 
@@ -130,11 +133,13 @@ def run_cohort(study: optuna.Study, objective: Objective, jobs: list[TrialJob]) 
             for job in group + [job for waiting in todo for job in waiting]:  # none left RUNNING
                 study.tell(job.trial, state=job.finish(e))
             raise
-        for job, ending in zip(group, endings):
-            state = job.finish(ending)
-            study.tell(job.trial, job.values, state=state)
-            if isinstance(ending, BaseException) and not isinstance(ending, TRIAL_ENDINGS):
-                raise ending
+        with interrupts_held() as held:  # every trained trial of the group told, then the interrupt
+            for job, ending in zip(group, endings):
+                state = job.finish(ending)
+                study.tell(job.trial, job.values, state=state)
+                if isinstance(ending, BaseException) and not isinstance(ending, TRIAL_ENDINGS):
+                    raise ending
+        held.deliver()
 
 
 def settle(study: optuna.Study, objective: Objective, config: ExperimentConfig, heartbeat: int,

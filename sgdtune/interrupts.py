@@ -9,8 +9,10 @@ convention of 128 + the signal's number: 130 after Ctrl-C (SIGINT), 143 after SI
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 EXIT_SIGINT = 130  # 128 + SIGINT
 EXIT_SIGTERM = 143  # 128 + SIGTERM
@@ -62,6 +64,48 @@ def signals_ignored_by_children(*signums: int) -> Iterator[None]:
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in signums}
     try:
         yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@dataclass
+class Held:
+    """What `interrupts_held` caught: the first signal that arrived in its block, if any."""
+
+    signum: int | None = None
+
+    def deliver(self) -> None:
+        """Act on the held signal now, as its handler would have (Terminated, KeyboardInterrupt)."""
+        signum, self.signum = self.signum, None
+        if signum is None:
+            return
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[Held]:
+    """Ctrl-C and SIGTERM arriving in the block are held, not raised, so that the block (a
+    trial's end, written to MLflow and then told to Optuna) is never cut in half: an interrupt
+    there would leave a trained trial FAIL without its reason. The caller delivers the held
+    signal (`Held.deliver`) where stopping is safe. Main thread only (elsewhere: a no-op,
+    since signals reach the main thread alone)."""
+    held = Held()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def hold(signum, frame):
+        if held.signum is None:
+            held.signum = signum
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield held
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

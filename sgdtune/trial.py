@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 
 from .config import ExperimentConfig
 from .data import Dataset
-from .interrupts import describe
+from .interrupts import Held, describe, interrupts_held
 from .model import build_model, describe_model
 from .reclaim import PROCESS_ATTR, process_identity, requeue
 from .saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision, model_spec, write_network
@@ -281,6 +281,7 @@ class Objective:
     cores: int | None = None  # CPUs this process may use (its share under --workers); None: the machine's
     threads: ThreadChooser = field(init=False)
     weights: int = field(init=False)  # the model's parameters: a step's work is batch size x weights
+    held: Held = field(init=False, default_factory=Held)  # an interrupt that came as the last trial ended
 
     def __post_init__(self) -> None:
         self.threads = ThreadChooser(self.config.threads, self.cores)
@@ -310,10 +311,14 @@ class Objective:
         try:
             result = job.train(self.data)
         except BaseException as e:
-            job.finish(e)
+            with interrupts_held() as held:
+                job.finish(e)
+            if not isinstance(e, KeyboardInterrupt):  # else it stops the study anyway
+                self.held = held
             _release_frames(e)
             raise  # Optuna maps it as finish() did
-        job.finish(result)
+        with interrupts_held() as self.held:  # delivered once Optuna has the trial (cohorts.optimize)
+            job.finish(result)
         return job.values
 
     def begin(self, trial: optuna.Trial) -> TrialJob:

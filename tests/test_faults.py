@@ -196,6 +196,40 @@ def test_sigterm_of_the_training_process_mid_trial_and_between_trials_then_resum
     check(workdir, "SIGTERM to the group, training process, between trials", before, 5)
 
 
+# SIGTERM (or Ctrl-C) as a trained trial is being written: sent by the process to itself from
+# inside TrialJob.finish, after the trial's run has ended, before Optuna has been told.
+AS_IT_ENDS = """
+import os, signal, sys
+from sgdtune import trial
+from sgdtune.cli import interruptible, study_main
+keep = trial.TrialJob._keep_model
+def keep_then_signal(self, ending):
+    keep(self, ending)
+    if self.trial.number == 1:
+        os.kill(os.getpid(), signal.{sig})
+trial.TrialJob._keep_model = keep_then_signal
+sys.argv = ["sgdtune.study", *sys.argv[1:]]
+sys.exit(interruptible(study_main))
+"""
+
+
+@pytest.mark.parametrize("sig, status, extra", [("SIGTERM", 143, []), ("SIGINT", 130, []),
+                                               ("SIGTERM", 143, ["--batch-trials", "2"])])
+def test_a_signal_as_a_trained_trial_is_being_written_keeps_it_complete(workdir, sig, status, extra):
+    args = command(4, "--set", "search.epochs={choices=[2]}", *extra)
+    done = subprocess.run([sys.executable, "-c", AS_IT_ENDS.format(sig=sig), *args], cwd=workdir,
+                          env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == status, done.stderr
+    one_line(done.stderr, "finished trials are kept")
+    ts = trials()
+    assert [t.state for t in ts] == [TrialState.COMPLETE] * 2, [(t.state, t.user_attrs.get("fail_reason")) for t in ts]
+    run = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_run(ts[1].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    before = finished(ts)
+    resume(workdir, args)
+    check(workdir, f"{sig} as a trained trial is written {' '.join(extra)}".strip(), before, 4)
+
+
 # -- the MLflow writer process ----------------------------------------------------------------
 
 
