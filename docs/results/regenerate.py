@@ -46,6 +46,8 @@ QUOTED = [
     "mnist1d_tradeoff",
     "mnist1d_mlp",
     "mnist1d_cnn",
+    "mnist1d_fixed_updates",
+    "mnist1d_linear_scaling",
 ]
 MAX_JSON_BYTES = 1_000_000
 # Console lines that name the temporary directory or the MLflow UI: not a result.
