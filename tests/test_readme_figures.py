@@ -323,6 +323,14 @@ CLAIMS = [
     Claim("mnist1d_linear_scaling", "train_acc at B = 1024", _train_acc_at(1024), "(train_acc {:.2f})"),
     Claim("mnist1d_linear_scaling", "examples seen at B = 1024", _examples_seen_at(1024),
           "B = 1024 at 40 epochs, {:,.0f} examples in {:,.0f} updates"),
+    Claim("mnist1d_fixed_updates", "train_acc at B = 8 and the per-octave slope",
+          lambda r: _train_acc_at(8)(r) + _octave_fit(r),
+          "(train_acc {:.2f}), so across all trials val_acc rises with B: {:+.4f} per doubling of B "
+          "(95% interval {:+.4f} to {:+.4f})", doc="docs/science.md"),
+    Claim("mnist1d_linear_scaling", "the per-octave slope, updates and train_acc at B = 1024",
+          lambda r: _octave_fit(r) + _examples_seen_at(1024)(r)[1:] + _train_acc_at(1024)(r),
+          "the slope is {:+.4f} per doubling (95% interval {:+.4f} to {:+.4f}); B = 1024 falls short after its "
+          "{:.0f} updates (train_acc {:.2f})", doc="docs/science.md"),
     Claim("critical_batch", "median B_simple at the target, in the probe's cost", _noise_scale_at_target,
           "its median `B_simple` at the target, {:.0f} examples", doc="docs/science.md"),
     Claim("critical_batch", "loss-noise slope at fixed weights", _fixed_model_slope,
