@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 
 from sgdtune.data import load_mnist1d
+from sgdtune.science.fits import t_quantile
 
 HERE = Path(__file__).resolve().parent
 SEEDS = (42, 43, 44, 45, 46)
@@ -103,7 +103,7 @@ def train(residual: bool, weight_decay: float, sgdtune_like: bool, seed: int) ->
 
 def _summary(values: list[float]) -> dict:
     mean, sd = statistics.mean(values), statistics.stdev(values)
-    half = stats.t.ppf(0.975, len(values) - 1) * sd / len(values) ** 0.5
+    half = t_quantile(0.975, len(values) - 1) * sd / len(values) ** 0.5
     return {"mean": mean, "std": sd, "ci_low": mean - half, "ci_high": mean + half, "values": values}
 
 
