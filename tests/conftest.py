@@ -24,12 +24,17 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+PER_WORKER = {"reaper", "postgres", "mlflow_server"}  # session fixtures each worker makes for itself
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup, in pyproject.toml)
 def pytest_collection_modifyitems(config, items) -> None:
     """Tests that share one of our fixtures wider than a test run on one worker, so that it is
-    made once: a session fixture (the PostgreSQL cluster, the mlflow server, a shared study) joins
-    every test using it, a module fixture (a study run once, a browser) the tests of its file, and
-    so on transitively. The other tests are spread one by one."""
+    made once: a session fixture (a shared study) joins every test using it, a module fixture (a
+    study run once, a browser) the tests of its file, and so on transitively. The servers
+    (PER_WORKER) are not joined on: each worker starts its own in seconds, where joining every
+    test that uses PostgreSQL or the mlflow server would put the slowest third of the suite on
+    one worker. The other tests are spread one by one."""
     parent: dict[str, str] = {}
 
     def root(key: str) -> str:
@@ -41,7 +46,8 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         info = getattr(item, "_fixtureinfo", None)  # test functions have it
         defs = [d for ds in info.name2fixturedefs.values() for d in ds] if info else []
-        ours = [d for d in defs if d.baseid and d.scope != "function"]  # baseid "": pytest's, plugins'
+        ours = [d for d in defs if d.baseid and d.scope != "function"  # baseid "": pytest's, plugins'
+                and d.argname not in PER_WORKER]
         keys = sorted({d.argname if d.scope == "session" else item.nodeid.split("::")[0] for d in ours})
         for key in keys:
             parent[root(key)] = root(keys[0])

@@ -5,7 +5,7 @@ run RUNNING (Optuna and MLflow, the parent included), each trial number one MLfl
 parameter set finished twice, and the study has its n_trials.
 
 Each fault adds a row to a table (fault, runs, finished trials lost, runs left RUNNING,
-duplicates), printed at the end and written to the file named by SGDTUNE_FAULT_TABLE.
+duplicates), appended to the file named by SGDTUNE_FAULT_TABLE (a Markdown table).
 """
 
 from __future__ import annotations
@@ -36,18 +36,18 @@ STORAGE = "mlruns/optuna.journal"
 TRIALS = ["--set", "search.epochs={choices=[30]}", "--set", "search.batch_size={choices=[16]}",
           "--set", "train.probe_size=0", "--set", "train.sharpness_every=0", "--no-progress"]
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-ROWS: list[tuple[str, int, int, int, int]] = []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fault_table():
-    yield
-    lines = ["| fault | runs | finished trials lost | runs left RUNNING | duplicates |", "|---|---|---|---|---|"]
-    lines += [f"| {fault} | {runs} | {lost} | {running} | {dups} |" for fault, runs, lost, running, dups in ROWS]
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    if os.environ.get("SGDTUNE_FAULT_TABLE"):
-        Path(os.environ["SGDTUNE_FAULT_TABLE"]).write_text(text)
+def table_row(fault: str, runs: int, lost: int, running: int, dups: int) -> None:
+    """A row of the fault table, appended as the test ends: this file's tests are spread over
+    pytest-xdist's workers, so no one of them sees every row."""
+    if not os.environ.get("SGDTUNE_FAULT_TABLE"):
+        return
+    with open(os.environ["SGDTUNE_FAULT_TABLE"], "a") as table:
+        if table.tell() == 0:
+            table.write("| fault | runs | finished trials lost | runs left RUNNING | duplicates |\n"
+                        "|---|---|---|---|---|\n")
+        table.write(f"| {fault} | {runs} | {lost} | {running} | {dups} |\n")
 
 
 def command(n_trials: int, *extra: str) -> list[str]:
@@ -122,7 +122,7 @@ def check(workdir: Path, fault: str, before: dict[int, tuple], n_trials: int) ->
                         if "sgdtune.trial_number" in r.data.tags and r.data.tags["mlflow.parentRunId"] == parent)
     params = Counter(tuple(sorted(t.params.items())) for t in ts if counts_as_finished(t))
     dups = sum(c - 1 for c in per_trial.values() if c > 1) + sum(c - 1 for c in params.values() if c > 1)
-    ROWS.append((fault, 1, lost, len(left_running), dups))
+    table_row(fault, 1, lost, len(left_running), dups)
     assert lost == 0, (before, now)
     assert not left_running, left_running
     assert not bare, bare
@@ -441,8 +441,8 @@ def test_processes_started_together_on_one_study_never_mix_configurations_nor_dr
     """2-4 processes per round, 21 starts: half the rounds with two configurations (one wins,
     the others exit 2 before writing), the locks held and released at random."""
     totals, starts = race(workdir, STORAGE, [3, 2, 4, 3, 2, 4, 3])
-    ROWS.append((f"{starts} starts, 2-4 processes together, locks held at random", starts, 0, totals["running"],
-                 totals["mixed"] + totals["duplicates"]))
+    table_row(f"{starts} starts, 2-4 processes together, locks held at random", starts, 0, totals["running"],
+              totals["mixed"] + totals["duplicates"])
     assert starts >= 20
     assert totals["mixed"] == 0 and totals["duplicates"] == 0, totals
     assert totals["finished"] == 3 * 7  # exactly n_trials in each study: a surplus trial is not counted
@@ -526,7 +526,7 @@ def test_a_process_whose_study_is_deleted_under_it_stops_with_one_line_and_no_ru
     client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
     left = [r.info.run_name for r in runs if r.info.status == "RUNNING"]
-    ROWS.append(("study deleted under a running process", 1, 0, len(left), 0))
+    table_row("study deleted under a running process", 1, 0, len(left), 0)
     assert not left, left
 
 

@@ -1,6 +1,7 @@
 """The study end to end: the real entry point, Optuna storage and MLflow runs (the names in README.md)."""
 
 import hashlib
+import json
 import math
 
 import optuna
@@ -114,6 +115,13 @@ def test_cli_closing_lines_show_the_ui_command_and_the_runs_table_url(quick_cli)
     assert "4 complete" in proc.stdout
     assert "report:         reports/quick/report.html" in proc.stdout
     assert (cwd / "reports/quick/report.json").is_file()
+
+
+def test_the_report_of_study_report_records_a_command_with_no_path_of_the_folder_it_ran_in(quick_cli):
+    """Run from the study's folder, the recorded command reads the default stores there."""
+    cwd, _ = quick_cli
+    repro = json.loads((cwd / "reports/quick/report.json").read_text())["reproducibility"]
+    assert repro["report_command"] == "python -m sgdtune.report --study-name quick"
 
 
 def test_resume_after_an_interrupt_keeps_every_finished_trial_once(workdir, monkeypatch):

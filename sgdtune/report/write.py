@@ -33,9 +33,10 @@ def write_report(study_name: str | None = None, storage: str | None = None, trac
     study = load_study(storage, study_name)
     store = tracking_uri or default_tracking_uri(MLRUNS)
     reader = open_runs(study, store)
-    if command is None:
+    if command is None:  # the defaults left out: the command reads the same from the study's folder
         flags = {"--study-name": study_name, "--storage": storage if storage != default_storage_url(MLRUNS) else None,
-                 "--tracking-uri": tracking_uri, "--out": None if str(out_dir) == "reports" else str(out_dir)}
+                 "--tracking-uri": tracking_uri if tracking_uri != default_tracking_uri(MLRUNS) else None,
+                 "--out": None if str(out_dir) == "reports" else str(out_dir)}
         command = report_command([x for flag, value in flags.items() if value for x in (flag, str(value))])
     # Every string masked (a URL password in a tag, an experiment file recorded verbatim).
     text = to_json(redact_tree(build_report(study, reader, command, goal)))
