@@ -142,12 +142,20 @@ def run_cohort(study: optuna.Study, objective: Objective, jobs: list[TrialJob]) 
         held.deliver()
 
 
+def settle_poll_s(heartbeat: float) -> float:
+    """Seconds between reads of the storage while settling: a tenth of the heartbeat, at least
+    1 s (a hundred tasks read a PostgreSQL study at most 100 times a second) and at most the heartbeat."""
+    return min(heartbeat, max(1.0, heartbeat / 10))
+
+
 def settle(study: optuna.Study, objective: Objective, config: ExperimentConfig, heartbeat: int,
            batch_trials: int = 1) -> None:
     """With heartbeats: wait while other workers' trials run, so that a dead one is failed
-    (after the grace period), re-queued and run, rather than left RUNNING for ever."""
+    (after the grace period), re-queued and run, rather than left RUNNING for ever. The
+    storage is read every settle_poll_s(heartbeat) seconds: a task whose last peer finishes
+    leaves within that, not a whole heartbeat later."""
     while study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        time.sleep(heartbeat)
+        time.sleep(settle_poll_s(heartbeat))
         optuna.storages.fail_stale_trials(study)
         # Trials other workers are running count: asking beside them would only make surplus ones.
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) or n_claimed(study) < config.n_trials:
