@@ -20,10 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import EXIT_BAD_INPUT, InputError, StudyGone
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, StoreError, StudyGone, TrackingError
 from .redact import mask_output, redact
-
-EXIT_INTERRUPTED = 130
 
 
 def _bad_input(error: InputError) -> int:
@@ -151,7 +149,7 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     given = list(argv) if argv is not None else sys.argv[1:]
     with ctrl_c_deferred():
         from .config import default_experiment_path, load_experiment, parse_overrides
-    from .stores import check_name
+    from .names import check_name
 
     command = f"{prog} " + " ".join(shlex.quote(redact(a)) for a in given)
     try:
@@ -165,11 +163,9 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
                      "profile": False if args.no_profile else None, **parse_overrides(args.set)}
         config = load_experiment(args.experiment, **overrides)
         from .console import one_line_trial_failures, print_closing, print_recommendation, quiet_libraries
-        from .reclaim import StoreError
         from .stores import locations
         from .study import run_study
         from .timing import resolve_device
-        from .writer import TrackingError
 
         resolve_device(config.device)
         gpus = None
@@ -553,8 +549,8 @@ def model_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         trial = int(trial)
     import optuna
 
+    from .names import check_name
     from .saved import save_model_file
-    from .stores import check_name
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

@@ -13,9 +13,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import ExperimentConfig
-from .errors import InputError
+from .errors import InputError, Surplus
 from .interrupts import interrupts_held
-from .search import Surplus, n_claimed
+from .search import n_claimed
 from .trainer import BUDGET_SIZES, PER_MEMBER, Diverged, UnstackableModel, group_key, train, train_stacked
 from .trial import TRIAL_ENDINGS, Objective, TrialJob
 

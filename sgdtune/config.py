@@ -19,7 +19,7 @@ from .data import DataConfig
 from .errors import InputError
 from .factories import experiment_import_path, on_import_path
 from .model import ModelConfig
-from .stores import NAME_RULE, name_problem
+from .names import NAME_RULE, name_problem
 from .trainer import TrainConfig
 
 if sys.version_info >= (3, 11):

@@ -11,7 +11,8 @@ import optuna
 from optuna.trial import TrialState
 
 from .config import ExperimentConfig
-from .tracking import redact_url, ui_url
+from .redact import redact_url
+from .tracking import ui_url
 from .trainer import BatchPlan, Diverged, EpochMetrics
 
 
@@ -131,9 +132,7 @@ class _OneLineFailures(logging.Filter):
         self.quiet: set[str] = set()  # "Trial N " prefixes whose second line to drop
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from .reclaim import StoreError
-        from .search import Surplus
-        from .writer import TrackingError
+        from .errors import StoreError, Surplus, TrackingError
 
         exc = _exception_of(record)
         message = record.getMessage()

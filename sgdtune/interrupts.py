@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-EXIT_SIGINT = 130  # 128 + SIGINT
-EXIT_SIGTERM = 143  # 128 + SIGTERM
+from .errors import EXIT_SIGINT, EXIT_SIGTERM
 
 
 class Terminated(KeyboardInterrupt):

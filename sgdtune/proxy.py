@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .errors import InputError
 from .hosts import canonical, is_ipv6, url_host
-from .tracking import redact_url
+from .redact import redact_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 13000

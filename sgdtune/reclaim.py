@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .errors import StoreError
 from .search import FAIL_KIND
 from .space import RETRY_ATTR
 
@@ -53,15 +54,10 @@ WRITER_EXIT_WAIT_S = 30.0  # a dead trial process's writer finishes its queued w
 WRITE_REFUSED = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
-class StoreError(RuntimeError):
-    """The Optuna storage failed to write (OSError such as ENOSPC or EFBIG, or Optuna's
-    StorageInternalError around one)."""
-
-
 def as_store_error(error: BaseException, storage_url: str) -> BaseException:
     """`error` as a StoreError naming the storage when it is the Optuna storage refusing a
     write (a full disk: OSError ENOSPC, EFBIG, ...; an RDB's failed commit); else `error`."""
-    from .tracking import redact_url
+    from .redact import redact_url
 
     cause = _refused_write(error) if isinstance(error, Exception) else None  # not under a Ctrl-C
     if cause is None:

@@ -218,7 +218,7 @@ def save_model_file(study_name: str | None, trial: int | str = "best", out: str 
         check_target(out, "--out")  # before the model is fetched
     module, number, name, arch = _load(study_name, trial, storage, tracking_uri)
     if out is None:
-        from .stores import check_name
+        from .names import check_name
 
         check_name(name, "--study-name")  # it names the file: a name from a shared storage is not trusted
     path = Path(out or f"{name}-trial-{number}.pt")

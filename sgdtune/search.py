@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import ExperimentConfig
+from .errors import Surplus
 from .space import StratifiedPruner, StratifiedSampler, grid, powers_of_two
 
 FAIL_KIND = "fail_kind"  # trial user attribute: "diverged" counts as finished, "interrupted" does not
@@ -139,12 +140,6 @@ def n_claimed(study: optuna.Study) -> int:
     """Finished trials and those RUNNING (in any process): what n_trials is held against
     before another trial starts, so that processes sharing a study start no extra one."""
     return sum(counts_as_finished(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
-
-
-class Surplus(Exception):
-    """A trial that started once the study already had n_trials finished or running trials
-    with lower numbers (two processes asked at once): failed before drawing anything, with
-    fail_kind "surplus", and the process stops; it does not count as finished."""
 
 
 def check_not_surplus(trial: optuna.Trial, n_trials: int) -> None:

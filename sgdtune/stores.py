@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import sys
 import time
@@ -52,25 +51,6 @@ PROBE_TIMEOUT_S = 5  # a tracking server's /health probe: per try
 PROBE_ATTEMPTS = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
 JOURNAL_RECORD = b'{"op_code":'  # how each line Optuna's journal backend writes begins
-
-
-# A study name becomes a folder (reports/<name>/) and an MLflow experiment name: one path
-# component that stays inside its parent, on any file system.
-NAME_RULE = ("must be 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
-             "(it names a folder: no '/', '\\', '..' or control characters)")
-_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
-
-
-def name_problem(name: object) -> bool:
-    """True when `name` cannot be a study name (see NAME_RULE)."""
-    return not isinstance(name, str) or _NAME.fullmatch(name) is None
-
-
-def check_name(name: object, field: str = "--study-name") -> str:
-    """`name` if it can be a study name (a folder under reports/), else InputError naming `field`."""
-    if name_problem(name):
-        raise InputError(field, NAME_RULE, repr(name))
-    return name
 
 
 def open_storage(url: str, heartbeat: int | None = None,

@@ -28,12 +28,11 @@ from .cohorts import check_cohorts, optimize, optimize_batched, settle
 from .config import ExperimentConfig, file_sha256
 from .console import Progress, one_line_trial_failures
 from .data import load_data
-from .errors import InputError, StudyGone
+from .errors import InputError, StoreError, StudyGone
 from .identity import check as check_identity
 from .model import describe_model
 from .reclaim import (
     JOINS_ATTR,
-    StoreError,
     as_store_error,
     finished_trial_states,
     join,

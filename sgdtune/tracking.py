@@ -44,7 +44,7 @@ from urllib.parse import unquote, urlsplit  # noqa: E402
 
 from . import runs_view  # noqa: E402
 from .errors import InputError  # noqa: E402
-from .redact import redact_url  # noqa: E402, F401 - the masking every writer here applies
+from .redact import redact_url  # noqa: E402 - the masking every writer here applies
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param

@@ -39,11 +39,12 @@ from optuna.trial import TrialState
 
 from .config import ExperimentConfig
 from .data import Dataset
+from .errors import Surplus
 from .interrupts import Held, describe, interrupts_held
 from .model import build_model, describe_model
 from .reclaim import PROCESS_ATTR, process_identity, requeue
 from .saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision, model_spec, write_network
-from .search import FAIL_KIND, Surplus, check_not_surplus, derive_seed
+from .search import FAIL_KIND, check_not_surplus, derive_seed
 from .space import suggest
 from .threads import ThreadChooser
 from .timing import release_cached_memory

@@ -28,9 +28,9 @@ from .errors import InputError
 from .files import atomic_write
 from .hosts import canonical, is_ipv6, url_host
 from .reaper import Reaper
-from .redact import redact
+from .redact import redact, redact_url
 from .stores import MLRUNS, default_storage_url
-from .tracking import RunReader, default_tracking_uri, redact_url, save_runs_views, store_exists, ui_url
+from .tracking import RunReader, default_tracking_uri, save_runs_views, store_exists, ui_url
 
 START_TIMEOUT_S = 120  # mlflow server imports a lot: ~10 s on 2 CPU cores, more under load
 STOP_TIMEOUT_S = 10  # SIGTERM, then SIGKILL after this long

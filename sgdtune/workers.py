@@ -33,16 +33,15 @@ from .cohorts import optimize, optimize_batched
 from .config import ExperimentConfig
 from .console import hide_interrupted_trials, one_line_trial_failures
 from .data import load_data
+from .errors import EXIT_INTERRUPTED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_STORE_FAILED, StoreError, TrackingError
 from .gpus import use_gpu
 from .interrupts import (
-    EXIT_SIGINT,
-    EXIT_SIGTERM,
     Terminated,
     exit_status,
     signals_ignored_by_children,
     stop_on_sigterm,
 )
-from .reclaim import StoreError, fail_and_requeue
+from .reclaim import fail_and_requeue
 from .redact import mask_output
 from .search import best_value, n_claimed, n_finished, open_study, study_exists
 from .stores import locations, open_storage
@@ -50,10 +49,8 @@ from .threads import core_share
 from .timing import describe_device, resolve_device
 from .tracking import Tracker
 from .trial import Objective
-from .writer import BackgroundTracker, TrackingError, WriterGone
+from .writer import BackgroundTracker, WriterGone
 
-EXIT_INTERRUPTED = EXIT_SIGINT
-EXIT_STORE_FAILED = 2  # a worker's Optuna or MLflow store failed to write: the study stops
 POLL_S = 0.5
 STOP_GRACE_S = 30.0  # after SIGTERM/SIGINT, the workers' time to fail their trials cleanly
 

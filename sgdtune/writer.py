@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .errors import InputError
-from .redact import mask_output
-from .tracking import redact_url
+from .errors import InputError, TrackingError, WriterGone
+from .redact import mask_output, redact_url
 
 # Once ready, the writer runs this far below the training process's CPU priority (os.nice):
 # where the cores are busy, training goes first (its timings are what the runs report) and
@@ -52,17 +51,6 @@ from .tracking import redact_url
 NICENESS = 10
 PIPE_BYTES = 1 << 20  # room for ~2,000 queued epochs before a send would wait for the child
 ENDS = ("end_trial_run", "end_parent_run")  # made directly when the writer process has died
-
-
-class TrackingError(RuntimeError):
-    """A write to MLflow failed in the writer process (or the process died). A store that
-    cannot be opened at all (a wrong path, an unreachable server) is bad input instead: an
-    InputError naming --tracking-uri."""
-
-
-class WriterGone(TrackingError):
-    """The writer process died (killed, out of memory): raised once, then the tracker makes
-    the ends of its runs directly (see the module's docstring)."""
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from conftest import free_port, run_cli
 from optuna.trial import TrialState
 
 from sgdtune.errors import InputError
+from sgdtune.names import check_name
 from sgdtune.report.write import report_folder
-from sgdtune.stores import check_name, open_storage, repair_journal
+from sgdtune.stores import open_storage, repair_journal
 
 FAST = ["--no-progress", "--n-trials", "1", "--set", "search.epochs.low=1", "--set", "search.epochs.high=1"]
 

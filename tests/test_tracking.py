@@ -136,7 +136,8 @@ FULL_STORE = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))  # a write past 40 kB fails (EFBIG), as on a full disk
-from sgdtune.writer import BackgroundTracker, TrackingError
+from sgdtune.errors import TrackingError
+from sgdtune.writer import BackgroundTracker
 tracker = BackgroundTracker(sys.argv[1], "s")  # its writer process inherits the limit
 for number in range(2):
     try:

@@ -11,9 +11,9 @@ import pytest
 from mlflow import MlflowClient
 
 from sgdtune import writer
-from sgdtune.errors import InputError
+from sgdtune.errors import InputError, TrackingError
 from sgdtune.tracking import default_tracking_uri
-from sgdtune.writer import BackgroundTracker, TrackingError
+from sgdtune.writer import BackgroundTracker
 
 
 def one_trial(tracker: BackgroundTracker, epochs: int = 3):

@@ -15,7 +15,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ..tracking import RunReader, RunRecord, redact_url, ui_url
+from ..redact import redact_url
+from ..tracking import RunReader, RunRecord, ui_url
 from .answer import answer, experiment_file_name
 from .inputs import as_number, complete_rows, is_timing, trial_rows
 from .sections import (

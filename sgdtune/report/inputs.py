@@ -10,8 +10,10 @@ import numpy as np
 import optuna
 
 from ..errors import InputError
-from ..stores import check_name, open_storage, probe_server
-from ..tracking import RunReader, RunRecord, redact_url, sqlite_path, store_exists
+from ..names import check_name
+from ..redact import redact_url
+from ..stores import open_storage, probe_server
+from ..tracking import RunReader, RunRecord, sqlite_path, store_exists
 
 TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_s", "throughput_eps",
                "gpu_util_mean_pct")

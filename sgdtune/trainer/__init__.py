@@ -1,20 +1,23 @@
 """The trainer: plain PyTorch over tensors already on the device, with one hook per epoch.
 
     config.py       TrainConfig, the learning-rate rules, BatchPlan
-    results.py      EpochMetrics, TrainResult, history_summary, Diverged
+    results.py      EpochMetrics, TrainResult, history_summary
     loop.py         the one epoch/step loop for K >= 1 trials side by side, over a Stepper
     module_step.py  the Stepper of one nn.Module under torch.optim; train()
     stacked.py      the Stepper of K stacked MLPs (StackedMLP); train_stacked()
     func_stacked.py the Stepper of K stacked copies of any other model, through torch.func (FuncStacked)
     groups.py       which configs can be stacked together: group_key, check_group
+
+Its errors, Diverged and UnstackableModel, live with the others in sgdtune/errors.py.
 """
 
+from ..errors import Diverged, UnstackableModel
 from .config import BatchPlan, TrainConfig, lr_at, scaled_lr
-from .func_stacked import FuncStacked, UnstackableModel, check_stackable
+from .func_stacked import FuncStacked, check_stackable
 from .groups import BUDGET_SIZES, PER_MEMBER, check_group, group_key
 from .loop import FINITE_CHECK_EVERY, auto_probe_size, fixed_subset, loss_function
 from .module_step import STEP_CHUNK, evaluate, make_optimizer, train
-from .results import Diverged, EpochMetrics, TrainResult, history_summary
+from .results import EpochMetrics, TrainResult, history_summary
 from .stacked import MAX_STACKED_ROWS, StackedMLP, train_stacked
 
 __all__ = [

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..errors import UnstackableModel
 from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_estimate
 from ..science.noise import ChunkSums, chunk_sums
 from ..science.sharpness import sharpness
@@ -51,10 +52,6 @@ from .module_step import evaluate
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which make_optimizer uses
 EVAL_CHUNK = 8192  # examples per stacked forward pass when evaluating
-
-
-class UnstackableModel(ValueError):
-    """The model keeps state outside its parameters (buffers, dropout): train it one by one."""
 
 
 def check_stackable(module: nn.Module) -> None:

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset
+from ..errors import Diverged
 from ..science.curvature_noise import CurvatureNoiseEstimate
 from ..science.fits import loglog_slope
 from ..science.noise import (
@@ -64,7 +65,7 @@ from ..science.noise import (
 )
 from ..timing import GpuMonitor, StepTimer, peak_memory_mb, reset_peak_memory
 from .config import BatchPlan, TrainConfig, lr_at
-from .results import Diverged, EpochMetrics, TrainResult
+from .results import EpochMetrics, TrainResult
 
 FINITE_CHECK_EVERY = 32  # updates between NaN/inf checks: one cheap sync per 32 steps
 # A finite loss above this many times the member's first loss is divergence too (docs/science.md,

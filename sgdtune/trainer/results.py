@@ -146,13 +146,3 @@ def history_summary(history: list[EpochMetrics]) -> dict[str, float]:
         out["final_sharpness"], out["final_lr_sharpness"] = sharp.sharpness, sharp.lr_sharpness
     names = SUMMARY_SCORE_NAMES.get(last.task, {})
     return {names.get(k, k): float(v) for k, v in out.items() if v is not None}
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite at update `update` (1-based), or (`bound`
-    given) exceeded `bound`, 1e6 x the first loss (trainer/loop.py)."""
-
-    def __init__(self, update: int, epoch: int, value: float, bound: float | None = None):
-        above = "" if bound is None else f", above the divergence bound {bound:.3g} (1e6 x the first loss)"
-        super().__init__(f"training loss became {value:.3g} at update {update} (epoch {epoch}){above}")
-        self.update, self.epoch, self.value, self.bound = update, epoch, value, bound
