@@ -318,8 +318,7 @@ def _find_trial(study_name: str | None, trial: int | str, storage: str | None, t
     COMPLETE trial."""
     from optuna.trial import TrialState
 
-    from .report.inputs import load_study, open_runs
-    from .stores import default_storage_url
+    from .stores import default_storage_url, load_study, open_runs
     from .tracking import default_tracking_uri, quiet_logging
 
     quiet_logging()

@@ -8,6 +8,8 @@ Both stores are opened and checked before a study writes anything (`open_storage
 `check_tracking`): every problem a store can have (read-only, a folder, unreachable, a
 wrong password, an unknown scheme, a damaged journal, an MLflow store that lost the study's
 runs) is an InputError naming the flag, what is wrong and what to do; passwords masked.
+A finished study is opened for reading the same way (`load_study`, `open_runs`: the report
+and `load_model`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InputError
-from .redact import redact
-from .tracking import Tracker, default_tracking_uri, holds_run, sqlite_path
+from .names import check_name
+from .redact import redact, redact_url
+from .tracking import RunReader, Tracker, default_tracking_uri, holds_run, sqlite_path, store_exists
 
 if TYPE_CHECKING:
     import optuna
@@ -431,6 +434,56 @@ class StaleTrialHandler:
                 reason = "worker stopped sending heartbeats (killed or lost); the trial is run again"
                 tracker.fail_stale_run(run_id, reason)
         self.retry(study, trial)
+
+
+# -- a finished study and its runs, for reading (the report, load_model) ----------------------
+
+
+def load_study(storage: str, study_name: str | None) -> optuna.Study:
+    """The named study, or the only one in the storage. Raises InputError naming the flag
+    (also for a name that cannot be a folder: reports/<name>/)."""
+    import optuna
+
+    if study_name is not None:
+        check_name(study_name, "--study-name")
+    if "://" not in storage and not Path(storage).is_file():
+        raise InputError("--storage", "must be an existing Optuna journal file or a database URL",
+                         f"{storage!r} (run `python -m sgdtune.study` first, or pass --storage)")
+    if sqlite_path(storage) is not None and not sqlite_path(storage).is_file():
+        raise InputError("--storage", "must name an existing SQLite file", repr(storage))
+    names = sorted(optuna.get_all_study_names(storage=open_storage(storage)))
+    if not names:
+        raise InputError("--storage", "must hold a study",
+                         f"{redact_url(storage)!r}, which holds none (run `python -m sgdtune.study` first)")
+    listed = ", ".join(map(repr, names))
+    if study_name is None:
+        if len(names) > 1:
+            raise InputError("--study-name", f"required when the storage holds several studies; one of {listed}",
+                             "none")
+        study_name = check_name(names[0], "--study-name")  # a study named by another tool
+    if study_name not in names:
+        raise InputError("--study-name", f"must be one of {listed}", repr(study_name))
+    return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+
+
+def open_runs(study: optuna.Study, tracking_uri: str) -> RunReader | None:
+    """A reader of the study's MLflow store; None for a study run with --no-tracking.
+    Raises InputError when the store is missing or does not hold the study's parent run
+    (nothing is created in a wrong store)."""
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if parent_id is None:
+        return None
+    recorded = study.user_attrs.get("tracking_uri")
+    hint = f"; the study recorded its runs at {recorded!r}" if recorded and recorded != tracking_uri else ""
+    if not store_exists(tracking_uri):
+        raise InputError("--tracking-uri", "must name an existing MLflow store", f"{redact_url(tracking_uri)!r}{hint}")
+    if tracking_uri.startswith(("http://", "https://")):
+        probe_server(tracking_uri)  # a server that does not answer: refused in seconds
+    reader = RunReader(tracking_uri)
+    if reader.find_run(parent_id) is None:
+        raise InputError("--tracking-uri", f"must hold the study's parent run {parent_id}",
+                         f"{redact_url(tracking_uri)!r}{hint}")
+    return reader
 
 
 GRPC_SCHEME = "grpc://"

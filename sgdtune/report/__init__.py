@@ -22,8 +22,9 @@ artifacts; the command line is cli.report_main).
 
 # Names are resolved on first use: `python -m sgdtune.report --help` imports this package
 # before cli.py parses its flags, and the modules behind it load Optuna and numpy.
-_EXPORTS = {"build_report": "build", "to_json": "build", "render_html": "html", "load_study": "inputs",
-            "open_runs": "inputs", "pareto_front": "sections", "report_command": "write", "write_report": "write"}
+_EXPORTS = {"build_report": ".build", "to_json": ".build", "render_html": ".html", "load_study": "sgdtune.stores",
+            "open_runs": "sgdtune.stores", "pareto_front": ".sections", "report_command": ".write",
+            "write_report": ".write"}
 
 __all__ = ["build_report", "load_study", "open_runs", "pareto_front", "render_html", "report_command", "to_json",
            "write_report"]
@@ -33,5 +34,5 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

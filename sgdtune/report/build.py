@@ -44,7 +44,7 @@ def build_report(study: optuna.Study, reader: RunReader | None = None, command: 
                  goal: str | None = None) -> dict:
     """Everything the report shows, as one JSON-ready dict (volatile parts under "volatile").
 
-    `reader` reads the study's MLflow runs (report.inputs.open_runs); without it the report
+    `reader` reads the study's MLflow runs (stores.open_runs); without it the report
     shows what the Optuna storage alone holds. `goal`: the recommendation's (report.recommend.GOALS;
     default the study's, else fastest)."""
     parent_id = study.user_attrs.get("mlflow_parent_run_id") if reader else None

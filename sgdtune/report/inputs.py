@@ -1,19 +1,14 @@
-"""What the report reads: the study from its Optuna storage, the study's MLflow runs (through
-tracking.RunReader), and from both one row per trial, the table every section draws on."""
+"""What the report reads: the study and its MLflow runs (opened and checked by stores.load_study
+and stores.open_runs), and from both one row per trial, the table every section draws on."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import optuna
 
-from ..errors import InputError
-from ..names import check_name
-from ..redact import redact_url
-from ..stores import open_storage, probe_server
-from ..tracking import RunReader, RunRecord, sqlite_path, store_exists
+from ..tracking import RunRecord
 
 TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_s", "throughput_eps",
                "gpu_util_mean_pct")
@@ -31,54 +26,6 @@ def is_timing(key: str) -> bool:
 
 def is_memory(key: str) -> bool:
     return key.removesuffix("_std").removesuffix("_se") in MEMORY_KEYS
-
-
-# -- finding the study and its runs -----------------------------------------------------------
-
-
-def load_study(storage: str, study_name: str | None) -> optuna.Study:
-    """The named study, or the only one in the storage. Raises InputError naming the flag
-    (also for a name that cannot be a folder: reports/<name>/)."""
-    if study_name is not None:
-        check_name(study_name, "--study-name")
-    if "://" not in storage and not Path(storage).is_file():
-        raise InputError("--storage", "must be an existing Optuna journal file or a database URL",
-                         f"{storage!r} (run `python -m sgdtune.study` first, or pass --storage)")
-    if sqlite_path(storage) is not None and not sqlite_path(storage).is_file():
-        raise InputError("--storage", "must name an existing SQLite file", repr(storage))
-    names = sorted(optuna.get_all_study_names(storage=open_storage(storage)))
-    if not names:
-        raise InputError("--storage", "must hold a study",
-                         f"{redact_url(storage)!r}, which holds none (run `python -m sgdtune.study` first)")
-    listed = ", ".join(map(repr, names))
-    if study_name is None:
-        if len(names) > 1:
-            raise InputError("--study-name", f"required when the storage holds several studies; one of {listed}",
-                             "none")
-        study_name = check_name(names[0], "--study-name")  # a study named by another tool
-    if study_name not in names:
-        raise InputError("--study-name", f"must be one of {listed}", repr(study_name))
-    return optuna.load_study(study_name=study_name, storage=open_storage(storage))
-
-
-def open_runs(study: optuna.Study, tracking_uri: str) -> RunReader | None:
-    """A reader of the study's MLflow store; None for a study run with --no-tracking.
-    Raises InputError when the store is missing or does not hold the study's parent run
-    (nothing is created in a wrong store)."""
-    parent_id = study.user_attrs.get("mlflow_parent_run_id")
-    if parent_id is None:
-        return None
-    recorded = study.user_attrs.get("tracking_uri")
-    hint = f"; the study recorded its runs at {recorded!r}" if recorded and recorded != tracking_uri else ""
-    if not store_exists(tracking_uri):
-        raise InputError("--tracking-uri", "must name an existing MLflow store", f"{redact_url(tracking_uri)!r}{hint}")
-    if tracking_uri.startswith(("http://", "https://")):
-        probe_server(tracking_uri)  # a server that does not answer: refused in seconds
-    reader = RunReader(tracking_uri)
-    if reader.find_run(parent_id) is None:
-        raise InputError("--tracking-uri", f"must hold the study's parent run {parent_id}",
-                         f"{redact_url(tracking_uri)!r}{hint}")
-    return reader
 
 
 # -- one row per trial --------------------------------------------------------------------------

@@ -11,11 +11,10 @@ from pathlib import Path
 from ..errors import InputError
 from ..files import atomic_write_all
 from ..redact import redact_tree, redact_url
-from ..stores import MLRUNS, default_storage_url
+from ..stores import MLRUNS, default_storage_url, load_study, open_runs
 from ..tracking import Tracker, default_tracking_uri
 from .build import build_report, to_json
 from .html import render_html
-from .inputs import load_study, open_runs
 from .recommend import run_records
 
 
