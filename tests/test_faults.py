@@ -216,7 +216,7 @@ sys.exit(interruptible(study_main))
 @pytest.mark.parametrize("sig, status, extra", [("SIGTERM", 143, []), ("SIGINT", 130, []),
                                                ("SIGTERM", 143, ["--batch-trials", "2"])])
 def test_a_signal_as_a_trained_trial_is_being_written_keeps_it_complete(workdir, sig, status, extra):
-    args = command(4, "--set", "search.epochs={choices=[2]}", *extra)
+    args = command(3, "--set", "search.epochs={choices=[2]}", *extra)
     done = subprocess.run([sys.executable, "-c", AS_IT_ENDS.format(sig=sig), *args], cwd=workdir,
                           env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
     assert done.returncode == status, done.stderr
@@ -227,7 +227,7 @@ def test_a_signal_as_a_trained_trial_is_being_written_keeps_it_complete(workdir,
     assert run.info.status == "FINISHED"
     before = finished(ts)
     resume(workdir, args)
-    check(workdir, f"{sig} as a trained trial is written {' '.join(extra)}".strip(), before, 4)
+    check(workdir, f"{sig} as a trained trial is written {' '.join(extra)}".strip(), before, 3)
 
 
 # -- the MLflow writer process ----------------------------------------------------------------
