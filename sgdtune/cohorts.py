@@ -20,6 +20,16 @@ from .trainer import BUDGET_SIZES, PER_MEMBER, Diverged, UnstackableModel, group
 from .trial import TRIAL_ENDINGS, Objective, TrialJob
 
 
+def run_trials(study: optuna.Study, objective: Objective, n_trials: int, config: ExperimentConfig,
+               batch_trials: int = 1) -> None:
+    """Up to n_trials more trials in this process: in stacked cohorts of `batch_trials`
+    (--batch-trials), or one by one. The one place that chooses (study.py, workers.py, settle)."""
+    if batch_trials > 1:
+        optimize_batched(study, objective, n_trials, config, batch_trials)
+    else:
+        optimize(study, objective, n_trials, config)
+
+
 def optimize(study: optuna.Study, objective: Objective, n_trials: int, config: ExperimentConfig) -> None:
     """Up to n_trials more trials, one by one; stops early once the study has
     config.n_trials finished."""
@@ -84,9 +94,9 @@ def optimize_batched(study: optuna.Study, objective: Objective, n_trials: int, c
     A cohort is one trial as the sampler suggests it, plus batch_trials - 1 more with the same
     batch size (and every other searched value that shapes the stacked model) fixed through
     Optuna's queue, so a continuous batch-size range still gives full groups. Each member keeps
-    its own lr, momentum, seed, metrics, pruning and divergence (trainer.stacked).
+    its own lr, momentum, seed, metrics, pruning and divergence (trainer.stacked). The
+    configuration was checked for cohorts (check_cohorts) before the study opened.
     """
-    check_cohorts(config, batch_trials)
     shaping = [name for name in config.search if name not in PER_MEMBER and name not in BUDGET_SIZES[:2]]
     started, deadline = 0, time.monotonic() + (config.timeout_s or math.inf)
     while started < n_trials and n_claimed(study) < config.n_trials and time.monotonic() < deadline:
@@ -159,8 +169,4 @@ def settle(study: optuna.Study, objective: Objective, config: ExperimentConfig, 
         optuna.storages.fail_stale_trials(study)
         # Trials other workers are running count: asking beside them would only make surplus ones.
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) or n_claimed(study) < config.n_trials:
-            more = max(1, config.n_trials - n_claimed(study))
-            if batch_trials > 1:
-                optimize_batched(study, objective, more, config, batch_trials)
-            else:
-                optimize(study, objective, more, config)
+            run_trials(study, objective, max(1, config.n_trials - n_claimed(study)), config, batch_trials)

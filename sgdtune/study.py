@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 
 from . import __version__
-from .cohorts import check_cohorts, optimize, optimize_batched, settle
+from .cohorts import check_cohorts, run_trials, settle
 from .config import ExperimentConfig, file_sha256
 from .console import Progress, one_line_trial_failures
 from .data import load_data
@@ -152,10 +152,7 @@ def run_study(
         elif remaining > 0:
             objective = Objective(config, data, tracker, parent_run, describe_device(device), progress,
                                   datasets=datasets)
-            if batch_trials > 1:
-                optimize_batched(study, objective, remaining, config, batch_trials)
-            else:
-                optimize(study, objective, remaining, config)
+            run_trials(study, objective, remaining, config, batch_trials)
             if heartbeat is not None:
                 settle(study, objective, config, heartbeat, batch_trials)
     except BaseException as e:

@@ -29,7 +29,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from .cohorts import optimize, optimize_batched
+from .cohorts import run_trials
 from .config import ExperimentConfig
 from .console import hide_interrupted_trials, one_line_trial_failures
 from .data import load_data
@@ -102,10 +102,7 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
         study_id = storage.get_study_id_from_name(config.name)
         study = open_study(config, storage, worker=index, join=spec.join)
         objective = Objective(config, data, tracker, spec.parent_run_id, describe_device(device), cores=threads)
-        if spec.batch_trials > 1:
-            optimize_batched(study, objective, share, config, spec.batch_trials)
-        else:
-            optimize(study, objective, share, config)
+        run_trials(study, objective, share, config, spec.batch_trials)
     except KeyboardInterrupt as e:
         code = exit_status(e)  # the running trial is already failed and its run ended
     except WriterGone as e:  # the supervisor replaces this worker
