@@ -211,6 +211,7 @@ class FakeStepper:
         self.alive = list(range(k))  # config indices of the members, in stepper order
         self.nan_at, self.updates = nan_at, 0
         self.batches, self.lrs, self.probes, self.kept, self.sharpened = [], [], [], [], []
+        self.passes = []  # (update count, examples, method) of every evaluation pass
 
     def begin_epoch(self, orders):
         self.orders = torch.stack(orders)
@@ -225,6 +226,7 @@ class FakeStepper:
         self.lrs.append((self.updates, lrs))
 
     def evaluate(self, x, y, positions):
+        self.passes.append((self.updates, x.shape[0], "evaluate"))
         return [(1.0, 0.5) for _ in positions]
 
     def noise_sums(self, x, y, positions, chunks):
@@ -248,8 +250,9 @@ class FakeStepper:
         self.sharpened.append((self.updates, x.shape[0], len(positions)))
         return [3.0 for _ in positions]
 
-    def example_losses(self, x, y, positions):  # every example the same loss: no spread, no slope
-        return [torch.ones(x.shape[0]) for _ in positions]
+    def evaluate_examples(self, x, y, positions):  # every example the same loss: no spread, no slope
+        self.passes.append((self.updates, x.shape[0], "evaluate_examples"))
+        return [(1.0, 0.5, torch.ones(x.shape[0])) for _ in positions]
 
     def keep(self, positions):
         self.alive = [self.alive[p] for p in positions]
@@ -302,6 +305,24 @@ def test_the_loop_owns_shuffle_warmup_probes_and_divergence_for_any_stepper():
         losses = [(i + 1) / u for u in range(13, 19)]  # the last epoch's, member i's own column
         want = math.sqrt(sum((b - a) ** 2 for a, b in zip(losses, losses[1:])) / len(losses[1:]) / 2)
         assert history[-1].loss_noise == pytest.approx(want)
+
+
+def test_a_trial_that_stops_at_its_target_mid_epoch_makes_one_validation_pass_and_one_train_pass_there():
+    """The target check at update 2 finds val_acc 0.5 >= 0.4 and stops the trial; its epoch end
+    reuses that check's validation pass, and one pass over the train-evaluation subset gives both
+    the train metrics and the fixed-model loss noise's per-example losses."""
+    from sgdtune.trainer.loop import Loop
+
+    data = make_data(n=60, n_val=12)  # 6 updates an epoch at B = 10
+    config = cfg(batch_size=10, epochs=3, target_val_acc=0.4, target_every=2, stop_at_target=True)
+    stepper = FakeStepper(1)
+    (result,) = Loop([config], data).run(stepper)
+    assert (result.updates_to_target, result.final.updates) == (2, 2)
+    assert result.final.val_acc == 0.5 and result.final.train_acc == 0.5
+    val_passes = [p for p in stepper.passes if p[1] == 12]
+    train_passes = [p for p in stepper.passes if p[1] == 60]
+    assert val_passes == [(2, 12, "evaluate")]
+    assert train_passes == [(2, 60, "evaluate_examples")]
 
 
 @pytest.mark.parametrize("batch,short", [(10, False), (7, True), (60, False)])

@@ -48,7 +48,7 @@ from ..science.noise import ChunkSums, chunk_sums
 from ..science.sharpness import sharpness
 from .config import TrainConfig
 from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, loss_function
-from .module_step import evaluate
+from .module_step import evaluate_examples
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which make_optimizer uses
 EVAL_CHUNK = 8192  # examples per stacked forward pass when evaluating
@@ -188,27 +188,40 @@ class FuncStacked:
         """A new nn.Module holding the member at `position` (a copy of its parameters)."""
         return self.load_into(copy.deepcopy(self.template), position)
 
-    @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[tuple[float, float]]:
         """module_step.evaluate of the members at `positions`: classification in one stacked
         forward pass per chunk (loss summed in float64, accuracy), one sync at the end;
         regression member by member through module_step.evaluate."""
+        return [(loss, score) for loss, score, _ in self._evaluate(x, y, positions, keep=False)]
+
+    def evaluate_examples(self, x: torch.Tensor, y: torch.Tensor,
+                          positions: list[int]) -> list[tuple[float, float, torch.Tensor]]:
+        """`evaluate` and the per-example losses (n,) of the same forward pass."""
+        return self._evaluate(x, y, positions, keep=True)
+
+    @torch.no_grad()
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
+                  keep: bool) -> list[tuple[float, float, torch.Tensor | None]]:
         if self.task != "classification":
-            return [evaluate(self.load_into(self.template, p), x, y, self.task) for p in positions]
+            return [evaluate_examples(self.load_into(self.template, p), x, y, self.task, keep=keep) for p in positions]
         idx = torch.tensor(positions, dtype=torch.long, device=x.device)
         params = [p.index_select(0, idx) for p in self.params]
         k = len(positions)
         loss_sum = torch.zeros(k, dtype=torch.float64, device=x.device)
         correct = torch.zeros(k, dtype=torch.float64, device=x.device)
+        kept = []
         for start in range(0, x.shape[0], EVAL_CHUNK):
             out = self._forward(params, x[start : start + EVAL_CHUNK])  # (k, b, classes)
             target = y[start : start + EVAL_CHUNK]
             losses = self.loss_fn(out.flatten(0, 1), target.repeat(k), reduction="none").view(k, -1)
+            if keep:
+                kept.append(losses)
             loss_sum += losses.sum(dim=1).double()
             correct += (out.argmax(dim=2) == target).sum(dim=1)
         n = x.shape[0]
         losses, hits = torch.stack([loss_sum, correct]).tolist()
-        return [(loss / n, hit / n) for loss, hit in zip(losses, hits)]
+        examples = torch.cat(kept, dim=1).unbind(0) if keep else [None] * k
+        return [(loss / n, hit / n, ex) for loss, hit, ex in zip(losses, hits, examples)]
 
     def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
         return [chunk_sums(self.load_into(self.template, p), self.loss_fn, x, y, chunks) for p in positions]
@@ -224,11 +237,3 @@ class FuncStacked:
         return [sharpness(self.load_into(self.template, p), self.loss_fn, x, y, iters=SHARPNESS_ITERS,
                           tol=SHARPNESS_TOL, seed=SHARPNESS_SEED).eigenvalue for p in positions]
 
-    @torch.no_grad()
-    def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
-        out = []
-        for position in positions:
-            module = self.load_into(self.template, position)
-            out.append(torch.cat([self.loss_fn(module(x[i : i + EVAL_CHUNK]), y[i : i + EVAL_CHUNK], reduction="none")
-                                  for i in range(0, x.shape[0], EVAL_CHUNK)]))
-        return out

@@ -191,8 +191,9 @@ class Stepper(Protocol):
     def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
         """The top Hessian eigenvalue of the mean loss on (x, y) of the members at `positions`."""
 
-    def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
-        """Per-example losses (n,) on (x, y) of the members at `positions`, forward only."""
+    def evaluate_examples(self, x: torch.Tensor, y: torch.Tensor,
+                          positions: list[int]) -> list[tuple[float, float, torch.Tensor]]:
+        """`evaluate` and the per-example losses (n,) of the same forward pass, forward only."""
 
     def keep(self, positions: list[int]) -> None:
         """Keep the members at `positions` (in this order) and drop the others."""
@@ -227,6 +228,7 @@ class _Member:
     probe_s: float = 0.0  # its share of the noise probes
     target_s: float = 0.0  # its share of the target checks between epoch ends
     sharpness_s: float = 0.0  # its sharpness measurements
+    eval_s: float = 0.0  # its share of the evaluations at its end: train subset, val, test, fixed-model loss noise
     fixed_loss_noise_slope: float | None = None  # at its final weights (science.noise.fixed_model_loss_noise)
     test: tuple[float, float] | None = None  # (loss, score) on the held-out test set, at the end
     noise: NoiseScaleEstimate | None = None  # the last noise measurement
@@ -314,6 +316,9 @@ class Loop:
         self.updates_before = 0  # updates before this epoch
         self.examples_before = 0  # examples before this epoch
         self.stepper: Stepper | None = None
+        # The last validation pass: (update count, {member: (loss, score)}). A target check and the
+        # epoch end at the same update count share it: the weights have not moved in between.
+        self.val_at: tuple[int, dict[_Member, tuple[float, float]]] = (-1, {})
 
     @property
     def lrs(self) -> list[float]:
@@ -543,7 +548,9 @@ class Loop:
         whose time is split among these members."""
         if val_accs is None:
             t0 = time.perf_counter()
-            val_accs = [acc for _, acc in self._evaluate(members, self.data.x_val, self.data.y_val)]
+            evaluated = self._evaluate(members, self.data.x_val, self.data.y_val)
+            self.val_at = (self.updates, dict(zip(members, evaluated)))
+            val_accs = [acc for _, acc in evaluated]
             share = (time.perf_counter() - t0) / len(members)
             for m in members:
                 m.target_s += share
@@ -567,14 +574,15 @@ class Loop:
         members = [m for m in members if m in self.members]
         if not members:  # all diverged
             return
-        # Evaluation and targets first: they decide whether training ends here.
-        train_eval = self._evaluate(members, self.x_eval, self.y_eval)
-        val_eval = self._evaluate(members, self.data.x_val, self.data.y_val)
-        evaluated = {m: t + v for m, t, v in zip(members, train_eval, val_eval)}
+        # Validation and targets first: they decide whether training ends here.
+        val_eval, (validated, val_s) = self._validate(members)
         pending = [m for m in members if m.target_pending]
         if pending:
-            self._check_targets(pending, [evaluated[m][3] for m in pending])
+            self._check_targets(pending, [val_eval[m][1] for m in pending])
         ending = {m: m.stop or m.plan.total_updates == self.updates for m in members}
+        self._charge_eval(validated, val_s, ending)
+        train_eval, example_losses = self._evaluate_train(members, ending)
+        evaluated = {m: train_eval[m] + val_eval[m] for m in members}
         curvature = [m for m in members if self._curvature_due(m, epoch, ending[m])]
         self._measure_noise([m for m in members if self._noise_due(m, epoch, ending[m]) or m in curvature],
                             curvature)
@@ -623,20 +631,60 @@ class Loop:
                 leaving[m] = e
                 continue
             if ending[m]:
-                self._measure_fixed_loss_noise(m)
+                t0 = time.perf_counter()
+                self._measure_fixed_loss_noise(m, example_losses[m])
                 self._evaluate_test(m)
+                m.eval_s += time.perf_counter() - t0
                 leaving[m] = self._result(m)
         self._leave(leaving)
 
-    def _measure_fixed_loss_noise(self, m: _Member) -> None:
-        """The loss-noise slope of this member's final weights over a grid of B, forward only
-        on the fixed train-evaluation subset; timed into its probe time."""
+    def _validate(self, members: list[_Member],
+                  ) -> tuple[dict[_Member, tuple[float, float]], tuple[list[_Member], float]]:
+        """(val loss, score) of these members: a target check's pass at this update count is
+        reused (one validation pass per update count), the others in one pass; and (the members
+        of that pass, its seconds)."""
+        at, cached = self.val_at
+        out = {m: cached[m] for m in members if at == self.updates and m in cached}
+        fresh = [m for m in members if m not in out]
+        if not fresh:
+            return out, ([], 0.0)
         t0 = time.perf_counter()
-        (losses,) = self.stepper.example_losses(self.x_eval, self.y_eval, [self.members.index(m)])
+        evaluated = self._evaluate(fresh, self.data.x_val, self.data.y_val)
+        self.val_at = (self.updates, dict(zip(fresh, evaluated)))
+        out.update(zip(fresh, evaluated))
+        return out, (fresh, time.perf_counter() - t0)
+
+    def _evaluate_train(self, members: list[_Member], ending: dict[_Member, bool],
+                        ) -> tuple[dict[_Member, tuple[float, float]], dict[_Member, torch.Tensor]]:
+        """(train loss, score) of these members on the fixed train-evaluation subset; for those
+        whose training ends here also the per-example losses of the same forward pass (the
+        fixed-model loss noise reads them)."""
+        out, examples = {}, {}
+        going = [m for m in members if not ending[m]]
+        if going:
+            out.update(zip(going, self._evaluate(going, self.x_eval, self.y_eval)))
+        ends = [m for m in members if ending[m]]
+        if ends:
+            t0 = time.perf_counter()
+            found = self.stepper.evaluate_examples(self.x_eval, self.y_eval, [self.members.index(m) for m in ends])
+            for m, (loss, score, losses) in zip(ends, found):
+                out[m], examples[m] = (loss, score), losses
+            self._charge_eval(ends, time.perf_counter() - t0, ending)
+        return out, examples
+
+    @staticmethod
+    def _charge_eval(members: list[_Member], seconds: float, ending: dict[_Member, bool]) -> None:
+        """An evaluation pass's time, split among `members`, to those whose training ends here."""
+        for m in members:
+            if ending[m]:
+                m.eval_s += seconds / len(members)
+
+    def _measure_fixed_loss_noise(self, m: _Member, losses: torch.Tensor) -> None:
+        """The loss-noise slope of this member's final weights over a grid of B, from the
+        per-example losses of its last pass over the fixed train-evaluation subset."""
         curve = fixed_model_loss_noise(losses)
         if len(curve) >= 2 and all(v > 0 for v in curve.values()):  # else: too few examples, or no spread
             m.fixed_loss_noise_slope = loglog_slope(list(curve), list(curve.values()))
-        m.probe_s += time.perf_counter() - t0
 
     def _evaluate_test(self, m: _Member) -> None:
         """The held-out test set, once, at the member's final weights (never seen by pruning or
@@ -664,6 +712,7 @@ class Loop:
             curvature_time_s=m.curvature_s,
             target_time_s=m.target_s,
             sharpness_time_s=m.sharpness_s,
+            eval_time_s=m.eval_s,
             fixed_model_loss_noise_slope=m.fixed_loss_noise_slope,
             test=m.test,
             gpu=self.gpu.summary(),

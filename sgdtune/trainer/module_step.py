@@ -66,25 +66,41 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "cl
     """Mean loss and score, in chunks; one sync at the end. Classification: `loss_fn` (the
     training loss: cross-entropy, or one-hot MSE) and accuracy by argmax; regression: mean
     squared error and R^2 = 1 - SSE/SST, SST about the mean of y."""
+    loss, score, _ = evaluate_examples(model, x, y, task, loss_fn, keep=False)
+    return loss, score
+
+
+@torch.no_grad()
+def evaluate_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str = "classification",
+                      loss_fn=F.cross_entropy, keep: bool = True) -> tuple[float, float, torch.Tensor | None]:
+    """`evaluate`'s (mean loss, score) and, with `keep`, the per-example losses (n,) of the same
+    forward pass (the fixed-model loss noise reads them: no second pass over the examples)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.float64)
+    kept = []
     for start in range(0, x.shape[0], EVAL_CHUNK):
         out = model(x[start : start + EVAL_CHUNK])
         target = y[start : start + EVAL_CHUNK]
         if task == "regression":
-            loss_sum += F.mse_loss(out.squeeze(-1), target, reduction="sum").double()
+            out = out.squeeze(-1)
+            if keep:
+                kept.append(F.mse_loss(out, target, reduction="none"))
+            loss_sum += F.mse_loss(out, target, reduction="sum").double()
         else:
+            if keep:
+                kept.append(loss_fn(out, target, reduction="none"))
             loss_sum += loss_fn(out, target, reduction="sum").double()
             correct += (out.argmax(dim=1) == target).sum()
     model.train(was_training)
+    examples = torch.cat(kept) if keep else None
     if task == "regression":
         total = (y.double() - y.double().mean()).square().sum()
         loss, sst = torch.stack([loss_sum, total]).tolist()
-        return loss / x.shape[0], 1.0 - loss / sst if sst > 0 else 0.0
+        return loss / x.shape[0], 1.0 - loss / sst if sst > 0 else 0.0, examples
     loss, hits = torch.stack([loss_sum, correct]).tolist()
-    return loss / x.shape[0], hits / x.shape[0]
+    return loss / x.shape[0], hits / x.shape[0], examples
 
 
 class Precision:
@@ -158,14 +174,9 @@ class ModuleStepper:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[tuple[float, float]]:
         return [evaluate(self.model, x, y, self.task, self.loss_fn) for _ in positions]
 
-    @torch.no_grad()
-    def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
-        was_training = self.model.training
-        self.model.eval()
-        losses = torch.cat([self.loss_fn(self.model(x[i : i + EVAL_CHUNK]), y[i : i + EVAL_CHUNK], reduction="none")
-                            for i in range(0, x.shape[0], EVAL_CHUNK)])
-        self.model.train(was_training)
-        return [losses for _ in positions]
+    def evaluate_examples(self, x: torch.Tensor, y: torch.Tensor,
+                          positions: list[int]) -> list[tuple[float, float, torch.Tensor]]:
+        return [evaluate_examples(self.model, x, y, self.task, self.loss_fn) for _ in positions]
 
     def noise_sums(self, x: torch.Tensor, y: torch.Tensor, positions: list[int], chunks: int) -> list[ChunkSums]:
         return [chunk_sums(self.model, self.loss_fn, x, y, chunks) for _ in positions]

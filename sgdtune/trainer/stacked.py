@@ -426,27 +426,26 @@ class StackedMLP:
                                          population=population, samples=samples)
                 for p, g in zip(positions, grad_sq)]
 
-    @torch.no_grad()
-    def example_losses(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[torch.Tensor]:
-        """Per-example cross-entropies of each member at `positions`, loaded into an nn.Module
-        (once per member at the end of its training)."""
-        out = []
-        for position in positions:
-            module = self.load_into(self._template, position).eval()
-            out.append(torch.cat([F.cross_entropy(module(x[i : i + EVAL_ROWS]), y[i : i + EVAL_ROWS], reduction="none")
-                                  for i in range(0, x.shape[0], EVAL_ROWS)]))
-        return out
-
-    @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor,
                  positions: list[int] | None = None) -> list[tuple[float, float]]:
         """module_step.evaluate of every member (or of those at `positions`) in one stacked forward
         pass, EVAL_ROWS rows (members x examples) at a time: mean cross-entropy, summed in
         float64, and accuracy. One sync at the end."""
+        return [(loss, score) for loss, score, _ in self._evaluate(x, y, positions, keep=False)]
+
+    def evaluate_examples(self, x: torch.Tensor, y: torch.Tensor,
+                          positions: list[int]) -> list[tuple[float, float, torch.Tensor]]:
+        """`evaluate` and the per-example cross-entropies (n,) of the same stacked forward pass."""
+        return self._evaluate(x, y, positions, keep=True)
+
+    @torch.no_grad()
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, positions: list[int] | None,
+                  keep: bool) -> list[tuple[float, float, torch.Tensor | None]]:
         weights = self._subset(positions)
         k = weights[0].shape[0]
         loss_sum = torch.zeros(k, dtype=torch.float64, device=x.device)
         correct = torch.zeros(k, dtype=torch.int64, device=x.device)
+        kept = []
         rows = max(1, EVAL_ROWS // k)
         for start in range(0, x.shape[0], rows):
             xc, yc = x[start : start + rows], y[start : start + rows]
@@ -454,9 +453,13 @@ class StackedMLP:
             ws.values[0].copy_(xc)  # broadcast over the members
             logits = self._forward(ws, weights).transpose(1, 2).contiguous()  # (k, classes, rows): see _dlogits
             logp = torch.log_softmax(logits, dim=1)
-            loss_sum -= logp.gather(1, yc.expand(k, 1, -1)).sum(dim=(1, 2), dtype=torch.float64)
+            picked = logp.gather(1, yc.expand(k, 1, -1))  # (k, 1, rows): minus the per-example losses
+            if keep:
+                kept.append(-picked[:, 0])
+            loss_sum -= picked.sum(dim=(1, 2), dtype=torch.float64)
             # max's indices are argmax's (the first maximum), 6x faster over the middle axis here.
             correct += (logits.max(dim=1).indices == yc).sum(dim=1)
         n = x.shape[0]
         losses, hits = torch.stack([loss_sum, correct.double()]).tolist()
-        return [(loss / n, hit / n) for loss, hit in zip(losses, hits)]
+        examples = torch.cat(kept, dim=1).unbind(0) if keep else [None] * k
+        return [(loss / n, hit / n, ex) for loss, hit, ex in zip(losses, hits, examples)]
