@@ -212,6 +212,7 @@ class FakeStepper:
         self.nan_at, self.updates = nan_at, 0
         self.batches, self.lrs, self.probes, self.kept, self.sharpened = [], [], [], [], []
         self.passes = []  # (update count, examples, method) of every evaluation pass
+        self.starts = []  # the start of each sharpness measurement: the update count of the vector
 
     def begin_epoch(self, orders):
         self.orders = torch.stack(orders)
@@ -246,9 +247,14 @@ class FakeStepper:
         return [CurvatureNoiseEstimate(12.0, 0.0, 2.0, 0.0, 6.0, 0.0, grad_sq[0][0] / 2.0, 0.0, x.shape[0], 0)
                 for _ in positions]
 
-    def sharpness(self, x, y, positions):
+    def sharpness(self, x, y, positions, starts):
+        from sgdtune.science.sharpness import SharpnessEstimate
+
         self.sharpened.append((self.updates, x.shape[0], len(positions)))
-        return [3.0 for _ in positions]
+        self.starts.append([None if s is None else float(s[0]) for s in starts])
+        # The top Ritz vector names the update count it was measured at: the next start shows it.
+        return [SharpnessEstimate(3.0, 1, True, 0.0, 3.0, x.shape[0], torch.full((4,), float(self.updates)))
+                for _ in positions]
 
     def evaluate_examples(self, x, y, positions):  # every example the same loss: no spread, no slope
         self.passes.append((self.updates, x.shape[0], "evaluate_examples"))
@@ -286,6 +292,8 @@ def test_the_loop_owns_shuffle_warmup_probes_and_divergence_for_any_stepper():
     # Noise and sharpness at the end of epoch 2 and at the end, on the whole set (n = 60 <= 4,096).
     assert stepper.probes == [(12, 60, 2), (18, 60, 2)]
     assert [(u, size) for u, size, _ in stepper.sharpened] == [(12, 60), (12, 60), (18, 60), (18, 60)]
+    # Each member's second Lanczos run starts from its first one's top Ritz vector (update 12).
+    assert stepper.starts == [[None], [None], [12.0], [12.0]]
     # Member 2's NaN at update 8 is found at the epoch's end; it leaves, the others go on.
     assert isinstance(results[2], Diverged) and (results[2].update, results[2].epoch) == (8, 2)
     assert stepper.kept == [[0, 1]]

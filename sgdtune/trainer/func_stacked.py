@@ -45,7 +45,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from ..errors import UnstackableModel
 from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_estimate
 from ..science.noise import ChunkSums, chunk_sums
-from ..science.sharpness import sharpness
+from ..science.sharpness import SharpnessEstimate, sharpness
 from .config import TrainConfig
 from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, loss_function
 from .module_step import evaluate_examples
@@ -233,7 +233,8 @@ class FuncStacked:
                                          population=population, samples=samples)
                 for p, g in zip(positions, grad_sq)]
 
-    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
+    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
+                  starts: list[torch.Tensor | None]) -> list[SharpnessEstimate]:
         return [sharpness(self.load_into(self.template, p), self.loss_fn, x, y, iters=SHARPNESS_ITERS,
-                          tol=SHARPNESS_TOL, seed=SHARPNESS_SEED).eigenvalue for p in positions]
+                          tol=SHARPNESS_TOL, seed=SHARPNESS_SEED, start=start) for p, start in zip(positions, starts)]
 

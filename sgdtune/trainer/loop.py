@@ -63,6 +63,7 @@ from ..science.noise import (
     loss_noise,
     noise_temperature,
 )
+from ..science.sharpness import SharpnessEstimate
 from ..timing import GpuMonitor, StepTimer, peak_memory_mb, reset_peak_memory
 from .config import BatchPlan, TrainConfig, lr_at
 from .results import EpochMetrics, TrainResult
@@ -188,8 +189,10 @@ class Stepper(Protocol):
         """science.curvature_noise.curvature_noise_estimate of the members at `positions` on the
         probe (x, y), given each one's |G|^2 and its SE there."""
 
-    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
-        """The top Hessian eigenvalue of the mean loss on (x, y) of the members at `positions`."""
+    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
+                  starts: list[torch.Tensor | None]) -> list[SharpnessEstimate]:
+        """science.sharpness.sharpness (the top Hessian eigenvalue of the mean loss on (x, y)) of
+        the members at `positions`, each Lanczos run warm-started from its entry of `starts`."""
 
     def evaluate_examples(self, x: torch.Tensor, y: torch.Tensor,
                           positions: list[int]) -> list[tuple[float, float, torch.Tensor]]:
@@ -228,6 +231,7 @@ class _Member:
     probe_s: float = 0.0  # its share of the noise probes
     target_s: float = 0.0  # its share of the target checks between epoch ends
     sharpness_s: float = 0.0  # its sharpness measurements
+    sharpness_vector: torch.Tensor | None = None  # the last one's top Ritz vector: the next one's start
     eval_s: float = 0.0  # its share of the evaluations at its end: train subset, val, test, fixed-model loss noise
     fixed_loss_noise_slope: float | None = None  # at its final weights (science.noise.fixed_model_loss_noise)
     test: tuple[float, float] | None = None  # (loss, score) on the held-out test set, at the end
@@ -534,11 +538,13 @@ class Loop:
             m.curvature_s += time.perf_counter() - t0
 
     def _measure_sharpness(self, members: list[_Member]) -> dict[_Member, float]:
-        """Sharpness of these members on the fixed sharpness probe, each timed to itself."""
+        """Sharpness of these members on the fixed sharpness probe, each timed to itself, each
+        Lanczos run warm-started from the member's last top Ritz vector."""
         out = {}
         for m in members:
             t0 = time.perf_counter()
-            (out[m],) = self.stepper.sharpness(*self.sharpness_probe, [self.members.index(m)])
+            (est,) = self.stepper.sharpness(*self.sharpness_probe, [self.members.index(m)], [m.sharpness_vector])
+            out[m], m.sharpness_vector = est.eigenvalue, est.vector
             m.sharpness_s += time.perf_counter() - t0
         return out
 

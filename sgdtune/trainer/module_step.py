@@ -19,7 +19,7 @@ from ..data import Dataset
 from ..model import build_model
 from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_estimate
 from ..science.noise import ChunkSums, chunk_sums
-from ..science.sharpness import sharpness
+from ..science.sharpness import SharpnessEstimate, sharpness
 from .config import TrainConfig
 from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, Loop, loss_function
 from .results import EpochMetrics, TrainResult
@@ -187,9 +187,10 @@ class ModuleStepper:
         return [curvature_noise_estimate(self.model, self.loss_fn, x, y, *g, population=population, samples=samples)
                 for g in grad_sq]
 
-    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
-        est = sharpness(self.model, self.loss_fn, x, y, iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=SHARPNESS_SEED)
-        return [est.eigenvalue for _ in positions]
+    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
+                  starts: list[torch.Tensor | None]) -> list[SharpnessEstimate]:
+        return [sharpness(self.model, self.loss_fn, x, y, iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL,
+                          seed=SHARPNESS_SEED, start=start) for start in starts]
 
     def keep(self, positions: list[int]) -> None:
         if positions != [0]:

@@ -62,7 +62,7 @@ from ..data import Dataset
 from ..model import build_model
 from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_estimate
 from ..science.noise import ChunkSums
-from ..science.sharpness import sharpness
+from ..science.sharpness import SharpnessEstimate, sharpness
 from .config import TrainConfig
 from .func_stacked import FuncStacked, check_stackable
 from .groups import check_group
@@ -406,16 +406,13 @@ class StackedMLP:
         sum_sq, sizes_t = sum_sq.cpu(), torch.tensor(sizes, dtype=torch.float64)
         return [ChunkSums(sizes_t, sum_sq[j], gram[j]) for j in range(k)]
 
-    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int]) -> list[float]:
+    def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
+                  starts: list[torch.Tensor | None]) -> list[SharpnessEstimate]:
         """science.sharpness.sharpness of each member at `positions`, loaded into an nn.Module
-        (one Lanczos run per member: an epoch-end measurement, not a step)."""
-        out = []
-        for position in positions:
-            module = self.load_into(self._template, position)
-            est = sharpness(module, F.cross_entropy, x, y, iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL,
-                            seed=SHARPNESS_SEED)
-            out.append(est.eigenvalue)
-        return out
+        (one Lanczos run per member: an epoch-end measurement, not a step), from its start."""
+        return [sharpness(self.load_into(self._template, position), F.cross_entropy, x, y, iters=SHARPNESS_ITERS,
+                          tol=SHARPNESS_TOL, seed=SHARPNESS_SEED, start=start)
+                for position, start in zip(positions, starts)]
 
     def curvature_noise(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
                         grad_sq: list[tuple[float, float]], population: int, samples: int,
