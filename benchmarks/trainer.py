@@ -77,12 +77,26 @@ def target_config(batch_size: int) -> TrainConfig:
                        target_val_acc=0.95, target_every=5, stop_at_target=True, seed=SEED, model=MODEL)
 
 
+def measurement_time_s(r) -> float:
+    """Every measurement of a trial: noise probes, sharpness, B_noise, the end-of-training evaluations
+    (train subset, val, test, fixed-model loss noise). eval_time_s is 0 where the trainer did not time them."""
+    return r.probe_time_s + r.sharpness_time_s + r.curvature_time_s + getattr(r, "eval_time_s", 0.0)
+
+
 def cost_checks(label: str, results: list, note: str) -> list[Check]:
-    """Noise-probe and sharpness time over step time, medians over `results`, side by side."""
+    """Noise-probe, sharpness, B_noise, end-of-training evaluation time and all of them together
+    over step time, medians over `results`, side by side."""
     noise = statistics.median(r.probe_time_s / r.compute_time_s for r in results)
     sharp = statistics.median(r.sharpness_time_s / r.compute_time_s for r in results)
     curvature = statistics.median(r.curvature_time_s / r.compute_time_s for r in results)
+    evals = statistics.median(getattr(r, "eval_time_s", 0.0) / r.compute_time_s for r in results)
+    together = statistics.median(measurement_time_s(r) / r.compute_time_s for r in results)
     return [
+        Check(GROUP, f"every measurement / step time, {label}", together, 0.05, "<=", "fraction",
+              f"{note}; noise probes + sharpness + B_noise + end-of-training evaluations; "
+              f"median of {len(results)} runs"),
+        Check(GROUP, f"end-of-training evaluations / step time, {label}", evals, None, "", "fraction",
+              f"{note}; train subset, val, test and fixed-model loss noise; median of {len(results)} runs"),
         Check(GROUP, f"noise probe time / step time, {label}", noise, 0.10, "<=", "fraction",
               f"{note}; median of {len(results)} runs"),
         Check(GROUP, f"sharpness time / step time, {label}", sharp, None, "", "fraction",
@@ -156,4 +170,9 @@ def run(tiny: bool = False) -> list[Check]:
         costs += cost_checks(f"to 95% then stop, B={batch_size}", results,
                              f"{note}; critical_batch.toml's trial, {stopped:.0f} updates: its one end-of-trial "
                              "measurement is a whole pass over the set, against ~1.3 epochs of steps")
+    # critical_batch.toml turns B_noise on: its share is a row of its own (off by default).
+    with_b_noise = target_config(64).model_copy(update={"b_noise_samples": B_NOISE_SAMPLES})
+    results = [train(with_b_noise, data) for _ in range(rounds)]
+    costs += cost_checks(f"to 95% then stop, B=64, b_noise_samples={B_NOISE_SAMPLES}", results,
+                         f"{note}; critical_batch.toml's trial with its B_noise on")
     return checks + costs + measurement_checks(data, rounds)

@@ -37,7 +37,13 @@ The measurements, per member (docs/science.md, section 3):
   size) is <= PROBE_COST_SHARE of the modelled step cost since their last measurement
   (`_curvature_due`). Their time is kept apart (TrainResult.curvature_time_s), as sharpness's.
 - sharpness: science.sharpness.sharpness on the first `sharpness_size` examples of the fixed
-  order, every `sharpness_every` epochs and at the end of training.
+  order, every `sharpness_every` epochs and at the end of training, each Lanczos run started
+  from the member's last top Ritz vector (fewer Hessian-vector products where it barely moved).
+
+Evaluation passes are not repeated: a target check and the epoch end at the same update count
+(a trial that stops at its target mid-epoch) share one validation pass, and at a member's end
+one pass over the train-evaluation subset gives its train metrics and the per-example losses
+of the fixed-model loss noise (science.noise.fixed_model_loss_noise).
 """
 
 from __future__ import annotations
@@ -263,7 +269,8 @@ class Loop:
     Times: the step time is split evenly among the members in the loop while it ran, so a
     member's compute_time_s, epoch_time_s and gpu_time_s are its share; probe_time_s is its
     share of the noise probes it took part in, target_time_s of the target checks between
-    epoch ends; sharpness_time_s its own sharpness measurements.
+    epoch ends; sharpness_time_s its own sharpness measurements; eval_time_s its share of the
+    evaluations at its end (train subset, val, test, fixed-model loss noise).
 
     The task is `getattr(data, "task", "classification")`: "regression" trains on the mean
     squared error and scores R^2 (`loss_function`).
