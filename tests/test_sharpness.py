@@ -184,3 +184,18 @@ def test_a_start_at_the_top_eigenvector_stops_after_one_product_and_a_foreign_st
     cold = sharpness(model, half_squared_error, x, y)
     for foreign in (torch.ones(D + 1, dtype=torch.float64), torch.full((D,), math.nan, dtype=torch.float64)):
         assert sharpness(model, half_squared_error, x, y, start=foreign) == cold  # as if no start
+
+
+def test_products_through_the_kept_gradient_graph_equal_those_recomputed_each_time():
+    from sgdtune.science.sharpness import HessianOperator
+
+    model, x, y = mlp_problem()
+    model.eval()
+    kept = HessianOperator(model, nn.functional.cross_entropy, x, y, keep_graph=True)
+    fresh = HessianOperator(model, nn.functional.cross_entropy, x, y)
+    assert kept.keep_graph and not fresh.keep_graph
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):  # the graph is built once and reused
+        v = torch.randn(kept.size, generator=g, dtype=torch.float64)
+        assert torch.allclose(kept(v), fresh(v), rtol=1e-12, atol=1e-14)
+    assert not HessianOperator(model, nn.functional.cross_entropy, x, y, chunk_size=20, keep_graph=True).keep_graph
