@@ -19,6 +19,7 @@ from ..redact import redact_url
 from ..tracking import RunReader, RunRecord, ui_url
 from .answer import answer, experiment_file_name
 from .inputs import as_number, complete_rows, is_timing, trial_rows
+from .mccandlish import mccandlish_section
 from .sections import (
     accuracy_section,
     equal_budget_comparison,
@@ -101,6 +102,11 @@ def build_report(study: optuna.Study, reader: RunReader | None = None, command: 
     put("grad_noise", noise_scale_section(complete, gns_curves, report.get("steps_to_target"), parent_metrics,
                                           n_train),
         "no trial measured the gradient noise scale (train.probe_size = 0)")
+    put("mccandlish", mccandlish_section(complete, report.get("steps_to_target"), {
+        r["number"]: _metric_paths(reader, runs[r["number"]].run_id, ("b_noise", "eps_max")) for r in complete
+        if r["number"] in runs and r["summary"].get("b_noise_at_target") is not None}),
+        "no fit of updates to target, or no trial of the fit measured B_noise at the target "
+        "(train.b_noise_samples > 0 and train.target_val_acc)")
     sharpness, why = sharpness_section(complete, n_train, {
         r["number"]: _sharpness_path(reader, runs[r["number"]].run_id) for r in complete
         if r["number"] in runs and r["batch_size"] and r["batch_size"] >= (r.get("n_train") or n_train)})
@@ -137,6 +143,16 @@ def _sharpness_path(reader: RunReader, run_id: str) -> dict:
     at = dict(zip(updates["step"], updates["value"]))
     pairs = [(at[s], v) for s, v in zip(sharp["step"], sharp["value"]) if s in at]
     return {"updates": [u for u, _ in pairs], "sharpness": [v for _, v in pairs]}
+
+
+def _metric_paths(reader: RunReader, run_id: str, names: tuple[str, ...]) -> dict:
+    """Metrics measured together along a run, against the update count of each epoch that measured
+    the first of them (epochs where one is missing, e.g. G^T H G <= 0, hold None for it)."""
+    updates = reader.metric_history(run_id, "updates")
+    at = dict(zip(updates["step"], updates["value"]))
+    histories = [dict(zip(h["step"], h["value"])) for h in (reader.metric_history(run_id, n) for n in names)]
+    steps = [s for s in sorted(histories[0]) if s in at]
+    return {"updates": [at[s] for s in steps], **{n: [h.get(s) for s in steps] for n, h in zip(names, histories)}}
 
 
 def _learning_curve(reader: RunReader, run_id: str, row: dict) -> dict:

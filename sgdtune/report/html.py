@@ -294,6 +294,64 @@ def fig_steps(st: dict):
     return fig
 
 
+def _band(x: Sequence[float], low: Sequence[float], high: Sequence[float], colour: str, name: str, **where):
+    """A filled band between two curves (an interval), drawn as one closed trace."""
+    import plotly.graph_objects as go
+
+    return go.Scatter(x=list(x) + list(x)[::-1], y=list(high) + list(low)[::-1], mode="lines", fill="toself",
+                      fillcolor=colour, line={"width": 0}, hoverinfo="skip", name=name, **where)
+
+
+def fig_mccandlish(mc: dict):
+    """McCandlish's predictions from B_noise and eps_max against the sweep: the best lr per B beside
+    eps_opt(B), the updates and examples to target beside S(B) and E(B) from B_noise and from the fit."""
+    import plotly.graph_objects as go
+
+    lr, st = mc.get("lr"), mc["steps"]
+    titles = (["best effective lr against eps_opt(B)"] if lr else []) + ["updates to target", "examples to target"]
+    fig = _subplots(titles)
+    col = 1
+    bn = f"B_noise {mc['b_noise']['value']:.3g}"
+    if lr:
+        best = lr["best"]
+        if "predicted_ci_low" in lr:
+            fig.add_trace(_band(lr["batch_size"], lr["predicted_ci_low"], lr["predicted_ci_high"],
+                                "rgba(44,160,44,0.15)", "eps_opt, 95% bootstrap band"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=lr["batch_size"], y=lr["predicted"], mode="lines", line={"color": "#2ca02c"},
+                                 name=f"eps_opt = eps_max/(1 + B_noise/B): eps_max {lr['eps_max']:.3g}, {bn}"),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=best["batch_size"], y=best["best_effective_lr"], mode="markers",
+                                 name="best effective lr lr/(1 - m) (fewest updates per B)",
+                                 text=[f"trial {n}" for n in best["number"]],
+                                 marker={"color": "#1f77b4", "size": 11}), row=1, col=1)
+        fig.add_trace(go.Scatter(x=best["batch_size"], y=best["best_warmup_lr"], mode="markers",
+                                 name="the same, mean over momentum's warm-up",
+                                 marker={"color": "#1f77b4", "size": 10, "symbol": "circle-open",
+                                         "line": {"width": 2}}), row=1, col=1)
+        fig.update_yaxes(type="log", title_text="learning rate (log scale)", row=1, col=1)
+        col = 2
+    m = st["measured"]
+    for k, (key, measured) in enumerate((("updates", "updates_to_target"), ("examples", "examples_to_target"))):
+        c = col + k
+        if f"predicted_{key}_ci_low" in st:
+            fig.add_trace(_band(st["batch_size"], st[f"predicted_{key}_ci_low"], st[f"predicted_{key}_ci_high"],
+                                "rgba(44,160,44,0.15)", "from B_noise, 95% bootstrap band", showlegend=k == 0,
+                                legendgroup="band"), row=1, col=c)
+        fig.add_trace(go.Scatter(x=st["batch_size"], y=st[f"predicted_{key}"], mode="lines", legendgroup="pred",
+                                 line={"color": "#2ca02c"}, showlegend=k == 0,
+                                 name=f"S_min (1 + B_noise/B), E = B·S: {bn}"), row=1, col=c)
+        fig.add_trace(go.Scatter(x=st["batch_size"], y=st[f"fitted_{key}"], mode="lines", legendgroup="fit",
+                                 line={"color": "#d62728", "dash": "dash"}, showlegend=k == 0,
+                                 name=f"fit S_min (1 + B_crit/B): B_crit {mc['b_crit']['value']:.3g}"), row=1, col=c)
+        fig.add_trace(go.Scatter(x=m["batch_size"], y=m[measured], mode="markers", legendgroup="measured",
+                                 marker={"color": "#1f77b4", "size": 10}, showlegend=k == 0,
+                                 name="fewest per batch size (measured)"), row=1, col=c)
+        fig.update_yaxes(type="log", title_text=f"{key} to target (log scale)", row=1, col=c)
+    fig.update_xaxes(**LOG_B)
+    fig.update_layout(height=560)
+    return fig
+
+
 def fig_sharpness(sh: dict):
     """Final sharpness against B; for full-batch trials, against 2/lr with the edge of stability y = 2/lr."""
     import plotly.graph_objects as go
@@ -446,7 +504,7 @@ def fmt(value, spec: str) -> str:
 
 NAV = (("answer", "answer"), ("summary", "summary"), ("accuracy", "accuracy"), ("octaves", "octaves"),
        ("curves", "curves"), ("loss-noise", "loss noise"),
-       ("grad-noise", "noise scale"), ("steps", "steps"), ("sharpness", "sharpness"),
+       ("grad-noise", "noise scale"), ("steps", "steps"), ("mccandlish", "B_noise"), ("sharpness", "sharpness"),
        ("compute", "compute"), ("profile", "device"), ("pareto", "Pareto"),
        ("history", "history"), ("importance", "importance"), ("top", "top trials"), ("repro", "reproducibility"))
 
@@ -486,6 +544,8 @@ def render_html(report: dict) -> str:
             plot(fig_grad_noise, "grad_noise", "plot-grad-noise"))
     section("steps", "Updates to target against batch size", "steps_to_target",
             plot(fig_steps, "steps_to_target", "plot-steps"))
+    section("mccandlish", "McCandlish's model beside the sweep: B_noise, the best lr, S(B) and E(B)", "mccandlish",
+            plot(fig_mccandlish, "mccandlish", "plot-mccandlish"))
     section("sharpness", "Sharpness against batch size and the edge of stability", "sharpness",
             plot(fig_sharpness, "sharpness", "plot-sharpness"))
     section("compute", "Compute time and throughput against batch size", None,
@@ -555,6 +615,10 @@ def notes(report: dict, key: str) -> list[str]:
             out.append(f"{r['n_bounds']} trial{'s' * (r['n_bounds'] > 1)} gave only a lower bound (open triangles): "
                        "|G|² was within 2 SE of 0.")
         return out
+    if key == "mccandlish":
+        from .mccandlish import mccandlish_notes
+
+        return mccandlish_notes(r)
     if key == "sharpness":
         out = ["Edge of stability: full-batch gradient descent with heavy-ball momentum m on a quadratic is stable "
                "while lr·λ_max < 2(1 + m): 3.8 at m = 0.9, 2 without momentum."]

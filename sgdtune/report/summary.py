@@ -8,6 +8,7 @@ import numpy as np
 
 from .html import fmt, octave_trend_sentence
 from .inputs import column
+from .mccandlish import mccandlish_sentences
 from .sections import NOISE_SE
 
 
@@ -136,6 +137,8 @@ def summary_sentences(report: dict, complete: list[dict]) -> list[str]:
     gn = report.get("grad_noise")
     if gn:
         out.append(noise_scale_sentence(gn))
+    if report.get("mccandlish"):
+        out.extend(mccandlish_sentences(report["mccandlish"]))
     sh = report.get("sharpness")
     if sh:
         k = np.array(sh["final_sharpness"], float)
