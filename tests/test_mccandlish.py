@@ -75,11 +75,11 @@ BEST_LR = 0.1  # effective 1.0 at every B
 
 def hand_made_study(b_noise: bool = True):
     """At each B a best trial (lr 0.1) on S = 10 (1 + 64/B) exactly, with B_noise and eps_max = 2 at
-    the target, and a slower trial at lr 0.3; momentum 0.9 throughout."""
+    the target, and a slower trial at lr 0.3; at B = 16 a diverged one at lr 0.03; momentum 0.9."""
     study = create_study(study_name="mccandlish", direction="maximize")
     study.set_user_attr("objectives", ["val_acc"])
     study.set_user_attr("n_train", 2048)
-    dists = {"batch_size": CategoricalDistribution(SIZES), "lr": CategoricalDistribution([0.1, 0.3]),
+    dists = {"batch_size": CategoricalDistribution(SIZES), "lr": CategoricalDistribution([0.03, 0.1, 0.3]),
              "momentum": CategoricalDistribution([MOMENTUM])}
     for b, bn in zip(SIZES, B_NOISE):
         for lr, slower in ((BEST_LR, 1.0), (0.3, 1.5)):
@@ -89,6 +89,9 @@ def hand_made_study(b_noise: bool = True):
                           if b_noise else {})}
             study.add_trial(create_trial(params={"batch_size": b, "lr": lr, "momentum": MOMENTUM}, distributions=dists,
                                          value=0.95, user_attrs={"summary": summary}, state=TrialState.COMPLETE))
+    # a diverged trial below the best lr at B = 16: the best is no longer at the end of the lrs tried there
+    study.add_trial(create_trial(params={"batch_size": 16, "lr": 0.03, "momentum": MOMENTUM}, distributions=dists,
+                                 state=TrialState.FAIL))
     return study
 
 
@@ -117,7 +120,7 @@ def test_the_report_sets_b_noise_and_its_predictions_beside_b_crit_and_the_best_
     # grid {0.1, 0.3} -> effective {1, 3}; the best, 1, at its lower end: one step (x3) either side is 1/3 to 3,
     # which eps_opt = 0.148, 0.276, 0.485, 0.78, 1.12 enters from B = 64
     assert lr["best"]["within_grid"] == [False, False, True, True, True]
-    assert lr["best"]["best_at_grid_edge"] == [True] * 5
+    assert lr["best"]["best_at_grid_edge"] == [False, True, True, True, True]
     assert any("B_noise 200 examples" in s and "B_crit 64" in s and "they disagree" in s for s in report["summary"])
     assert any("within one grid step of it at 3 of 5 batch sizes" in s for s in report["summary"])
 

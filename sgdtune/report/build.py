@@ -102,7 +102,7 @@ def build_report(study: optuna.Study, reader: RunReader | None = None, command: 
     put("grad_noise", noise_scale_section(complete, gns_curves, report.get("steps_to_target"), parent_metrics,
                                           n_train),
         "no trial measured the gradient noise scale (train.probe_size = 0)")
-    put("mccandlish", mccandlish_section(complete, report.get("steps_to_target"), {
+    put("mccandlish", mccandlish_section(rows, report.get("steps_to_target"), {
         r["number"]: _metric_paths(reader, runs[r["number"]].run_id, ("b_noise", "eps_max")) for r in complete
         if r["number"] in runs and r["summary"].get("b_noise_at_target") is not None}),
         "no fit of updates to target, or no trial of the fit measured B_noise at the target "

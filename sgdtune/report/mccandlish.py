@@ -69,11 +69,13 @@ def mccandlish_section(rows: list[dict], steps: dict | None, paths: dict[int, di
     trials' own B_noise and eps_max against the best effective lr per B; S(B) and E(B) predicted
     from B_noise against the S(B) fit. None without a fit or without B_noise on its trials.
 
-    `rows`: the complete trial rows; `steps`: report.sections.steps_section's; `paths`: per trial
+    `rows`: every trial's row (report.inputs.trial_rows: the lrs tried at a B include those that
+    diverged); `steps`: report.sections.steps_section's; `paths`: per trial
     number {"updates": [...], "b_noise": [...], "eps_max": [...]} (the MLflow histories)."""
     if not steps or "fit" not in steps:
         return None
-    trials = [r for r in best_trials(rows) if r["summary"].get("b_noise_at_target") is not None]
+    complete = [r for r in rows if r["state"] == "COMPLETE" and r["batch_size"]]
+    trials = [r for r in best_trials(complete) if r["summary"].get("b_noise_at_target") is not None]
     if not trials:
         return None
     paths = paths or {}
@@ -85,7 +87,7 @@ def mccandlish_section(rows: list[dict], steps: dict | None, paths: dict[int, di
     b = np.array(point[COMPARED_POINT], float)
     e = np.array([np.nan if v is None else v for v in eps[COMPARED_POINT]], float)
     sizes = np.array(column(trials, "batch_size"), float)
-    grid = np.geomspace(min(column(rows, "batch_size")), max(column(rows, "batch_size")), N_CURVE)
+    grid = np.geomspace(min(column(complete, "batch_size")), max(column(complete, "batch_size")), N_CURVE)
     s_min = fit["s_min"]
 
     def statistic(idx):  # medians over a resample of the trials, and the curves they predict
@@ -177,7 +179,7 @@ def lr_prediction(grid: np.ndarray, rows: list[dict], trials: list[dict], eps_ma
     predicted = optimal_lr(sizes, eps_max, b_noise)
     within, edge = [], []
     for r, p in zip(trials, predicted):
-        tried = sorted({x["lr"] for x in rows if x["batch_size"] == r["batch_size"]})
+        tried = sorted({x["lr"] for x in rows if x["batch_size"] == r["batch_size"] and x["lr"] is not None})
         lo, hi = grid_neighbours(tried, r["lr"])
         scale = float(effective_lr(1.0, r.get("momentum")))
         within.append(None if lo is None else bool(lo * scale <= p <= hi * scale))
