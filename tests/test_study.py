@@ -290,6 +290,8 @@ def test_critical_batch_study_logs_the_fit_on_the_parent_and_noise_scale_per_tri
         assert run.data.metrics["updates_to_target"] == t.user_attrs["summary"]["updates_to_target"]
         assert run.data.metrics["updates"] == run.data.metrics["updates_to_target"]  # stop_at_target
         assert run.data.params["budget"] == "updates" and run.data.params["updates"] == "1500"
+        if t.params["batch_size"] == 512:  # several epochs to the target: B_noise along the path, not only there
+            assert len(client.get_metric_history(run_id, "b_noise")) >= 2
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])
