@@ -3,8 +3,8 @@
     python docs/results/mccandlish.py                  # both datasets, seeds 0, 1, 2 (six studies)
     python docs/results/mccandlish.py --table          # print the table from docs/results/mccandlish.json
 
-Each study (two at a time) runs as `python -m sgdtune.study experiments/<name>.toml --set seed=<N> --report --no-progress`
-in a fresh temporary directory holding a copy of experiments/ (as docs/results/regenerate.py does). From
+Each study runs as `python -m sgdtune.study experiments/<name>.toml --set seed=<N> --report --no-progress`
+(two at a time) in a fresh temporary directory holding a copy of experiments/ (as docs/results/regenerate.py does). From
 its report.json this keeps, per seed: the S(B) fit's B_crit with its 95% bootstrap interval, and the
 report's "mccandlish" section's B_noise (the median over the fit's trials of B_noise along each trial's
 path to the target) with its 95% bootstrap interval, the verdict and the lr prediction's ratios.
