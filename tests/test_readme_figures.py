@@ -425,3 +425,67 @@ def test_the_readme_shows_the_default_studys_recommendation_as_its_console_print
     lines = (RESULTS / "batch_tradeoff.txt").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("recommendation:"))
     assert "\n".join(lines[start:]) in README.read_text()
+
+
+def _mccandlish_script():
+    """docs/results/mccandlish.py as a module (it writes the table the README shows)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mccandlish_results", RESULTS / "mccandlish.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_mccandlish_table_is_that_of_docs_results_mccandlish_json():
+    """Each row (per dataset, seed and pooled: B_crit and B_noise with their 95% intervals, the ratio and the
+    verdict) as docs/results/mccandlish.py formats it from docs/results/mccandlish.json."""
+    figures = json.loads((RESULTS / "mccandlish.json").read_text())
+    assert set(figures["datasets"]) == {"digits", "MNIST-1D"}
+    assert all(set(d["seeds"]) == {"0", "1", "2"} for d in figures["datasets"].values())
+    readme = _normalized(README.read_text())
+    missing = [row for row in _mccandlish_script().table(figures) if _normalized(row) not in readme]
+    assert missing == [], f"README.md no longer matches docs/results/mccandlish.json: expected the rows {missing}"
+
+
+def test_the_readme_states_the_lr_prediction_as_docs_results_mccandlish_json_gives_it():
+    """How often eps_opt(B) falls within one lr-grid step of the best effective lr, and the ranges of
+    best/predicted (digits: B <= 128 and B >= 256 apart), without and with momentum's warm-up."""
+    figures = json.loads((RESULTS / "mccandlish.json").read_text())
+    readme = _normalized(README.read_text())
+
+    def spread(dataset: str, key: str, keep=lambda b: True) -> tuple[float, float]:
+        seeds = figures["datasets"][dataset]["seeds"].values()
+        values = [x for s in seeds for b, x in zip(s["trials"]["batch_size"], s[key]) if keep(b)]
+        return min(values), max(values)
+
+    def within(dataset: str) -> tuple[int, int]:
+        counts = [s["lr_within_grid"] for s in figures["datasets"][dataset]["seeds"].values()]
+        return min(counts), max(counts)
+
+    texts = [
+        "at {} to {} of the 8 batch sizes on digits".format(*within("digits")),
+        "(best/predicted {:.2f}-{:.2f} at B ≤ 128, {:.1f}-{:.1f} at B ≥ 256;".format(
+            *spread("digits", "lr_effective_over_predicted", lambda b: b <= 128),
+            *spread("digits", "lr_effective_over_predicted", lambda b: b >= 256)),
+        "with momentum's warm-up counted, {:.2f}-{:.1f})".format(*spread("digits", "lr_warmup_over_predicted")),
+        "and at {} to {} on MNIST-1D".format(*within("MNIST-1D")),
+        "({:.1f}-{:.1f} times the prediction; {:.1f}-{:.1f} with the warm-up counted)".format(
+            *spread("MNIST-1D", "lr_effective_over_predicted"), *spread("MNIST-1D", "lr_warmup_over_predicted")),
+    ]
+    assert [t for t in texts if _normalized(t) not in readme] == []
+
+
+def test_the_science_notes_quote_digits_seed_0_of_docs_results_mccandlish_json():
+    """docs/science.md, section 5: the path means against the values at the target, seed 0 of digits."""
+    s = json.loads((RESULTS / "mccandlish.json").read_text())["datasets"]["digits"]["seeds"]["0"]
+    t = s["trials"]
+    path = [i for i, n in enumerate(t["path_points"]) if n > 1]
+    texts = [f"`B_crit = {s['b_crit']['value']:.0f}` (95% interval {s['b_crit']['ci_low']:.0f} to "
+             f"{s['b_crit']['ci_high']:.0f})",
+             f"median {s['b_noise']['value']:.0f} (95% interval {s['b_noise']['ci_low']:.0f} to "
+             f"{s['b_noise']['ci_high']:.0f}); at the target, {s['b_noise_at_target_median']:.0f}",
+             "it is " + ", ".join(f"{t['b_noise_path_mean'][i]:.0f}" for i in path) + " against "
+             + ", ".join(f"{t['b_noise_at_target'][i]:.0f}" for i in path) + " at the target"]
+    science = _normalized(SCIENCE.read_text())
+    assert [x for x in texts if _normalized(x) not in science] == []
