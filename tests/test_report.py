@@ -72,8 +72,9 @@ def quick(tmp_path_factory):
 def test_report_json_has_every_section_and_skips_steps_without_a_target(quick):
     _, report, _, _ = quick
     assert SECTIONS <= set(report)
-    assert set(report["skipped"]) - {"sharpness"} == {"steps_to_target"}  # sharpness: where the trainer records it
+    assert set(report["skipped"]) - {"sharpness"} == {"steps_to_target", "mccandlish"}  # sharpness: where recorded
     assert "target_val_acc" in report["skipped"]["steps_to_target"]
+    assert "target_val_acc" in report["skipped"]["mccandlish"]  # B_noise beside B_crit needs the S(B) fit
     assert set(report["volatile"]) == {"timings", "memory_mb", "profile", "mlflow", "dates"}
     assert len(report["summary"]) >= 6
 
