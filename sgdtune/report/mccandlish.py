@@ -112,7 +112,7 @@ def mccandlish_section(rows: list[dict], steps: dict | None, paths: dict[int, di
         "b_crit": {"value": fit["b_crit"], "source": "S(B) fit to updates-to-target"},
     }
     if ci is not None:
-        out["b_noise"].update({k: v for k, v in ci[0].as_dict().items()})
+        out["b_noise"].update(ci[0].as_dict())
         if eps_max is not None:
             out["eps_max"].update(ci[1].as_dict())
     if fit.get("b_crit_ci"):
