@@ -52,7 +52,7 @@ LR_RANGE = (0.001, 0.01)  # at B = 8, times sqrt(B / 8): steady trials, so the e
 # Sharpness is measured member by member (one Lanczos run each, not stacked), the same on
 # both sides: at the default (the end of every trial) it takes most of a 2-epoch trial's time
 # and the figure would say more about it than about stacking. Off here, so the figure is
-# what stacking buys the training; README gives the ratio with it on.
+# what stacking buys the training; docs/performance.md gives the ratio with it on.
 SHARPNESS_EVERY = 0
 
 

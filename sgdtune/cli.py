@@ -363,7 +363,7 @@ UI_EPILOG = """examples:
   python -m sgdtune.ui                         # MLflow UI on http://127.0.0.1:5000
   python -m sgdtune.ui --optuna                # and optuna-dashboard on http://127.0.0.1:8080
   python -m sgdtune.ui --port 5001 --tracking-uri sqlite:////abs/path/mlruns/mlflow.db
-  python -m sgdtune.ui --host 10.0.0.5         # a private network too (no login: README, Security;
+  python -m sgdtune.ui --host 10.0.0.5         # a private network too (no login: docs/scale-out.md, Security;
                                                # MLflow may then want --allowed-hosts: run mlflow server)
 
 Ctrl-C stops the servers. Open the printed runs-table URL (MLflow 3 otherwise opens its GenAI

@@ -3,7 +3,7 @@ which ones keep it on this machine, and one way to write each in a URL. Standard
 
 Loopback, and so quiet: `localhost`, 127.0.0.0/8 and ::1. Everything else, the wildcards
 0.0.0.0 and :: (every interface) included, is reachable from elsewhere: the servers have no
-login, so the commands warn (README, Security). Addresses are read as the C library reads
+login, so the commands warn (docs/scale-out.md, Security). Addresses are read as the C library reads
 them, so `0` is 0.0.0.0 and `127.1` is 127.0.0.1.
 """
 
@@ -60,4 +60,4 @@ def warn_if_exposed(host: str, port: int, what: str) -> None:
     where = "every interface of this machine" if canonical(host) in WILDCARDS else canonical(host)
     print(f"warning: binding {where} (--host {host}), port {port}: {what} has no TLS and no authentication, so "
           "whoever reaches it can read and change every study; keep it to loopback or a private network "
-          "(README, Security)", file=sys.stderr, flush=True)
+          "(docs/scale-out.md, Security)", file=sys.stderr, flush=True)

@@ -31,7 +31,7 @@ IGNORED: dict[str, Any] = {"name": True, "description": True, "n_trials": True, 
                            "keep_models": True, "profile": True, "train": {"model", "seed"}}
 ON_CHANGE = ("refuse", "fresh", "extend")
 
-# Optuna study user attributes (README.md, "What a trial records").
+# Optuna study user attributes (docs/records.md).
 SHA_ATTR = "config_sha256"
 JSON_ATTR = "config_json"
 CHANGES_ATTR = "config_changes"  # [{"from_trial": n, "config_sha256": ..., "changes": [...]}], --extend

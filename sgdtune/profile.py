@@ -75,7 +75,7 @@ PROFILE_LR = 1e-3  # the time of an update does not depend on lr; a small one ke
 FLAT_RULE = (f"the largest B up to which every measured update takes at most {FLAT_FACTOR:g}x the median "
              "seconds per update of B = 1")
 CACHE_FOLDER = "profiles"  # under the study's mlruns folder
-# Every profile has these keys (README, "What a trial records"); the report draws one that has them all.
+# Every profile has these keys (docs/records.md); the report draws one that has them all.
 KEYS = ("device", "dtype", "threads", "model", "input_shape", "batch_size", "seconds_per_update",
         "seconds_per_update_iqr", "examples_per_second", "peak_mem_mb", "largest_batch_size", "flat_up_to",
         "flat_rule", "budget_s", "skipped", "cached")

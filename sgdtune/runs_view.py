@@ -31,7 +31,7 @@ TAG = f"mlflow.sharedViewState.{KEY}"
 PARAMS = ("batch_size", "lr", "epochs", "updates", "examples")  # the searched ones; one budget is logged
 METRICS = ("final_val_acc", "final_val_r2", "final_gen_gap", "final_loss_noise", "final_grad_noise_scale",
            "compute_time_s", "updates_to_target")
-SORT_BY = "complete_val_acc"  # final_val_acc of COMPLETE trials only (README: names): they come first
+SORT_BY = "complete_val_acc"  # final_val_acc of COMPLETE trials only (docs/records.md): they come first
 BUDGETS = ("epochs", "updates", "examples")
 # fixed ids: the state is a function of the budget
 SECTION_ID, METRICS_SECTION_ID, CHART_ID = "sgdtune-section", "sgdtune-model-metrics", "sgdtune-parallel"

@@ -202,7 +202,7 @@ def record_profile(study: optuna.Study, config: ExperimentConfig, data, mlruns: 
     study already holds the same one, on its parent run: the artifacts profile/profile.json and
     profile/profile.csv, the metrics profile_s_per_update, profile_examples_per_s and
     profile_peak_mem_mb with step = B, and profile_flat_up_to and profile_largest_batch_size
-    (README, "What a trial records"). Cached in <mlruns>/profiles/ where a store of the study
+    (docs/records.md). Cached in <mlruns>/profiles/ where a store of the study
     lives in <mlruns> (two remote stores: no folder is made here)."""
     from .profile import CACHE_FOLDER, profile_study, to_csv
 

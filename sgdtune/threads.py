@@ -21,7 +21,7 @@ import os
 from typing import Literal
 
 # Multiply-adds per step that each thread needs to pay for waking up at every op: below
-# this, one more thread costs more in hand-offs than it saves (README, Performance).
+# this, one more thread costs more in hand-offs than it saves (docs/performance.md).
 WORK_PER_THREAD = 2**22
 
 

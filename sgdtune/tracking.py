@@ -3,7 +3,7 @@ child process): writes through `Tracker`, reads through `RunReader`, one client 
 explicit run ids (no global active run).
 
 A study is an MLflow experiment with one parent run; each trial is a nested child run named
-`trial-<n>`. Names and tags: README.md.
+`trial-<n>`. Names and tags: docs/records.md.
 
 Each write to a SQLite store costs 10-40 ms of ORM work, often more than a small trial's
 epoch. So a trial's params and epochs are buffered: written at most every FLUSH_EVERY_S

@@ -383,7 +383,7 @@ class Objective:
         return values[0] if len(values) == 1 else tuple(values)
 
     def run_params(self, tc: TrainConfig, plan: BatchPlan) -> dict[str, Any]:
-        """Every param of a child run, with the same names in every trial (README: names)."""
+        """Every param of a child run, with the same names in every trial (docs/records.md)."""
         scaled = tc.lr_scaling != "none"
         return {
             "batch_size": tc.batch_size,

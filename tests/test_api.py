@@ -1,4 +1,4 @@
-"""The Python API as the README shows it, run literally."""
+"""The Python API as docs/usage.md shows it, run literally."""
 
 import re
 import subprocess
@@ -8,12 +8,12 @@ from conftest import ROOT
 
 
 def readme_api_block() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs/usage.md").read_text()
     section = text.split("## Python API", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readme_python_api_example_runs_as_written(workdir):
+def test_the_usage_guides_python_api_example_runs_as_written(workdir):
     # In a fresh interpreter that has imported the trainer package first: `sgdtune.train`
     # must still be the function, not a module.
     code = "import sgdtune.trainer, sgdtune.study\n" + readme_api_block()

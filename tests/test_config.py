@@ -51,10 +51,10 @@ def test_a_missing_experiment_file_is_named():
         load_experiment("nope.toml")
 
 
-def test_the_readme_experiment_example_is_a_valid_experiment(tmp_path):
+def test_the_usage_guides_experiment_example_is_a_valid_experiment(tmp_path):
     import re
 
-    readme = (EXPERIMENTS.parent / "README.md").read_text()
+    readme = (EXPERIMENTS.parent / "docs/usage.md").read_text()
     block = re.search(r"### Experiments are files.*?```toml\n(.*?)```", readme, re.S).group(1)
     (tmp_path / "x.toml").write_text(block)
     config = load_experiment(tmp_path / "x.toml")

@@ -1,9 +1,10 @@
-"""The README's figures are those of the reports kept in docs/results/ (no training here).
+"""The figures the README and docs/ quote are those of the reports kept in docs/results/ (no training here).
 
 docs/results/<experiment>.json is the report.json of `python -m sgdtune.study experiments/<experiment>.toml
 --report`, written by `python docs/results/regenerate.py [experiment ...]`. Each claim below reads one figure
-from such a file (a stable report.json key), formats it as the README writes it and requires that text in
-README.md. When a rerun changes a figure, the test names the claim and the text the README should now hold.
+from such a file (a stable report.json key), formats it as the docs write it and requires that text in
+its doc (docs/results.md unless it names another). When a rerun changes a figure, the test names the claim
+and the text the doc should now hold.
 """
 
 import json
@@ -17,7 +18,6 @@ from conftest import ROOT
 
 RESULTS = ROOT / "docs" / "results"
 README = ROOT / "README.md"
-SCIENCE = ROOT / "docs" / "science.md"
 
 
 def _normalized(text: str) -> str:
@@ -31,13 +31,13 @@ def report(experiment: str) -> dict:
 
 @dataclass(frozen=True)
 class Claim:
-    """`template.format(*values(report))` appears in `doc` (README.md by default); `what` names the figure."""
+    """`template.format(*values(report))` appears in `doc` (docs/results.md by default); `what` names the figure."""
 
     experiment: str
     what: str
     values: Callable[[dict], tuple]
     template: str
-    doc: str = "README.md"
+    doc: str = "docs/results.md"
 
     def text(self) -> str:
         return self.template.format(*self.values(report(self.experiment)))
@@ -226,22 +226,23 @@ def _train_acc_at(batch_size: int) -> Callable[[dict], tuple]:
 
 
 CLAIMS = [
-    # The default study (README, "Reports and the UIs"; its recommendation under "The answer").
-    Claim("batch_tradeoff", "trials by state", _states, "{} complete, {} pruned, {} failed"),
+    # The default study (docs/usage.md, "Reports and the UIs"; its recommendation in the README, "The answer").
+    Claim("batch_tradeoff", "trials by state", _states, "{} complete, {} pruned, {} failed", doc="docs/usage.md"),
     Claim("batch_tradeoff", "per-octave slope and its 95% interval", _octave_fit,
-          "{:+.4f} per doubling of B (95% interval {:+.4f} to {:+.4f}): no trend"),
-    Claim("batch_tradeoff", "the best val_acc", _best, "the best, {:.4f} ± {:.4f} at B = {}"),
+          "{:+.4f} per doubling of B (95% interval {:+.4f} to {:+.4f}): no trend", doc="docs/usage.md"),
+    Claim("batch_tradeoff", "the best val_acc", _best, "the best, {:.4f} ± {:.4f} at B = {}", doc="docs/usage.md"),
     Claim("batch_tradeoff", "fANOVA importances", lambda r: (r["importance"]["importance"]["lr"],
                                                              r["importance"]["importance"]["batch_size"]),
-          "fANOVA ranks lr first ({:.2f}, batch_size {:.2f})"),
+          "fANOVA ranks lr first ({:.2f}, batch_size {:.2f})", doc="docs/usage.md"),
     Claim("batch_tradeoff", "the best lr per octave, lowest and highest", _lr_range,
-          "ranged from {:.2g} (B = {}) to {:.2g} (B = {})"),
+          "ranged from {:.2g} (B = {}) to {:.2g} (B = {})", doc="docs/usage.md"),
     Claim("batch_tradeoff", "PED-ANOVA importances", _ped_anova,
-          "PED-ANOVA ranks {} first ({:.2f}, {} {:.2f}, {} {:.2f})"),
+          "PED-ANOVA ranks {} first ({:.2f}, {} {:.2f}, {} {:.2f})", doc="docs/usage.md"),
     Claim("batch_tradeoff", "the recommended B, lr, budget and trial", _recommendation,
-          "Train with B = {}, lr {:.3g}, {} (trial {})"),
-    Claim("batch_tradeoff", "the recommendation's accuracy reasons", _reasons("Accuracy", "Within noise"), "- {} - {}"),
-    Claim("batch_tradeoff", "the recommendation's evidence", _reasons("Evidence"), "- {}"),
+          "Train with B = {}, lr {:.3g}, {} (trial {})", doc="README.md"),
+    Claim("batch_tradeoff", "the recommendation's accuracy reasons", _reasons("Accuracy", "Within noise"), "- {} - {}",
+          doc="README.md"),
+    Claim("batch_tradeoff", "the recommendation's evidence", _reasons("Evidence"), "- {}", doc="README.md"),
     # The science table and the paragraphs under it.
     Claim("critical_batch", "complete and diverged trials", _failed,
           "({} complete, {} diverged at lr {}-{} and B ≤ {})"),
@@ -298,7 +299,7 @@ CLAIMS = [
     Claim("mnist1d_cnn", "test accuracy over 3 seeds", _test_acc_over_seeds, "| {:.1f} ± {:.1f}% |"),
     Claim("mnist1d_cnn", "against the paper", _points_below_paper("mnist1d_cnn"),
           "The CNN's mean is {:.1f} points below the paper's, with a standard deviation of {:.1f} points over seeds"),
-    # MNIST-1D at equal updates and with linear lr scaling (README, "Beyond digits: MNIST-1D").
+    # MNIST-1D at equal updates and with linear lr scaling (docs/results.md, "Beyond digits: MNIST-1D").
     Claim("mnist1d_fixed_updates", "complete and failed trials", _complete_failed,
           "five lr per B on a grid ({} complete, {} failed)"),
     Claim("mnist1d_fixed_updates", "best val_acc at the smallest and largest B", _ends,
@@ -406,9 +407,9 @@ def test_every_quoted_experiment_has_its_report_beside_the_readme(experiment):
 
 
 def test_every_results_file_the_readme_and_science_notes_name_exists():
-    text = README.read_text() + SCIENCE.read_text()
+    text = README.read_text() + "".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
     named = set(re.findall(r"docs/results/([\w.-]+\.(?:json|txt))", text))
-    assert named, "the README names no docs/results file"
+    assert named, "the docs name no docs/results file"
     assert sorted(n for n in named if not (RESULTS / n).is_file()) == []
 
 

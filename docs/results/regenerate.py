@@ -1,4 +1,4 @@
-"""Re-run the experiments the README quotes and keep their reports here.
+"""Re-run the experiments the README and docs/ quote and keep their reports here.
 
     python docs/results/regenerate.py                      # all of them, one after another
     python docs/results/regenerate.py critical_batch quick # some
@@ -7,10 +7,10 @@ Each experiment runs as `python -m sgdtune.study experiments/<name>.toml --repor
 in a fresh temporary directory holding a copy of experiments/ (so no earlier study is resumed and
 nothing is written into the checkout), then:
 
-- `reports/<study>/report.json` is kept as `docs/results/<name>.json`: every figure the README and
+- `reports/<study>/report.json` is kept as `docs/results/<name>.json`: every figure the README, docs/results.md and
   docs/science.md quote is read from these files (tests/test_readme_figures.py checks the text
   against them). Timings, memory and MLflow ids sit under its `volatile` key; the rest comes out the
-  same on a rerun with the same seed (README, "Reports and the UIs"), apart from the seconds in
+  same on a rerun with the same seed (docs/usage.md, "Reports and the UIs"), apart from the seconds in
   `recommendation` and `time_to_accuracy`, which rest on measured step times.
 - the console's closing lines (the table of top trials, the trial counts and the recommendation)
   are kept as `docs/results/<name>.txt`, with the command and this run's wall seconds on top; the
@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 EXPERIMENTS = ROOT / "experiments"
 
-# The experiments whose figures the README quotes, in the order they are run (cheapest first).
+# The experiments whose figures the docs quote, in the order they are run (cheapest first).
 QUOTED = [
     "batch_tradeoff",
     "fixed_updates",
