@@ -15,6 +15,7 @@ import numpy as np
 
 from ..profile import KEYS as PROFILE_KEYS
 from ..profile import sentences
+from .summary import fmt, octave_trend_sentence
 
 TEMPLATE = "report_page.html"  # in the sgdtune package folder, beside the other page templates
 
@@ -496,12 +497,6 @@ def _table(rows: list[dict], columns: Sequence[tuple[str, str, str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def fmt(value, spec: str) -> str:
-    if value is None:
-        return ""
-    return format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
-
-
 NAV = (("answer", "answer"), ("summary", "summary"), ("accuracy", "accuracy"), ("octaves", "octaves"),
        ("curves", "curves"), ("loss-noise", "loss noise"),
        ("grad-noise", "noise scale"), ("steps", "steps"), ("mccandlish", "B_noise"), ("sharpness", "sharpness"),
@@ -645,22 +640,6 @@ def profile_notes(profile: dict) -> list[str]:
         f"median over timed updates after a warm-up; bars: half the interquartile range. Flat range: "
         f"{profile['flat_rule']}. Timed within a budget of {profile['budget_s']:g} s"
         + (", read from the cache of an earlier run." if profile["cached"] else ".")]
-
-
-def octave_trend_sentence(fit: dict) -> str:
-    """The change of val_acc per doubling of B over the complete trials, or why no trend is claimed."""
-    if "gain_per_doubling" not in fit:
-        return f"No trend of val_acc with batch size fitted: {fit['skipped']}."
-    g, ci = fit["gain_per_doubling"], fit["ci"]
-    sizes = fit["batch_size"]
-    within = f"{ci['level']:.0%} interval {ci['ci_low']:+.4f} to {ci['ci_high']:+.4f}"
-    over = (f"weighted least squares over {fit['n_trials']} complete trials in {fit['n_octaves']} octaves, "
-            f"B = {sizes[0]}-{sizes[-1]}; sandwich SE, t interval")
-    if fit["trend"]:
-        trend = "rose" if g > 0 else "fell"
-        return f"val_acc {trend} with batch size: {g:+.4f} per doubling of B ({within}; {over})."
-    return (f"No trend of val_acc with batch size: {g:+.4f} per doubling of B, {within}, which includes 0 "
-            f"({over}).")
 
 
 def _octave_table(po: dict) -> str:

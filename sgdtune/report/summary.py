@@ -1,4 +1,5 @@
-"""The report's plain-language summary: sentences computed from the sections' numbers."""
+"""The report's words: the plain-language summary, sentences computed from the sections' numbers, and
+the number formats they share with the page. The drawing (html.py) imports them, never the reverse."""
 
 from __future__ import annotations
 
@@ -6,10 +7,31 @@ from collections import Counter
 
 import numpy as np
 
-from .html import fmt, octave_trend_sentence
 from .inputs import column
 from .mccandlish import mccandlish_sentences
 from .sections import NOISE_SE
+
+
+def fmt(value, spec: str) -> str:
+    if value is None:
+        return ""
+    return format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
+
+
+def octave_trend_sentence(fit: dict) -> str:
+    """The change of val_acc per doubling of B over the complete trials, or why no trend is claimed."""
+    if "gain_per_doubling" not in fit:
+        return f"No trend of val_acc with batch size fitted: {fit['skipped']}."
+    g, ci = fit["gain_per_doubling"], fit["ci"]
+    sizes = fit["batch_size"]
+    within = f"{ci['level']:.0%} interval {ci['ci_low']:+.4f} to {ci['ci_high']:+.4f}"
+    over = (f"weighted least squares over {fit['n_trials']} complete trials in {fit['n_octaves']} octaves, "
+            f"B = {sizes[0]}-{sizes[-1]}; sandwich SE, t interval")
+    if fit["trend"]:
+        trend = "rose" if g > 0 else "fell"
+        return f"val_acc {trend} with batch size: {g:+.4f} per doubling of B ({within}; {over})."
+    return (f"No trend of val_acc with batch size: {g:+.4f} per doubling of B, {within}, which includes 0 "
+            f"({over}).")
 
 
 def pm(value: float, se: float | None, spec: str = ".4f") -> str:
