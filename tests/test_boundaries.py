@@ -159,3 +159,22 @@ def test_toml_is_imported_in_one_place_with_the_python_3_10_fallback():
     assert where == ["sgdtune.config"]
     source = (PACKAGE / "config.py").read_text()
     assert "import tomli as tomllib" in source and "sys.version_info >= (3, 11)" in source
+
+
+# The report's modules in the order its data flows: each may import only those before it.
+REPORT_FLOW = ["sgdtune.report.inputs", "sgdtune.report.sections", "sgdtune.report.summary",
+               "sgdtune.report.build", "sgdtune.report.html", "sgdtune.report.write"]
+
+
+def test_the_reports_words_never_import_its_drawing_nor_any_later_stage():
+    graph = internal_graph()
+    backwards = [f"{a} imports {b}" for i, a in enumerate(REPORT_FLOW) for b in REPORT_FLOW[i + 1:]
+                 if b in graph[a]]
+    assert backwards == []
+
+
+def test_errors_and_names_import_nothing_of_sgdtune_but_errors():
+    """Every other module may raise sgdtune's errors and check a study name: these two stay leaves."""
+    graph = internal_graph()
+    assert graph["sgdtune.errors"] == set()
+    assert graph["sgdtune.names"] == {"sgdtune.errors"}
