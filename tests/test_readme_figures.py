@@ -18,6 +18,8 @@ from conftest import ROOT
 
 RESULTS = ROOT / "docs" / "results"
 README = ROOT / "README.md"
+RESULTS_DOC = ROOT / "docs" / "results.md"  # the figures of the experiments, in words
+SCIENCE = ROOT / "docs" / "science.md"
 
 
 def _normalized(text: str) -> str:
@@ -429,7 +431,7 @@ def test_the_readme_shows_the_default_studys_recommendation_as_its_console_print
 
 
 def _mccandlish_script():
-    """docs/results/mccandlish.py as a module (it writes the table the README shows)."""
+    """docs/results/mccandlish.py as a module (it writes the table docs/results.md shows)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mccandlish_results", RESULTS / "mccandlish.py")
@@ -438,22 +440,22 @@ def _mccandlish_script():
     return module
 
 
-def test_the_readme_mccandlish_table_is_that_of_docs_results_mccandlish_json():
+def test_the_mccandlish_table_in_the_results_doc_is_that_of_docs_results_mccandlish_json():
     """Each row (per dataset, seed and pooled: B_crit and B_noise with their 95% intervals, the ratio and the
     verdict) as docs/results/mccandlish.py formats it from docs/results/mccandlish.json."""
     figures = json.loads((RESULTS / "mccandlish.json").read_text())
     assert set(figures["datasets"]) == {"digits", "MNIST-1D"}
     assert all(set(d["seeds"]) == {"0", "1", "2"} for d in figures["datasets"].values())
-    readme = _normalized(README.read_text())
+    readme = _normalized(RESULTS_DOC.read_text())
     missing = [row for row in _mccandlish_script().table(figures) if _normalized(row) not in readme]
-    assert missing == [], f"README.md no longer matches docs/results/mccandlish.json: expected the rows {missing}"
+    assert missing == [], f"docs/results.md no longer matches docs/results/mccandlish.json: expected the rows {missing}"
 
 
-def test_the_readme_states_the_lr_prediction_as_docs_results_mccandlish_json_gives_it():
+def test_the_results_doc_states_the_lr_prediction_as_docs_results_mccandlish_json_gives_it():
     """How often eps_opt(B) falls within one lr-grid step of the best effective lr, and the ranges of
     best/predicted (digits: B <= 128 and B >= 256 apart), without and with momentum's warm-up."""
     figures = json.loads((RESULTS / "mccandlish.json").read_text())
-    readme = _normalized(README.read_text())
+    readme = _normalized(RESULTS_DOC.read_text())
 
     def spread(dataset: str, key: str, keep=lambda b: True) -> tuple[float, float]:
         seeds = figures["datasets"][dataset]["seeds"].values()
