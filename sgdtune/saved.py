@@ -350,7 +350,7 @@ def _find_trial(study_name: str | None, trial: int | str, storage: str | None, t
 def register_best(study: optuna.Study, name: str, tracking_uri: str) -> tuple[int, str]:
     """Register the best trial's logged model in the MLflow model registry under `name`;
     (trial number, new version)."""
-    from .tracking import register_logged_model
+    from .logged_models import register_logged_model
 
     ranked = rank_trials(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 from .errors import InputError
 from .names import check_name
 from .redact import redact, redact_url
-from .tracking import RunReader, Tracker, default_tracking_uri, holds_run, sqlite_path, store_exists
+from .run_reader import RunReader, holds_run, store_exists
+from .tracking import Tracker, default_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:
     import optuna

@@ -1,6 +1,7 @@
-"""MLflow, the one module that talks to it (writer.py only replays Tracker's calls in a
-child process): writes through `Tracker`, reads through `RunReader`, one client each with
-explicit run ids (no global active run).
+"""Writing to MLflow: `Tracker`, with explicit run ids (no global active run); writer.py
+replays its calls in a child process. The store's URIs live here too (MLflow's environment:
+mlflow_env.py). Reading a store is run_reader.py's (`RunReader`), packaging a trained network as a
+logged model logged_models.py's.
 
 A study is an MLflow experiment with one parent run; each trial is a nested child run named
 `trial-<n>`. Names and tags: docs/records.md.
@@ -11,40 +12,26 @@ while it runs (the UI still follows a long trial), the rest together with the su
 one call when the trial ends: a short trial costs three writes (create, log, terminate).
 A study does not call Tracker itself: writer.py runs it in a separate process, so that none
 of this time is spent in the training process.
-
-`RunReader` serves the report and the UI: plain `RunRecord`s out, nothing created or
-changed in the store.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
-# MLflow 3 reports usage by default; sgdtune talks only to the stores it was pointed at.
-# A user who wants telemetry sets MLFLOW_DISABLE_TELEMETRY=false / DO_NOT_TRACK=0 first.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-# A progress bar for one small artifact (the experiment file, the report) is noise.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# A tracking server that stops answering mid-study: an error within about a minute, not
-# MLflow's default of 7 retries of 120 s each (stores.probe_server refuses one down at start).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-import json  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
-from urllib.parse import unquote, urlsplit  # noqa: E402
-
-from . import runs_view  # noqa: E402
-from .errors import InputError  # noqa: E402
-from .redact import redact_url  # noqa: E402 - the masking every writer here applies
+from . import (
+    mlflow_env,  # noqa: F401 - MLflow's environment, before anything imports mlflow
+    runs_view,
+)
+from .logged_models import all_logged_models, deleted_meanwhile, write_pyfunc_model
+from .redact import redact_url  # the masking every writer here applies
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param
@@ -467,11 +454,11 @@ class Tracker:
             try:
                 self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
                 local = Path(folder) / "mlflow-model"
-                _write_pyfunc_model(local, Path(folder) / spec["network_dir"], spec, model.model_id, run_id)
+                write_pyfunc_model(local, Path(folder) / spec["network_dir"], spec, model.model_id, run_id)
                 self.client.log_model_artifacts(model.model_id, str(local))
                 self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
             except Exception as e:
-                if _deleted_meanwhile(e):
+                if deleted_meanwhile(e):
                     # Under --workers, another process's better trial pushed this one out of
                     # the best keep_models and deleted its model while it was being logged.
                     return model.model_id
@@ -484,233 +471,13 @@ class Tracker:
     def delete_trial_models(self, trial_numbers: list[int]) -> None:
         """Delete the logged models of these trials (those that have one)."""
         drop = {str(n) for n in trial_numbers}
-        for model in _all_logged_models(self.client, self.experiment_id):
+        for model in all_logged_models(self.client, self.experiment_id):
             if model.tags.get("sgdtune.trial_number") in drop:
                 try:
                     self.client.delete_logged_model(model.model_id)
                 except Exception as e:  # another worker of the study deleted it first
-                    if not _deleted_meanwhile(e):
+                    if not deleted_meanwhile(e):
                         raise
-
-
-def _deleted_meanwhile(error: Exception) -> bool:
-    """Whether an MLflow error says a logged model no longer exists (RESOURCE_DOES_NOT_EXIST)."""
-    return getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(error)
-
-
-# -- reading a store (the report, the UI) -----------------------------------------------------
-
-
-def store_exists(tracking_uri: str) -> bool:
-    """False for a SQLite store whose file is missing (opening it would create an empty one);
-    True otherwise, since a server's or a database's existence shows only when it is asked."""
-    path = sqlite_path(tracking_uri)
-    return path is None or path.is_file()
-
-
-def holds_run(tracking_uri: str, run_id: str) -> bool:
-    """Whether the store holds the run; False for a missing or empty (0-byte) SQLite file,
-    which is not opened: MLflow would create its tables in it."""
-    path = sqlite_path(tracking_uri)
-    if path is not None:
-        if not path.is_file() or path.stat().st_size == 0:
-            return False
-    return RunReader(tracking_uri).find_run(run_id) is not None
-
-
-DATABASE_FAILED = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "BAD_REQUEST")  # the store's codes for a SQL error
-
-
-def unreadable_store(tracking_uri: str, error: Exception) -> InputError:
-    """The one line for an MLflow store that cannot be opened or read (`database disk image
-    is malformed`, `file is not a database`): the flag, the store, the first line of why."""
-    text = str(error).strip()
-    why = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".removeprefix("MlflowException: ")
-    return InputError("--tracking-uri", "must be an MLflow store that can be read (a damaged database file: restore "
-                      "it from a copy, or use another store with a new --study-name)",
-                      f"{redact_url(tracking_uri)!r} ({redact_url(why)})")
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One MLflow run as plain data: ids, params, latest metric values, tags."""
-
-    run_id: str
-    experiment_id: str
-    params: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-
-
-def _record(run) -> RunRecord:
-    return RunRecord(run.info.run_id, run.info.experiment_id, dict(run.data.params), dict(run.data.metrics),
-                     dict(run.data.tags))
-
-
-class RunReader:
-    """Reads of one MLflow store. Unlike Tracker, it creates nothing: no experiment, no run,
-    no change of the SQLite journal mode. Check `store_exists` first: MLflow opens a
-    missing SQLite file by creating it."""
-
-    def __init__(self, tracking_uri: str):
-        from mlflow import MlflowClient
-
-        self.tracking_uri = tracking_uri
-        try:  # MLflow opens a database store here, and reads its tables
-            self.client = MlflowClient(tracking_uri=tracking_uri)
-        except Exception as e:  # noqa: BLE001 - a damaged file, a refused login, a missing driver: one line
-            raise unreadable_store(tracking_uri, e) from None
-
-    def find_run(self, run_id: str) -> RunRecord | None:
-        """The run, or None when the store does not hold it. InputError when the store cannot
-        be read (a damaged database file)."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return _record(self.client.get_run(run_id))
-        except MlflowException as e:
-            if getattr(e, "error_code", None) in DATABASE_FAILED:  # MLflow's wrapping of a SQL error
-                raise unreadable_store(self.tracking_uri, e) from None
-            return None
-
-    def child_runs(self, parent: RunRecord) -> dict[int, RunRecord]:
-        """The trial runs under a study's parent run, by trial number (every page of the search)."""
-        runs, token = {}, None
-        while True:
-            page = self.client.search_runs([parent.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'",
-                                           max_results=1000, page_token=token)
-            for run in page:
-                runs[int(run.data.tags["sgdtune.trial_number"])] = _record(run)
-            token = page.token
-            if not token:
-                return runs
-
-    def metric_history(self, run_id: str, key: str) -> dict[str, list]:
-        """{"step": [...], "value": [...]} of one per-epoch metric, by step; where a step was
-        logged twice, its last value by timestamp."""
-        history = sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
-        by_step = {m.step: m.value for m in history}
-        steps = sorted(by_step)
-        return {"step": steps, "value": [by_step[s] for s in steps]}
-
-    def read_artifact(self, run_id: str, folder: str, suffix: str) -> tuple[str, bytes] | None:
-        """(path, content) of the first artifact in `folder` whose name ends with `suffix`;
-        None when there is none."""
-        found = [a.path for a in self.client.list_artifacts(run_id, folder) if a.path.endswith(suffix)]
-        if not found:
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            return found[0], Path(self.client.download_artifacts(run_id, found[0], tmp)).read_bytes()
-
-    def logged_model_id(self, run_id: str) -> str | None:
-        """The id of the run's READY logged model (the newest), None when it has none;
-        LookupError when the run itself is gone from the store."""
-        from mlflow.entities import LoggedModelStatus
-
-        run = self.find_run(run_id)
-        if run is None:
-            raise LookupError(f"its MLflow run {run_id} is not in the store (deleted, and removed by `mlflow gc`?)")
-        found = [m for m in _all_logged_models(self.client, run.experiment_id)
-                 if m.source_run_id == run_id and m.status == LoggedModelStatus.READY]
-        return max(found, key=lambda m: m.creation_timestamp).model_id if found else None
-
-    def download_model_files(self, model_id: str, path: str, dst: str) -> Path:
-        """Download the logged model's artifact `path` into `dst`; the local path. LookupError
-        when its files are gone (`mlflow gc` removes a deleted model's)."""
-        from mlflow.artifacts import download_artifacts
-
-        location = self.client.get_logged_model(model_id).artifact_location.rstrip("/")
-        try:
-            return Path(download_artifacts(artifact_uri=f"{location}/{path}", dst_path=dst,
-                                           tracking_uri=self.tracking_uri))
-        except Exception as e:  # noqa: BLE001 - MLflow's error for missing files depends on the artifact store
-            raise LookupError(f"the files of its logged model {model_id} are not at {redact_url(location)} "
-                              f"(removed by `mlflow gc`, or the artifact folder moved): {type(e).__name__}") from None
-
-    def experiments_with_runs(self) -> list[tuple[str, str]]:
-        """(experiment id, name) of every experiment that holds a run, by id."""
-        found = [(e.experiment_id, e.name) for e in self.client.search_experiments()]
-        with_runs = [(i, n) for i, n in found if self.client.search_runs([i], max_results=1)]
-        return sorted(with_runs, key=lambda e: (len(e[0]), e[0]))  # ids are digit strings: "2" before "10"
-
-
-def register_logged_model(tracking_uri: str, name: str, run_id: str) -> str | None:
-    """Register the run's logged model in the model registry under `name` (created when
-    missing); the new version, or None when the run has no logged model."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    model_id = RunReader(tracking_uri).logged_model_id(run_id)
-    if model_id is None:
-        return None
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        client.create_registered_model(name)
-    except MlflowException:
-        client.get_registered_model(name)  # it exists already (else this raises the real error)
-    # The model's artifact location as the source: a models:/ URI would be resolved against
-    # MLflow's global tracking URI, not this client's store.
-    source = client.get_logged_model(model_id).artifact_location
-    version = client.create_model_version(name, source=source, run_id=run_id, model_id=model_id)
-    return str(version.version)
-
-
-def _all_logged_models(client, experiment_id: str) -> list:
-    """Every logged model of the experiment that is not deleted (every page)."""
-    out, token = [], None
-    while True:
-        page = client.search_logged_models([experiment_id], max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
-def _write_pyfunc_model(local: Path, network: Path, spec: dict, model_id: str, run_id: str) -> None:
-    """An MLflow model folder at `local`: MLmodel (pyfunc flavor loaded by sgdtune.saved, the
-    float32 tensor signature: inputs (-1, n_features) or images (-1, C, H, W); a classifier's
-    output class ids (-1,) int64 with the param `output` = classes | probabilities | logits;
-    the input example's metadata), data/<network>, the input example and requirements.txt.
-    Written here rather than by mlflow.pyfunc.save_model, whose check of the requirements
-    against every installed distribution took 4-6 s of the writer's first model on this
-    machine (0.2-0.5 s each after)."""
-    import mlflow.pyfunc
-    import numpy as np
-    from mlflow.models import Model, ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
-
-    f32 = np.dtype(np.float32)
-    model = Model(model_id=model_id, run_id=run_id)
-    if spec.get("task", "classification") == "classification":  # class ids by default (saved.PyfuncNetwork)
-        outputs = TensorSpec(np.dtype(np.int64), (-1,))
-        params = ParamSchema([ParamSpec("output", "string", "classes")])
-    else:
-        outputs, params = TensorSpec(f32, tuple(spec["outputs"])), None
-    model.signature = ModelSignature(inputs=Schema([TensorSpec(f32, tuple(spec["inputs"]))]),
-                                     outputs=Schema([outputs]), params=params)
-    data = f"data/{network.name}"
-    shutil.copytree(network, local / data)
-    # The input example as MLflow writes a numpy one: the rows, and the serving request.
-    (local / "input_example.json").write_text(json.dumps(spec["example"]))
-    (local / "serving_input_example.json").write_text(json.dumps({"inputs": spec["example"]}, indent=2))
-    model.saved_input_example_info = {"artifact_path": "input_example.json", "type": "ndarray",
-                                      "serving_input_path": "serving_input_example.json"}
-    (local / "requirements.txt").write_text("\n".join(_requirements()) + "\n")
-    mlflow.pyfunc.add_to_model(model, loader_module="sgdtune.saved", data=data)
-    model.save(str(local / "MLmodel"))
-
-
-def _requirements() -> list[str]:
-    """pip requirements of a logged network, from installed metadata (no import of torch)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for name in ("mlflow", "torch", "numpy", "sgdtune"):
-        try:
-            out.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            out.append(name)
-    return out
 
 
 def _metrics(values: dict[str, float], step: int) -> list[Metric]:

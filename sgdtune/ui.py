@@ -29,8 +29,9 @@ from .files import atomic_write
 from .hosts import canonical, is_ipv6, url_host
 from .reaper import Reaper
 from .redact import redact, redact_url
+from .run_reader import RunReader, store_exists
 from .stores import MLRUNS, default_storage_url
-from .tracking import RunReader, default_tracking_uri, save_runs_views, store_exists, ui_url
+from .tracking import default_tracking_uri, save_runs_views, ui_url
 
 START_TIMEOUT_S = 120  # mlflow server imports a lot: ~10 s on 2 CPU cores, more under load
 STOP_TIMEOUT_S = 10  # SIGTERM, then SIGKILL after this long

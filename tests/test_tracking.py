@@ -3,7 +3,8 @@
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from sgdtune.tracking import RunReader, Tracker, default_tracking_uri, store_exists
+from sgdtune.run_reader import RunReader, store_exists
+from sgdtune.tracking import Tracker, default_tracking_uri
 
 
 def test_two_processes_creating_one_new_study_end_up_under_the_same_parent(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from ..tracking import RunReader, RunRecord
+from ..run_reader import RunReader, RunRecord
 from .inputs import as_number, complete_rows, trial_rows
 from .recommend import DEFAULT_GOAL, recommend
 from .sections import best_rows_per_batch, octave, steps_section, val_acc_se

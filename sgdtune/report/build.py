@@ -16,7 +16,8 @@ import optuna
 from optuna.trial import TrialState
 
 from ..redact import redact_url
-from ..tracking import RunReader, RunRecord, ui_url
+from ..run_reader import RunReader, RunRecord
+from ..tracking import ui_url
 from .answer import answer, experiment_file_name
 from .inputs import as_number, complete_rows, is_timing, trial_rows
 from .mccandlish import mccandlish_section

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import optuna
 
-from ..tracking import RunRecord
+from ..run_reader import RunRecord
 
 TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_s", "throughput_eps",
                "gpu_util_mean_pct")
