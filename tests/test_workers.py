@@ -146,8 +146,9 @@ def test_with_heartbeats_a_killed_workers_trial_is_failed_and_run_again_by_anoth
     storage = postgres("optuna_heartbeat")
     # A live worker's trial must never look dead: its heartbeat thread must get to write within the
     # grace period (2 heartbeats) even on a busy machine, so one torch thread each (no spinning
-    # threads beside it) and heartbeats of 2 s.
-    common = ["experiments/quick.toml", "--n-trials", "3", "--storage", storage, "--tracking-uri", mlflow_server,
+    # threads beside it) and heartbeats of 2 s. Six trials: the first process must not finish the
+    # study's trials while the second still starts (10-20 s on a busy machine), or the second has none to run.
+    common = ["experiments/quick.toml", "--n-trials", "6", "--storage", storage, "--tracking-uri", mlflow_server,
               "--heartbeat", "2", "--threads", "1", *LONG]
     first = start(workdir, *common)
     wait_for_running_trial(storage, first)
