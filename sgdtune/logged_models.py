@@ -24,33 +24,23 @@ def all_logged_models(client, experiment_id: str) -> list:
             return out
 
 
-def ready_model_id(client, run_id: str) -> str | None:
-    """The id of the run's READY logged model (the newest), None when it has none;
-    LookupError when the run itself is gone from the store."""
+def ready_model_id(client, run_id: str, experiment_id: str) -> str | None:
+    """The id of the READY logged model (the newest) of the run, in its experiment; None when
+    it has none."""
     from mlflow.entities import LoggedModelStatus
-    from mlflow.exceptions import MlflowException
 
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        run = None
-    if run is None:
-        raise LookupError(f"its MLflow run {run_id} is not in the store (deleted, and removed by `mlflow gc`?)")
-    found = [m for m in all_logged_models(client, run.info.experiment_id)
+    found = [m for m in all_logged_models(client, experiment_id)
              if m.source_run_id == run_id and m.status == LoggedModelStatus.READY]
     return max(found, key=lambda m: m.creation_timestamp).model_id if found else None
 
 
-def register_logged_model(tracking_uri: str, name: str, run_id: str) -> str | None:
-    """Register the run's logged model in the model registry under `name` (created when
-    missing); the new version, or None when the run has no logged model."""
+def register_logged_model(tracking_uri: str, name: str, run_id: str, model_id: str) -> str:
+    """Register the run's logged model `model_id` (RunReader.logged_model_id) in the model
+    registry under `name` (created when missing); the new version."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    model_id = ready_model_id(client, run_id)
-    if model_id is None:
-        return None
     try:
         client.create_registered_model(name)
     except MlflowException:

@@ -121,7 +121,10 @@ class RunReader:
     def logged_model_id(self, run_id: str) -> str | None:
         """The id of the run's READY logged model (the newest), None when it has none;
         LookupError when the run itself is gone from the store."""
-        return ready_model_id(self.client, run_id)
+        run = self.find_run(run_id)  # a damaged store: InputError, as for every read
+        if run is None:
+            raise LookupError(f"its MLflow run {run_id} is not in the store (deleted, and removed by `mlflow gc`?)")
+        return ready_model_id(self.client, run_id, run.experiment_id)
 
     def download_model_files(self, model_id: str, path: str, dst: str) -> Path:
         """Download the logged model's artifact `path` into `dst`; the local path. LookupError

@@ -351,17 +351,18 @@ def register_best(study: optuna.Study, name: str, tracking_uri: str) -> tuple[in
     """Register the best trial's logged model in the MLflow model registry under `name`;
     (trial number, new version)."""
     from .logged_models import register_logged_model
+    from .run_reader import RunReader
 
     ranked = rank_trials(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     run_id = by_number[ranked[0]].user_attrs.get("mlflow_run_id") if ranked else None
     if run_id is None:
         raise InputError("--register-model", "needs a COMPLETE trial with an MLflow run", "a study with none")
-    version = register_logged_model(tracking_uri, name, run_id)
-    if version is None:
+    model_id = RunReader(tracking_uri).logged_model_id(run_id)
+    if model_id is None:
         raise InputError("--register-model", "needs the best trial's logged model (keep_models >= 1)",
                          f"trial {ranked[0]}, which has none")
-    return ranked[0], version
+    return ranked[0], register_logged_model(tracking_uri, name, run_id, model_id)
 
 
 # -- MLflow's pyfunc loader: mlflow.pyfunc.load_model("models:/<id>") --------------------------
