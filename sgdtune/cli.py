@@ -168,12 +168,6 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
         from .timing import resolve_device
 
         resolve_device(config.device)
-        gpus = None
-        if args.gpus is not None:
-            from .gpus import parse_gpus
-
-            gpus = parse_gpus(args.gpus)
-        workers = args.workers if args.workers is not None else len(gpus) if gpus else 1
     except InputError as e:
         return _bad_input(e)
     quiet_libraries()
@@ -186,10 +180,10 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     gc.freeze()
     try:
         study = run_study(config, experiment_path=args.experiment or default_experiment_path(), command=command,
-                          track=not args.no_tracking, show_progress=not args.no_progress, workers=workers,
+                          track=not args.no_tracking, show_progress=not args.no_progress, workers=args.workers,
                           heartbeat=args.heartbeat, batch_trials=args.batch_trials,
                           on_change="fresh" if args.fresh else "extend" if args.extend else "refuse", face="cli",
-                          register_model=args.register_model, gpus=gpus)
+                          register_model=args.register_model, gpus=args.gpus)  # checked there (session.RunOptions)
     except InputError as e:
         return _bad_input(e)
     except KeyboardInterrupt as e:

@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import ExperimentConfig
-from .errors import InputError, Surplus
+from .errors import Surplus
 from .interrupts import interrupts_held
 from .search import n_claimed
 from .trainer import BUDGET_SIZES, PER_MEMBER, Diverged, UnstackableModel, group_key, train, train_stacked
@@ -55,38 +55,6 @@ def _stop_when_done(n_trials: int):
     return callback
 
 
-def check_cohorts(config: ExperimentConfig, batch_trials: int) -> None:
-    """Stacked cohorts train each trial once, as one member of a stacked classification model:
-    replicates (trained one after another, trial.py), regression and the grid sampler's
-    fixed points cannot be part of one."""
-    if batch_trials > 1 and config.data.task == "regression":
-        raise InputError("--batch-trials", "stacks classification models only; train a regression study one trial "
-                         "at a time (drop --batch-trials)",
-                         f"--batch-trials {batch_trials} with data.task = 'regression'")
-    if batch_trials > 1 and config.train.loss == "mse" and config.data.task == "classification":
-        raise InputError("--batch-trials", "stacks cross-entropy classifiers only; train a study with train.loss = "
-                         "'mse' one trial at a time (drop --batch-trials)",
-                         f"--batch-trials {batch_trials} with train.loss = 'mse'")
-    if batch_trials > 1 and config.sampler.name == "grid":
-        raise InputError("--batch-trials", "cannot be used with the grid sampler (it fixes every value itself, so a "
-                         "cohort cannot share a batch size, and it ends a study only inside study.optimize); use "
-                         "sampler.name = 'random' or 'tpe' with --batch-trials, or drop the flag",
-                         f"--batch-trials {batch_trials} with sampler.name = 'grid'")
-    stratified = [name for name, rng in config.search.items() if rng.stratify]
-    if batch_trials > 1 and stratified:  # followers take the leader's value from the queue: values would be skipped
-        raise InputError("--batch-trials", f"cannot be combined with search.{stratified[0]}.stratify (a cohort shares "
-                         f"one {stratified[0]}, so the round-robin would skip values); drop one of the two",
-                         f"--batch-trials {batch_trials} with search.{stratified[0]}.stratify = true")
-    if batch_trials > 1 and config.train.precision != "fp32":
-        raise InputError("--batch-trials", "stacks fp32 training only (the stacked steppers have no autocast); "
-                         "drop --batch-trials or set train.precision = 'fp32'",
-                         f"--batch-trials {batch_trials} with train.precision = {config.train.precision!r}")
-    if batch_trials > 1 and config.replicates > 1:
-        raise InputError("--batch-trials", "cannot be combined with --replicates > 1 (replicates are trained one "
-                         "after another, not stacked); drop one of the two",
-                         f"--batch-trials {batch_trials} with --replicates {config.replicates}")
-
-
 def optimize_batched(study: optuna.Study, objective: Objective, n_trials: int, config: ExperimentConfig,
                      batch_trials: int) -> None:
     """Up to n_trials more trials, in cohorts of `batch_trials` trained as one stacked model.
@@ -95,7 +63,8 @@ def optimize_batched(study: optuna.Study, objective: Objective, n_trials: int, c
     batch size (and every other searched value that shapes the stacked model) fixed through
     Optuna's queue, so a continuous batch-size range still gives full groups. Each member keeps
     its own lr, momentum, seed, metrics, pruning and divergence (trainer.stacked). The
-    configuration was checked for cohorts (check_cohorts) before the study opened.
+    configuration was checked for cohorts with the run's options (session.RunOptions) before the
+    study opened.
     """
     shaping = [name for name in config.search if name not in PER_MEMBER and name not in BUDGET_SIZES[:2]]
     started, deadline = 0, time.monotonic() + (config.timeout_s or math.inf)

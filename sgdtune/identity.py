@@ -152,9 +152,7 @@ def check(config: ExperimentConfig, storage: optuna.storages.BaseStorage, on_cha
     start lock (startlock.py), with the record that follows: the check and the record are one
     step.
     """
-    words = WORDS[face]
-    if on_change not in ON_CHANGE:
-        raise InputError("on_change", f"must be one of {', '.join(map(repr, ON_CHANGE))}", repr(on_change))
+    words = WORDS[face]  # on_change and face are checked with the run's options (session.RunOptions)
     if not any(s.study_name == config.name for s in storage.get_all_studies()):
         return Identity(config, "new")
     study = optuna.load_study(study_name=config.name, storage=storage)

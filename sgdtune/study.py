@@ -24,11 +24,9 @@ from pathlib import Path
 import optuna
 
 from . import __version__
-from .cohorts import check_cohorts, run_trials, settle
 from .config import ExperimentConfig, file_sha256
 from .console import Progress, one_line_trial_failures
-from .data import load_data
-from .errors import InputError, StoreError, StudyGone
+from .errors import StoreError, StudyGone
 from .identity import check as check_identity
 from .model import describe_model
 from .reclaim import (
@@ -43,13 +41,13 @@ from .reclaim import (
 from .redact import redact_url
 from .saved import dataset_records, register_best
 from .science.fits import study_metrics
-from .search import best_value, n_claimed, n_finished, open_study, study_exists
+from .search import best_value, n_claimed, n_finished, study_exists
+from .session import RunOptions, Session, place_on_gpus
 from .startlock import study_lock
-from .stores import MLRUNS, check_before_writing, check_tracking, locations, open_storage
+from .stores import MLRUNS, check_before_writing, check_tracking
 from .threads import core_share
-from .timing import describe_device, resolve_device
+from .timing import describe_device
 from .tracking import default_artifact_location
-from .trial import Objective
 from .workers import WorkerSpec, supervise
 from .writer import BackgroundTracker, RunRef
 
@@ -62,12 +60,12 @@ def run_study(
     track: bool = True,
     show_progress: bool = False,
     mlruns: str | Path = MLRUNS,
-    workers: int = 1,
+    workers: int | None = 1,
     heartbeat: int | None = None,
     batch_trials: int = 1,
     on_change: str = "refuse",
     register_model: str | None = None,
-    gpus: list[int] | None = None,
+    gpus: list[int] | str | None = None,
     face: str = "api",
 ) -> optuna.Study:
     """Run (or resume) the study until it has config.n_trials finished trials.
@@ -83,30 +81,28 @@ def run_study(
     With register_model = NAME, the best trial's logged model is registered at the end in
     MLflow's model registry under NAME (user attribute registered_model: name, version, trial).
     With config.device cuda and workers > 1, each worker gets one GPU (gpus.py): `gpus` lists
-    the indices to use (a repeated one runs several trials on that GPU; default: all visible).
+    the indices to use (a repeated one runs several trials on that GPU; default: all visible;
+    "0,2,3" as the command line writes it); workers=None: one per slot of `gpus`, else 1.
     face: whose words messages use, "api" (on_change=...) or "cli" (--fresh, --extend).
+    Every option is checked first, against the experiment too (session.RunOptions): a bad
+    one is an InputError before anything is loaded or written.
     """
-    if workers < 1:
-        raise InputError("--workers", "must be >= 1", repr(workers))
-    if batch_trials < 1:
-        raise InputError("--batch-trials", "must be >= 1", repr(batch_trials))
-    if heartbeat is not None and heartbeat < 1:
-        raise InputError("--heartbeat", "must be >= 1 (seconds)", repr(heartbeat))
-    check_cohorts(config, batch_trials)  # --batch-trials with --replicates: refused
-    _check_registration(register_model, track, config)
-    config, worker_gpus = _place_on_gpus(config, workers, gpus)
-    device = resolve_device(config.device)
-    data = load_data(config.data, config.seed, device)  # bad data input fails before anything is written
+    options = RunOptions.check(config, experiment_path=experiment_path, command=command, track=track,
+                               show_progress=show_progress, mlruns=mlruns, workers=workers, heartbeat=heartbeat,
+                               batch_trials=batch_trials, on_change=on_change, register_model=register_model,
+                               gpus=gpus, face=face)  # every option, once, before anything is loaded or written
+    config, worker_gpus = place_on_gpus(config, options)
+    session = Session.prepare(config, options)
+    data = session.load_data()  # bad data input fails before anything is written
     describe_model(config.model, data.n_features, data.n_classes, data.input_shape)  # a CNN that cannot take them
-    storage_url, tracking_uri = locations(config, mlruns)
-    check_before_writing(storage_url, tracking_uri if track else None)  # read-only: opening creates files
-    storage = open_storage(storage_url, heartbeat, tracking_uri if track else None)
-    if track:  # both stores checked before anything is written (stores.py)
+    storage_url, tracking_uri = session.storage_url, session.tracking_uri
+    check_before_writing(storage_url, session.tracking)  # read-only: opening creates files
+    storage = session.open_storage()
+    if options.track:  # both stores checked before anything is written (stores.py)
         check_tracking(tracking_uri, storage, config.name, storage_url)
-    tracker = parent_run = datasets = None
     with study_lock(storage_url):  # the check, the record and the join are one step (startlock.py)
-        identity = check_identity(config, storage, on_change, face)  # before any trial or MLflow write
-        study = open_study(config, storage, join=joins_before(storage, config.name))
+        identity = check_identity(config, storage, options.on_change, options.face)  # before any trial or MLflow write
+        study = session.open_study(join=joins_before(storage, config.name))
         identity.record(study)
         one_line_trial_failures()  # a diverged trial: one line, not Optuna's traceback (the CLI does the same)
         # n_val: the report's binomial standard errors where no MLflow run records it (--no-tracking)
@@ -115,18 +111,19 @@ def run_study(
             study.set_user_attr(key, value)
         join(study)  # this process among the study's (reclaim.py): --fresh elsewhere waits for it
         study_id = storage.get_study_id_from_name(config.name)
-        reclaim_dead(study, storage, tracking_uri if track else None)  # trials of killed processes (reclaim.py)
-        if track:
-            artifact_location = None if config.tracking_uri else default_artifact_location(mlruns)
-            tracker = BackgroundTracker(tracking_uri, config.name, artifact_location)
+        reclaim_dead(study, storage, session.tracking)  # trials of killed processes (reclaim.py)
+        if options.track:
+            tracker = session.start_writer(None if config.tracking_uri else default_artifact_location(options.mlruns))
             tracker.experiment_id  # noqa: B018 - waits until the store is open: InputError here, not at a trial's end
-            parent_run = _start_parent(tracker, config, experiment_path, command, storage_url, device,
-                                       identity.parent_tags(study), replace=identity.action == "fresh")
-            record_mlflow_location(study, tracker, parent_run)  # one parent run: the next process finds it
+            session.parent_run = _start_parent(tracker, config, options.experiment_path, options.command,
+                                               storage_url, session.device, identity.parent_tags(study),
+                                               replace=identity.action == "fresh")
+            session.record_location()  # one parent run: the next process finds it
+    tracker, parent_run = session.tracker, session.parent_run
     if tracker is not None:
         tracker.end_runs_of_finished_trials(finished_trial_states(study))  # ends a killed writer lost
-        datasets = dataset_records(data, config.data, config.seed)  # hashed once; every trial run gets them
-        tracker.log_inputs(parent_run, datasets)
+        session.datasets = dataset_records(data, config.data, config.seed)  # hashed once; every trial run gets them
+        tracker.log_inputs(parent_run, session.datasets)
 
     done = n_finished(study)
     remaining = config.n_trials - n_claimed(study)  # trials other processes run now count (search.n_claimed)
@@ -136,25 +133,21 @@ def run_study(
         running = f", {others} running in other processes" if others else ""
         print(f"resuming {config.name}: {done} of {config.n_trials} trials finished{running}{more}", file=sys.stderr)
     progress = None
-    if show_progress:
+    if options.show_progress:
         progress = Progress(config.n_trials, config.n_trials - max(remaining, 0), best_value(study))
     status, failure = "FINISHED", None
     try:
         if progress:
             progress.bar.start()
         if config.profile:  # before the first trial, on the trials' threads (workers split the cores)
-            record_profile(study, config, data, mlruns, tracker, parent_run,
-                           core_share(workers) if workers > 1 else None)
-        if remaining > 0 and workers > 1:
-            spec = WorkerSpec(config, str(mlruns), parent_run.id if parent_run else None, heartbeat, track,
-                              batch_trials, worker_gpus, join=study.user_attrs.get(JOINS_ATTR, 0))
-            supervise(study, spec, workers, progress)
+            record_profile(study, config, data, options.mlruns, tracker, parent_run,
+                           core_share(options.workers) if options.workers > 1 else None)
+        if remaining > 0 and options.workers > 1:
+            spec = WorkerSpec(config, options, parent_run.id if parent_run else None, worker_gpus,
+                              join=study.user_attrs.get(JOINS_ATTR, 0))
+            supervise(study, spec, options.workers, progress)
         elif remaining > 0:
-            objective = Objective(config, data, tracker, parent_run, describe_device(device), progress,
-                                  datasets=datasets)
-            run_trials(study, objective, remaining, config, batch_trials)
-            if heartbeat is not None:
-                settle(study, objective, config, heartbeat, batch_trials)
+            session.settle(session.run_trials(remaining, progress))
     except BaseException as e:
         status, failure = "KILLED", _stopped_by(e, storage, config.name, study_id, storage_url)
         if failure is not e:  # one line at the CLI (StudyGone, StoreError), not Optuna's traceback
@@ -163,37 +156,12 @@ def run_study(
     finally:
         if progress:
             progress.bar.stop()
-        _close(study, storage_url, tracker, parent_run, status, failure)
-    if register_model is not None:  # every write is made: the best trial's model is in the store
-        number, version = register_best(study, register_model, tracking_uri)
-        study.set_user_attr("registered_model", {"name": register_model, "version": version, "trial": number})
+        _close(session, status, failure)
+    if options.register_model is not None:  # every write is made: the best trial's model is in the store
+        number, version = register_best(study, options.register_model, tracking_uri)
+        study.set_user_attr("registered_model", {"name": options.register_model, "version": version,
+                                                 "trial": number})
     return study
-
-
-def _place_on_gpus(config: ExperimentConfig, workers: int,
-                   gpus: list[int] | None) -> tuple[ExperimentConfig, tuple[str, ...]]:
-    """The config this process trains with, and each worker's GPU (CUDA_VISIBLE_DEVICES), for
-    `--gpus` and for `--device cuda --workers N` (one GPU per worker, gpus.py)."""
-    cuda = config.device.startswith("cuda") or (config.device == "auto" and gpus is not None)
-    if gpus is not None and not cuda:
-        raise InputError("--gpus", "needs --device cuda (or auto on a machine with CUDA)", f"device {config.device!r}")
-    if not cuda or (workers == 1 and gpus is None):
-        return config, ()
-    import torch
-
-    from .gpus import visible_gpus, worker_gpus
-
-    if not torch.cuda.is_available():
-        raise InputError("--gpus" if gpus is not None else "device", "needs CUDA; this machine has none",
-                         repr(config.device))
-    visible = visible_gpus(torch.cuda.device_count())
-    if workers == 1:  # one process: the chosen GPU is its device, no environment to change
-        if len(gpus) != 1:
-            raise InputError("--gpus", f"lists {len(gpus)} GPU slots for 1 worker; add --workers {len(gpus)} "
-                             "or list one GPU", ",".join(map(str, gpus)))
-        worker_gpus(1, visible, gpus)  # the index is checked
-        return config.model_copy(update={"device": f"cuda:{gpus[0]}"}), ()
-    return config.model_copy(update={"device": "cuda"}), tuple(worker_gpus(workers, visible, gpus))
 
 
 def record_profile(study: optuna.Study, config: ExperimentConfig, data, mlruns: str | Path,
@@ -244,13 +212,13 @@ def _stopped_by(error: BaseException, storage: optuna.storages.BaseStorage, name
     return as_store_error(error, storage_url)
 
 
-def _close(study: optuna.Study, storage_url: str, tracker: BackgroundTracker | None, parent_run: RunRef | None,
-           status: str, failure: BaseException | None) -> None:
+def _close(session: Session, status: str, failure: BaseException | None) -> None:
     """End the study's runs, make every MLflow write, and take this process off the study's
     record. After a failure, nothing here may replace it: a storage that refused a write (or
     a study deleted under this process) is not written again, and a second error is dropped
     (the first one is what the CLI says)."""
     storage_ok = not isinstance(failure, (StoreError, StudyGone))
+    study, tracker = session.study, session.tracker
     try:
         if tracker is not None:
             if failure is not None:  # a trial whose end never came (its study deleted under it)
@@ -259,36 +227,16 @@ def _close(study: optuna.Study, storage_url: str, tracker: BackgroundTracker | N
             metrics = {}
             if storage_ok:
                 metrics = study_metrics(study.get_trials(deepcopy=False), study.user_attrs.get("n_train", math.inf))
-            tracker.end_parent_run(parent_run, metrics, status=status)
+            tracker.end_parent_run(session.parent_run, metrics, status=status)
             tracker.close()  # every write made
             if storage_ok:
-                record_mlflow_location(study, tracker, parent_run)
+                session.record_location()
         if storage_ok:
-            with study_lock(storage_url):
+            with study_lock(session.storage_url):
                 leave(study)
     except Exception:
         if failure is None:
             raise
-
-
-def _check_registration(name: str | None, track: bool, config: ExperimentConfig) -> None:
-    """--register-model needs a name, MLflow tracking and kept models (before anything runs)."""
-    if name is None:
-        return
-    if not name.strip():
-        raise InputError("--register-model", "must be a non-empty model name", repr(name))
-    if not track:
-        raise InputError("--register-model", "needs MLflow tracking (the models live there)", "--no-tracking")
-    if config.keep_models < 1:
-        raise InputError("--register-model", "needs keep_models >= 1 (no trial keeps its network otherwise)",
-                         f"keep_models = {config.keep_models}")
-
-
-def record_mlflow_location(study: optuna.Study, tracker: BackgroundTracker, parent_run: RunRef) -> None:
-    """The study's user attributes that say where its MLflow runs are (password masked)."""
-    study.set_user_attr("mlflow_experiment_id", tracker.experiment_id)
-    study.set_user_attr("mlflow_parent_run_id", parent_run.id)
-    study.set_user_attr("tracking_uri", redact_url(tracker.tracking_uri))
 
 
 def _start_parent(tracker: BackgroundTracker, config: ExperimentConfig, path, command, storage_url, device,

@@ -23,16 +23,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from .cohorts import run_trials
 from .config import ExperimentConfig
 from .console import hide_interrupted_trials, one_line_trial_failures
-from .data import load_data
 from .errors import EXIT_INTERRUPTED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_STORE_FAILED, StoreError, TrackingError
 from .gpus import use_gpu
 from .interrupts import (
@@ -43,13 +40,12 @@ from .interrupts import (
 )
 from .reclaim import fail_and_requeue
 from .redact import mask_output
-from .search import best_value, n_claimed, n_finished, open_study, study_exists
+from .search import best_value, n_claimed, n_finished, study_exists
+from .session import RunOptions, Session
 from .stores import locations, open_storage
 from .threads import core_share
-from .timing import describe_device, resolve_device
 from .tracking import Tracker
-from .trial import Objective
-from .writer import BackgroundTracker, WriterGone
+from .writer import WriterGone
 
 POLL_S = 0.5
 STOP_GRACE_S = 30.0  # after SIGTERM/SIGINT, the workers' time to fail their trials cleanly
@@ -57,14 +53,12 @@ STOP_GRACE_S = 30.0  # after SIGTERM/SIGINT, the workers' time to fail their tri
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker process needs to join the study (picklable for the spawn start method)."""
+    """What a worker process needs to join the study (picklable for the spawn start method):
+    the run's options as the lead checked them (session.RunOptions), not checked again."""
 
     config: ExperimentConfig
-    mlruns: str
+    options: RunOptions
     parent_run_id: str | None
-    heartbeat: int | None
-    track: bool
-    batch_trials: int = 1
     gpus: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES of worker 1, 2, ... in turn (gpus.py); () = as inherited
     join: int = 0  # the supervisor's join number (reclaim.join): workers of two machines draw apart
 
@@ -93,16 +87,14 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         hide_interrupted_trials()  # Ctrl-C reaches the workers too: the supervisor says it in one line
         one_line_trial_failures()  # after: a Ctrl-C trial is dropped whole, a diverged one kept in one line
-        config = spec.config
-        storage_url, tracking_uri = locations(config, Path(spec.mlruns))
-        tracker = BackgroundTracker(tracking_uri, config.name) if spec.track else None  # imports beside ours
-        device = resolve_device(config.device)
-        data = load_data(config.data, config.seed, device)
-        storage = open_storage(storage_url, spec.heartbeat, tracking_uri if spec.track else None)
-        study_id = storage.get_study_id_from_name(config.name)
-        study = open_study(config, storage, worker=index, join=spec.join)
-        objective = Objective(config, data, tracker, spec.parent_run_id, describe_device(device), cores=threads)
-        run_trials(study, objective, share, config, spec.batch_trials)
+        session = Session.prepare(spec.config, spec.options)
+        tracker = session.start_writer()  # MLflow's imports run beside ours
+        session.load_data()
+        storage = session.open_storage()
+        study_id = storage.get_study_id_from_name(spec.config.name)
+        session.open_study(worker=index, join=spec.join)
+        session.parent_run = spec.parent_run_id
+        session.run_trials(share, cores=threads)
     except KeyboardInterrupt as e:
         code = exit_status(e)  # the running trial is already failed and its run ended
     except WriterGone as e:  # the supervisor replaces this worker
@@ -112,7 +104,7 @@ def run_worker(spec: WorkerSpec, share: int, index: int, threads: int) -> None:
         print(f"sgdtune worker {index}: store failed: {e}", file=sys.stderr)
         code = EXIT_STORE_FAILED
     except KeyError:  # the storage's "Record does not exist.": the study deleted under it (--fresh elsewhere)
-        if storage is None or study_exists(storage, config.name, study_id):
+        if storage is None or study_exists(storage, spec.config.name, study_id):
             raise
         code = EXIT_STORE_FAILED  # the supervisor says it, in one line
     else:
@@ -219,8 +211,8 @@ def _recover(study: optuna.Study, spec: WorkerSpec, procs) -> None:
             if t.user_attrs.get("worker_pid") in dead]
     if not left:
         return
-    storage_url, tracking_uri = locations(spec.config, Path(spec.mlruns))
-    tracker = Tracker(tracking_uri, spec.config.name) if spec.track else None
+    storage_url, tracking_uri = locations(spec.config, spec.options.mlruns)
+    tracker = Tracker(tracking_uri, spec.config.name) if spec.options.track else None
     storage = open_storage(storage_url)
     for trial in left:
         pid = trial.user_attrs["worker_pid"]

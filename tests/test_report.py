@@ -873,11 +873,11 @@ def test_bad_stratify_settings_are_input_errors(sets, message):
 
 
 def test_stacked_cohorts_refuse_a_stratified_batch_size():
-    from sgdtune.cohorts import check_cohorts
     from sgdtune.config import load_experiment
+    from sgdtune.session import RunOptions
 
     config = load_experiment(EXPERIMENTS / "batch_tradeoff.toml")
     with pytest.raises(InputError, match=re.escape("--batch-trials: cannot be combined with "
                                                    "search.batch_size.stratify")):
-        check_cohorts(config, 4)
-    check_cohorts(config, 1)  # one trial at a time: fine
+        RunOptions.check(config, batch_trials=4)
+    RunOptions.check(config, batch_trials=1)  # one trial at a time: fine

@@ -70,16 +70,17 @@ def test_a_worker_interrupted_while_it_starts_exits_130_without_a_traceback(tmp_
     script = textwrap.dedent(f"""
         import signal
         from pathlib import Path
-        from sgdtune import workers
+        from sgdtune import session, workers
         from sgdtune.config import load_experiment
 
         def starting_the_writer(*args, **kwargs):
             signal.raise_signal(signal.SIGINT)  # the supervisor's signal, on this line
             raise AssertionError("the worker took no handler for SIGINT")
 
-        workers.BackgroundTracker = starting_the_writer
+        session.BackgroundTracker = starting_the_writer
         config = load_experiment(Path({str(EXPERIMENTS / "quick.toml")!r}))
-        spec = workers.WorkerSpec(config, {str(tmp_path / "mlruns")!r}, parent_run_id=None, heartbeat=None, track=True)
+        options = session.RunOptions.check(config, mlruns={str(tmp_path / "mlruns")!r})
+        spec = workers.WorkerSpec(config, options, parent_run_id=None)
         workers.run_worker(spec, share=1, index=1, threads=1)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
