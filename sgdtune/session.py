@@ -47,6 +47,7 @@ FLAGS = {"experiment_path": "experiment", "command": "command", "track": "--no-t
          "show_progress": "--no-progress", "mlruns": "mlruns", "workers": "--workers", "heartbeat": "--heartbeat",
          "batch_trials": "--batch-trials", "on_change": "on_change", "register_model": "--register-model",
          "gpus": "--gpus", "face": "face"}
+CHOICES = {"on_change": ON_CHANGE, "face": FACES}
 TYPES = {"int_parsing": "must be a whole number", "int_type": "must be a whole number",
          "int_from_float": "must be a whole number", "bool_parsing": "must be true or false",
          "bool_type": "must be true or false", "string_type": "must be text", "path_type": "must be a path"}
@@ -100,18 +101,12 @@ class RunOptions(BaseModel):
             raise InputError("--heartbeat", "must be >= 1 (seconds)", repr(value))
         return value
 
-    @field_validator("on_change")
+    @field_validator("on_change", "face")
     @classmethod
-    def _known_change(cls, value: str) -> str:
-        if value not in ON_CHANGE:
-            raise InputError("on_change", f"must be one of {', '.join(map(repr, ON_CHANGE))}", repr(value))
-        return value
-
-    @field_validator("face")
-    @classmethod
-    def _known_face(cls, value: str) -> str:
-        if value not in FACES:
-            raise InputError("face", f"must be one of {', '.join(map(repr, FACES))}", repr(value))
+    def _one_of(cls, value: str, info: ValidationInfo) -> str:
+        allowed = CHOICES[info.field_name]
+        if value not in allowed:
+            raise InputError(FLAGS[info.field_name], f"must be one of {', '.join(map(repr, allowed))}", repr(value))
         return value
 
     @field_validator("register_model")
