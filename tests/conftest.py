@@ -4,6 +4,12 @@ import os
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "1"
+# One torch intra-op thread per process (this one and the studies it starts), unless set: `-n auto`
+# runs a worker per core, and torch's default of a thread per core in each process makes the
+# threads wait on each other at every op (sgdtune/threads.py). Measured on 2 cores beside other
+# jobs: 800 full-batch updates of the edge-of-stability MLP took 30 s of CPU on 2 threads, 3 s on 1.
+# The tests of "auto" itself remove it (tests/test_scale.py).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402

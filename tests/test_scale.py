@@ -159,6 +159,7 @@ def test_a_fixed_thread_count_is_set_whatever_the_work_and_auto_stays_within_the
 def test_auto_does_not_follow_the_load_so_a_study_computes_the_same_numbers(monkeypatch):
     import sgdtune.threads as threads
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # tests/conftest.py sets 1: no cap here
     monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))  # a very busy machine
     assert ThreadChooser("auto", cores=2).choose(10 * WORK_PER_THREAD) == 2
     assert not hasattr(threads, "load_average")
