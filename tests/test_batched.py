@@ -1,12 +1,9 @@
 """Stacked training: each member is the trial `train` would run alone; members never mix."""
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT
 
 from sgdtune.data import Dataset
 from sgdtune.model import ModelConfig, build_model
@@ -305,16 +302,6 @@ def test_batch_trials_must_be_at_least_one(workdir, capsys):
     assert main(["experiments/quick.toml", "--batch-trials", "0", "--no-progress"]) == 2
     assert "--batch-trials: must be >= 1; got 0" in capsys.readouterr().err
     assert not (workdir / "mlruns").exists()
-
-
-def test_the_stacking_benchmark_runs_at_tiny_size():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.batched", "--tiny", "--threads", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for b in (8, 64):
-        assert f"trials/min stacked vs one by one, B={b}, 1 thread " in proc.stdout
-        assert f"max |final val_loss stacked - alone|, B={b}, 1 thread " in proc.stdout
-        assert f"trials/min stacked vs one by one, CNN B={b}, 1 thread " in proc.stdout  # torch.func stacking
 
 
 def test_batch_trials_on_a_regression_study_is_refused_before_anything_is_written(workdir, capsys):

@@ -56,6 +56,21 @@ def test_the_table_is_printed_with_every_group(tiny_results):
     assert all(f" {group} " in stdout for group in GROUPS)
 
 
+def test_the_stacking_benchmark_compares_mlp_and_cnn_trials_at_each_tiny_batch_size(tiny_results, monkeypatch,
+                                                                                       capsys):
+    """The batched group of the run above, printed by `python -m benchmarks.batched`'s own table."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.batched import print_table
+
+    results, _ = tiny_results
+    print_table([r for r in results if r["group"] == "batched"], "stacked training")
+    out = capsys.readouterr().out
+    for b in (8, 64):
+        assert f"trials/min stacked vs one by one, B={b}, 1 thread " in out
+        assert f"max |final val_loss stacked - alone|, B={b}, 1 thread " in out
+        assert f"trials/min stacked vs one by one, CNN B={b}, 1 thread " in out  # torch.func stacking
+
+
 def test_an_unknown_group_is_refused_with_the_known_ones(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "speed", "--out", str(tmp_path / "r.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
