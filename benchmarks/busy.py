@@ -76,7 +76,7 @@ def study(args: list[str], threads: str, name: str, folder: Path, limit_s: float
         raise RuntimeError(f"benchmarks.busy: the study failed:\n{errors.read_text()[-3000:]}")
     import optuna
 
-    from sgdtune.stores import open_storage
+    from sgdtune.store.stores import open_storage
 
     trials = optuna.load_study(study_name=name, storage=open_storage(str(storage))).get_trials(deepcopy=False)
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "load": load, "stopped": stopped,

@@ -32,10 +32,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from sgdtune.config import load_experiment
 from sgdtune.data import load_data
 from sgdtune.model import build_model
-from sgdtune.search import derive_seed
-from sgdtune.stores import locations, open_storage
-from sgdtune.study import run_study
-from sgdtune.tracking import default_tracking_uri
+from sgdtune.search.strategy import derive_seed
+from sgdtune.store.stores import locations, open_storage
+from sgdtune.store.tracking import default_tracking_uri
+from sgdtune.study.run import run_study
 
 from .common import Check, median_ratio, paired, timed
 

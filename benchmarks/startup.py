@@ -132,7 +132,7 @@ def run(tiny: bool = False) -> list[Check]:
         if tiny:  # --tiny: one run, on a store made here (CI checks that this runs, not the figures)
             from mlflow import MlflowClient
 
-            from sgdtune.tracking import default_tracking_uri
+            from sgdtune.store.tracking import default_tracking_uri
 
             MlflowClient(tracking_uri=default_tracking_uri(warm_dir / "mlruns")).search_experiments()
         else:  # the first run makes warm_dir's store: it is the first new-store figure

@@ -39,7 +39,7 @@ def worker(storage_url: str, study_name: str, trials: int, seed: int, queue, go)
     ask/tell trials; puts its counts on `queue`."""
     import optuna
 
-    from sgdtune.stores import open_storage
+    from sgdtune.store.stores import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(storage_url)
@@ -160,7 +160,7 @@ def run(tiny: bool = False) -> list[Check]:
         url = cluster.db("optuna_load")
         optuna_schema(url)  # before any worker or the proxy races to create it
         port = pg.free_port()
-        proxy = subprocess.Popen([sys.executable, "-m", "sgdtune.proxy", "--storage",
+        proxy = subprocess.Popen([sys.executable, "-m", "sgdtune", "storage-proxy", "--storage",
                                   f"{url}?application_name={APP['proxy']}", "--port", str(port)],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         watch = None

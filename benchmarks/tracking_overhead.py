@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 
 from sgdtune.config import load_experiment
-from sgdtune.study import run_study
-from sgdtune.tracking import default_tracking_uri
+from sgdtune.store.tracking import default_tracking_uri
+from sgdtune.study.run import run_study
 
 from .common import Check, median_ratio, paired, timed
 from .startup import run_command, workdir

@@ -2,6 +2,8 @@
 
 The Python API for notebooks and scripts; the CLI is a thin layer over it. Names are
 resolved on first use so that `import sgdtune` stays quick.
+
+Layer: edge (the command lines and the Python API; docs/architecture.md).
 """
 
 __version__ = "0.1.0"
@@ -10,7 +12,7 @@ _EXPORTS = {
     "load_experiment": "sgdtune.config",
     "ExperimentConfig": "sgdtune.config",
     "InputError": "sgdtune.errors",
-    "run_study": "sgdtune.study",
+    "run_study": "sgdtune.study.run",
     "train": "sgdtune.trainer",
     "train_stacked": "sgdtune.trainer",
     "TrainConfig": "sgdtune.trainer",

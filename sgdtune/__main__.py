@@ -1,3 +1,8 @@
+"""`python -m sgdtune COMMAND`: the `sgdtune` console script (cli.main).
+
+Layer: edge.
+"""
+
 import sys
 
 from .cli import main

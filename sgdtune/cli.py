@@ -5,6 +5,8 @@ The edge between a person and the Python API: each command parses its flags, cal
 and turns bad input (`errors.InputError`, raised anywhere below) into one line on stderr and
 exit status 2. The modules behind a command are imported inside its main, so `--help` and
 the console script load nothing they don't need.
+
+Layer: edge (the command lines and the Python API; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -142,8 +144,8 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     args = study_parser(prog).parse_args(argv)
     if not args.no_tracking:
         # MLflow's writer process starts its 1-2 s of imports now, on another core, while
-        # this one imports torch below (writer.py); after parsing, so `--help` starts nothing.
-        from .writer import prestart
+        # this one imports torch below (store/writer.py); after parsing, so `--help` starts nothing.
+        from .store.writer import prestart
 
         prestart()
     given = list(argv) if argv is not None else sys.argv[1:]
@@ -162,9 +164,9 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
                      "replicates": args.replicates, "threads": args.threads,
                      "profile": False if args.no_profile else None, **parse_overrides(args.set)}
         config = load_experiment(args.experiment, **overrides)
-        from .console import one_line_trial_failures, print_closing, print_recommendation, quiet_libraries
-        from .stores import locations
-        from .study import run_study
+        from .store.stores import locations
+        from .study.console import one_line_trial_failures, print_closing, print_recommendation, quiet_libraries
+        from .study.run import run_study
         from .timing import resolve_device
 
         resolve_device(config.device)
@@ -256,7 +258,7 @@ def profile_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtu
     args = profile_parser(prog).parse_args(argv)
     with ctrl_c_deferred():
         from .config import load_experiment, parse_overrides
-    from .profile import CACHE_FOLDER, DEFAULT_BUDGET_S, profile_study
+    from .profile.measure import CACHE_FOLDER, DEFAULT_BUDGET_S, profile_study
 
     budget = DEFAULT_BUDGET_S if args.budget is None else args.budget
     try:
@@ -284,7 +286,7 @@ def print_profile(profile: dict, name: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .profile import sentences, table_rows
+    from .profile.measure import sentences, table_rows
 
     cached = " (cached)" if profile["cached"] else ""
     table = Table(title=f"'{name}': one update of {profile['model']} on {profile['device']}",
@@ -337,7 +339,7 @@ def report_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtun
     import optuna
 
     from .report import report_command, write_report
-    from .tracking import quiet_logging
+    from .store.tracking import quiet_logging
 
     quiet_logging()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -381,8 +383,8 @@ def ui_parser(prog: str = "python -m sgdtune.ui") -> argparse.ArgumentParser:
 def ui_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.ui") -> int:
     """Serve the UIs until Ctrl-C; 2 on bad flags (nothing started), 1 when a server failed."""
     args = ui_parser(prog).parse_args(argv)
-    from . import ui
     from .hosts import warn_if_exposed
+    from .ui import server as ui
 
     warn_if_exposed(args.host, args.port, "the MLflow UI" + (" (and optuna-dashboard)" if args.optuna else ""))
 
@@ -418,7 +420,7 @@ def _html_path(text: str) -> Path:
 
 
 def surface_parser(prog: str = "python -m sgdtune.surface") -> argparse.ArgumentParser:
-    from .surface import DEFAULT_N, DEFAULT_SEED, N_MAX, N_MIN, SEED_MAX
+    from .surface.explorer import DEFAULT_N, DEFAULT_SEED, N_MAX, N_MIN, SEED_MAX
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -449,7 +451,7 @@ def surface_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtu
     """Write the loss-surface explorer page."""
     import webbrowser
 
-    from .surface import loss, lr_limit, make_data, optimum, write_page
+    from .surface.explorer import loss, lr_limit, make_data, optimum, write_page
 
     args = surface_parser(prog).parse_args(argv)
     data = make_data(args.n, args.seed)
@@ -471,9 +473,9 @@ def surface_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtu
 # -- sgdtune storage-proxy -----------------------------------------------------------------
 
 PROXY_EPILOG = """examples:
-  python -m sgdtune.proxy --storage postgresql://USER:PASSWORD@DBHOST/optuna      # grpc://127.0.0.1:13000
-  python -m sgdtune.proxy --storage sqlite:///mlruns/optuna.db --port 13001
-  python -m sgdtune.proxy --storage postgresql://USER:PASSWORD@DBHOST/optuna --host 10.0.0.5   # a private address
+  python -m sgdtune storage-proxy --storage postgresql://USER:PASSWORD@DBHOST/optuna   # grpc://127.0.0.1:13000
+  python -m sgdtune storage-proxy --storage sqlite:///mlruns/optuna.db --port 13001
+  python -m sgdtune storage-proxy --storage postgresql://USER:PASSWORD@DBHOST/optuna --host 10.0.0.5  # private
   # then, on any machine that reaches it (no --heartbeat through the proxy):
   python -m sgdtune.study experiments/quick.toml --storage grpc://PROXYHOST:13000 --workers 4
 
@@ -482,8 +484,8 @@ loopback or a private network (pip install 'sgdtune[grpc]' for grpcio).
 """
 
 
-def proxy_parser(prog: str = "python -m sgdtune.proxy") -> argparse.ArgumentParser:
-    from .proxy import DEFAULT_HOST, DEFAULT_PORT
+def proxy_parser(prog: str = "python -m sgdtune storage-proxy") -> argparse.ArgumentParser:
+    from .store.proxy import DEFAULT_HOST, DEFAULT_PORT
 
     p = argparse.ArgumentParser(prog=prog, epilog=PROXY_EPILOG,
                                 description="Serve one Optuna RDB storage through Optuna's gRPC storage proxy, so "
@@ -495,11 +497,11 @@ def proxy_parser(prog: str = "python -m sgdtune.proxy") -> argparse.ArgumentPars
     return p
 
 
-def proxy_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune.proxy") -> int:
+def proxy_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune storage-proxy") -> int:
     """Serve until Ctrl-C or SIGTERM; 0 when stopped, 2 on bad input (nothing served)."""
     args = proxy_parser(prog).parse_args(argv)
     from .hosts import warn_if_exposed
-    from .proxy import serve
+    from .store.proxy import serve
 
     warn_if_exposed(args.host, args.port, "the storage proxy")
 
@@ -595,8 +597,8 @@ def cluster_parser(prog: str = "sgdtune cluster") -> argparse.ArgumentParser:
 def cluster_main(argv: Sequence[str] | None = None, prog: str = "sgdtune cluster") -> int:
     """Print (or write) the rendered template; 0 when done, 2 on bad input."""
     args = cluster_parser(prog).parse_args(argv)
-    from .cluster import Job, kubernetes, slurm
     from .config import load_experiment
+    from .study.cluster import Job, kubernetes, slurm
 
     try:
         config = load_experiment(args.experiment)

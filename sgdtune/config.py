@@ -2,6 +2,8 @@
 
 Every rule lives in a pydantic field or validator, so a bad file and a bad flag get the
 same message: the field, what is allowed, and what was given.
+
+Layer: config (the experiment schema, validated once; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -40,6 +42,19 @@ SEARCHABLE = {
 }
 OBJECTIVES = {"val_acc": "maximize", "compute_time_s": "minimize"}
 STRATIFIED_SAMPLERS = ("tpe", "random", "gp")  # those that model from a study's trials alone (space.StratifiedSampler)
+
+
+# Stores MLflow 3 opens for a tracking URI (its file store is refused), beside any plugin's.
+BUILTIN_TRACKING_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
+                                      "databricks-uc", "uc"})
+
+
+def tracking_schemes() -> frozenset[str]:
+    """URI schemes MLflow can track to here: built in, and registered by installed plugins
+    (read from package metadata, without importing MLflow)."""
+    from importlib.metadata import entry_points
+
+    return BUILTIN_TRACKING_SCHEMES | {ep.name for ep in entry_points(group="mlflow.tracking_store")}
 
 
 class _Strict(BaseModel):
@@ -132,7 +147,8 @@ class ExperimentConfig(_Strict):
         "keep_models by the first objective logs its weights as an MLflow logged model, and a trial that drops "
         "out of them has its model deleted; 0 = none")
     profile: bool = Field(default=True, description="time one update of the model at each batch size on this device "
-                          "before the first trial (sgdtune/profile.py; cached under mlruns/profiles/); false = skip")
+                          "before the first trial (sgdtune/profile/measure.py; cached under mlruns/profiles/); "
+                          "false = skip")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -166,8 +182,6 @@ class ExperimentConfig(_Strict):
     def _known_tracking_scheme(cls, uri: str | None) -> str | None:
         # Checked here, before anything is written: MLflow itself opens the store in the
         # writer process, and only a trial later would its error arrive.
-        from .tracking import tracking_schemes
-
         if uri is None:
             return uri
         scheme = uri.partition("://")[0].split("+")[0] if "://" in uri else None

@@ -9,6 +9,8 @@ A held-out test set: mnist1d comes with its own (1,000 examples); for the others
 `test_fraction` > 0 carves one off (seeded, stratified for classification) before the
 validation split. Validation is what pruning and the sampler see; the test set is evaluated
 once at the end of training (final_test_acc / final_test_loss), never used for selection.
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations

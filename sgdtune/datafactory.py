@@ -16,6 +16,8 @@ materialized arrays must fit in MEMORY_SHARE of the memory free on the training 
 GPU's, or the machine's available RAM for the CPU) when the study starts: the whole data set
 then sits on the device once and every epoch slices it (no DataLoader). A Dataset's size is
 estimated from its first item before anything else is read; the error names it.
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Bad user input has one type, InputError, and one sentence shape: every message r
 data cell), the rule with the allowed values, and the value received. The CLI prints it on
 one line and exits with status 2 (cli.py); the Python API raises it as a ValueError. The
 other errors are failures of a store or a process during a study, each said in one line.
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class TrackingError(RuntimeError):
 
 class WriterGone(TrackingError):
     """The writer process died (killed, out of memory): raised once, then the tracker makes
-    the ends of its runs directly (writer.py, its opening docstring)."""
+    the ends of its runs directly (store/writer.py, its opening docstring)."""
 
 
 class Surplus(Exception):

@@ -9,6 +9,8 @@ that the other could not.
 
 A kept network records the folder its model factory was imported from (`import_root`, in
 architecture.json: saved.py), so that it can be rebuilt from any working directory.
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations

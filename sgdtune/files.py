@@ -7,6 +7,8 @@ within one file system), flushes it to the disk (fsync), then renames it over th
 syncs the folder. If the write fails, the temporary file is removed and the target is as it
 was. A process killed mid-write leaves the target as it was and, at worst, a temporary
 `.NAME.tmp-PID-...` file beside it.
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ chooses among the GPUs this process sees (indices into its CUDA_VISIBLE_DEVICES,
 of the machine's when that is unset); a GPU listed twice (`--gpus 0,0,1,1`) runs two trials at
 once. Workers take the listed slots in turn. Standard library only: the plan is made before
 torch loads, and tested with any list of devices.
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Loopback, and so quiet: `localhost`, 127.0.0.0/8 and ::1. Everything else, the w
 0.0.0.0 and :: (every interface) included, is reachable from elsewhere: the servers have no
 login, so the commands warn (docs/scale-out.md, Security). Addresses are read as the C library reads
 them, so `0` is 0.0.0.0 and `127.1` is 127.0.0.1.
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations

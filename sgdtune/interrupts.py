@@ -4,6 +4,8 @@ A process that calls `stop_on_sigterm` turns SIGTERM into `Terminated`, a Keyboa
 so every path that ends a trial cleanly on Ctrl-C (its run ended, its Optuna state FAIL with
 the reason "interrupted (SIGTERM)") serves SIGTERM too. Exit statuses, the shell's
 convention of 128 + the signal's number: 130 after Ctrl-C (SIGINT), 143 after SIGTERM.
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations

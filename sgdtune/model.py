@@ -1,5 +1,8 @@
 """Model builders: a plain MLP, a small CNN (1-D sequences or square images), or a user's
-factory "pkg.module:function"."""
+factory "pkg.module:function".
+
+Layer: base (shared by every layer above; docs/architecture.md).
+"""
 
 from __future__ import annotations
 

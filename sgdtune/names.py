@@ -1,6 +1,8 @@
 """The rule for a study's name, which becomes a folder (reports/<name>/), a file name and an
 MLflow experiment's name. Standard library only: the experiment schema (config.py) and the
 report, which loads no torch, both check names with it.
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ watchdog then signals every group it was told of, and the groups of their descen
 puts its huey job workers in a group of their own, PostgreSQL each backend), waits up to
 GRACE_S, and kills what is left. It also removes the folders it was told of (a throw-away
 database cluster).
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations

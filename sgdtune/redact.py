@@ -18,6 +18,8 @@ The rule (the value becomes `***`, the rest of the text is kept):
 - Nothing else: other names ending in `key` are not secrets (MLflow's `viewStateShareKey`,
   `orderByKey`; libpq's `sslkey` is a file's path), and text with neither a URL password nor
   such a parameter is left as it is (`--set: must look like KEY=VALUE`).
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def redact(text: str | None) -> str | None:
     return _PARAM.sub(_masked_param, text)
 
 
-redact_url = redact  # the name tracking.py, console.py and the report import
+redact_url = redact  # the name store/tracking.py, study/console.py and the report import
 
 
 def redact_tree(value: Any) -> Any:

@@ -6,6 +6,8 @@ tests/test_reference.py holds the committed page equal to this output.
 
     python -m sgdtune.reference                                   # prints the markdown
     python -m sgdtune.reference --out docs/experiment-reference.md
+
+Layer: pages (pages and servers a person opens; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ split's digest (sha256 of its feature and target arrays, first 16 hex digits, co
 per process), the source (the file, the generator and its seed, or a data.factory's
 "pkg.module:function" and the seed it was called with) and the split sizes in the profile
 (`dataset_records`).
+
+Layer: study (one study from its experiment to its last trial; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -318,8 +320,8 @@ def _find_trial(study_name: str | None, trial: int | str, storage: str | None, t
     COMPLETE trial."""
     from optuna.trial import TrialState
 
-    from .stores import default_storage_url, load_study, open_runs
-    from .tracking import default_tracking_uri, quiet_logging
+    from .store.stores import default_storage_url, load_study, open_runs
+    from .store.tracking import default_tracking_uri, quiet_logging
 
     quiet_logging()
     study = load_study(storage or default_storage_url(), study_name)
@@ -350,8 +352,8 @@ def _find_trial(study_name: str | None, trial: int | str, storage: str | None, t
 def register_best(study: optuna.Study, name: str, tracking_uri: str) -> tuple[int, str]:
     """Register the best trial's logged model in the MLflow model registry under `name`;
     (trial number, new version)."""
-    from .logged_models import register_logged_model
-    from .run_reader import RunReader
+    from .store.logged_models import register_logged_model
+    from .store.run_reader import RunReader
 
     ranked = rank_trials(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}

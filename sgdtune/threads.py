@@ -13,6 +13,8 @@ The load of other processes is deliberately not an input of "auto": the thread c
 changes how torch splits a sum (one update of that MLP: the last layer's gradient differs in
 its last bits between 1 and 2 threads), so a choice that followed the machine's load would
 make a study's numbers depend on other jobs. On a shared machine, `--threads 1`.
+
+Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Devices, and time and memory on them: CUDA events on a GPU, clocks on a CPU."""
+"""Devices, and time and memory on them: CUDA events on a GPU, clocks on a CPU.
+
+Layer: base (shared by every layer above; docs/architecture.md).
+"""
 
 from __future__ import annotations
 

@@ -272,9 +272,9 @@ def test_a_study_with_batch_trials_trains_cohorts_of_one_batch_size_like_one_by_
 
     from sgdtune.config import load_experiment
     from sgdtune.data import load_data
-    from sgdtune.search import derive_seed
-    from sgdtune.stores import locations
-    from sgdtune.study import run_study
+    from sgdtune.search.strategy import derive_seed
+    from sgdtune.store.stores import locations
+    from sgdtune.study.run import run_study
     from sgdtune.trainer import train
 
     config = load_experiment("experiments/quick.toml", n_trials=6, **{

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sgdtune"
-TRACKING_MODULES = {"sgdtune.tracking", "sgdtune.writer", "sgdtune.run_reader", "sgdtune.logged_models"}
+TRACKING_MODULES = {"sgdtune.store.tracking", "sgdtune.store.writer", "sgdtune.store.run_reader",
+                    "sgdtune.store.logged_models"}
 # Private names of Optuna and MLflow objects that sgdtune once reached for.
 FOREIGN_PRIVATE = {"_storage", "_trial_id", "_study_id", "_tracking_client", "_get_store"}
 
@@ -145,7 +146,7 @@ def test_trainer_data_model_and_science_import_neither_optuna_nor_mlflow():
 
 
 def test_report_and_ui_do_not_import_torch():
-    loaded = loaded_after_import("sgdtune.report.write", "sgdtune.ui")  # the package itself resolves names on use
+    loaded = loaded_after_import("sgdtune.report.write", "sgdtune.ui.server")  # the package resolves names on use
     assert "optuna" in loaded  # the report reads a study
     assert "torch" not in loaded
 
@@ -178,3 +179,37 @@ def test_errors_and_names_import_nothing_of_sgdtune_but_errors():
     graph = internal_graph()
     assert graph["sgdtune.errors"] == set()
     assert graph["sgdtune.names"] == {"sgdtune.errors"}
+
+
+# The layers, top to bottom: a module imports only from its own layer or those below it.
+# Each module's opening docstring names its layer ("Layer: study (...)"); docs/architecture.md
+# draws them.
+LAYERS = ["edge", "pages", "study", "report", "search", "store", "profile", "config", "trainer", "science", "base"]
+
+
+def layer(tree: ast.Module) -> str | None:
+    doc = ast.get_docstring(tree) or ""
+    found = [line.split(":", 1)[1].split()[0].strip(".,;") for line in doc.splitlines() if line.startswith("Layer:")]
+    return found[0] if len(found) == 1 else None
+
+
+def test_every_module_says_its_layer_in_its_opening_docstring():
+    unnamed = sorted(name for name, tree in modules().items() if layer(tree) not in LAYERS)
+    assert unnamed == []
+
+
+def test_imports_run_down_the_layers():
+    trees = modules()
+    rank = {name: LAYERS.index(layer(tree)) for name, tree in trees.items() if layer(tree) in LAYERS}
+    upward = sorted(f"{a} ({layer(trees[a])}) -> {b} ({layer(trees[b])})"
+                    for a, targets in internal_graph().items() for b in targets
+                    if a in rank and b in rank and rank[b] < rank[a]
+                    and b != "sgdtune")  # the package root: imported first by any of its modules anyway
+    assert upward == []
+
+
+def test_the_layer_check_finds_an_import_that_runs_up():
+    tree = ast.parse('"""A module.\n\nLayer: trainer (the loop).\n"""\n')
+    assert layer(tree) == "trainer"
+    assert LAYERS.index("trainer") > LAYERS.index("store")  # trainer -> store would run up
+    assert layer(ast.parse('"""No layer named."""\n')) is None

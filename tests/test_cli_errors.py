@@ -18,7 +18,7 @@ from conftest import free_port, quick_study_in, run_cli
 from mlflow import MlflowClient
 
 from sgdtune.hosts import canonical, is_loopback, url_host
-from sgdtune.stores import open_storage
+from sgdtune.store.stores import open_storage
 
 FAST = ["--no-progress", "--set", "search.epochs.low=1", "--set", "search.epochs.high=1"]
 WARNING = "warning: binding "
@@ -176,13 +176,13 @@ def ipv6_loopback() -> bool:
 def test_the_storage_proxy_serves_on_ipv6_loopback(tmp_path):
     pytest.importorskip("grpc")
     port = free_port()
-    proxy = subprocess.Popen([sys.executable, "-m", "sgdtune.proxy", "--storage", f"sqlite:///{tmp_path}/o.db",
+    proxy = subprocess.Popen([sys.executable, "-m", "sgdtune", "storage-proxy", "--storage", f"sqlite:///{tmp_path}/o.db",
                               "--host", "::1", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert proxy.stdout.readline().startswith("serving the Optuna storage")
         assert f"grpc://[::1]:{port}" in proxy.stdout.readline()
-        from sgdtune.stores import open_grpc_storage
+        from sgdtune.store.stores import open_grpc_storage
 
         storage = open_grpc_storage(f"grpc://[::1]:{port}")
         optuna.create_study(study_name="v6", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), 2)

@@ -15,7 +15,7 @@ from conftest import EXPERIMENTS, ROOT
 
 from sgdtune.cli import report_main
 
-HEAVY = ("torch", "optuna", "mlflow", "sgdtune.writer")  # sgdtune.writer: the prestart of MLflow's writer
+HEAVY = ("torch", "optuna", "mlflow", "sgdtune.store.writer")  # sgdtune.store.writer: the prestart of MLflow's writer
 # Runs `python -m MODULE ARGS...` as runpy does for -m, then prints the exit status and every
 # module loaded, so a test sees what `--help` imported.
 PROBE = """
@@ -96,7 +96,7 @@ def test_report_json_records_the_report_command_as_typed(quick_study, monkeypatc
 def test_ctrl_c_during_a_trial_prints_one_clean_line_and_no_traceback(tmp_path, workers):
     import optuna
 
-    from sgdtune.stores import open_storage
+    from sgdtune.store.stores import open_storage
 
     shutil.copytree(EXPERIMENTS, tmp_path / "experiments")
     long_trials = ["--set", "search.epochs.low=300", "--set", "search.epochs.high=400"]  # minutes each
@@ -178,7 +178,7 @@ def writer_started_by(pid: int) -> bool:
     """Whether process `pid` has started MLflow's writer process (cli.study_main, after parsing)."""
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and b"sgdtune.writer" in (entry / "cmdline").read_bytes():
+            if entry.name.isdigit() and b"sgdtune.store.writer" in (entry / "cmdline").read_bytes():
                 stat = (entry / "stat").read_text()
                 if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
                     return True
@@ -214,7 +214,7 @@ def test_the_interrupt_filter_drops_a_ctrl_c_trial_and_keeps_real_errors():
 
     import optuna
 
-    from sgdtune.console import hide_interrupted_trials
+    from sgdtune.study.console import hide_interrupted_trials
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -269,7 +269,7 @@ def finished_study(experiment_id: str = "7"):
 
 def closing(monkeypatch, capsys, columns: int, tracking_uri: str = "sqlite:////tmp/x/mlflow.db") -> str:
     from sgdtune.config import load_experiment
-    from sgdtune.console import print_closing
+    from sgdtune.study.console import print_closing
 
     monkeypatch.setenv("COLUMNS", str(columns))
     print_closing(finished_study(), load_experiment(EXPERIMENTS / "quick.toml"), "mlruns/optuna.journal",
@@ -303,7 +303,7 @@ def test_the_closing_table_of_a_pareto_study_marks_its_front(monkeypatch, capsys
     import optuna
 
     from sgdtune.config import load_experiment
-    from sgdtune.console import print_closing
+    from sgdtune.study.console import print_closing
 
     study = optuna.create_study(directions=["maximize", "minimize"], study_name="quick")
     # (val_acc, seconds): trial 1 is beaten by trial 0 on both; 0, 2 and 3 are the front
@@ -323,7 +323,7 @@ def test_the_closing_table_shows_mean_and_std_of_val_acc_with_replicates(monkeyp
     import optuna
 
     from sgdtune.config import load_experiment
-    from sgdtune.console import print_closing
+    from sgdtune.study.console import print_closing
 
     study = finished_study()
     summary = {"final_val_acc": 0.9806, "final_val_acc_std": 0.0042, "final_gen_gap": 0.01, "compute_time_s": 2.0}
@@ -388,7 +388,7 @@ def test_a_ctrl_c_trial_is_dropped_by_a_handler_after_another_handler_made_it_on
 
     import optuna
 
-    from sgdtune.console import InterruptedTrialFilter, _OneLineFailures
+    from sgdtune.study.console import InterruptedTrialFilter, _OneLineFailures
 
     first, second = io.StringIO(), io.StringIO()
     one_line, hiding = logging.StreamHandler(first), logging.StreamHandler(second)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import EXPERIMENTS, PG_PASSWORD, run_cli
 
-from sgdtune.cluster import HEARTBEAT_S, Job, kubernetes, slurm
+from sgdtune.study.cluster import HEARTBEAT_S, Job, kubernetes, slurm
 
 QUICK = EXPERIMENTS / "quick.toml"
 STORAGE = "postgresql://sgd@db.internal/optuna"
@@ -88,7 +88,7 @@ def _run_tasks(commands: list[list[str]], index_env: str, cwd: Path) -> list[sub
 def _check_study(storage_url: str, name: str, n_trials: int, tasks: set[str]) -> None:
     study = optuna.load_study(study_name=name, storage=storage_url)
     # a trial two tasks started at the same moment beyond n_trials is a surplus one: failed
-    # before it drew anything, and not counted (search.check_not_surplus)
+    # before it drew anything, and not counted (strategy.check_not_surplus)
     finished = [t for t in study.trials if t.state.is_finished() and t.user_attrs.get("fail_kind") != "surplus"]
     assert len(finished) == n_trials, [t.state for t in study.trials]
     params = Counter(tuple(sorted(t.params.items())) for t in finished)

@@ -1,4 +1,4 @@
-"""Running a study's trials in this process (sgdtune/cohorts.py): settling beside other workers."""
+"""Running a study's trials in this process (sgdtune/study/cohorts.py): settling beside other workers."""
 
 import threading
 import time
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import optuna
 
-from sgdtune.cohorts import settle, settle_poll_s
+from sgdtune.study.cohorts import settle, settle_poll_s
 
 
 def test_the_storage_is_read_every_tenth_of_a_heartbeat_between_1_s_and_the_heartbeat():

@@ -263,8 +263,8 @@ def test_a_trial_with_a_test_set_logs_final_test_acc_and_n_test(workdir):
     from mlflow import MlflowClient
 
     from sgdtune.config import load_experiment
-    from sgdtune.stores import locations
-    from sgdtune.study import run_study
+    from sgdtune.store.stores import locations
+    from sgdtune.study.run import run_study
 
     config = load_experiment("experiments/quick.toml", n_trials=1, **{"data.test_fraction": 0.2})
     study = run_study(config)

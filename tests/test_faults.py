@@ -25,9 +25,9 @@ from conftest import run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sgdtune.reclaim import alive, process_identity, start_time
-from sgdtune.search import counts_as_finished
-from sgdtune.stores import open_storage
+from sgdtune.search.strategy import counts_as_finished
+from sgdtune.store.stores import open_storage
+from sgdtune.study.reclaim import alive, process_identity, start_time
 
 STORAGE = "mlruns/optuna.journal"
 # Trials of a second or two (30 epochs of 90 updates, no noise or sharpness probes), so that a
@@ -200,7 +200,7 @@ def test_sigterm_of_the_training_process_mid_trial_and_between_trials_then_resum
 # inside TrialJob.finish, after the trial's run has ended, before Optuna has been told.
 AS_IT_ENDS = """
 import os, signal, sys
-from sgdtune import trial
+from sgdtune.study import trial as trial
 from sgdtune.cli import interruptible, study_main
 keep = trial.TrialJob._keep_model
 def keep_then_signal(self, ending):
@@ -370,7 +370,7 @@ def start_together(cwd: Path, name: str, configs: list[list[str]], storage: str,
     """Start one process per entry of `configs` (extra --set flags) on study `name`, while
     the test holds `hold` ("start": sgdtune's start lock; "journal": Optuna's journal lock)
     for `hold_s` seconds; their (exit status, stderr), in order."""
-    from sgdtune.startlock import file_lock
+    from sgdtune.store.startlock import file_lock
 
     args = ["experiments/quick.toml", "--study-name", name, "--n-trials", str(n_trials), "--storage", storage,
             *SHORT, *extra]
@@ -552,7 +552,7 @@ def test_an_optuna_storage_that_refuses_writes_stops_with_one_line_and_the_resum
 
 def test_a_trial_left_running_by_a_process_that_died_before_recording_itself_is_reclaimed(workdir):
     resume(workdir, command(1, "--set", "keep_models=0"))
-    ask = ("import optuna; from sgdtune.stores import open_storage; "
+    ask = ("import optuna; from sgdtune.store.stores import open_storage; "
            f"optuna.load_study(study_name='quick', storage=open_storage({STORAGE!r})).ask()")
     subprocess.run([sys.executable, "-c", ask], cwd=workdir, check=True)  # a trial, then the process is gone
     (orphan,) = [t for t in trials() if t.state == TrialState.RUNNING]

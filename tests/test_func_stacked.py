@@ -187,7 +187,7 @@ class FakeJob:
 def test_cohorts_stack_factory_models_and_train_unstackable_ones_one_by_one(monkeypatch):
     from types import SimpleNamespace
 
-    from sgdtune import cohorts
+    from sgdtune.study import cohorts as cohorts
 
     stacked_sizes = []
 

@@ -1,4 +1,4 @@
-"""A study's identity (sgdtune/identity.py): the configuration it was started with is
+"""A study's identity (sgdtune/study/identity.py): the configuration it was started with is
 recorded, a changed one is refused before anything is written, and --fresh / --extend are
 the two ways on. Real CLI, journal storage and MLflow store, on a study of tiny trials."""
 
@@ -16,10 +16,10 @@ from mlflow.entities import ViewType
 from sgdtune.cli import study_main
 from sgdtune.config import load_experiment
 from sgdtune.errors import InputError
-from sgdtune.identity import CHANGES_ATTR, canonical_json, config_diff, diff, fingerprint
-from sgdtune.search import open_study
-from sgdtune.stores import locations, open_storage
-from sgdtune.study import run_study
+from sgdtune.search.strategy import open_study
+from sgdtune.store.stores import locations, open_storage
+from sgdtune.study.identity import CHANGES_ATTR, canonical_json, config_diff, diff, fingerprint
+from sgdtune.study.run import run_study
 
 TINY = """name = "tiny"
 seed = 0

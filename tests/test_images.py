@@ -18,7 +18,7 @@ from sgdtune.data import DataConfig, load_data, load_digits
 from sgdtune.errors import InputError
 from sgdtune.model import ModelConfig, build_model, describe_model
 from sgdtune.saved import save_model_file
-from sgdtune.stores import open_storage
+from sgdtune.store.stores import open_storage
 from sgdtune.trainer import TrainConfig, train, train_stacked
 
 CONSOLE = Path(sys.executable).parent / "sgdtune"

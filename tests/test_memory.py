@@ -7,7 +7,7 @@ from conftest import EXPERIMENTS
 from optuna.trial import TrialState
 
 from sgdtune.config import load_experiment
-from sgdtune.study import run_study
+from sgdtune.study.run import run_study
 
 # A model factory that, each time a trial builds its network, counts the networks and
 # parameters of earlier trials still alive. No gc.collect(): what only the garbage collector

@@ -25,7 +25,7 @@ from sgdtune.config import load_experiment
 from sgdtune.data import load_data
 from sgdtune.model import ModelConfig, Standardize, build_model
 from sgdtune.saved import array_digest
-from sgdtune.stores import open_storage
+from sgdtune.store.stores import open_storage
 from sgdtune.trainer import TrainConfig, evaluate, train, train_stacked
 
 KEEP = 2

@@ -1,4 +1,4 @@
-"""Resume keeps the plan (sgdtune/space.py plan_place, sgdtune/reclaim.py requeue): a trial
+"""Resume keeps the plan (sgdtune/search/space.py plan_place, sgdtune/study/reclaim.py requeue): a trial
 interrupted by Ctrl-C is queued again with its parameters, as a killed one is, and takes its
 place in the stratified round-robin, so a resumed study runs the batch sizes an uninterrupted
 one runs."""
@@ -10,8 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sgdtune import load_experiment, run_study
-from sgdtune.search import counts_as_finished
-from sgdtune.space import plan_place
+from sgdtune.search.space import plan_place
+from sgdtune.search.strategy import counts_as_finished
 
 STRATIFIED = """
 n_trials = 6

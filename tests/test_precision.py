@@ -11,7 +11,7 @@ from torch import nn
 
 from sgdtune.config import load_experiment
 from sgdtune.errors import InputError
-from sgdtune.identity import canonical_json
+from sgdtune.study.identity import canonical_json
 from sgdtune.trainer import TrainConfig, train
 from sgdtune.trainer.module_step import ModuleStepper
 

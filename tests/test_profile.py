@@ -1,4 +1,4 @@
-"""The device profile (sgdtune/profile.py): which batch sizes it times, its budget, its cache,
+"""The device profile (sgdtune/profile/measure.py): which batch sizes it times, its budget, its cache,
 its memory limit, its command, and where a study records it (a real SQLite MLflow store)."""
 
 import json
@@ -8,15 +8,15 @@ import pytest
 from conftest import EXPERIMENTS, write_experiment
 from mlflow import MlflowClient
 
-from sgdtune import profile as profile_mod
 from sgdtune.cli import main
 from sgdtune.config import load_experiment
 from sgdtune.data import load_data
-from sgdtune.profile import MEMORY_MARGIN, flat_up_to, profile_study
+from sgdtune.profile import measure as profile_mod
+from sgdtune.profile.measure import MEMORY_MARGIN, flat_up_to, profile_study
 from sgdtune.report import build_report, open_runs, render_html
 from sgdtune.report.build import clean
-from sgdtune.stores import open_storage
-from sgdtune.study import run_study
+from sgdtune.store.stores import open_storage
+from sgdtune.study.run import run_study
 
 INTERFACE = {"device", "dtype", "threads", "model", "input_shape", "batch_size", "seconds_per_update",
              "seconds_per_update_iqr", "examples_per_second", "peak_mem_mb", "largest_batch_size", "flat_up_to",

@@ -162,7 +162,7 @@ def test_the_fixture_servers_die_with_a_pytest_killed_by_sigkill(tmp_path):
 def test_the_ui_servers_die_with_a_ui_killed_by_sigkill(tmp_path):
     from mlflow import MlflowClient
 
-    from sgdtune.tracking import default_tracking_uri
+    from sgdtune.store.tracking import default_tracking_uri
 
     MlflowClient(tracking_uri=default_tracking_uri(tmp_path / "mlruns")).search_experiments()  # the store
     proc = subprocess.Popen([sys.executable, "-m", "sgdtune.ui", "--port", str(free_port())], cwd=tmp_path,

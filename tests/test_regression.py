@@ -44,8 +44,8 @@ from optuna.trial import TrialState
 from sgdtune.config import load_experiment
 from sgdtune.data import DataConfig, linear_regression, load_data
 from sgdtune.model import ModelConfig, build_model
-from sgdtune.search import derive_seed
-from sgdtune.stores import open_storage
+from sgdtune.search.strategy import derive_seed
+from sgdtune.store.stores import open_storage
 from sgdtune.trainer import TrainConfig, train
 
 EXPERIMENT = "linear_regression"

@@ -1,4 +1,4 @@
-"""Replicates: each sampled configuration trained with R seeds, its value their mean (trial.py)."""
+"""Replicates: each sampled configuration trained with R seeds, its value their mean (study/trial.py)."""
 
 import math
 import statistics
@@ -8,14 +8,14 @@ from conftest import EXPERIMENTS, run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sgdtune import trial as trial_mod
 from sgdtune.cli import study_main as main
 from sgdtune.config import load_experiment
-from sgdtune.search import derive_seed
-from sgdtune.stores import locations
-from sgdtune.study import run_study
+from sgdtune.search.strategy import derive_seed
+from sgdtune.store.stores import locations
+from sgdtune.study import trial as trial_mod
+from sgdtune.study.run import run_study
+from sgdtune.study.trial import SPREAD_METRICS, mean_history, mean_summary, replicate_seed
 from sgdtune.trainer import Diverged, EpochMetrics
-from sgdtune.trial import SPREAD_METRICS, mean_history, mean_summary, replicate_seed
 
 TIMING = {"compute_time_s", "wall_time_s", "throughput_eps", "peak_mem_mb", "gpu_time_s",
           "noise_probe_time_s", "epoch_time_s"}

@@ -25,9 +25,9 @@ from sgdtune.science.fits import (
     loglog_slope_interval,
     study_metrics,
 )
-from sgdtune.search import derive_seed
-from sgdtune.stores import open_storage
-from sgdtune.tracking import Tracker, default_tracking_uri
+from sgdtune.search.strategy import derive_seed
+from sgdtune.store.stores import open_storage
+from sgdtune.store.tracking import Tracker, default_tracking_uri
 
 try:  # tests/ on sys.path (rootdir-relative imports) ...
     from browser import chromium, open_page, png_stats  # noqa: F401  (chromium is a fixture)
@@ -802,7 +802,7 @@ def test_batch_size_is_a_colour_scale_not_a_legend_entry_per_trial():
 
 def test_the_stratified_sampler_cycles_octaves_and_leaves_the_rest_to_the_base_sampler():
     from sgdtune.config import ParamRange
-    from sgdtune.space import StratifiedSampler, powers_of_two, suggest
+    from sgdtune.search.space import StratifiedSampler, powers_of_two, suggest
 
     rng = ParamRange(low=8, high=1024, log=True, stratify=True)
     assert powers_of_two(rng) == [8, 16, 32, 64, 128, 256, 512, 1024]
@@ -820,8 +820,8 @@ def test_the_stratified_sampler_cycles_octaves_and_leaves_the_rest_to_the_base_s
 
 def test_the_stratified_study_conditions_sampler_and_pruner_on_the_batch_size():
     from sgdtune.config import load_experiment
-    from sgdtune.search import make_pruner, make_sampler
-    from sgdtune.space import stratum_study
+    from sgdtune.search.space import stratum_study
+    from sgdtune.search.strategy import make_pruner, make_sampler
 
     config = load_experiment(EXPERIMENTS / "batch_tradeoff.toml")
     assert config.search["batch_size"].stratify
@@ -846,15 +846,15 @@ def test_the_stratified_study_conditions_sampler_and_pruner_on_the_batch_size():
         study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(trial, 1.0 - b / 2048)
     assert study.trials[15].params["batch_size"] == 1024 and study.trials[15].state == TrialState.COMPLETE
     assert optuna.pruners.MedianPruner(n_warmup_steps=3).prune(study, study.trials[15])  # a plain median would
-    # the median within B = 1024 alone, without the spared first 2 complete trials (search.CoverFirst)
-    from sgdtune.space import StratifiedPruner
+    # the median within B = 1024 alone, without the spared first 2 complete trials (strategy.CoverFirst)
+    from sgdtune.search.space import StratifiedPruner
     within = StratifiedPruner(optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=3), "batch_size")
     assert not within.prune(study, study.trials[15])
 
 
 def suggest_b(trial) -> int:
     from sgdtune.config import load_experiment
-    from sgdtune.space import suggest
+    from sgdtune.search.space import suggest
 
     return suggest(trial, load_experiment(EXPERIMENTS / "batch_tradeoff.toml").search)["batch_size"]
 
@@ -874,7 +874,7 @@ def test_bad_stratify_settings_are_input_errors(sets, message):
 
 def test_stacked_cohorts_refuse_a_stratified_batch_size():
     from sgdtune.config import load_experiment
-    from sgdtune.session import RunOptions
+    from sgdtune.study.session import RunOptions
 
     config = load_experiment(EXPERIMENTS / "batch_tradeoff.toml")
     with pytest.raises(InputError, match=re.escape("--batch-trials: cannot be combined with "

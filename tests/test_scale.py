@@ -14,7 +14,7 @@ import sqlalchemy
 from conftest import PG_PASSWORD, free_port, run_cli
 
 from sgdtune.errors import InputError
-from sgdtune.stores import open_storage
+from sgdtune.store.stores import open_storage
 from sgdtune.threads import WORK_PER_THREAD, ThreadChooser, choose_threads
 
 SHORT = ["--set", "search.epochs.low=1", "--set", "search.epochs.high=2", "--no-progress"]
@@ -22,7 +22,8 @@ SHORT = ["--set", "search.epochs.low=1", "--set", "search.epochs.high=2", "--no-
 
 def start_proxy(storage: str, port: int, cwd) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "sgdtune.proxy", "--storage", storage, "--port", str(port)],
+    return subprocess.Popen([sys.executable, "-m", "sgdtune", "storage-proxy", "--storage", storage,
+                             "--port", str(port)],
                             cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -98,17 +99,18 @@ def test_a_grpc_url_without_a_port_is_refused_in_one_line(workdir):
 
 
 def test_the_proxy_refuses_a_journal_file_a_busy_port_and_a_database_it_cannot_open(workdir):
-    journal = run_cli("sgdtune.proxy", "--storage", "mlruns/optuna.journal", cwd=workdir, timeout=120)
+    journal = run_cli("sgdtune", "storage-proxy", "--storage", "mlruns/optuna.journal", cwd=workdir, timeout=120)
     assert journal.returncode == 2
     assert journal.stderr.startswith("error: --storage: must be an RDB URL")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        busy = run_cli("sgdtune.proxy", "--storage", "sqlite:///o.db", "--port", str(port), cwd=workdir, timeout=120)
+        busy = run_cli("sgdtune", "storage-proxy", "--storage", "sqlite:///o.db", "--port", str(port),
+                       cwd=workdir, timeout=120)
     assert busy.returncode == 2
     assert busy.stderr.strip() == f"error: --port: must be free on 127.0.0.1 (Address already in use); got {port}"
-    closed = run_cli("sgdtune.proxy", "--storage", f"postgresql://sgd:{PG_PASSWORD}@127.0.0.1:{free_port()}/x",
+    closed = run_cli("sgdtune", "storage-proxy", "--storage", f"postgresql://sgd:{PG_PASSWORD}@127.0.0.1:{free_port()}/x",
                      "--port", str(free_port()), cwd=workdir, timeout=120)
     assert closed.returncode == 2
     assert closed.stderr.startswith("error: --storage: must be an RDB storage that opens here, and it did not")

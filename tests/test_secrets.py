@@ -10,13 +10,13 @@ import pytest
 from conftest import EXPERIMENTS, PG_PASSWORD, _pg_bin, free_port, mlflow_server_at, run_cli
 from mlflow import MlflowClient
 
-from sgdtune.stores import open_storage
+from sgdtune.store.stores import open_storage
 
 FAST = ["--no-progress", "--set", "search.epochs.low=1", "--set", "search.epochs.high=1"]
 
 
 def test_a_fail_reason_quoting_a_url_is_masked_in_its_tag(tmp_path):
-    from sgdtune.tracking import Tracker
+    from sgdtune.store.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "s")
     parent = tracker.start_parent_run({}, {})

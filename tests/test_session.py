@@ -1,4 +1,4 @@
-"""The run's options (sgdtune/session.py RunOptions): each bad one is one InputError naming its
+"""The run's options (sgdtune/study/session.py RunOptions): each bad one is one InputError naming its
 flag (or keyword), the rule and what was given, raised once, before anything is loaded or
 written; a worker process gets the checked options and does not check them again."""
 
@@ -9,12 +9,12 @@ import pickle
 import pytest
 from conftest import EXPERIMENTS
 
-from sgdtune import session
 from sgdtune.config import load_experiment
 from sgdtune.errors import InputError
-from sgdtune.session import RunOptions
-from sgdtune.study import run_study
-from sgdtune.workers import WorkerSpec
+from sgdtune.study import session as session
+from sgdtune.study.run import run_study
+from sgdtune.study.session import RunOptions
+from sgdtune.study.workers import WorkerSpec
 
 
 def quick(**overrides):

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from sgdtune.errors import InputError
 from sgdtune.names import check_name
 from sgdtune.report.write import report_folder
-from sgdtune.stores import open_storage, repair_journal
+from sgdtune.store.stores import open_storage, repair_journal
 
 FAST = ["--no-progress", "--n-trials", "1", "--set", "search.epochs.low=1", "--set", "search.epochs.high=1"]
 
@@ -269,7 +269,7 @@ def test_three_processes_start_one_study_on_a_fresh_postgresql_database(workdir,
     assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
     trials = trials_in(url)
     # n_trials = 1: one trial completes; a process that asked for a trial at the same moment
-    # gets a surplus one, failed before it drew anything and not counted (search.check_not_surplus)
+    # gets a surplus one, failed before it drew anything and not counted (strategy.check_not_surplus)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     surplus = [t for t in trials if t.user_attrs.get("fail_kind") == "surplus"]
     assert len(complete) == 1 and len(complete) + len(surplus) == len(trials), [t.state for t in trials]
@@ -393,7 +393,7 @@ def test_a_refused_store_leaves_every_file_and_folder_as_it_was(case, fresh, one
 
 def test_a_database_with_another_store_s_tables_is_refused_before_it_is_opened(tmp_path):
     """The rule behind the refusals above, at the API: read-only, and naming whose tables they are."""
-    from sgdtune.stores import check_before_writing
+    from sgdtune.store.stores import check_before_writing
 
     db = tmp_path / "optuna.db"
     optuna.create_study(storage=f"sqlite:///{db}", study_name="x")
@@ -414,7 +414,7 @@ def test_a_database_with_another_store_s_tables_is_refused_before_it_is_opened(t
 def test_a_working_folder_named_with_url_characters_keeps_the_stores_inside_it(tmp_path, name):
     import sqlite3
 
-    from sgdtune.tracking import sqlite_path
+    from sgdtune.store.tracking import sqlite_path
 
     cwd = tmp_path / name
     shutil.copytree(Path(__file__).resolve().parent.parent / "experiments", cwd / "experiments")
@@ -436,7 +436,7 @@ def test_a_working_folder_named_with_url_characters_keeps_the_stores_inside_it(t
 def test_a_store_url_built_from_a_path_reads_back_as_that_path(path):
     from sqlalchemy.engine import make_url
 
-    from sgdtune.tracking import sqlite_path, sqlite_uri
+    from sgdtune.store.tracking import sqlite_path, sqlite_uri
 
     assert make_url(sqlite_uri(path)).database == path  # as MLflow's and Optuna's SQLAlchemy read it
     assert sqlite_path(sqlite_uri(path)) == Path(path)

@@ -1,5 +1,5 @@
 """The stratified search covers every batch size: at least 2 complete trials per octave of B
-(search.CoverFirst spares the first trials, space.StratifiedSampler replaces diverged ones)."""
+(strategy.CoverFirst spares the first trials, space.StratifiedSampler replaces diverged ones)."""
 
 from collections import Counter
 
@@ -10,9 +10,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from sgdtune.config import load_experiment
-from sgdtune.search import FAIL_KIND, make_pruner, make_sampler
-from sgdtune.space import powers_of_two, suggest
-from sgdtune.study import run_study
+from sgdtune.search.space import powers_of_two, suggest
+from sgdtune.search.strategy import FAIL_KIND, make_pruner, make_sampler
+from sgdtune.study.run import run_study
 
 CONFIG = load_experiment(EXPERIMENTS / "batch_tradeoff.toml")
 OCTAVES = powers_of_two(CONFIG.search["batch_size"])  # 8, 16, ..., 1024

@@ -10,12 +10,12 @@ from conftest import EXPERIMENTS, run_cli, write_experiment
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sgdtune import trial as trial_mod
 from sgdtune.cli import study_main as main
 from sgdtune.config import load_experiment
 from sgdtune.science.fits import fit_steps_to_target
-from sgdtune.stores import locations, open_storage
-from sgdtune.study import run_study
+from sgdtune.store.stores import locations, open_storage
+from sgdtune.study import trial as trial_mod
+from sgdtune.study.run import run_study
 
 CHILD_PARAMS = {
     "batch_size", "lr", "epochs", "budget", "optimizer", "momentum", "weight_decay", "dataset",

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sgdtune import surface as S
 from sgdtune.cli import surface_main
+from sgdtune.surface import explorer as S
 
 try:  # tests/ on sys.path (rootdir-relative imports) ...
     from browser import chromium, open_page, png_stats  # noqa: F401  (chromium is a fixture)

@@ -3,8 +3,8 @@
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from sgdtune.run_reader import RunReader, store_exists
-from sgdtune.tracking import Tracker, default_tracking_uri
+from sgdtune.store.run_reader import RunReader, store_exists
+from sgdtune.store.tracking import Tracker, default_tracking_uri
 
 
 def test_two_processes_creating_one_new_study_end_up_under_the_same_parent(tmp_path, monkeypatch):
@@ -116,7 +116,7 @@ def test_a_stale_trial_run_is_failed_with_its_nested_runs_and_child_runs_list_tr
 def test_a_run_left_running_under_a_complete_trial_gets_its_summary_or_ends_failed(tmp_path):
     """A complete trial whose run's end was lost: ended FINISHED with the summary metrics the
     Optuna trial kept (and a tag saying so); without a summary it is not labelled complete."""
-    from sgdtune.tracking import RECOVERED_NOTE
+    from sgdtune.store.tracking import RECOVERED_NOTE
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker(uri, "s")
@@ -138,7 +138,7 @@ import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))  # a write past 40 kB fails (EFBIG), as on a full disk
 from sgdtune.errors import TrackingError
-from sgdtune.writer import BackgroundTracker
+from sgdtune.store.writer import BackgroundTracker
 tracker = BackgroundTracker(sys.argv[1], "s")  # its writer process inherits the limit
 for number in range(2):
     try:
@@ -147,7 +147,7 @@ for number in range(2):
         tracker.end_trial_run(run, "COMPLETE", {"final_val_acc": 0.5})
     except TrackingError as e:
         print(e)
-    for _ in range(3):  # as a trial records its run id (trial.py), after its end
+    for _ in range(3):  # as a trial records its run id (study/trial.py), after its end
         try:
             tracker.run_id(run.key)
         except TrackingError as e:

@@ -15,7 +15,7 @@ import pytest
 from browser import chromium, open_page  # noqa: F401 (chromium is a fixture)
 
 from sgdtune.cli import ui_main
-from sgdtune.stores import open_storage
+from sgdtune.store.stores import open_storage
 
 UP_TIMEOUT_S = 90  # mlflow server and optuna-dashboard start together on 2 CPU cores in ~25 s
 
@@ -145,8 +145,8 @@ def test_bad_flags_exit_2_and_start_nothing(quick, monkeypatch, capsys, argv, me
 def test_the_printed_url_opens_the_trials_best_first_with_their_params_and_metrics(quick, chromium, reaper):  # noqa: F811
     from mlflow import MlflowClient
 
-    from sgdtune.runs_view import NAME, TAG
-    from sgdtune.tracking import default_tracking_uri
+    from sgdtune.store.runs_view import NAME, TAG
+    from sgdtune.store.tracking import default_tracking_uri
 
     cwd, study = quick
     experiment_id = study.user_attrs["mlflow_experiment_id"]
@@ -191,7 +191,7 @@ def test_the_saved_view_ranks_complete_trials_before_pruned_ones_and_presets_the
     from conftest import EXPERIMENTS, run_cli
     from mlflow import MlflowClient
 
-    from sgdtune.runs_view import TAG
+    from sgdtune.store.runs_view import TAG
 
     shutil.copytree(EXPERIMENTS, tmp_path / "experiments")
     out = run_cli("sgdtune.study", "experiments/quick.toml", "--no-progress", "--n-trials", "6", "--set",

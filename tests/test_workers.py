@@ -14,8 +14,8 @@ from conftest import EXPERIMENTS, PG_PASSWORD, run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sgdtune.stores import open_storage
-from sgdtune.workers import split
+from sgdtune.store.stores import open_storage
+from sgdtune.study.workers import split
 
 SHORT = ["--set", "search.epochs.low=1", "--set", "search.epochs.high=2", "--no-progress"]
 # Trials of several seconds even on a fast machine (100 epochs of 90 updates), so that a
@@ -70,7 +70,8 @@ def test_a_worker_interrupted_while_it_starts_exits_130_without_a_traceback(tmp_
     script = textwrap.dedent(f"""
         import signal
         from pathlib import Path
-        from sgdtune import session, workers
+        from sgdtune.study import session as session
+        from sgdtune.study import workers as workers
         from sgdtune.config import load_experiment
 
         def starting_the_writer(*args, **kwargs):
@@ -155,7 +156,7 @@ def test_with_heartbeats_a_killed_workers_trial_is_failed_and_run_again_by_anoth
     wait_for_running_trial(storage, first)
     second = start(workdir, *common)  # a worker on "another machine" joins the same study
     # Killed once the second runs a trial too, so past its start: a start reclaims a dead
-    # process's trial of its own host at once (reclaim.py); here the heartbeats must find it.
+    # process's trial of its own host at once (study/reclaim.py); here the heartbeats must find it.
     deadline = time.monotonic() + 180
     while True:
         running = {t.user_attrs.get("worker_pid"): t for t in load(storage).get_trials()

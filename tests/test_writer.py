@@ -10,10 +10,10 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from sgdtune import writer
 from sgdtune.errors import InputError, TrackingError
-from sgdtune.tracking import default_tracking_uri
-from sgdtune.writer import BackgroundTracker
+from sgdtune.store import writer as writer
+from sgdtune.store.tracking import default_tracking_uri
+from sgdtune.store.writer import BackgroundTracker
 
 
 def one_trial(tracker: BackgroundTracker, epochs: int = 3):
@@ -94,7 +94,7 @@ def test_a_killed_training_process_loses_nothing_it_sent(tmp_path):
     uri = default_tracking_uri(tmp_path / "mlruns")
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from sgdtune.writer import BackgroundTracker
+        from sgdtune.store.writer import BackgroundTracker
         tracker = BackgroundTracker({uri!r}, "s")
         parent = tracker.start_parent_run({{}}, {{}})
         run = tracker.start_trial_run(parent, 0, params={{"lr": 0.1}}, tags={{}})
@@ -142,7 +142,7 @@ def test_prestart_is_taken_by_the_first_tracker(tmp_path):
 def test_run_creations_jump_the_queue_but_not_a_studys_open_or_close():
     from multiprocessing import Pipe
 
-    from sgdtune.writer import _in_order
+    from sgdtune.store.writer import _in_order
 
     receive, send = Pipe(duplex=False)
     sent = [("open", "cwd", "uri", "s", None),

@@ -18,12 +18,14 @@ The modules, in the order the data flows: inputs (the study, its MLflow runs, on
 trial), sections (the numbers, section by section), summary (sentences from them), build
 (report.json assembled), html (the page drawn from report.json), write (the files, the
 artifacts; the command line is cli.report_main).
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
 """
 
 # Names are resolved on first use: `python -m sgdtune.report --help` imports this package
 # before cli.py parses its flags, and the modules behind it load Optuna and numpy.
-_EXPORTS = {"build_report": ".build", "to_json": ".build", "render_html": ".html", "load_study": "sgdtune.stores",
-            "open_runs": "sgdtune.stores", "pareto_front": ".sections", "report_command": ".write",
+_EXPORTS = {"build_report": ".build", "to_json": ".build", "render_html": ".html", "load_study": "sgdtune.store.stores",
+            "open_runs": "sgdtune.store.stores", "pareto_front": ".sections", "report_command": ".write",
             "write_report": ".write"}
 
 __all__ = ["build_report", "load_study", "open_runs", "pareto_front", "render_html", "report_command", "to_json",

@@ -1,4 +1,7 @@
-"""`python -m sgdtune.report`: the command line of cli.py."""
+"""`python -m sgdtune.report`: the command line of cli.py.
+
+Layer: edge (an entry point; nothing imports it).
+"""
 
 import sys
 

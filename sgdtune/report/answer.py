@@ -2,7 +2,10 @@
 size (report/time_to_accuracy.py) and the recommendation (report/recommend.py).
 
 build.py puts both in report.json; the study command prints the recommendation after its
-closing table (study_answer) and both record it on the parent MLflow run."""
+closing table (study_answer) and both record it on the parent MLflow run.
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from ..run_reader import RunReader, RunRecord
+from ..store.run_reader import RunReader, RunRecord
 from .inputs import as_number, complete_rows, trial_rows
 from .recommend import DEFAULT_GOAL, recommend
 from .sections import best_rows_per_batch, octave, steps_section, val_acc_se

@@ -1,5 +1,8 @@
 """report.json assembled: the sections (report.sections), the summary, what it takes to
-reproduce the study, and under "volatile" what differs between two runs of one command."""
+reproduce the study, and under "volatile" what differs between two runs of one command.
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ import optuna
 from optuna.trial import TrialState
 
 from ..redact import redact_url
-from ..run_reader import RunReader, RunRecord
-from ..tracking import ui_url
+from ..store.run_reader import RunReader, RunRecord
+from ..store.tracking import ui_url
 from .answer import answer, experiment_file_name
 from .inputs import as_number, complete_rows, is_timing, trial_rows
 from .mccandlish import mccandlish_section
@@ -203,7 +206,7 @@ def volatile(study: optuna.Study, reader: RunReader | None, parent: RunRecord | 
                   "trials": {str(t.number): [_iso(t.datetime_start), _iso(t.datetime_complete)]
                              for t in trials}},
     }
-    if "profile" in study.user_attrs:  # the device's time per update at each B (sgdtune/profile.py)
+    if "profile" in study.user_attrs:  # the device's time per update at each B (sgdtune/profile/measure.py)
         out["profile"] = study.user_attrs["profile"]
     if parent is not None:
         out["mlflow"] = {"tracking_uri": redact_url(reader.tracking_uri), "experiment_id": parent.experiment_id,

@@ -2,6 +2,8 @@
 
 Reads nothing but the report dict (report.json's content): every number on the page comes
 from there. plotly.js is inlined once, so the page opens offline and asks the network nothing.
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from importlib import resources
 
 import numpy as np
 
-from ..profile import KEYS as PROFILE_KEYS
-from ..profile import sentences
+from ..profile.measure import KEYS as PROFILE_KEYS
+from ..profile.measure import sentences
 from .summary import fmt, octave_trend_sentence
 
 TEMPLATE = "report_page.html"  # in the sgdtune package folder, beside the other page templates
@@ -633,7 +635,7 @@ def _profile_html(profile: dict | None) -> str:
 
 
 def profile_notes(profile: dict) -> list[str]:
-    """The profile's sentences (sgdtune/profile.py), with how it was measured and on what."""
+    """The profile's sentences (sgdtune/profile/measure.py), with how it was measured and on what."""
     threads = profile["threads"]
     return sentences(profile) + [
         f"One update of {profile['model']} ({profile['dtype']}, threads {threads}) as the trainer makes it: the "

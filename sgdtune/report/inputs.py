@@ -1,5 +1,8 @@
 """What the report reads: the study and its MLflow runs (opened and checked by stores.load_study
-and stores.open_runs), and from both one row per trial, the table every section draws on."""
+and stores.open_runs), and from both one row per trial, the table every section draws on.
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import optuna
 
-from ..run_reader import RunRecord
+from ..store.run_reader import RunRecord
 
 TIMING_KEYS = ("compute_time_s", "gpu_time_s", "wall_time_s", "noise_probe_time_s", "throughput_eps",
                "gpu_util_mean_pct")

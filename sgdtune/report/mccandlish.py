@@ -6,6 +6,8 @@ fewest updates to the target (report.sections.steps_section), among those that m
 there (train.b_noise_samples > 0). Its B_noise and eps_max are the medians over these trials of
 each trial's value at the compared point (COMPARED_POINT: docs/science.md, section 5), with a
 percentile bootstrap interval over the trials.
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
 """
 
 from __future__ import annotations

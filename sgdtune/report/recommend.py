@@ -15,6 +15,8 @@ mlflow. The rule (docs/science.md, section 8):
    its best trial's lr lies at the edge of the lr search range (then the range, not B,
    may decide the outcome: Shallue et al. 2019). The answer says so and gives the command
    that gathers the missing evidence.
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Each function returns one section as a dict (None when the study cannot show it; build.py
 records why under "skipped"). The science behind the fits and slopes: docs/science.md.
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
 """
 
 from __future__ import annotations

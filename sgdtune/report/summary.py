@@ -1,5 +1,8 @@
 """The report's words: the plain-language summary, sentences computed from the sections' numbers, and
-the number formats they share with the page. The drawing (html.py) imports them, never the reverse."""
+the number formats they share with the page. The drawing (html.py) imports them, never the reverse.
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
+"""
 
 from __future__ import annotations
 

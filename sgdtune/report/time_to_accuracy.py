@@ -10,6 +10,8 @@ the trial's own measured compute time per update (compute_time_s / updates). Bot
 given: `seconds` (the rule's) and `measured_seconds` (compute_time_s pro rata of updates).
 
 NumPy only, over plain dicts: no optuna, no mlflow, no torch.
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Writing a report: report.json, the page drawn from it, both logged to the study's parent
-MLflow run. Its command line is cli.report_main."""
+MLflow run. Its command line is cli.report_main.
+
+Layer: report (what a finished study says; no torch; docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ from pathlib import Path
 from ..errors import InputError
 from ..files import atomic_write_all
 from ..redact import redact_tree, redact_url
-from ..stores import MLRUNS, default_storage_url, load_study, open_runs
-from ..tracking import Tracker, default_tracking_uri
+from ..store.stores import MLRUNS, default_storage_url, load_study, open_runs
+from ..store.tracking import Tracker, default_tracking_uri
 from .build import build_report, to_json
 from .html import render_html
 from .recommend import run_records

@@ -8,6 +8,8 @@ the sharpness), Sigma the per-example gradient covariance, G the mean gradient. 
 Hessian-vector product (science.sharpness.HessianOperator). tr(H Sigma) is exact when the
 probe has at most `samples` examples or the model at most `samples` parameters; otherwise
 Hutchinson's estimator over Rademacher combinations of the per-example deviations.
+
+Layer: science (the estimators; docs/architecture.md).
 """
 
 from __future__ import annotations

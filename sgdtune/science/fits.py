@@ -1,6 +1,8 @@
 """Fits over many trials: the S(B) steps-to-target model, log-log slopes, and the
 study-level aggregates a parent run records. NumPy only (no torch, no optuna): the report
 and the UI import this module.
+
+Layer: science (the estimators; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ NumPy only (no torch): the report imports this module.
 The learning rate to compare with eps_opt is the step SGD takes along a gradient: lr under plain
 SGD, lr / (1 - m) under heavy-ball momentum m once the momentum buffer has filled, and less
 before that (momentum_warmup).
+
+Layer: science (the estimators; docs/architecture.md).
 """
 
 from __future__ import annotations

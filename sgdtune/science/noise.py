@@ -1,6 +1,8 @@
 """Noise in SGD: loss noise, gradient noise scale, noise temperature, the S(B) fit.
 
 Pure functions over tensors and numbers; formulas and sources in docs/science.md.
+
+Layer: science (the estimators; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ section 7, "Sharpness and the edge of stability").
 Pure torch. The Hessian is never formed: Lanczos runs on Hessian-vector products computed
 through torch.func, reverse-over-reverse (`grad` of <`grad`, v>, a double backward) over
 `functional_call`.
+
+Layer: science (the estimators; docs/architecture.md).
 """
 
 from __future__ import annotations

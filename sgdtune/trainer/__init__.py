@@ -9,6 +9,8 @@
     groups.py       which configs can be stacked together: group_key, check_group
 
 Its errors, Diverged and UnstackableModel, live with the others in sgdtune/errors.py.
+
+Layer: trainer (the one training loop; docs/architecture.md).
 """
 
 from ..errors import Diverged, UnstackableModel

@@ -3,6 +3,8 @@
 Definitions (docs/science.md, section 1): an iteration is one update on one mini-batch; an
 epoch is one pass over the training set, reshuffled before batching; iterations per epoch =
 ceil(n/B) (floor with drop_last). B >= n is full-batch gradient descent, B = 1 is pure SGD.
+
+Layer: trainer (the one training loop; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -31,7 +31,9 @@ the grouped convolutions' backward that vmap turns them into. The first vmap in 
 Models whose training changes state outside their parameters cannot be stacked this way:
 buffers (BatchNorm's running statistics) and dropout (vmap's random draws are not those of
 the model trained alone). `check_stackable` refuses them with UnstackableModel (a
-ValueError); cohorts.py then trains such trials one by one.
+ValueError); study/cohorts.py then trains such trials one by one.
+
+Layer: trainer (the one training loop; docs/architecture.md).
 """
 
 from __future__ import annotations

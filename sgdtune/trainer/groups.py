@@ -1,6 +1,9 @@
 """Which configs can train together as one stacked model (stacked.py, func_stacked.py), and
 how to group them: by every field that shapes the model (model.*, the factory's name
-included, so the members' parameters have equal shapes) or the shared batches."""
+included, so the members' parameters have equal shapes) or the shared batches.
+
+Layer: trainer (the one training loop; docs/architecture.md).
+"""
 
 from __future__ import annotations
 

@@ -44,6 +44,8 @@ Evaluation passes are not repeated: a target check and the epoch end at the same
 (a trial that stops at its target mid-epoch) share one validation pass, and at a member's end
 one pass over the train-evaluation subset gives its train metrics and the per-example losses
 of the fixed-model loss noise (science.noise.fixed_model_loss_noise).
+
+Layer: trainer (the one training loop; docs/architecture.md).
 """
 
 from __future__ import annotations

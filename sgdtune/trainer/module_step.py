@@ -4,6 +4,8 @@ Any model works here, the built-in MLP or a factory's: a step is autograd's back
 optimizer's step, accumulated over chunks of STEP_CHUNK examples when the batch is larger,
 the noise probe is science.noise.chunk_sums and the sharpness science.sharpness.sharpness
 (docs/science.md, sections 3 and 7), on the task's loss (loop.loss_function).
+
+Layer: trainer (the one training loop; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""What training hands back: each epoch's metrics, the run's result, and divergence."""
+"""What training hands back: each epoch's metrics, the run's result, and divergence.
+
+Layer: trainer (the one training loop; docs/architecture.md).
+"""
 
 from __future__ import annotations
 

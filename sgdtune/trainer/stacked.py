@@ -47,6 +47,8 @@ machine, K = 8 ran 4.5-5x the trials per minute at B = 8 and 2.3-2.4x at B = 64 
 thread; 7-9x and 3.1-3.5x on two (one process, both sides; load-dependent). At B = 64 on
 one thread the products, already near peak, and the evaluation (the same arithmetic as one
 by one, a quarter of the stacked run) leave little above that.
+
+Layer: trainer (the one training loop; docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ wrong password, an unknown scheme, a damaged journal, an MLflow store that lost 
 runs) is an InputError naming the flag, what is wrong and what to do; passwords masked.
 A finished study is opened for reading the same way (`load_study`, `open_runs`: the report
 and `load_model`).
+
+Layer: store (the stores; the only MLflow code; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -23,16 +25,16 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputError
-from .names import check_name
-from .redact import redact, redact_url
+from ..errors import InputError
+from ..names import check_name
+from ..redact import redact, redact_url
 from .run_reader import RunReader, holds_run, store_exists
 from .tracking import Tracker, default_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:
     import optuna
 
-    from .config import ExperimentConfig
+    from ..config import ExperimentConfig
 
 MLRUNS = Path("mlruns")
 

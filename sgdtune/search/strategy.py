@@ -3,6 +3,8 @@ the pruner, the study itself, and what counts as a finished trial.
 
 Seeds have one owner each: the study seed feeds the sampler, and each trial's seed is
 derived from the study seed and the trial number (`derive_seed`).
+
+Layer: search (the Optuna side, without torch; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import ExperimentConfig
-from .errors import Surplus
+from ..config import ExperimentConfig
+from ..errors import Surplus
 from .space import StratifiedPruner, StratifiedSampler, grid, powers_of_two
 
 FAIL_KIND = "fail_kind"  # trial user attribute: "diverged" counts as finished, "interrupted" does not

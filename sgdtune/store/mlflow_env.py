@@ -1,6 +1,8 @@
 """MLflow's environment, set before anything imports mlflow: every module that talks to
-MLflow (tracking.py, run_reader.py, logged_models.py) imports this one first. A variable the
+MLflow (store/tracking.py, store/run_reader.py, store/logged_models.py) imports this one first. A variable the
 user set stays as it is.
+
+Layer: store (the stores; the only MLflow code; docs/architecture.md).
 """
 
 from __future__ import annotations

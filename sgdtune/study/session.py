@@ -1,6 +1,6 @@
 """One study session: how a study runs (RunOptions) and what every process that runs its
-trials sets up (Session), the same for run_study (study.py) and each worker process
-(workers.py).
+trials sets up (Session), the same for run_study (study/run.py) and each worker process
+(study/workers.py).
 
 Layer: study.
 
@@ -27,18 +27,18 @@ from typing import Any
 import optuna
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ..config import ExperimentConfig
+from ..data import Dataset, load_data
+from ..errors import InputError
+from ..gpus import parse_gpus
+from ..redact import redact_url
+from ..search.strategy import open_study
+from ..store.stores import MLRUNS, locations, open_storage
+from ..store.writer import BackgroundTracker, RunRef
+from ..timing import describe_device, resolve_device
 from .cohorts import run_trials, settle
-from .config import ExperimentConfig
-from .data import Dataset, load_data
-from .errors import InputError
-from .gpus import parse_gpus
 from .identity import ON_CHANGE
-from .redact import redact_url
-from .search import open_study
-from .stores import MLRUNS, locations, open_storage
-from .timing import describe_device, resolve_device
 from .trial import Objective
-from .writer import BackgroundTracker, RunRef
 
 FACES = ("api", "cli")  # whose words messages use: run_study's keywords or the command line's flags
 # How a message names each option: the command line's flag (the API's messages use it too,
@@ -153,7 +153,7 @@ def _input_error(error: ValidationError) -> InputError:
 
 def _check_cohorts(config: ExperimentConfig, batch_trials: int) -> None:
     """Stacked cohorts train each trial once, as one member of a stacked classification model:
-    replicates (trained one after another, trial.py), regression and the grid sampler's
+    replicates (trained one after another, study/trial.py), regression and the grid sampler's
     fixed points cannot be part of one (cohorts.optimize_batched)."""
     if batch_trials == 1:
         return
@@ -214,7 +214,7 @@ def place_on_gpus(config: ExperimentConfig, options: RunOptions) -> tuple[Experi
         return config, ()
     import torch
 
-    from .gpus import visible_gpus, worker_gpus
+    from ..gpus import visible_gpus, worker_gpus
 
     if not torch.cuda.is_available():
         raise InputError("--gpus" if gpus is not None else "device", "needs CUDA; this machine has none",
@@ -273,7 +273,7 @@ class Session:
         return self.study
 
     def start_writer(self, artifact_location: str | None = None) -> BackgroundTracker | None:
-        """MLflow's writer process (writer.py), when tracking."""
+        """MLflow's writer process (store/writer.py), when tracking."""
         if self.options.track:
             self.tracker = BackgroundTracker(self.tracking_uri, self.config.name, artifact_location)
         return self.tracker

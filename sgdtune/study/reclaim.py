@@ -1,7 +1,7 @@
 """Trials whose process died: found, failed with a reason, their MLflow runs ended, and their
 parameters queued again, so that no trial or run stays RUNNING after a kill.
 
-Each trial records the process that runs it (`Objective.begin`, trial.py): user attributes
+Each trial records the process that runs it (`Objective.begin`, study/trial.py): user attributes
 `worker_pid` and `process` = {host, pid, start, writer_pid, writer_start}, where `start` is
 the boot id and the process's start time (/proc/<pid>/stat field 22, clock ticks since boot)
 so that a pid reused by another process is not taken for the trial's. On every start of a
@@ -15,7 +15,7 @@ cannot be seen alive or dead. Where /proc is missing (not Linux) only the pid is
 
 A trial can die before it records its process (a full disk as it was created, a kill in
 between). The study's own record of the processes that run it (study user attribute
-`processes`, written at each start under the start lock, startlock.py, by `join`) covers it:
+`processes`, written at each start under the start lock, store/startlock.py, by `join`) covers it:
 a RUNNING trial with no process record is reclaimed when no other process of the study is
 alive (every recorded one on this host, and gone). The same record, with the RUNNING trials'
 processes and, with heartbeats, the trials of other hosts that still send them, tells
@@ -23,6 +23,8 @@ processes and, with heartbeats, the trials of other hosts that still send them, 
 
 `StoreError`: the Optuna storage failed to write (a full disk, a file-size limit); the CLI
 prints it on one line and exits 2, like an MLflow store that fails (writer.TrackingError).
+
+Layer: study (one study from its experiment to its last trial; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import StoreError
-from .search import FAIL_KIND
-from .space import RETRY_ATTR
+from ..errors import StoreError
+from ..search.space import RETRY_ATTR
+from ..search.strategy import FAIL_KIND
 
 if TYPE_CHECKING:
-    from .tracking import Tracker
+    from ..store.tracking import Tracker
 
 PROCESS_ATTR = "process"  # trial user attribute: the identity of the process running it
 PROCESSES_ATTR = "processes"  # study user attribute: [process_identity()] of the processes running it
@@ -57,7 +59,7 @@ WRITE_REFUSED = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO
 def as_store_error(error: BaseException, storage_url: str) -> BaseException:
     """`error` as a StoreError naming the storage when it is the Optuna storage refusing a
     write (a full disk: OSError ENOSPC, EFBIG, ...; an RDB's failed commit); else `error`."""
-    from .redact import redact_url
+    from ..redact import redact_url
 
     cause = _refused_write(error) if isinstance(error, Exception) else None  # not under a Ctrl-C
     if cause is None:
@@ -118,7 +120,7 @@ def process_identity(pid: int | None = None, writer_pid: int | None = None) -> d
     return out
 
 
-# The variables a scheduler sets to say which task of an array a process is (cluster.py).
+# The variables a scheduler sets to say which task of an array a process is (study/cluster.py).
 TASK_VARIABLES = (("SLURM_ARRAY_TASK_ID", "slurm {SLURM_ARRAY_JOB_ID}_{SLURM_ARRAY_TASK_ID}"),
                   ("JOB_COMPLETION_INDEX", "k8s {JOB_COMPLETION_INDEX}"))
 
@@ -168,14 +170,14 @@ def _gone(ident: dict) -> bool:
 
 def joins_before(storage: optuna.storages.BaseStorage, study_name: str) -> int:
     """How many processes have started on the study (0 for a new one): the next one's join
-    number, which seeds its sampler apart (search.open_study)."""
+    number, which seeds its sampler apart (strategy.open_study)."""
     found = next((s for s in storage.get_all_studies() if s.study_name == study_name), None)
     return int(found.user_attrs.get(JOINS_ATTR, 0)) if found is not None else 0
 
 
 def join(study: optuna.Study) -> None:
     """Record this process among the study's processes (dropping those of this host that are
-    gone) and count its start. Call under the start lock (startlock.py), after joins_before:
+    gone) and count its start. Call under the start lock (store/startlock.py), after joins_before:
     a read, then a write."""
     me = process_identity()
     kept = [p for p in study.user_attrs.get(PROCESSES_ATTR, []) if isinstance(p, dict) and not _gone(p)
@@ -263,7 +265,7 @@ def reclaim_dead(study: optuna.Study, storage: optuna.storages.BaseStorage, trac
         return []
     tracker = None
     if tracking_uri is not None:
-        from .tracking import Tracker
+        from ..store.tracking import Tracker
 
         tracker = Tracker(tracking_uri, study.study_name)
     for trial in dead:

@@ -1,7 +1,9 @@
 """MLflow logged models: a trial's trained network packaged as a pyfunc model (its loader is
 sgdtune.saved), found again by its run, and registered in the model registry. Only MLflow is
-imported here, lazily; the writes are Tracker's (tracking.py), the reads RunReader's
-(run_reader.py).
+imported here, lazily; the writes are Tracker's (store/tracking.py), the reads RunReader's
+(store/run_reader.py).
+
+Layer: store (the stores; the only MLflow code; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import mlflow_env  # noqa: F401 - MLflow's environment, before anything imports mlflow
+from . import mlflow_env as mlflow_env  # noqa: F401 - MLflow's environment, before anything imports mlflow
 
 
 def all_logged_models(client, experiment_id: str) -> list:

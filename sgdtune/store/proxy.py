@@ -7,7 +7,9 @@ storage) instead of every worker reading them again. The proxy has no TLS and no
 authentication, so it binds loopback unless told otherwise. Optuna's proxy does not
 serve journal files, and carries no heartbeats (stores.open_grpc_storage).
 
-`python -m sgdtune.proxy` runs the command line of cli.py.
+`python -m sgdtune storage-proxy` runs the command line of cli.py.
+
+Layer: store (the stores; the only MLflow code; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .errors import InputError
-from .hosts import canonical, is_ipv6, url_host
-from .redact import redact_url
+from ..errors import InputError
+from ..hosts import canonical, is_ipv6, url_host
+from ..redact import redact_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 13000
@@ -110,9 +112,3 @@ def _stop_servers(grace_s: float) -> None:
 
     for server in [o for o in gc.get_objects() if isinstance(o, grpc.Server)]:
         server.stop(grace_s).wait()
-
-
-if __name__ == "__main__":
-    from sgdtune.cli import interruptible, proxy_main
-
-    sys.exit(interruptible(proxy_main))

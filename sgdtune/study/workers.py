@@ -12,6 +12,8 @@ and raises the interrupt (the CLI exits with the same status). A worker whose su
 (kill -9) sees it and stops the same way, so no worker is orphaned. A worker whose MLflow
 writer process dies exits 1 and is replaced like a dead one; one whose store fails to write
 (a full disk) exits EXIT_STORE_FAILED, and the supervisor then stops the study (StoreError).
+
+Layer: study (one study from its experiment to its last trial; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -28,24 +30,24 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from .config import ExperimentConfig
-from .console import hide_interrupted_trials, one_line_trial_failures
-from .errors import EXIT_INTERRUPTED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_STORE_FAILED, StoreError, TrackingError
-from .gpus import use_gpu
-from .interrupts import (
+from ..config import ExperimentConfig
+from ..errors import EXIT_INTERRUPTED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_STORE_FAILED, StoreError, TrackingError
+from ..gpus import use_gpu
+from ..interrupts import (
     Terminated,
     exit_status,
     signals_ignored_by_children,
     stop_on_sigterm,
 )
+from ..redact import mask_output
+from ..search.strategy import best_value, n_claimed, n_finished, study_exists
+from ..store.stores import locations, open_storage
+from ..store.tracking import Tracker
+from ..store.writer import WriterGone
+from ..threads import core_share
+from .console import hide_interrupted_trials, one_line_trial_failures
 from .reclaim import fail_and_requeue
-from .redact import mask_output
-from .search import best_value, n_claimed, n_finished, study_exists
 from .session import RunOptions, Session
-from .stores import locations, open_storage
-from .threads import core_share
-from .tracking import Tracker
-from .writer import WriterGone
 
 POLL_S = 0.5
 STOP_GRACE_S = 30.0  # after SIGTERM/SIGINT, the workers' time to fail their trials cleanly

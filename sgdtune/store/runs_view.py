@@ -5,11 +5,11 @@ MLflow 3's UI keeps its saved views of the runs table in experiment tags,
 `mlflow.sharedViewState.<key>` (JSON: a name, times, and the state: sort, filter, selected
 columns, their order), lists them under "Views", and opens one for a URL with
 `viewStateShareKey=<key>` (what its "Save view" writes). The tracking modules write the tag
-when they open an experiment (tracking.py); `ui_path` is the URL path.
+when they open an experiment (store/tracking.py); `ui_path` is the URL path.
 Sorting by a metric makes MLflow list the runs flat, so the trials show at once instead of
 under their collapsed parent run (which is a row too, at the end: it has no final_val_acc).
 The sort key is `complete_val_acc`, the final_val_acc that only a COMPLETE trial's run logs
-(trial.py): the UI puts runs without the key last, so complete trials come first, best
+(study/trial.py): the UI puts runs without the key last, so complete trials come first, best
 first, and pruned or failed ones (whose partial final_val_acc would otherwise rank among
 them) after. Columns named here that a study does not log (a regression's R² beside
 accuracy, the other budgets) are left out by the UI.
@@ -19,6 +19,8 @@ fields `compareRunCharts`, `compareRunSections`: server/js main bundle), so the 
 a parallel-coordinates chart of batch_size, lr, the study's budget and final_val_acc. The
 separate compare page (tick runs, press Compare: #/compare-runs?runs=...) keeps its state in
 its URL only; no saved view reaches it.
+
+Layer: store (the stores; the only MLflow code; docs/architecture.md).
 """
 
 from __future__ import annotations

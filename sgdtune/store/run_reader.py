@@ -1,7 +1,9 @@
 """Reading an MLflow store, for the report, the UI and `load_model`: plain `RunRecord`s out,
 nothing created or changed in the store (no experiment, no run, no change of the SQLite
-journal mode). The writes are Tracker's (tracking.py); importing that module first sets
+journal mode). The writes are Tracker's (store/tracking.py); importing that module first sets
 MLflow's environment (telemetry off, retries bounded).
+
+Layer: store (the stores; the only MLflow code; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import mlflow_env  # noqa: F401 - MLflow's environment, before anything imports mlflow
-from .errors import InputError
+from ..errors import InputError
+from ..redact import redact_url
+from . import mlflow_env as mlflow_env  # noqa: F401 - MLflow's environment, before anything imports mlflow
 from .logged_models import ready_model_id
-from .redact import redact_url
 from .tracking import sqlite_path
 
 

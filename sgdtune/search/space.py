@@ -1,5 +1,8 @@
 """The experiment's search space as Optuna suggestions, and the sampler that stratifies one
-parameter over its octaves."""
+parameter over its octaves.
+
+Layer: search (the Optuna side, without torch; docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import SEARCHABLE, ParamRange
+from ..config import SEARCHABLE, ParamRange
 
 
 def suggest(trial: optuna.Trial, search: dict[str, ParamRange]) -> dict[str, Any]:
@@ -61,7 +64,7 @@ class StratifiedSampler(optuna.samplers.BaseSampler):
     cost its batch size a slot.
 
     A trial's place is its number less the retries numbered before it, and a retry (user
-    attribute retry_of: a trial queued again after a kill or a Ctrl-C, reclaim.py, trial.py)
+    attribute retry_of: a trial queued again after a kill or a Ctrl-C, study/reclaim.py, study/trial.py)
     runs again with its parameters, in the place of the trial it retries: an interrupted and
     resumed study runs the plan of an uninterrupted one. Counted from the stored trials, so
     several workers sharing a study still cover the values evenly (places break the ties of

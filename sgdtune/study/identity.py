@@ -6,6 +6,8 @@ What a trial computes depends on data, model, train, search, objectives, seed, s
 pruner and replicates; not on the study's name, its length (n_trials, timeout_s), where it
 is stored or the device it runs on. A changed configuration is refused before anything is
 written, unless the caller asks to start the study afresh or to extend it knowingly.
+
+Layer: study (one study from its experiment to its last trial; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 import optuna
 from pydantic import ValidationError
 
-from .config import ExperimentConfig
-from .errors import InputError
+from ..config import ExperimentConfig
+from ..errors import InputError
 
 # Fields that leave what a trial computes unchanged (TrainConfig's own model and seed are
 # never used: a trial takes the experiment's model and a derived seed, config.py). Like the
@@ -149,7 +151,7 @@ def check(config: ExperimentConfig, storage: optuna.storages.BaseStorage, on_cha
     from under that process); "extend" continues it with this configuration. A study with
     no recorded configuration is adopted as it is. `face` ("api" or "cli") says whose words
     the messages use: run_study's keywords or the command line's flags. Call it under the
-    start lock (startlock.py), with the record that follows: the check and the record are one
+    start lock (store/startlock.py), with the record that follows: the check and the record are one
     step.
     """
     words = WORDS[face]  # on_change and face are checked with the run's options (session.RunOptions)

@@ -1,7 +1,7 @@
-"""Writing to MLflow: `Tracker`, with explicit run ids (no global active run); writer.py
+"""Writing to MLflow: `Tracker`, with explicit run ids (no global active run); store/writer.py
 replays its calls in a child process. The store's URIs live here too (MLflow's environment:
-mlflow_env.py). Reading a store is run_reader.py's (`RunReader`), packaging a trained network as a
-logged model logged_models.py's.
+store/mlflow_env.py). Reading a store is store/run_reader.py's (`RunReader`), packaging a trained network as a
+logged model store/logged_models.py's.
 
 A study is an MLflow experiment with one parent run; each trial is a nested child run named
 `trial-<n>`. Names and tags: docs/records.md.
@@ -10,8 +10,10 @@ Each write to a SQLite store costs 10-40 ms of ORM work, often more than a small
 epoch. So a trial's params and epochs are buffered: written at most every FLUSH_EVERY_S
 while it runs (the UI still follows a long trial), the rest together with the summary in
 one call when the trial ends: a short trial costs three writes (create, log, terminate).
-A study does not call Tracker itself: writer.py runs it in a separate process, so that none
+A study does not call Tracker itself: store/writer.py runs it in a separate process, so that none
 of this time is spent in the training process.
+
+Layer: store (the stores; the only MLflow code; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from ..redact import redact_url  # the masking every writer here applies
 from . import (
     mlflow_env,  # noqa: F401 - MLflow's environment, before anything imports mlflow
     runs_view,
 )
 from .logged_models import all_logged_models, deleted_meanwhile, write_pyfunc_model
-from .redact import redact_url  # the masking every writer here applies
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Param
@@ -46,19 +48,6 @@ MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 FLUSH_EVERY_S = 2.0  # a running trial's epochs reach the store at least this often
 RECOVERED_NOTE = ("ended on a later start: its end was lost (a killed writer or a store that refused writes); "
                   "summary metrics from the Optuna trial, epochs not yet written are missing")
-
-
-# Stores MLflow 3 opens for a tracking URI (its file store is refused), beside any plugin's.
-BUILTIN_TRACKING_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
-                                      "databricks-uc", "uc"})
-
-
-def tracking_schemes() -> frozenset[str]:
-    """URI schemes MLflow can track to here: built in, and registered by installed plugins
-    (read from package metadata, without importing MLflow)."""
-    from importlib.metadata import entry_points
-
-    return BUILTIN_TRACKING_SCHEMES | {ep.name for ep in entry_points(group="mlflow.tracking_store")}
 
 
 def default_tracking_uri(root: Path | str = "mlruns") -> str:
@@ -121,7 +110,7 @@ def use_write_ahead_log(tracking_uri: str) -> None:
 
 def ui_url(experiment_id: str, port: int = 5000, host: str = "127.0.0.1", base: str | None = None) -> str:
     """The runs table (not MLflow 3's GenAI view) of one experiment, in sgdtune's view
-    (runs_view.py); on `base` (a tracking server's URL) or http://host:port."""
+    (store/runs_view.py); on `base` (a tracking server's URL) or http://host:port."""
     if base is None:
         base = f"http://{host}:{port}"
     else:  # a browser gets no credentials from a URL printed on a console

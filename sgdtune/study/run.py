@@ -1,34 +1,35 @@
 """run_study: a study from its experiment to its last trial, in this process or in
 worker processes, with its parent MLflow run and the provenance it records.
 
-`python -m sgdtune.study` runs the command line of cli.py.
+Layer: study. `python -m sgdtune.study` is this package's `__main__.py` (cli.study_main).
 """
 
 from __future__ import annotations
 
-import sys
-
-if __name__ == "__main__":
-    # The command line parses its flags before anything heavy is imported (`--help` stays
-    # quick) and starts MLflow's writer process before torch (cli.study_main); the module
-    # object it runs is sgdtune.study, imported there, not this __main__ copy.
-    from sgdtune.cli import interruptible, study_main
-
-    sys.exit(interruptible(study_main))
-
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 
-from . import __version__
-from .config import ExperimentConfig, file_sha256
+from .. import __version__
+from ..config import ExperimentConfig, file_sha256
+from ..errors import StoreError, StudyGone
+from ..model import describe_model
+from ..redact import redact_url
+from ..saved import dataset_records, register_best
+from ..science.fits import study_metrics
+from ..search.strategy import best_value, n_claimed, n_finished, study_exists
+from ..store.startlock import study_lock
+from ..store.stores import MLRUNS, check_before_writing, check_tracking
+from ..store.tracking import default_artifact_location
+from ..store.writer import BackgroundTracker, RunRef
+from ..threads import core_share
+from ..timing import describe_device
 from .console import Progress, one_line_trial_failures
-from .errors import StoreError, StudyGone
 from .identity import check as check_identity
-from .model import describe_model
 from .reclaim import (
     JOINS_ATTR,
     as_store_error,
@@ -38,18 +39,8 @@ from .reclaim import (
     leave,
     reclaim_dead,
 )
-from .redact import redact_url
-from .saved import dataset_records, register_best
-from .science.fits import study_metrics
-from .search import best_value, n_claimed, n_finished, study_exists
 from .session import RunOptions, Session, place_on_gpus
-from .startlock import study_lock
-from .stores import MLRUNS, check_before_writing, check_tracking
-from .threads import core_share
-from .timing import describe_device
-from .tracking import default_artifact_location
 from .workers import WorkerSpec, supervise
-from .writer import BackgroundTracker, RunRef
 
 
 def run_study(
@@ -71,13 +62,13 @@ def run_study(
     """Run (or resume) the study until it has config.n_trials finished trials.
 
     With config.replicates = R > 1 each trial trains its configuration with R seeds and its
-    value is their mean (trial.py); not with batch_trials > 1 (InputError).
-    With workers > 1, that many processes on this machine share the study (workers.py).
+    value is their mean (study/trial.py); not with batch_trials > 1 (InputError).
+    With workers > 1, that many processes on this machine share the study (study/workers.py).
     With heartbeat (seconds; RDB storages only), a trial whose process died is failed after
     two silent intervals and run again. The study's user attributes say where its MLflow
     runs are (mlflow_experiment_id, mlflow_parent_run_id, tracking_uri, password masked).
     A stored study run with another configuration is refused (InputError) unless on_change
-    is "fresh" (delete it, start again) or "extend" (continue it with this one; identity.py).
+    is "fresh" (delete it, start again) or "extend" (continue it with this one; study/identity.py).
     With register_model = NAME, the best trial's logged model is registered at the end in
     MLflow's model registry under NAME (user attribute registered_model: name, version, trial).
     With config.device cuda and workers > 1, each worker gets one GPU (gpus.py): `gpus` lists
@@ -98,9 +89,9 @@ def run_study(
     storage_url, tracking_uri = session.storage_url, session.tracking_uri
     check_before_writing(storage_url, session.tracking)  # read-only: opening creates files
     storage = session.open_storage()
-    if options.track:  # both stores checked before anything is written (stores.py)
+    if options.track:  # both stores checked before anything is written (store/stores.py)
         check_tracking(tracking_uri, storage, config.name, storage_url)
-    with study_lock(storage_url):  # the check, the record and the join are one step (startlock.py)
+    with study_lock(storage_url):  # the check, the record and the join are one step (store/startlock.py)
         identity = check_identity(config, storage, options.on_change, options.face)  # before any trial or MLflow write
         study = session.open_study(join=joins_before(storage, config.name))
         identity.record(study)
@@ -109,9 +100,9 @@ def run_study(
         for key, value in {"objectives": list(config.objectives), "seed": config.seed, "n_train": data.n_train,
                            "n_val": data.n_val}.items():
             study.set_user_attr(key, value)
-        join(study)  # this process among the study's (reclaim.py): --fresh elsewhere waits for it
+        join(study)  # this process among the study's (study/reclaim.py): --fresh elsewhere waits for it
         study_id = storage.get_study_id_from_name(config.name)
-        reclaim_dead(study, storage, session.tracking)  # trials of killed processes (reclaim.py)
+        reclaim_dead(study, storage, session.tracking)  # trials of killed processes (study/reclaim.py)
         if options.track:
             tracker = session.start_writer(None if config.tracking_uri else default_artifact_location(options.mlruns))
             tracker.experiment_id  # noqa: B018 - waits until the store is open: InputError here, not at a trial's end
@@ -126,7 +117,7 @@ def run_study(
         tracker.log_inputs(parent_run, session.datasets)
 
     done = n_finished(study)
-    remaining = config.n_trials - n_claimed(study)  # trials other processes run now count (search.n_claimed)
+    remaining = config.n_trials - n_claimed(study)  # trials other processes run now count (strategy.n_claimed)
     if done > 0 or remaining < config.n_trials:
         more = "" if remaining > 0 else "; nothing to run (a larger --n-trials runs more)"
         others = n_claimed(study) - done
@@ -166,13 +157,13 @@ def run_study(
 
 def record_profile(study: optuna.Study, config: ExperimentConfig, data, mlruns: str | Path,
                    tracker: BackgroundTracker | None, parent_run: RunRef | None, cores: int | None) -> dict:
-    """The device profile (profile.py) as the study's user attribute `profile` and, unless the
+    """The device profile (profile/measure.py) as the study's user attribute `profile` and, unless the
     study already holds the same one, on its parent run: the artifacts profile/profile.json and
     profile/profile.csv, the metrics profile_s_per_update, profile_examples_per_s and
     profile_peak_mem_mb with step = B, and profile_flat_up_to and profile_largest_batch_size
     (docs/records.md). Cached in <mlruns>/profiles/ where a store of the study
     lives in <mlruns> (two remote stores: no folder is made here)."""
-    from .profile import CACHE_FOLDER, profile_study, to_csv
+    from ..profile.measure import CACHE_FOLDER, profile_study, to_csv
 
     local = config.storage is None or (tracker is not None and config.tracking_uri is None)
     recorded = study.user_attrs.get("profile")
@@ -201,7 +192,7 @@ def _stopped_by(error: BaseException, storage: optuna.storages.BaseStorage, name
                 storage_url: str) -> BaseException:
     """What stopped the study, as the CLI says it in one line: StudyGone when the study was
     deleted (or replaced) under this process (the storage's KeyError "Record does not exist."
-    from wherever it was read), a StoreError for a storage that refused a write (reclaim.py),
+    from wherever it was read), a StoreError for a storage that refused a write (study/reclaim.py),
     else the error itself."""
     if not isinstance(error, KeyboardInterrupt):
         try:

@@ -3,7 +3,7 @@
 A write to MLflow costs 10-40 ms of ORM work even on a local SQLite store (create a run,
 log its params and epochs, end it: 40-50 ms a trial), and importing MLflow with its SQL store
 takes 2-3 s. In the training process that is time the trial's timings would absorb. So a study's writes go
-to a child process, `python -m sgdtune.writer`, over a pipe: `BackgroundTracker` has the
+to a child process, `python -m sgdtune.store.writer`, over a pipe: `BackgroundTracker` has the
 methods of `tracking.Tracker`, and each call is a message the child replays on its own
 Tracker, on the other core, while training goes on. Run ids come back asynchronously: a
 call that creates a run returns a `RunRef` whose `.id` waits for the reply (run creations go
@@ -27,6 +27,8 @@ with a tracking.Tracker in this process: a trial's run ends with its state, the 
 its status, and at `close` every run it started and did not end is ended (trials FAILED,
 the parent KILLED); other writes (epochs, artifacts) are dropped. Nothing is left RUNNING,
 and the same command resumes the study (with a new writer).
+
+Layer: store (the stores; the only MLflow code; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .errors import InputError, TrackingError, WriterGone
-from .redact import mask_output, redact_url
+from ..errors import InputError, TrackingError, WriterGone
+from ..redact import mask_output, redact_url
 
 # Once ready, the writer runs this far below the training process's CPU priority (os.nice):
 # where the cores are busy, training goes first (its timings are what the runs report) and
@@ -79,7 +81,7 @@ class _Child:
         _widen(cmd_w)
         _widen(reply_w)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sgdtune.writer", str(cmd_r), str(reply_w)],
+            [sys.executable, "-m", "sgdtune.store.writer", str(cmd_r), str(reply_w)],
             pass_fds=(cmd_r, reply_w),
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # a terminal's Ctrl-C is not the writer's, even while it starts up
@@ -183,7 +185,7 @@ class BackgroundTracker:
 
     @property
     def writer_pid(self) -> int:
-        """The pid of the writer process (recorded with each trial: reclaim.py)."""
+        """The pid of the writer process (recorded with each trial: study/reclaim.py)."""
         return self._child.proc.pid
 
     def log_inputs(self, run: RunRef | str, datasets: list[dict]) -> None:

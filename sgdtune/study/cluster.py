@@ -7,6 +7,8 @@ coordination of its own, and a task that dies is made good by another task's hea
 (`--heartbeat`, PostgreSQL only). A task with G GPUs runs G workers, one per GPU (gpus.py).
 The rendered text holds no password: the tasks read it from ~/.pgpass or PGPASSWORD (SLURM) or
 from a Kubernetes Secret. Standard library and PyYAML (MLflow's own dependency); no torch.
+
+Layer: study (one study from its experiment to its last trial; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-from .redact import redact
+from ..errors import InputError
+from ..redact import redact
 
 SHARED_SCHEMES = ("postgresql", "mysql", "grpc")  # storages that tasks on other machines can reach
 HEARTBEAT_S = 60  # a dead task's trial is failed and run again after 2 silent intervals

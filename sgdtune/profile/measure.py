@@ -36,17 +36,11 @@ whose stores are both elsewhere keeps no cache file and reuses the profile it re
 
 torch is imported inside the functions that measure: the words (`sentences`, `table_rows`)
 serve the report, which never loads torch, and `python -m sgdtune.profile --help` stays quick.
+
+Layer: profile (the device's hardware profile; docs/architecture.md).
 """
 
 from __future__ import annotations
-
-import sys
-
-if __name__ == "__main__":
-    # The command line parses its flags before torch is imported (cli.profile_main).
-    from sgdtune.cli import interruptible, profile_main
-
-    sys.exit(interruptible(profile_main))
 
 import hashlib
 import json
@@ -61,8 +55,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from .config import ExperimentConfig
-    from .data import Dataset
+    from ..config import ExperimentConfig
+    from ..data import Dataset
 
 VERSION = 1  # of the measurement; part of the cache key, so a changed method times again
 DEFAULT_BUDGET_S = 10.0  # seconds the whole profile may take (B = 1 always runs)
@@ -248,9 +242,9 @@ def profile_study(config: ExperimentConfig, data: Dataset, cache_dir: str | Path
 
     cores: CPUs each trial may use (threads.py; None: this process's); memory_limit_mb: the
     memory available to an update (None: read from the system)."""
-    from .model import describe_model
-    from .threads import ThreadChooser
-    from .timing import describe_device
+    from ..model import describe_model
+    from ..threads import ThreadChooser
+    from ..timing import describe_device
 
     device = data.x_train.device
     chooser = ThreadChooser(config.threads, cores)
@@ -296,9 +290,9 @@ def measure(config: ExperimentConfig, data: Dataset, sizes: list[int], chooser, 
     """Time the sizes in ascending order within the budget and the memory (module docstring)."""
     import torch
 
-    from .model import build_model, describe_model
-    from .timing import describe_device
-    from .trainer.module_step import ModuleStepper
+    from ..model import build_model, describe_model
+    from ..timing import describe_device
+    from ..trainer.module_step import ModuleStepper
 
     device = data.x_train.device
     available = memory_limit_mb if memory_limit_mb is not None else available_memory_mb(device)

@@ -24,6 +24,8 @@ and a stacked member equals `train` only up to float rounding, so replicate 0 wo
 longer be the trial a study without replicates trains. Any replicate diverging fails the
 trial (the reason names it) and no later replicate is trained; the finished replicates'
 runs are FINISHED, the one in flight ends with the trial's state.
+
+Layer: study (one study from its experiment to its last trial; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -37,19 +39,19 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from .config import ExperimentConfig
-from .data import Dataset
-from .errors import Surplus
-from .interrupts import Held, describe, interrupts_held
-from .model import build_model, describe_model
+from ..config import ExperimentConfig
+from ..data import Dataset
+from ..errors import Surplus
+from ..interrupts import Held, describe, interrupts_held
+from ..model import build_model, describe_model
+from ..saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision, model_spec, write_network
+from ..search.space import suggest
+from ..search.strategy import FAIL_KIND, check_not_surplus, derive_seed
+from ..store.writer import BackgroundTracker, RunRef
+from ..threads import ThreadChooser
+from ..timing import release_cached_memory
+from ..trainer import BatchPlan, Diverged, EpochMetrics, TrainConfig, TrainResult, history_summary, train
 from .reclaim import PROCESS_ATTR, process_identity, requeue
-from .saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision, model_spec, write_network
-from .search import FAIL_KIND, check_not_surplus, derive_seed
-from .space import suggest
-from .threads import ThreadChooser
-from .timing import release_cached_memory
-from .trainer import BatchPlan, Diverged, EpochMetrics, TrainConfig, TrainResult, history_summary, train
-from .writer import BackgroundTracker, RunRef
 
 if TYPE_CHECKING:
     from .console import Progress
@@ -258,7 +260,7 @@ class TrialJob:
             # `updates` and `examples_seen` are per-epoch metrics too: their latest value is
             # already the summary, and logging them again would add a point to their curves.
             once = {k: v for k, v in summary.items() if k not in EPOCH_METRIC_NAMES}
-            if state == TrialState.COMPLETE:  # the saved view's sort key: complete trials first (runs_view.py)
+            if state == TrialState.COMPLETE:  # the saved view's sort key: complete trials first (store/runs_view.py)
                 once.update({f"complete_{k.removeprefix('final_')}": summary[k]
                              for k in ("final_val_acc", "final_val_r2") if k in summary})
             obj.tracker.end_trial_run(self.run, state.name, once, fail_reason=reason)
@@ -350,7 +352,7 @@ class Objective:
         trial.set_user_attr("worker_pid", os.getpid())  # lets a supervisor find a dead worker's trial
         if self.identity is None:
             self.identity = process_identity(writer_pid=self.tracker.writer_pid if self.tracker else None)
-        trial.set_user_attr(PROCESS_ATTR, self.identity)  # lets the next start reclaim it (reclaim.py)
+        trial.set_user_attr(PROCESS_ATTR, self.identity)  # lets the next start reclaim it (study/reclaim.py)
         params = suggest(trial, self.config.search)
         n_reps = self.config.replicates
         configs = [self.config.trial_config(params, seed=replicate_seed(self.config.seed, trial.number, r))

@@ -2,7 +2,7 @@
 `--fresh`'s deletion, the reclaiming of dead processes' trials, the process's entry in the
 study's record of processes (its sampler's seed) and the parent MLflow run happen under one
 lock of the Optuna storage. Processes started together then never mix two configurations,
-never reclaim a trial twice, and each draws its own parameters (search.open_study).
+never reclaim a trial twice, and each draws its own parameters (strategy.open_study).
 
 The lock, by storage:
 - a journal file or an SQLite database: `flock` on `<file>.start-lock` beside it (the
@@ -14,6 +14,8 @@ The lock, by storage:
   the processes of one study one after another there.
 A process waits up to WAIT_S for the lock; its holders keep it for the few seconds a start
 takes.
+
+Layer: store (the stores; the only MLflow code; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputError
-from .redact import redact
+from ..errors import InputError
+from ..redact import redact
 
 WAIT_S = 300.0  # longer than any start takes (MLflow's parent run included)
 POLL_S = 0.05

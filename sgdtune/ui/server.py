@@ -5,6 +5,8 @@ the runs-table URL of every experiment, waits for Ctrl-C, then stops the childre
 everything they started: each child leads its own process group, so stopping the group
 reaches the workers it forked too. Killed outright, this process leaves that to a watchdog
 (reaper.py), so no server outlives it.
+
+Layer: pages (pages and servers a person opens; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-from .files import atomic_write
-from .hosts import canonical, is_ipv6, url_host
-from .reaper import Reaper
-from .redact import redact, redact_url
-from .run_reader import RunReader, store_exists
-from .stores import MLRUNS, default_storage_url
-from .tracking import default_tracking_uri, save_runs_views, ui_url
+from ..errors import InputError
+from ..files import atomic_write
+from ..hosts import canonical, is_ipv6, url_host
+from ..reaper import Reaper
+from ..redact import redact, redact_url
+from ..store.run_reader import RunReader, store_exists
+from ..store.stores import MLRUNS, default_storage_url
+from ..store.tracking import default_tracking_uri, save_runs_views, ui_url
 
 START_TIMEOUT_S = 120  # mlflow server imports a lot: ~10 s on 2 CPU cores, more under load
 STOP_TIMEOUT_S = 10  # SIGTERM, then SIGKILL after this long
@@ -46,7 +48,7 @@ CHILD_ENV_DEFAULTS = {
 # study writes with JournalFileOpenLock; open it as the study does, so both lock alike. The
 # storage URL comes in the environment, which keeps a password out of process listings.
 DASHBOARD_CODE = (
-    "import os, sys; from optuna_dashboard import run_server; from sgdtune.stores import open_storage; "
+    "import os, sys; from optuna_dashboard import run_server; from sgdtune.store.stores import open_storage; "
     "run_server(open_storage(os.environ['SGDTUNE_OPTUNA_STORAGE']), host=sys.argv[1], port=int(sys.argv[2]))"
 )
 
@@ -223,9 +225,3 @@ def serve(args: argparse.Namespace, tracking_uri: str, storage: str | None) -> i
                 atomic_write(child.log, redact(child.log.read_text(errors="replace")))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-if __name__ == "__main__":
-    from sgdtune.cli import interruptible, ui_main
-
-    sys.exit(interruptible(ui_main))

@@ -1,4 +1,7 @@
-"""The console: live progress while trials run, and the closing lines of a study."""
+"""The console: live progress while trials run, and the closing lines of a study.
+
+Layer: study (one study from its experiment to its last trial; docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ import shutil
 import optuna
 from optuna.trial import TrialState
 
-from .config import ExperimentConfig
-from .redact import redact_url
-from .tracking import ui_url
-from .trainer import BatchPlan, Diverged, EpochMetrics
+from ..config import ExperimentConfig
+from ..redact import redact_url
+from ..store.tracking import ui_url
+from ..trainer import BatchPlan, Diverged, EpochMetrics
 
 
 class Progress:
@@ -132,7 +135,7 @@ class _OneLineFailures(logging.Filter):
         self.quiet: set[str] = set()  # "Trial N " prefixes whose second line to drop
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from .errors import StoreError, Surplus, TrackingError
+        from ..errors import StoreError, Surplus, TrackingError
 
         exc = _exception_of(record)
         message = record.getMessage()
@@ -233,8 +236,8 @@ def _print_top(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], conf
 def print_recommendation(study: optuna.Study, tracking_uri: str | None, goal: str | None = None) -> dict | None:
     """The study's last lines: which batch size to train with, and why (report/recommend.py);
     also recorded on its parent MLflow run (tags, metrics, description)."""
-    from .report.answer import study_answer
-    from .report.recommend import lines
+    from ..report.answer import study_answer
+    from ..report.recommend import lines
 
     recommendation = study_answer(study, tracking_uri, goal)
     if recommendation is None:
@@ -242,8 +245,8 @@ def print_recommendation(study: optuna.Study, tracking_uri: str | None, goal: st
         return None
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
     if tracking_uri and parent_id:
-        from .report.write import record_recommendation
-        from .tracking import Tracker
+        from ..report.write import record_recommendation
+        from ..store.tracking import Tracker
 
         tracker = Tracker(tracking_uri, study.study_name)
         record_recommendation(tracker, parent_id, recommendation)
@@ -258,7 +261,7 @@ def print_recommendation(study: optuna.Study, tracking_uri: str | None, goal: st
 
 def no_trial_completed(study: optuna.Study) -> str:
     """The closing line of a study where no trial completed, with the commonest fail reasons."""
-    from .report.summary import failure_causes  # the report says it in the same words
+    from ..report.summary import failure_causes  # the report says it in the same words
 
     ended = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.FAIL, TrialState.PRUNED)]
     failed = [t.user_attrs.get("fail_reason") for t in ended if t.state == TrialState.FAIL]

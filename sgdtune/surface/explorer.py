@@ -18,6 +18,8 @@ implementation in numpy/Python with the *same arithmetic order*, so the
 browser's full-batch path equals :func:`full_batch_path` to rounding (tests
 check 1e-9) and the mini-batch paths agree too because both sides use the same
 PRNG (mulberry32) and the same Fisher-Yates shuffle.
+
+Layer: pages (pages and servers a person opens; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -57,7 +58,7 @@ EPOCHS_MAX = 100  # epochs slider range 1..EPOCHS_MAX
 # n = 50,000 with B = 1 stays within ~16 MB per path.
 STORED_POINTS_MAX = 1_000_000
 
-TEMPLATE = "surface_page.html"  # package data next to this module
+TEMPLATE = "surface_page.html"  # package data in the sgdtune folder, beside the report's page
 CONFIG_MARKER = "/*__SGDTUNE_SURFACE_CONFIG__*/null"
 
 
@@ -294,7 +295,7 @@ def page_config(data: SurfaceData) -> dict:
 
 def render_page(data: SurfaceData) -> str:
     """Fill the HTML template (package data) with the config as inline JSON."""
-    template = resources.files(__package__ or "sgdtune").joinpath(TEMPLATE).read_text("utf-8")
+    template = resources.files("sgdtune").joinpath(TEMPLATE).read_text("utf-8")
     if CONFIG_MARKER not in template:
         raise RuntimeError(f"{TEMPLATE} lacks the config marker {CONFIG_MARKER!r}")
     # "</" would end the <script> element early; "<\/" means the same in JSON.
@@ -304,8 +305,8 @@ def render_page(data: SurfaceData) -> str:
 
 def write_page(out: Path | str, data: SurfaceData) -> Path:
     """Render the page for ``data`` and write it (UTF-8); returns the path written."""
-    from .errors import InputError
-    from .files import atomic_write
+    from ..errors import InputError
+    from ..files import atomic_write
 
     out = Path(out)
     try:
@@ -316,9 +317,3 @@ def write_page(out: Path | str, data: SurfaceData) -> Path:
 
     atomic_write(out, render_page(data), field="--out")  # a kill or a full disk leaves the previous page
     return out
-
-
-if __name__ == "__main__":
-    from sgdtune.cli import interruptible, surface_main
-
-    sys.exit(interruptible(surface_main))

@@ -1,6 +1,8 @@
 """Ways of running a study's trials in this process: one by one through Optuna's
 `study.optimize`, or in cohorts of one batch size trained as one stacked model
 (`--batch-trials K`), and, with heartbeats, staying until other workers' trials settle.
+
+Layer: study (one study from its experiment to its last trial; docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -12,18 +14,18 @@ from collections import defaultdict
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import ExperimentConfig
-from .errors import Surplus
-from .interrupts import interrupts_held
-from .search import n_claimed
-from .trainer import BUDGET_SIZES, PER_MEMBER, Diverged, UnstackableModel, group_key, train, train_stacked
+from ..config import ExperimentConfig
+from ..errors import Surplus
+from ..interrupts import interrupts_held
+from ..search.strategy import n_claimed
+from ..trainer import BUDGET_SIZES, PER_MEMBER, Diverged, UnstackableModel, group_key, train, train_stacked
 from .trial import TRIAL_ENDINGS, Objective, TrialJob
 
 
 def run_trials(study: optuna.Study, objective: Objective, n_trials: int, config: ExperimentConfig,
                batch_trials: int = 1) -> None:
     """Up to n_trials more trials in this process: in stacked cohorts of `batch_trials`
-    (--batch-trials), or one by one. The one place that chooses (study.py, workers.py, settle)."""
+    (--batch-trials), or one by one. The one place that chooses (study/run.py, study/workers.py, settle)."""
     if batch_trials > 1:
         optimize_batched(study, objective, n_trials, config, batch_trials)
     else:
@@ -38,7 +40,7 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, config: E
         n_trials=n_trials,
         timeout=config.timeout_s,
         catch=(Diverged, Surplus),  # a diverged trial is finished (FAIL); a surplus one stops the study below
-        # Ctrl-C or SIGTERM while a trial was ending was held (trial.py): it stops the study
+        # Ctrl-C or SIGTERM while a trial was ending was held (study/trial.py): it stops the study
         # now that Optuna has the trial's state.
         callbacks=[lambda study, trial: objective.held.deliver(), _stop_when_done(config.n_trials)],
     )
