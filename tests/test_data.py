@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgdtune.data import (
-    DataConfig,
-    linear_regression,
-    load_data,
-    load_digits,
-    random_split,
-    stratified_split,
-    synthetic_classification,
-)
+from sgdtune.data import DataConfig, load_data, random_split, stratified_split
+from sgdtune.datasets import linear_regression, load_digits, synthetic_classification
 from sgdtune.errors import InputError
 
 
@@ -504,7 +497,7 @@ def test_a_csv_is_read_in_a_few_times_its_size_of_memory(tmp_path):
     counts NumPy's buffers."""
     import tracemalloc
 
-    from sgdtune.data import _read_csv
+    from sgdtune.datafiles import read_csv
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100_000, 10)).round(6)
@@ -513,7 +506,7 @@ def test_a_csv_is_read_in_a_few_times_its_size_of_memory(tmp_path):
                header=",".join([*(f"f{j}" for j in range(10)), "label"]), comments="")
     size = path.stat().st_size
     tracemalloc.start()
-    features, labels, _ = _read_csv(path, "label")
+    features, labels, _ = read_csv(path, "label")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert np.allclose(features, x.astype(np.float32)) and features.dtype == np.float32 and len(labels) == 100_000
