@@ -162,7 +162,8 @@ def test_toml_is_imported_in_one_place_with_the_python_3_10_fallback():
 
 
 # The report's modules in the order its data flows: each may import only those before it.
-REPORT_FLOW = ["sgdtune.report.inputs", "sgdtune.report.sections", "sgdtune.report.summary",
+REPORT_FLOW = ["sgdtune.report.inputs", "sgdtune.report.sections", "sgdtune.report.noise_sections",
+               "sgdtune.report.summary",
                "sgdtune.report.build", "sgdtune.report.figure_parts", "sgdtune.report.figures",
                "sgdtune.report.html", "sgdtune.report.write"]
 

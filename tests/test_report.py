@@ -476,7 +476,7 @@ def test_the_noise_scale_is_called_b_simple_never_a_critical_batch_and_is_flagge
 
 
 def test_sharpness_is_held_against_2_1_plus_m_under_momentum_not_under_adam_and_weight_decay_is_said():
-    from sgdtune.report.sections import sharpness_section
+    from sgdtune.report.noise_sections import sharpness_section
 
     def row(n, optimizer, lr, k):
         return {"number": n, "batch_size": 4096, "lr": lr, "n_train": 2048, "optimizer": optimizer, "momentum": 0.9,
