@@ -21,6 +21,7 @@ AXES = {"automargin": True}
 
 
 def figure(**layout):
+    """An empty plotly figure in the report's style; `layout` adds to or overrides it."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -31,6 +32,7 @@ def figure(**layout):
 
 
 def subplots(titles: Sequence[str], **layout):
+    """Side-by-side panels, one per title, in the report's style."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.14)
@@ -96,6 +98,7 @@ def interval_text(ci: dict | None, spec: str = ".3g") -> str:
 
 
 def batch_colours(sizes: Sequence[int]) -> list[str]:
+    """One Plasma colour per batch size, spread over log2(B)."""
     from plotly.colors import sample_colorscale
 
     if not sizes:
