@@ -10,17 +10,15 @@ A held-out test set: mnist1d comes with its own (1,000 examples); for the others
 validation split. Validation is what pruning and the sampler see; the test set is evaluated
 once at the end of training (final_test_acc / final_test_loss), never used for selection.
 
+Here: the [data] schema, the Dataset and load_data. The built-in and synthetic
+datasets are made in datasets.py, the user's CSV and .npz files read in datafiles.py, the
+split positions drawn in splits.py.
+
 Layer: base (shared by every layer above; docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import csv
-import functools
-import itertools
-import math
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,10 +28,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .datafactory import call_data_factory
+from .datafiles import as_targets, read_csv, read_npz
+from .datasets import linear_regression, load_digits, load_mnist1d, synthetic_classification, synthetic_parts
 from .errors import InputError
 from .factories import resolve_factory
-
-ROW_BLOCK = 65_536  # rows per block when building large arrays in place
+from .splits import MIN_VAL_EXAMPLES, min_examples, random_split, split_blocks, stratified_split
 
 
 class DataConfig(BaseModel):
@@ -186,34 +185,10 @@ def load_arrays(config: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if config.dataset == "linear":
         x, y, _ = linear_regression(config.n_samples, config.n_features, config.noise, seed)
         return x, y
-    read = _read_csv if config.dataset == "csv" else _read_npz
+    read = read_csv if config.dataset == "csv" else read_npz
     x, values, where = read(config.path, config.label, config.task)
     check_size(len(values), config)  # before the classes: one row is too few rows, not one class
-    return x, _as_targets(values, config.task, where)
-
-
-# The fewest validation examples: val_acc is reported with its binomial standard error
-# sqrt(p (1 - p) / n_val) and trials are compared within 2 SE, a normal approximation that
-# needs tens of examples (one example reads 1.0000 ± 0.0000); 30 is the usual rule of thumb.
-MIN_VAL_EXAMPLES = 30
-
-
-def min_examples(val_fraction: float, test_fraction: float = 0.0) -> int:
-    """The fewest examples n whose splits leave every side its share: ceil(test_fraction x n) test
-    examples (at least one, when test_fraction > 0), then ceil(val_fraction x m) of the m left to
-    validation (at least MIN_VAL_EXAMPLES), and at least one to train on (stratified_split, random_split)."""
-    def rest(n: int, fraction: float) -> int:  # what a split by `fraction` leaves to the other side
-        return n - math.ceil(fraction * n)
-
-    m = max(2, math.floor((MIN_VAL_EXAMPLES - 1) / val_fraction))  # below it, validation is too small
-    while not (m - rest(m, val_fraction) >= MIN_VAL_EXAMPLES and rest(m, val_fraction) >= 1):
-        m += 1
-    if test_fraction <= 0:
-        return m
-    n = max(m + 1, math.ceil(m / (1 - test_fraction)) - 1)
-    while not (math.ceil(test_fraction * n) >= 1 and rest(n, test_fraction) >= m):
-        n += 1
-    return n
+    return x, as_targets(values, config.task, where)
 
 
 def check_size(n: int, config: DataConfig) -> None:
@@ -234,389 +209,6 @@ def check_size(n: int, config: DataConfig) -> None:
         config.dataset, "data.val_fraction")
     raise InputError(field, rule.format(rows="examples"), f"{n} example{'' if n == 1 else 's'} in {config.dataset}")
 
-
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits (1,797 8x8 images, 10 classes), read from the file it ships.
-
-    sklearn.datasets.load_digits reads the same file, but importing scikit-learn (and SciPy
-    with it) takes 1.5 s, three times the rest of the start-up besides torch; finding the
-    package's folder imports nothing. tests/test_data.py holds the two equal.
-    """
-    import gzip
-    from importlib.util import find_spec
-
-    spec = find_spec("sklearn")
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(folders[0], "datasets", "data", "digits.csv.gz") if folders else None
-    if path is None or not path.is_file():  # an unforeseen layout: take the slow road
-        from sklearn.datasets import load_digits as sklearn_digits
-
-        bunch = sklearn_digits()
-        return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    return table[:, :-1], table[:, -1].astype(np.int64)
-
-
-def load_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """MNIST-1D (Greydanus, 2020) from the `mnist1d` package's own generator with its default
-    arguments: (x, y, x_test, y_test), 4,000 + 1,000 sequences of length 40, 10 classes; about
-    a second, no download. The generator seeds NumPy's global RNG, which is saved and restored
-    around it so that nothing else sees a difference. Generated once per process (the same
-    arrays every time); each call returns fresh copies."""
-    try:
-        import mnist1d.data  # noqa: F401
-    except ImportError:
-        raise InputError("data.dataset", "'mnist1d' needs the mnist1d package: pip install 'mnist1d>=0.0.2'",
-                         "'mnist1d' (package not installed)") from None
-    return tuple(a.copy() for a in _generate_mnist1d())
-
-
-@functools.lru_cache(maxsize=1)
-def _generate_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    state = np.random.get_state()
-    try:
-        data = make_dataset(get_dataset_args())
-    finally:
-        np.random.set_state(state)
-    return (data["x"].astype(np.float32), data["y"].astype(np.int64),
-            data["x_test"].astype(np.float32), data["y_test"].astype(np.int64))
-
-
-def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation positions (each in a seeded random order).
-
-    ceil(val_fraction * n) examples go to validation, as in scikit-learn's train_test_split.
-    Stratified when every class has 2 examples or more: each class gives its share of the
-    validation set (largest remainders settle the rounding), drawn at random within the
-    class, so both sides keep the class proportions to within one example per class.
-    """
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    n_val = _n_val(n, val_fraction)
-    perm = rng.permutation(n)
-    counts = np.bincount(y)
-    if counts[counts > 0].min() < 2:  # stratifying needs two of every class
-        return perm[n_val:], perm[:n_val]
-    exact = counts * (n_val / n)
-    per_class = np.floor(exact).astype(np.int64)
-    short = n_val - int(per_class.sum())
-    per_class[np.argsort(-(exact - per_class), kind="stable")[:short]] += 1
-    by_class = perm[np.argsort(y[perm], kind="stable")]  # grouped by class, random within each
-    rank = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)  # position within its class
-    to_val = rank < per_class[y[by_class]]
-    return rng.permutation(by_class[~to_val]), rng.permutation(by_class[to_val])
-
-
-def random_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation positions of n examples, a seeded random split (regression): the
-    first ceil(val_fraction * n) positions of a seeded permutation go to validation, the rest
-    to training, each side in the permutation's order. The same positions as stratified_split
-    gives when it cannot stratify."""
-    n_val = _n_val(n, val_fraction)
-    perm = np.random.default_rng(seed).permutation(n)
-    return perm[n_val:], perm[:n_val]
-
-
-def _n_val(n: int, val_fraction: float) -> int:
-    n_val = math.ceil(val_fraction * n)
-    if not 0 < n_val < n:
-        raise InputError("data.val_fraction", f"must leave examples on both sides of the split: ceil(val_fraction x "
-                         f"{n} examples) between 1 and {n - 1}", repr(val_fraction))
-    return n_val
-
-
-def linear_regression(
-    n_samples: int, n_features: int, noise: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The known-answer regression problem (docs/science.md, section 3): (x, y, w_star).
-
-    The law: w* ~ N(0, I_d) drawn once from the seed, then for each example x ~ N(0, I_d) and
-    y = w*.x + eps with eps ~ N(0, s^2), s = `noise`; no intercept. Drawn in this order from
-    numpy's default_rng(seed): w* (float64, d), x (float32, n x d), eps (float64, n). y is
-    computed in float64 from the float32 x and then rounded to float32, so y = w*.x + eps holds
-    to float32 rounding of y. x and y are returned as float32, not standardized (load_data
-    leaves this dataset's features as drawn unless `standardize = true`), so that the exact
-    finite-sample answers (per-example gradients, Hessian 2 X^T X / n of torch's MSELoss) can
-    be computed from the very arrays training sees.
-    """
-    rng = np.random.default_rng(seed)
-    w_star = rng.standard_normal(n_features)
-    x = rng.standard_normal((n_samples, n_features), dtype=np.float32)
-    eps = rng.standard_normal(n_samples)
-    y = np.empty(n_samples, dtype=np.float32)
-    for start in range(0, n_samples, ROW_BLOCK):  # float64 a block at a time, not n x d at once
-        rows = slice(start, start + ROW_BLOCK)
-        y[rows] = x[rows].astype(np.float64) @ w_star + noise * eps[rows]
-    return x, y, w_star
-
-
-def synthetic_classification(
-    n_samples: int, n_features: int, n_classes: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian class clusters with label noise, built in float32 so 10^6 x 64 stays fast.
-
-    Each class has a random mean; points are mean + N(0, I) through a shared random
-    linear map (correlated features), and 5% of labels are flipped so the problem is
-    not separable and generalization is measurable.
-    """
-    labels, features = synthetic_parts(n_samples, n_features, n_classes, seed)
-    x = np.empty((n_samples, n_features), dtype=np.float32)
-    for rows, block in features():
-        x[rows] = block
-    return x, labels
-
-
-def synthetic_parts(n_samples: int, n_features: int, n_classes: int, seed: int):
-    """synthetic_classification as (labels, features): features() yields (rows, block) in
-    order, blocks of about ROW_BLOCK rows, so that load_data can write each block straight to
-    its side of the split instead of holding the whole array and its two halves at once.
-
-    The labels' 5% flips are drawn after the features, so the features' draws are skipped
-    over once to know the labels first (the seed gives the same numbers either way).
-    """
-    rng = np.random.default_rng(seed)
-    centres = rng.integers(0, n_classes, size=n_samples)  # labels before the flips
-    means = rng.normal(0.0, 1.0, size=(n_classes, n_features)).astype(np.float32)
-    mixing = (rng.normal(0.0, 1.0, size=(n_features, n_features)) / np.sqrt(n_features)).astype(np.float32)
-    features_state = rng.bit_generator.state
-    # Blocks of at least ROW_BLOCK rows (none left tiny), so that BLAS gives the same bits
-    # as one product over all rows.
-    step = -(-n_samples // max(1, n_samples // ROW_BLOCK))
-    blocks = [slice(start, min(start + step, n_samples)) for start in range(0, n_samples, step)]
-    for rows in blocks:
-        rng.standard_normal(size=(rows.stop - rows.start, n_features), dtype=np.float32)
-    labels = centres.copy()
-    flip = rng.random(n_samples) < 0.05
-    labels[flip] = rng.integers(0, n_classes, size=int(flip.sum()))
-
-    def features():
-        draws = np.random.default_rng(seed)
-        draws.bit_generator.state = features_state  # where the first pass drew the features
-        for rows in blocks:
-            block = draws.standard_normal(size=(rows.stop - rows.start, n_features), dtype=np.float32)
-            block *= 1.5
-            block += means[centres[rows]]
-            yield rows, block @ mixing
-
-    return labels.astype(np.int64), features
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: a feature beyond it becomes inf on the device
-CSV_BLOCK = 8_192  # lines parsed at once: their text and float64 copy stay small beside the arrays
-CSV_ENCODING = "utf-8-sig"  # UTF-8, with the byte-order mark some spreadsheets write before the header
-
-
-def _read_csv(path: Path, label: str, task: str = "classification") -> tuple[np.ndarray, np.ndarray, str]:
-    """A CSV with a header row: (features float32, the `label` column as float64, where it is). Every
-    cell must be a finite number, features within float32's range; the first that is not is named by
-    line and column.
-
-    Read as a stream: the rows are counted first, then parsed CSV_BLOCK at a time into arrays of
-    their final size, so the peak memory is the arrays plus one block (genfromtxt held about 17x
-    the file: Python lists of every cell, then float64)."""
-    try:
-        with open(path, newline="", encoding=CSV_ENCODING) as f:
-            header = next(csv.reader(f), None)
-    except UnicodeDecodeError as e:
-        raise InputError("data.path", "must be a CSV text file (UTF-8)",
-                         f"{str(path)!r}, undecodable byte at offset {e.start}") from None
-    if not header:
-        raise InputError("data.path", f"{str(path)!r} is empty; expected a header row")
-    if label not in header:
-        raise InputError("data.label", f"must be one of the columns {header} of {str(path)!r}", repr(label))
-    if len(header) < 2:
-        raise InputError("data.path", f"must have at least one feature column besides the label {label!r}",
-                         f"only the column {label!r} in {str(path)!r}")
-    col = header.index(label)
-    where = f"column {label!r} of {str(path)!r}"
-    lines = _count_lines(path)
-    x = np.empty((lines, len(header) - 1), dtype=np.float32)
-    y = np.empty(lines, dtype=np.float64)
-    n = 0
-    with open(path, newline="", encoding=CSV_ENCODING) as f:
-        next(f)  # the header
-        while True:
-            block = [line for line in itertools.islice(f, CSV_BLOCK) if line.strip()]  # blank lines skipped
-            if not block:
-                break
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    table = np.loadtxt(block, delimiter=",", dtype=np.float64, ndmin=2, quotechar='"')
-            except ValueError:  # a cell that is not a number, or a row of another length
-                _name_the_bad_cell(path, header, col, task)
-            if table.shape[1] != len(header) or not _fits(np.delete(table, col, axis=1)) or \
-                    not np.isfinite(table[:, col]).all():
-                _name_the_bad_cell(path, header, col, task)
-            x[n:n + len(table)] = np.delete(table, col, axis=1)
-            y[n:n + len(table)] = table[:, col]
-            n += len(table)
-    return x[:n], y[:n], where
-
-
-def _count_lines(path: Path, chunk: int = 1 << 20) -> int:
-    """Newlines in the file, +1 for a last line without one: at least its data rows."""
-    count, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while data := f.read(chunk):
-            count += data.count(b"\n")
-            last = data[-1:]
-    return count + (last != b"\n")
-
-
-def _fits(values: np.ndarray) -> bool:
-    """Every value finite and within float32's range (a float64 1e300 is inf as float32)."""
-    return bool(np.isfinite(values).all() and (np.abs(values) <= FLOAT32_MAX).all())
-
-
-def _name_the_bad_cell(path: Path, header: list[str], col: int, task: str) -> None:
-    """Raise an InputError naming the first cell of the CSV that is not a finite number (a
-    feature: within float32's range), or the first row whose length is not the header's."""
-    with open(path, newline="", encoding=CSV_ENCODING) as f:
-        rows = csv.reader(f)
-        next(rows)
-        data_row = 0
-        for row in rows:
-            if not any(cell.strip() for cell in row):  # blank lines are skipped, as when reading
-                continue
-            data_row += 1
-            if len(row) != len(header):
-                raise InputError("data.path", f"every row of {str(path)!r} must have the {len(header)} columns of "
-                                 "its header", f"{len(row)} at line {rows.line_num} (data row {data_row})")
-            for j, cell in enumerate(row):
-                try:
-                    value = float(cell)
-                except ValueError:
-                    value = None
-                if value is not None and math.isfinite(value) and (j == col or abs(value) <= FLOAT32_MAX):
-                    continue
-                got = (f"{cell!r}" if cell.strip() else "an empty cell") + \
-                    f" at line {rows.line_num} (data row {data_row}), column {header[j]!r} of {str(path)!r}"
-                if j == col:
-                    what = "a regression target" if task == "regression" else "a class label"
-                    raise InputError("data.label", f"every cell of column {header[col]!r} must be a finite number "
-                                                   f"({what})", got)
-                if value is not None and math.isfinite(value):
-                    raise InputError("data.path", f"every feature cell must fit float32 (|x| <= {FLOAT32_MAX:.4g}; "
-                                     "training computes in float32, where it would be infinite)", got)
-                raise InputError("data.path", "every feature cell must be a finite number", got)
-    raise InputError("data.path", f"{str(path)!r} has empty or non-numeric cells")
-
-
-def _read_npz(path: Path, label: str, task: str = "classification") -> tuple[np.ndarray, np.ndarray, str]:
-    """An .npz archive: (features float32, the `label` array as stored, where it is). The
-    features: one array (n, F), or images (n, H, W) or (n, C, H, W) kept in their shape, or
-    1-D columns. Every feature must be a finite number; the first that is not is named by row
-    and column (or position in the image)."""
-    try:
-        with np.load(path) as archive:
-            names = list(archive.files)
-            if label not in names:
-                raise InputError("data.label", f"must be one of the arrays {names} of {str(path)!r}", repr(label))
-            y = archive[label]
-            features = {k: archive[k] for k in names if k != label}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        if isinstance(e, InputError):
-            raise
-        # np.load: not an archive (OSError, BadZipFile); an array of Python objects (ValueError: pickles)
-        raise InputError("data.path", "must be a NumPy .npz archive of numeric arrays (numpy.savez)",
-                         f"{str(path)!r} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    features, feature_names = list(features.values()), list(features)
-    if len(features) == 1 and features[0].ndim in (2, 3, 4):
-        x = features[0]
-    elif features and all(f.ndim == 1 for f in features):
-        x = np.stack(features, axis=1)
-    else:
-        shapes = ", ".join(f"{k!r}: {'x'.join(map(str, f.shape)) or 'scalar'}" for k, f in zip(feature_names, features))
-        raise InputError("data.path", "an .npz needs, beside the labels, one feature array of shape N x F, images "
-                         "N x H x W or N x C x H x W, or 1-D columns of N", f"{shapes or 'no feature array'} in "
-                         f"{str(path)!r}")
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise InputError("data.label", f"array {label!r} must be 1-D (one target per row)", f"shape {y.shape}")
-    if x.shape[0] != y.shape[0]:
-        raise InputError("data.path", f"{x.shape[0]} feature rows but {y.shape[0]} labels")
-    if not (x.dtype == np.bool_ or np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise InputError("data.path", "every feature array must hold numbers",
-                         f"dtype {x.dtype} in {str(path)!r}")
-    # Checked before the cast, so that the message shows the value stored (1e300, not inf).
-    bad = np.argwhere(~np.isfinite(x) | (np.abs(x) > FLOAT32_MAX)) if np.issubdtype(x.dtype, np.floating) else []
-    if len(bad):
-        row, *at = (int(i) for i in bad[0])
-        if x.ndim > 2:
-            cell = f"array {feature_names[0]!r}, example {row + 1}, position {tuple(at)}"
-        elif len(feature_names) == 1:
-            cell = f"array {feature_names[0]!r}, row {row + 1}, column {at[0] + 1}"
-        else:
-            cell = f"array {feature_names[at[0]]!r}, row {row + 1}"
-        raise InputError("data.path", f"every feature must be a finite number that fits float32 (|x| <= "
-                         f"{FLOAT32_MAX:.4g})", f"{x[(row, *at)].item()!r} at {cell} of {str(path)!r}")
-    x = x.astype(np.float32)
-    return x, y, f"array {label!r} of {str(path)!r}"
-
-
-def _as_targets(values: np.ndarray, task: str, where: str) -> np.ndarray:
-    """Class labels 0..k-1 (classification) or float32 targets as given (regression, which
-    must be finite numbers; `where` names the column or array in the error)."""
-    if task != "regression":
-        return _as_labels(values, where) if len(values) else np.empty(0, dtype=np.int64)
-    kind = values.dtype
-    if kind == np.bool_ or not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
-        raise InputError("data.label", f"{where} must hold numbers (a regression target)", f"dtype {values.dtype}")
-    y = values.astype(np.float32)
-    bad = np.flatnonzero(~np.isfinite(y))
-    if len(bad):
-        raise InputError("data.label", f"{where} must hold finite float32 numbers (a regression target)",
-                         f"{values[bad[0]]!r} at row {bad[0] + 1}")
-    return y
-
-
-def _as_labels(values: np.ndarray, where: str = "the labels") -> np.ndarray:
-    """Map arbitrary label values to 0..k-1 (sorted order); at least 2 classes, no NaN or inf."""
-    if np.issubdtype(values.dtype, np.floating):
-        bad = np.flatnonzero(~np.isfinite(values))
-        if len(bad):
-            raise InputError("data.label", f"every label in {where} must be a finite number (a class label)",
-                             f"{values[bad[0]]!r} at row {bad[0] + 1}")
-        fraction = np.flatnonzero(values != np.round(values))
-        if len(fraction):  # a measured quantity, not a class: as classes, each value would be its own
-            row = int(fraction[0])
-            raise InputError(
-                "data.label", f"classification needs whole-number class labels in {where}; for a numeric target "
-                "set data.task = \"regression\"", f"{values[row].item()!r} at row {row + 1} "
-                f"({len(np.unique(values))} distinct values in {len(values)} rows)")
-    classes, codes = np.unique(values, return_inverse=True)
-    if len(classes) == 1:  # one class trains to val_acc 1.0 and measures nothing
-        value = classes[0].item() if hasattr(classes[0], "item") else classes[0]
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        raise InputError("data.label", f"classification needs at least 2 classes in {where} "
-                                       "(for a numeric target, set task = 'regression')",
-                         f"only the class {value!r} in all {len(values)} rows")
-    return codes.reshape(-1).astype(np.int64)
-
-
-def _split_blocks(blocks, train_idx: np.ndarray, val_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(x[train_idx], x[val_idx]) from x's (rows, block) pieces, never holding all of x."""
-    n = len(train_idx) + len(val_idx)
-    to_val = np.zeros(n, dtype=bool)
-    to_val[val_idx] = True
-    position = np.empty(n, dtype=np.intp)  # each row's place in its side of the split
-    position[train_idx] = np.arange(len(train_idx))
-    position[val_idx] = np.arange(len(val_idx))
-    x_tr = x_va = None
-    for rows, block in blocks:
-        if x_tr is None:
-            x_tr = np.empty((len(train_idx), block.shape[1]), dtype=block.dtype)
-            x_va = np.empty((len(val_idx), block.shape[1]), dtype=block.dtype)
-        val = to_val[rows]
-        x_tr[position[rows][~val]] = block[~val]
-        x_va[position[rows][val]] = block[val]
-    return x_tr, x_va
 
 
 def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu") -> Dataset:
@@ -645,7 +237,7 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
             return _ready_splits(config, parts, device)
         x, values = parts["all"]
         check_size(len(values), config)
-        y = _as_targets(values, config.task, f"the targets of data.factory {config.factory!r}")
+        y = as_targets(values, config.task, f"the targets of data.factory {config.factory!r}")
     else:
         x, y = load_arrays(config, seed)
     x, shape = (x, None) if x is None else image_features(x, config)
@@ -671,7 +263,7 @@ def load_data(config: DataConfig, seed: int, device: torch.device | str = "cpu")
     y_tr, y_va = y[train_idx], y[val_idx]
     del y
     if x is None:
-        x_tr, x_va = _split_blocks(features(), train_idx, val_idx)
+        x_tr, x_va = split_blocks(features(), train_idx, val_idx)
         del train_idx, val_idx
     else:
         x_tr = x[train_idx]
@@ -712,7 +304,7 @@ def _ready_splits(config: DataConfig, parts: dict, device: torch.device | str) -
         raise InputError("data.factory", "every split must have the same feature shape",
                          ", ".join(f"{s}: {parts[s][0].shape}" for s in names))
     values = np.concatenate([parts[s][1] for s in names])
-    y = _as_targets(values, config.task, f"the targets of data.factory {config.factory!r}")
+    y = as_targets(values, config.task, f"the targets of data.factory {config.factory!r}")
     ys = np.split(y, np.cumsum([len(parts[s][1]) for s in names])[:-1])
     if min(len(v) for v in ys) == 0:
         raise InputError("data.factory", "every split must hold at least one example",

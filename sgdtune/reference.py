@@ -23,8 +23,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from .config import OBJECTIVES, SEARCHABLE, ExperimentConfig, _allowed_keys
-from .data import min_examples
 from .errors import EXIT_BAD_INPUT, InputError
+from .splits import min_examples
 
 # The study command's flags that set a key (cli.py, study_main); tests/test_reference.py
 # checks that each flag and key exists.
@@ -282,7 +282,7 @@ is the target, every other column a feature; every cell a finite number (the fir
 not is named by its line and column). `dataset = "npz"`: the array `label` and either one
 2-D feature array or 1-D feature columns, finite numbers. Classification needs at least 2
 classes in the label column. The fewest data rows that every split can use (min_examples in
-sgdtune/data.py):
+sgdtune/splits.py):
 
 {min_rows}
 

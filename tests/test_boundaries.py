@@ -163,8 +163,10 @@ def test_toml_is_imported_in_one_place_with_the_python_3_10_fallback():
 
 
 # The report's modules in the order its data flows: each may import only those before it.
-REPORT_FLOW = ["sgdtune.report.inputs", "sgdtune.report.sections", "sgdtune.report.summary",
-               "sgdtune.report.build", "sgdtune.report.html", "sgdtune.report.write"]
+REPORT_FLOW = ["sgdtune.report.inputs", "sgdtune.report.sections", "sgdtune.report.noise_sections",
+               "sgdtune.report.summary",
+               "sgdtune.report.build", "sgdtune.report.figure_parts", "sgdtune.report.figures",
+               "sgdtune.report.html", "sgdtune.report.write"]
 
 
 def test_the_reports_words_never_import_its_drawing_nor_any_later_stage():

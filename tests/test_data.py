@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from sgdtune.data import (
-    DataConfig,
-    linear_regression,
-    load_data,
-    load_digits,
-    random_split,
-    stratified_split,
-    synthetic_classification,
-)
+from sgdtune.data import DataConfig, load_data
+from sgdtune.datasets import linear_regression, load_digits, synthetic_classification
 from sgdtune.errors import InputError
+from sgdtune.splits import random_split, stratified_split
 
 
 def test_digits_split_is_stratified_seeded_and_standardized_on_train_only():
@@ -281,7 +275,7 @@ def test_a_trial_with_a_test_set_logs_final_test_acc_and_n_test(workdir):
 def brute_min_examples(val_fraction: float, test_fraction: float) -> int:
     """The definition, by counting: the fewest n whose splits leave every side an example, and
     validation its minimum."""
-    from sgdtune.data import MIN_VAL_EXAMPLES
+    from sgdtune.splits import MIN_VAL_EXAMPLES
 
     for n in range(1, 10_000):
         m = n - math.ceil(test_fraction * n)
@@ -294,7 +288,7 @@ def brute_min_examples(val_fraction: float, test_fraction: float) -> int:
 @pytest.mark.parametrize("val_fraction", [0.05, 0.2, 0.5, 0.51, 0.8, 0.95])
 @pytest.mark.parametrize("test_fraction", [0.0, 0.1, 0.5, 0.9])
 def test_min_examples_is_the_fewest_rows_every_split_can_use(val_fraction, test_fraction):
-    from sgdtune.data import min_examples
+    from sgdtune.splits import min_examples
 
     n = min_examples(val_fraction, test_fraction)
     assert n == brute_min_examples(val_fraction, test_fraction)
@@ -504,7 +498,7 @@ def test_a_csv_is_read_in_a_few_times_its_size_of_memory(tmp_path):
     counts NumPy's buffers."""
     import tracemalloc
 
-    from sgdtune.data import _read_csv
+    from sgdtune.datafiles import read_csv
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100_000, 10)).round(6)
@@ -513,7 +507,7 @@ def test_a_csv_is_read_in_a_few_times_its_size_of_memory(tmp_path):
                header=",".join([*(f"f{j}" for j in range(10)), "label"]), comments="")
     size = path.stat().st_size
     tracemalloc.start()
-    features, labels, _ = _read_csv(path, "label")
+    features, labels, _ = read_csv(path, "label")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert np.allclose(features, x.astype(np.float32)) and features.dtype == np.float32 and len(labels) == 100_000

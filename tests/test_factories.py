@@ -128,7 +128,7 @@ def test_a_factory_model_whose_folder_is_gone_says_in_one_line_what_to_put_on_th
 DATA = '''
 import numpy as np
 import torch
-from sgdtune.data import load_digits
+from sgdtune.datasets import load_digits
 
 
 def arrays(seed):
@@ -195,7 +195,7 @@ def data_module(tmp_path_factory):
 
 
 def test_a_data_factory_may_give_tensors_a_dataset_or_ready_splits(data_module):
-    from sgdtune.data import load_digits
+    from sgdtune.datasets import load_digits
 
     x, y = load_digits()
     as_tensors = load_data(DataConfig(factory="userdata:arrays"), seed=0)

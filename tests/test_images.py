@@ -14,7 +14,8 @@ import torch
 from mlflow.models import Model
 
 import sgdtune
-from sgdtune.data import DataConfig, load_data, load_digits
+from sgdtune.data import DataConfig, load_data
+from sgdtune.datasets import load_digits
 from sgdtune.errors import InputError
 from sgdtune.model import ModelConfig, build_model, describe_model
 from sgdtune.saved import save_model_file

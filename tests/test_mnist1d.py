@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgdtune.data import DataConfig, _generate_mnist1d, load_data, load_mnist1d
+from sgdtune.data import DataConfig, load_data
+from sgdtune.datasets import _generate_mnist1d, load_mnist1d
 from sgdtune.errors import InputError
 from sgdtune.model import ModelConfig, build_model, describe_model
 from sgdtune.trainer import TrainConfig, train

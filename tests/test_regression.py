@@ -42,7 +42,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from sgdtune.config import load_experiment
-from sgdtune.data import DataConfig, linear_regression, load_data
+from sgdtune.data import DataConfig, load_data
+from sgdtune.datasets import linear_regression
 from sgdtune.model import ModelConfig, build_model
 from sgdtune.search.strategy import derive_seed
 from sgdtune.store.stores import open_storage

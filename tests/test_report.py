@@ -464,7 +464,7 @@ def test_the_noise_scale_is_called_b_simple_never_a_critical_batch_and_is_flagge
     assert "B_simple" in sentence and "B_noise" not in sentence and "critical batch size estimate" not in sentence
     assert f"above n_train = {N_TRAIN:,}: B_simple exceeds n_train" in sentence
     assert "Critical batch size not estimated" in sentence
-    from sgdtune.report.html import fig_grad_noise
+    from sgdtune.report.figures import fig_grad_noise
 
     names = [t.name or "" for t in fig_grad_noise(gn).data]
     assert not any("critical" in n for n in names) and any("median final B_simple" in n for n in names)
@@ -476,7 +476,7 @@ def test_the_noise_scale_is_called_b_simple_never_a_critical_batch_and_is_flagge
 
 
 def test_sharpness_is_held_against_2_1_plus_m_under_momentum_not_under_adam_and_weight_decay_is_said():
-    from sgdtune.report.sections import sharpness_section
+    from sgdtune.report.noise_sections import sharpness_section
 
     def row(n, optimizer, lr, k):
         return {"number": n, "batch_size": 4096, "lr": lr, "n_train": 2048, "optimizer": optimizer, "momentum": 0.9,
@@ -662,7 +662,7 @@ def test_no_trend_line_or_claim_on_trendless_points():
     assert ln["slope_ci"]["ci_low"] < 0 < ln["slope_ci"]["ci_high"] and not ln["trend"]
     assert any(s.startswith("Loss noise: no trend with batch size") for s in report["summary"])
     assert not any(s.startswith("Loss noise fell") or s.startswith("Loss noise rose") for s in report["summary"])
-    from sgdtune.report.html import fig_accuracy, fig_loss_noise
+    from sgdtune.report.figures import fig_accuracy, fig_loss_noise
 
     names = [t.name for t in fig_loss_noise(ln).data]
     assert not any("fit" in (n or "") for n in names) and any("theory" in (n or "") for n in names)
@@ -716,7 +716,7 @@ def test_an_equal_budget_tie_is_described_as_a_tie_as_report_json_has_it():
 
 
 def test_accuracy_error_bars_stop_at_1_and_the_page_shows_the_test_accuracy():
-    from sgdtune.report.html import fig_accuracy
+    from sgdtune.report.figures import fig_accuracy
 
     report = json.loads(report_mod.to_json(report_mod.build_report(synthetic_study(
         n=4, n_val=100, acc=lambda i, b: 0.99 + 0.003 * i, extra=lambda i, b: {"final_test_acc": 0.8765 + i / 1e4}))))
@@ -779,7 +779,7 @@ def test_pareto_importances_point_toward_high_val_acc_without_a_warning():
 
 
 def test_batch_size_is_a_colour_scale_not_a_legend_entry_per_trial():
-    from sgdtune.report.html import fig_grad_noise, fig_learning_curves
+    from sgdtune.report.figures import fig_grad_noise, fig_learning_curves
 
     sizes = [8 * 2 ** (i % 8) for i in range(20)]
     gn = {"critical_batch_size": {"value": 100.0, "source": "test"},

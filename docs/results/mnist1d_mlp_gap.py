@@ -4,7 +4,7 @@
 
 The MNIST-1D paper (Greydanus & Kobak 2024) quotes 68% test accuracy for its MLP; experiments/mnist1d_mlp.toml
 gets about 65%. This script trains the paper's setting outside sgdtune, on the same generated data
-(sgdtune.data.load_mnist1d, the `mnist1d` package's generator: no download), so that each difference can be
+(sgdtune.datasets.load_mnist1d, the `mnist1d` package's generator: no download), so that each difference can be
 switched alone:
 
 - the paper's setting (its notebooks' train loop and MLP): 40-100-100-10 with a residual second layer,
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgdtune.data import load_mnist1d
+from sgdtune.datasets import load_mnist1d
 from sgdtune.science.fits import t_quantile
 
 HERE = Path(__file__).resolve().parent

@@ -17,8 +17,9 @@ from optuna.trial import TrialState
 
 from ..store.run_reader import RunReader, RunRecord
 from .inputs import as_number, complete_rows, trial_rows
+from .noise_sections import steps_section
 from .recommend import DEFAULT_GOAL, recommend
-from .sections import best_rows_per_batch, octave, steps_section, val_acc_se
+from .sections import best_rows_per_batch, octave, val_acc_se
 from .time_to_accuracy import time_to_accuracy
 
 

@@ -24,18 +24,15 @@ from ..store.tracking import ui_url
 from .answer import answer, experiment_file_name
 from .inputs import as_number, complete_rows, is_timing, trial_rows
 from .mccandlish import mccandlish_section
+from .noise_sections import loss_noise_section, noise_scale_section, sharpness_section, steps_section
 from .sections import (
     accuracy_section,
     equal_budget_comparison,
     history_section,
     importance_section,
-    loss_noise_section,
-    noise_scale_section,
     per_doubling,
     per_octave,
     pick_across_batch_sizes,
-    sharpness_section,
-    steps_section,
     timings,
     top_trials,
 )

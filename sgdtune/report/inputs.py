@@ -62,7 +62,7 @@ def trial_rows(study: optuna.Study, runs: dict[int, RunRecord], objectives: Sequ
             "n_train": as_number(p.get("n_train", study.user_attrs.get("n_train")), int),
             "n_val": as_number(p.get("n_val", study.user_attrs.get("n_val")), int),
             "replicates": as_number(p.get("replicates", t.params.get("replicates")), int) or 1,
-            # what the sharpness is compared with depends on these (report.sections.sharpness_section)
+            # what the sharpness is compared with depends on these (report.noise_sections.sharpness_section)
             "optimizer": p.get("optimizer", t.params.get("optimizer")),
             "weight_decay": as_number(p.get("weight_decay", t.params.get("weight_decay")), float),
             "values": {o: v for o, v in zip(objectives, t.values or []) if not is_timing(o)},

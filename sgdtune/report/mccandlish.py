@@ -2,7 +2,7 @@
 and eps_max predict, against what the sweep found (report.json key "mccandlish").
 
 The trials it stands on are those the S(B) fit stands on: at each batch size the one with the
-fewest updates to the target (report.sections.steps_section), among those that measured B_noise
+fewest updates to the target (report.noise_sections.steps_section), among those that measured B_noise
 there (train.b_noise_samples > 0). Its B_noise and eps_max are the medians over these trials of
 each trial's value at the compared point (COMPARED_POINT: docs/science.md, section 5), with a
 percentile bootstrap interval over the trials.
@@ -72,7 +72,7 @@ def mccandlish_section(rows: list[dict], steps: dict | None, paths: dict[int, di
     from B_noise against the S(B) fit. None without a fit or without B_noise on its trials.
 
     `rows`: every trial's row (report.inputs.trial_rows: the lrs tried at a B include those that
-    diverged); `steps`: report.sections.steps_section's; `paths`: per trial
+    diverged); `steps`: report.noise_sections.steps_section's; `paths`: per trial
     number {"updates": [...], "b_noise": [...], "eps_max": [...]} (the MLflow histories)."""
     if not steps or "fit" not in steps:
         return None
