@@ -83,6 +83,14 @@ class TrainConfig(BaseModel):
         default=8192, ge=1,
         description="examples in the fixed sharpness probe (n if fewer: then the training loss's own Hessian)",
     )
+    measure_share: float | Literal["all"] = Field(
+        default=0.05,
+        description="the most every measurement of a trial together may cost (noise probes, B_noise, sharpness, "
+                    "the end-of-training train-subset and test evaluations, the fixed-model loss noise), as a "
+                    "share of its steps' cost so far, both modelled in example-equivalents (loop.py); a "
+                    "measurement the share does not cover is sized down or left out (docs/usage.md, "
+                    "'Measurement budget'); 'all' = no cap: every scheduled measurement at full size",
+    )
     eval_size: int = Field(default=10_000, ge=1, description="training examples evaluated per epoch")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32",
@@ -109,6 +117,13 @@ class TrainConfig(BaseModel):
     def _two_or_none(cls, value):
         if value == 1:
             raise ValueError(f"must be 0 (off) or >= 2 (a standard error needs two samples); got {value}")
+        return value
+
+    @field_validator("measure_share")
+    @classmethod
+    def _a_share(cls, value):
+        if value != "all" and not 0 < value <= 1:
+            raise ValueError(f"must be a share in (0, 1] or 'all'; got {value}")
         return value
 
     @field_validator("probe_size", "measure_every_epochs")

@@ -190,8 +190,8 @@ class ModuleStepper:
                 for g in grad_sq]
 
     def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
-                  starts: list[torch.Tensor | None]) -> list[SharpnessEstimate]:
-        return [sharpness(self.model, self.loss_fn, x, y, iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL,
+                  starts: list[torch.Tensor | None], iters: int = SHARPNESS_ITERS) -> list[SharpnessEstimate]:
+        return [sharpness(self.model, self.loss_fn, x, y, iters=iters, tol=SHARPNESS_TOL,
                           seed=SHARPNESS_SEED, start=start) for start in starts]
 
     def keep(self, positions: list[int]) -> None:
