@@ -47,7 +47,8 @@ measure_share of the modelled cost of its steps so far, both in example-equivale
 against timings on digits, docs/performance.md). The end-of-training evaluations are reserved
 from the start. A measurement runs when its schedule above makes it due and its cost fits in
 what is left (`_left`); else:
-- at an epoch end before the member's last (and not at its target): it is left out;
+- at an epoch end before the member's last (and not at its target): it is left out, and so is
+  one that would not leave room for the end's measurements at full size (`_end_reserve`);
 - at the member's end and where its target is first reached, in this order: the train-subset
   evaluation (never left out: halved down to MEASURE_FLOOR examples, to that floor even beyond
   the budget, since the final train metrics and gen_gap are not optional), the test set (whole),
@@ -540,15 +541,28 @@ class Loop:
     def _left(self, m: _Member, last: bool) -> float:
         """Example-equivalents member m may still spend on a measurement (the module's docstring):
         measure_share of its steps' modelled cost so far, less what it spent, less its end-of-training
-        evaluations until they are charged; before its end (`last` False) also less a full noise probe
-        and the fixed-model loss noise, which its end will want. inf with measure_share "all"."""
+        evaluations until they are charged; before its end (`last` False) also less the rest of what
+        its end will want at full size (`_end_reserve`). inf with measure_share "all"."""
         share = m.config.measure_share
         if share == "all":
             return math.inf
         reserve = 0.0 if m.evaluated else self.end_eval_cost
         if not last:
-            reserve += LOSS_NOISE_COST + (probe_cost(m.noise_size) if m.noise_size else 0.0)
+            reserve += self._end_reserve(m)
         return share * step_cost(self.updates, self.examples) - m.spent - reserve
+
+    def _end_reserve(self, m: _Member) -> float:
+        """The modelled cost of member m's end-of-training measurements at full size, beside the
+        evaluations: the noise probe, B_noise, the fixed-model loss noise and a sharpness of
+        SHARPNESS_MIN_ITERS Lanczos steps. The end comes first: a measurement before it runs only
+        where these still fit after it."""
+        cost = LOSS_NOISE_COST
+        if m.noise_size:
+            cost += probe_cost(m.noise_size) + (curvature_cost(m.noise_size, m.config.b_noise_samples)
+                                                if m.config.b_noise_samples else 0.0)
+        if self.sharpness_probe is not None:
+            cost += sharpness_cost(len(self.sharpness_probe[1]), SHARPNESS_MIN_ITERS)
+        return cost
 
     def _noise_due(self, m: _Member, epoch: int, final: bool) -> bool:
         """Whether member m's epoch end measures the gradient noise scale (see the module's
