@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from sgdtune.config import load_experiment
 from sgdtune.data import DataConfig, load_data
+from sgdtune.errors import InputError
 from sgdtune.model import ModelConfig, build_model
 from sgdtune.trainer import TrainConfig
 from sgdtune.trainer import loop as loop_module
@@ -97,6 +99,14 @@ def test_the_default_share_is_five_percent_and_all_means_no_budget():
     for bad in (0, 1.5, "most"):
         with pytest.raises(ValueError, match="measure_share"):
             TrainConfig(measure_share=bad)
+
+
+def test_a_bad_measure_share_in_an_experiment_is_one_line_naming_the_field(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text('name = "x"\n[train]\nmeasure_share = "most"\n')
+    with pytest.raises(InputError) as caught:
+        load_experiment(path)
+    assert str(caught.value) == f"{path}: train.measure_share: must be a share in (0, 1] or 'all'; got 'most'"
 
 
 @pytest.mark.parametrize("config", [short_trial(), target_trial()], ids=["B=8, 3 epochs", "B=64 to 95%, then stop"])

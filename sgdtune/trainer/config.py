@@ -119,11 +119,12 @@ class TrainConfig(BaseModel):
             raise ValueError(f"must be 0 (off) or >= 2 (a standard error needs two samples); got {value}")
         return value
 
-    @field_validator("measure_share")
+    @field_validator("measure_share", mode="before")
     @classmethod
     def _a_share(cls, value):
-        if value != "all" and not 0 < value <= 1:
-            raise ValueError(f"must be a share in (0, 1] or 'all'; got {value}")
+        share = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+        if value != "all" and not share:
+            raise ValueError(f"must be a share in (0, 1] or 'all'; got {value!r}")
         return value
 
     @field_validator("probe_size", "measure_every_epochs")
