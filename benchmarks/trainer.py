@@ -38,6 +38,9 @@ MODEL = ModelConfig(hidden=(128,))
 LR, MOMENTUM, SEED = 0.05, 0.9, 0
 EPOCHS = {8: 4, 64: 20, 1024: 100}  # epochs per round: ~0.3 s or more of steps each
 TINY_EPOCHS = {8: 1, 64: 2, 1024: 3}
+# A trial long enough that measure_share's budget covers a sharpness measurement (on a halved probe):
+# the sharpness cost model checked against time (the budgets above leave sharpness out on digits).
+SHARPNESS_EPOCHS, TINY_SHARPNESS_EPOCHS = 12, 2
 
 
 class MinimalLoop:
@@ -165,6 +168,11 @@ def run(tiny: bool = False) -> list[Check]:
         ))
         results = [train(trainer_config(batch_size, n_epochs, probe=True), data) for _ in range(rounds)]
         costs += cost_checks(f"B={batch_size}, {n_epochs} epochs", results, note)
+    n_epochs = TINY_SHARPNESS_EPOCHS if tiny else SHARPNESS_EPOCHS
+    results = [train(trainer_config(8, n_epochs, probe=True), data) for _ in range(rounds)]
+    measured = sum(r.final.sharpness is not None for r in results)
+    costs += cost_checks(f"B=8, {n_epochs} epochs, with sharpness", results,
+                         f"{note}; sharpness measured at the end in {measured} of {len(results)} runs")
     for batch_size in (64,) if tiny else (64, 512):
         results = [train(target_config(batch_size), data) for _ in range(rounds)]
         stopped = statistics.median(r.final.updates for r in results)
