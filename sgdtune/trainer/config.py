@@ -55,8 +55,9 @@ class TrainConfig(BaseModel):
     stop_at_target: bool = Field(default=False, description="end training once target_val_acc is reached")
     measure_every_epochs: int | Literal["auto"] = Field(
         default="auto",
-        description="epochs between gradient-noise measurements, >= 1 (at epoch ends; always at the end of "
-                    "training and when a target is first reached); 'auto' = as often as keeps the "
+        description="epochs between gradient-noise measurements, >= 1 (at epoch ends; also at the end of "
+                    "training and when a target is first reached; all within measure_share); 'auto' = as often "
+                    "as keeps the "
                     "measurement's modelled cost <= 5% of the steps' (PROBE_COST_SHARE in loop.py)",
     )
     probe_size: int | Literal["auto"] = Field(
@@ -68,7 +69,8 @@ class TrainConfig(BaseModel):
     b_noise_samples: int = Field(
         default=0, ge=0,
         description="Rademacher combinations behind tr(H Sigma) for B_noise and eps_max, measured at the "
-                    "target, at the end and where the noise probe runs (with measure_every_epochs 'auto': "
+                    "target, at the end and where the noise probe runs, within measure_share (with "
+                    "measure_every_epochs 'auto': "
                     "once their own modelled cost is <= 5% of the steps'); exact when the probe or the model "
                     "has at most this many examples or parameters; 0 = off (the default: one measurement with "
                     "32 costs about a second on digits, more than a short trial's steps), else >= 2 (32 is a "
@@ -77,7 +79,7 @@ class TrainConfig(BaseModel):
     sharpness_every: int = Field(
         default=50, ge=0,
         description="epochs between sharpness measurements (top Hessian eigenvalue), plus one at the "
-                    "end of training; 0 = off",
+                    "end of training, within measure_share; 0 = off",
     )
     sharpness_size: int = Field(
         default=8192, ge=1,
