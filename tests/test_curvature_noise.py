@@ -133,7 +133,7 @@ def toy_data(n: int = 240, d: int = 6, k: int = 3, seed: int = 0, n_val: int = 6
 
 def toy_config(**kw) -> TrainConfig:
     base = dict(batch_size=16, lr=0.1, momentum=0.0, epochs=4, sharpness_every=0, b_noise_samples=32,
-                model=ModelConfig(hidden=(16,)))
+                measure_share="all", model=ModelConfig(hidden=(16,)))
     return TrainConfig(**{**base, **kw})
 
 

@@ -93,6 +93,7 @@ def test_the_cli_exits_2_when_mnist1d_is_missing(tmp_path):
 def cnn_config(**kw) -> TrainConfig:
     base = dict(batch_size=64, lr=0.01, optimizer="adam", budget="updates", updates=6, probe_size=256,
                 measure_every_epochs=1, sharpness_every=1, sharpness_size=128, eval_size=256,
+                measure_share="all",  # every measurement of these 6 updates: the machinery on a CNN
                 model=ModelConfig(name="cnn", channels=(8, 8), hidden=()))
     return TrainConfig(**{**base, **kw})
 

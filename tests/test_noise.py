@@ -49,7 +49,7 @@ def test_the_noise_meter_does_not_depend_on_the_training_batch_size():
     values = {}
     for batch in (8, 512):
         config = TrainConfig(batch_size=batch, lr=1e-9, momentum=0.0, budget="updates", updates=4, epochs=None,
-                             probe_size=256, sharpness_every=0, model=ModelConfig(hidden=(32,)))
+                             probe_size=256, sharpness_every=0, measure_share="all", model=ModelConfig(hidden=(32,)))
         values[batch] = train(config, data).final.grad_noise_scale
     assert values[8] is not None and values[8] > 1
     assert values[512] == pytest.approx(values[8], rel=1e-3)  # same parameters, same probe
@@ -177,7 +177,7 @@ def test_a_trained_run_reports_the_fixed_weight_loss_noise_slope_alone_and_stack
     from sgdtune.trainer import train_stacked
 
     data = load_data(DataConfig(dataset="digits"), seed=0)
-    configs = [TrainConfig(batch_size=32, lr=lr, epochs=2, seed=5, model=ModelConfig(hidden=[32]))
+    configs = [TrainConfig(batch_size=32, lr=lr, epochs=2, seed=5, measure_share="all", model=ModelConfig(hidden=[32]))
                for lr in (0.05, 0.1)]
     alone = [train(c, data).summary()["fixed_model_loss_noise_slope"] for c in configs]
     stacked = [r.summary()["fixed_model_loss_noise_slope"] for r in train_stacked(configs, data)]

@@ -160,7 +160,7 @@ def test_the_logged_noise_scale_is_noise_scale_estimate_on_the_same_probe_and_we
     data = _digits()
     n = data.n_train
     config = TrainConfig(batch_size=64, lr=0.05, epochs=2, probe_size=probe_size, sharpness_every=0,
-                         model=ModelConfig(hidden=(32,)))
+                         measure_share="all", model=ModelConfig(hidden=(32,)))
     model = build_model(config.model, data.n_features, data.n_classes, config.seed)
     result = train(config, data, model=model)  # the model keeps the final weights
     size = n if probe_size == "auto" else 256  # auto: the whole set (n = 1,437 <= 16,384)
@@ -202,7 +202,7 @@ def test_near_the_optimum_the_logged_value_is_a_flagged_finite_lower_bound():
         model.weight.copy_(solution[:-1].unsqueeze(0))
         model.bias.copy_(solution[-1:])
     config = TrainConfig(batch_size=100, lr=1e-9, momentum=0.0, epochs=1, probe_size=64, sharpness_every=0,
-                         model=ModelConfig(hidden=()))
+                         measure_share="all", model=ModelConfig(hidden=()))
     final = train(config, data, model=model).final  # G = 0 at the training set's least-squares weights
     assert final.grad_noise_scale_bound == 1.0
     assert math.isfinite(final.grad_noise_scale) and final.grad_noise_scale > 0
@@ -214,7 +214,8 @@ def test_regression_trains_on_mse_scores_r2_and_measures_the_known_answers():
     from sgdtune.trainer import TrainConfig, train, train_stacked
 
     data = _regression_data(500, 200)
-    config = TrainConfig(batch_size=50, lr=0.05, momentum=0.0, epochs=5, model=ModelConfig(hidden=()))  # defaults
+    config = TrainConfig(batch_size=50, lr=0.05, momentum=0.0, epochs=5, measure_share="all",
+                         model=ModelConfig(hidden=()))  # defaults, every measurement at full size
     model = nn.Linear(data.n_features, 1)
     result = train(config, data, model=model)
     first, final = result.history[0], result.final
@@ -257,6 +258,7 @@ def test_the_noise_scale_is_finite_at_the_end_of_every_critical_batch_like_trial
     for batch in (8, 64, 512, 1024):
         configs = [TrainConfig(batch_size=batch, lr=lr, momentum=0.9, budget="updates", updates=120, epochs=None,
                                target_val_acc=0.95, target_every=5, stop_at_target=True, sharpness_every=0,
+                               measure_share="all",  # as experiments/critical_batch.toml
                                model=ModelConfig(hidden=(128,)), seed=0) for lr in (0.03, 0.3)]
         for result in train_stacked(configs, data):
             if isinstance(result, Diverged):

@@ -247,7 +247,7 @@ class FakeStepper:
         return [CurvatureNoiseEstimate(12.0, 0.0, 2.0, 0.0, 6.0, 0.0, grad_sq[0][0] / 2.0, 0.0, x.shape[0], 0)
                 for _ in positions]
 
-    def sharpness(self, x, y, positions, starts):
+    def sharpness(self, x, y, positions, starts, iters=60):
         from sgdtune.science.sharpness import SharpnessEstimate
 
         self.sharpened.append((self.updates, x.shape[0], len(positions)))
@@ -271,7 +271,7 @@ def test_the_loop_owns_shuffle_warmup_probes_and_divergence_for_any_stepper():
 
     data = make_data(n=60)  # 6 updates an epoch at B = 10
     configs = [cfg(batch_size=10, epochs=3, measure_every_epochs=2, probe_size="auto", sharpness_every=2, seed=s,
-                   b_noise_samples=32)
+                   b_noise_samples=32, measure_share="all")  # every scheduled measurement, no budget
                for s in (0, 1, 2)]
     scaled = {"lr_scaling": "linear", "base_batch_size": 5}  # lr 0.1 -> 0.2
     configs[0] = configs[0].model_copy(update=scaled)

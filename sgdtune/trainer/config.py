@@ -55,8 +55,9 @@ class TrainConfig(BaseModel):
     stop_at_target: bool = Field(default=False, description="end training once target_val_acc is reached")
     measure_every_epochs: int | Literal["auto"] = Field(
         default="auto",
-        description="epochs between gradient-noise measurements, >= 1 (at epoch ends; always at the end of "
-                    "training and when a target is first reached); 'auto' = as often as keeps the "
+        description="epochs between gradient-noise measurements, >= 1 (at epoch ends; also at the end of "
+                    "training and when a target is first reached; all within measure_share); 'auto' = as often "
+                    "as keeps the "
                     "measurement's modelled cost <= 5% of the steps' (PROBE_COST_SHARE in loop.py)",
     )
     probe_size: int | Literal["auto"] = Field(
@@ -68,7 +69,8 @@ class TrainConfig(BaseModel):
     b_noise_samples: int = Field(
         default=0, ge=0,
         description="Rademacher combinations behind tr(H Sigma) for B_noise and eps_max, measured at the "
-                    "target, at the end and where the noise probe runs (with measure_every_epochs 'auto': "
+                    "target, at the end and where the noise probe runs, within measure_share (with "
+                    "measure_every_epochs 'auto': "
                     "once their own modelled cost is <= 5% of the steps'); exact when the probe or the model "
                     "has at most this many examples or parameters; 0 = off (the default: one measurement with "
                     "32 costs about a second on digits, more than a short trial's steps), else >= 2 (32 is a "
@@ -77,11 +79,19 @@ class TrainConfig(BaseModel):
     sharpness_every: int = Field(
         default=50, ge=0,
         description="epochs between sharpness measurements (top Hessian eigenvalue), plus one at the "
-                    "end of training; 0 = off",
+                    "end of training, within measure_share; 0 = off",
     )
     sharpness_size: int = Field(
         default=8192, ge=1,
         description="examples in the fixed sharpness probe (n if fewer: then the training loss's own Hessian)",
+    )
+    measure_share: float | Literal["all"] = Field(
+        default=0.05,
+        description="the most every measurement of a trial together may cost (noise probes, B_noise, sharpness, "
+                    "the end-of-training train-subset and test evaluations, the fixed-model loss noise), as a "
+                    "share of its steps' cost so far, both modelled in example-equivalents (loop.py); a "
+                    "measurement the share does not cover is sized down or left out (docs/usage.md, "
+                    "'Measurement budget'); 'all' = no cap: every scheduled measurement at full size",
     )
     eval_size: int = Field(default=10_000, ge=1, description="training examples evaluated per epoch")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -109,6 +119,14 @@ class TrainConfig(BaseModel):
     def _two_or_none(cls, value):
         if value == 1:
             raise ValueError(f"must be 0 (off) or >= 2 (a standard error needs two samples); got {value}")
+        return value
+
+    @field_validator("measure_share", mode="before")
+    @classmethod
+    def _a_share(cls, value):
+        share = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+        if value != "all" and not share:
+            raise ValueError(f"must be a share in (0, 1] or 'all'; got {value!r}")
         return value
 
     @field_validator("probe_size", "measure_every_epochs")

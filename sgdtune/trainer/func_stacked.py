@@ -236,7 +236,7 @@ class FuncStacked:
                 for p, g in zip(positions, grad_sq)]
 
     def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
-                  starts: list[torch.Tensor | None]) -> list[SharpnessEstimate]:
-        return [sharpness(self.load_into(self.template, p), self.loss_fn, x, y, iters=SHARPNESS_ITERS,
+                  starts: list[torch.Tensor | None], iters: int = SHARPNESS_ITERS) -> list[SharpnessEstimate]:
+        return [sharpness(self.load_into(self.template, p), self.loss_fn, x, y, iters=iters,
                           tol=SHARPNESS_TOL, seed=SHARPNESS_SEED, start=start) for p, start in zip(positions, starts)]
 

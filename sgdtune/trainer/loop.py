@@ -40,6 +40,27 @@ The measurements, per member (docs/science.md, section 3):
   order, every `sharpness_every` epochs and at the end of training, each Lanczos run started
   from the member's last top Ritz vector (fewer Hessian-vector products where it barely moved).
 
+The measurement budget (measure_share, default 0.05): every measurement of a member together,
+the end-of-training evaluations of the train subset and the test set included, costs at most
+measure_share of the modelled cost of its steps so far, both in example-equivalents (`step_cost`,
+`probe_cost`, `curvature_cost`, `sharpness_cost`, `eval_cost`; their constants are calibrated
+against timings on digits, docs/performance.md). The end-of-training evaluations are reserved
+from the start. A measurement runs when its schedule above makes it due and its cost fits in
+what is left (`_left`); else:
+- at an epoch end before the member's last (and not at its target): it is left out, and so is
+  one that would not leave room for the end's measurements at full size (`_end_reserve`);
+- at the member's end and where its target is first reached, in this order: the train-subset
+  evaluation (never left out: halved down to MEASURE_FLOOR examples, to that floor even beyond
+  the budget, since the final train metrics and gen_gap are not optional), the test set (whole),
+  the noise probe (halved down to MEASURE_FLOOR examples), B_noise (on that probe), the
+  fixed-model loss noise, sharpness (its probe halved down to MEASURE_FLOOR examples, Lanczos
+  capped at the iterations that fit, at least SHARPNESS_MIN_ITERS); each left out when even its
+  floor does not fit.
+A measurement left out leaves its metrics absent. Costs and rules depend on the config and the
+update counts only, so a seeded trial records the same on any machine. measure_share "all" = no
+budget: every scheduled measurement at full size, as without this rule. The validation pass of
+each epoch is not a measurement (it is part of training with a target or a pruner).
+
 Evaluation passes are not repeated: a target check and the epoch end at the same update count
 (a trial that stops at its target mid-epoch) share one validation pass, and at a member's end
 one pass over the train-evaluation subset gives its train metrics and the per-example losses
@@ -104,6 +125,18 @@ STEP_OVERHEAD, CHUNK_OVERHEAD, PROBE_PASSES = 200, 50, 2
 CURVATURE_PASSES = 3
 # Sharpness: Lanczos stops when its top Ritz value moves by <= SHARPNESS_TOL (relative) twice.
 SHARPNESS_TOL, SHARPNESS_ITERS, SHARPNESS_SEED = 1e-3, 60, 0
+# The measurement budget (measure_share; the module's docstring). A Lanczos step is one
+# Hessian-vector product, HVP_PASSES passes of its probe plus HVP_OVERHEAD, and the operator's
+# set-up costs about one more; an evaluation is forward only, EVAL_PASSES of a pass per example
+# plus EVAL_OVERHEAD; the fixed-model loss noise is sums over shuffles of the per-example losses,
+# LOSS_NOISE_COST whatever n. Measured on digits (64-128-10 MLP, one thread, in example-equivalents,
+# a B = 8 step = 197): a Lanczos step 960 on 256 examples and 2,660 on 1,437; an evaluation 157
+# and 688; the loss noise 630-740 (docs/performance.md, "Measurement budget").
+HVP_OVERHEAD, HVP_PASSES = 600, 2
+EVAL_OVERHEAD, EVAL_PASSES = 100, 0.55
+LOSS_NOISE_COST = 750
+MEASURE_FLOOR = 256  # examples: the smallest probe (noise, sharpness) or train subset the budget sizes down to
+SHARPNESS_MIN_ITERS = 8  # Lanczos steps a budgeted sharpness must afford, else it is left out
 
 
 def loss_function(task: str, loss: str | None = None):
@@ -161,6 +194,26 @@ def probe_cost(probe_size: int) -> float:
 def curvature_cost(probe_size: int, samples: int) -> float:
     """Modelled cost of one B_noise measurement, in example-equivalents (see CURVATURE_PASSES)."""
     return CURVATURE_PASSES * (samples + 1) * probe_size
+
+
+def sharpness_cost(probe_size: int, iters: int) -> float:
+    """Modelled cost of one sharpness measurement of `iters` Lanczos steps, in example-equivalents."""
+    return (iters + 1) * (HVP_OVERHEAD + HVP_PASSES * probe_size)
+
+
+def eval_cost(examples: int) -> float:
+    """Modelled cost of one forward-only evaluation pass over `examples`, in example-equivalents."""
+    return EVAL_OVERHEAD + EVAL_PASSES * examples if examples else 0.0
+
+
+def halved(full: int, fits: Callable[[int], bool], floor: int = MEASURE_FLOOR) -> int:
+    """The largest of full, full // 2, full // 4, ... (not below min(floor, full)) that `fits`; 0 if none."""
+    size = full
+    while not fits(size):
+        if size // 2 < min(floor, full):
+            return 0
+        size //= 2
+    return size
 
 
 def step_cost(updates: int, examples: int) -> float:
@@ -240,7 +293,7 @@ class _Member:
     target_s: float = 0.0  # its share of the target checks between epoch ends
     sharpness_s: float = 0.0  # its sharpness measurements
     sharpness_vector: torch.Tensor | None = None  # the last one's top Ritz vector: the next one's start
-    eval_s: float = 0.0  # its share of the evaluations at its end: train subset, val, test, fixed-model loss noise
+    eval_s: float = 0.0  # its share of the evaluations at its end: train subset, test, fixed-model loss noise (not val)
     fixed_loss_noise_slope: float | None = None  # at its final weights (science.noise.fixed_model_loss_noise)
     test: tuple[float, float] | None = None  # (loss, score) on the held-out test set, at the end
     noise: NoiseScaleEstimate | None = None  # the last noise measurement
@@ -252,6 +305,8 @@ class _Member:
     curvature_mark: tuple[int, int] = (0, 0)  # (updates, examples) at the last B_noise measurement
     curvature_s: float = 0.0  # its B_noise measurements (not in probe_s)
     curvature_at_target: CurvatureNoiseEstimate | None = None
+    spent: float = 0.0  # modelled cost of its measurements so far (measure_share), example-equivalents
+    evaluated: bool = False  # its end-of-training evaluations are charged (no longer reserved)
     target_pending: bool = False
     stop: bool = False  # reached its target with stop_at_target: its training ends at this update
     updates_to_target: int | None = None
@@ -272,7 +327,7 @@ class Loop:
     member's compute_time_s, epoch_time_s and gpu_time_s are its share; probe_time_s is its
     share of the noise probes it took part in, target_time_s of the target checks between
     epoch ends; sharpness_time_s its own sharpness measurements; eval_time_s its share of the
-    evaluations at its end (train subset, val, test, fixed-model loss noise).
+    evaluations at its end (train subset, test, fixed-model loss noise; the validation pass is not a measurement).
 
     The task is `getattr(data, "task", "classification")`: "regression" trains on the mean
     squared error and scores R^2 (`loss_function`).
@@ -295,6 +350,8 @@ class Loop:
         noise_size = auto_probe_size(n, None) if self.auto_probe else min(first.probe_size, n)
         if noise_size < 4:  # off (0), or too few examples for a standard error
             noise_size = 0
+        # The end-of-training evaluations, reserved in the measurement budget from the start.
+        self.end_eval_cost = eval_cost(len(eval_idx)) + eval_cost(data.n_test)
         self.sharpness_probe = None
         if first.sharpness_every > 0:
             sharp_idx = order[: first.sharpness_size]
@@ -481,6 +538,32 @@ class Loop:
     def _evaluate(self, members: list[_Member], x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
         return self.stepper.evaluate(x, y, [self.members.index(m) for m in members])
 
+    def _left(self, m: _Member, last: bool) -> float:
+        """Example-equivalents member m may still spend on a measurement (the module's docstring):
+        measure_share of its steps' modelled cost so far, less what it spent, less its end-of-training
+        evaluations until they are charged; before its end (`last` False) also less the rest of what
+        its end will want at full size (`_end_reserve`). inf with measure_share "all"."""
+        share = m.config.measure_share
+        if share == "all":
+            return math.inf
+        reserve = 0.0 if m.evaluated else self.end_eval_cost
+        if not last:
+            reserve += self._end_reserve(m)
+        return share * step_cost(self.updates, self.examples) - m.spent - reserve
+
+    def _end_reserve(self, m: _Member) -> float:
+        """The modelled cost of member m's end-of-training measurements at full size, beside the
+        evaluations: the noise probe, B_noise, the fixed-model loss noise and a sharpness of
+        SHARPNESS_MIN_ITERS Lanczos steps. The end comes first: a measurement before it runs only
+        where these still fit after it."""
+        cost = LOSS_NOISE_COST
+        if m.noise_size:
+            cost += probe_cost(m.noise_size) + (curvature_cost(m.noise_size, m.config.b_noise_samples)
+                                                if m.config.b_noise_samples else 0.0)
+        if self.sharpness_probe is not None:
+            cost += sharpness_cost(len(self.sharpness_probe[1]), SHARPNESS_MIN_ITERS)
+        return cost
+
     def _noise_due(self, m: _Member, epoch: int, final: bool) -> bool:
         """Whether member m's epoch end measures the gradient noise scale (see the module's
         docstring): always at its end; else every measure_every_epochs epochs, or with "auto"
@@ -511,20 +594,32 @@ class Loop:
         since = step_cost(self.updates - updates, self.examples - examples)
         return PROBE_COST_SHARE * since >= curvature_cost(m.noise_size, m.config.b_noise_samples)
 
-    def _measure_noise(self, members: list[_Member], curvature: list[_Member] = ()) -> None:
-        """Noise measurement of these members, at most once per update count: members with
-        the same probe size share one pass (the stepper's noise_sums); the time is split among
-        the members measured. Those also in `curvature` measure B_noise on the same probe,
-        each timed to itself (curvature_s, apart from probe_s)."""
-        members = [m for m in members if m.noise_size and m.noise_update != self.updates]
-        curvature = [m for m in curvature if m in members and m.config.b_noise_samples]
+    def _measure_noise(self, members: list[_Member], curvature: list[_Member] = (),
+                       last: list[_Member] = ()) -> None:
+        """Noise measurement of these members, at most once per update count, within their
+        measurement budgets (those in `last`, at their end or target, on a probe halved to fit):
+        members with the same probe size share one pass (the stepper's noise_sums); the time is
+        split among the members measured. Those also in `curvature` measure B_noise on the same
+        probe where it fits too, each timed to itself (curvature_s, apart from probe_s)."""
+        sizes: dict[_Member, int] = {}
+        for m in members:
+            if not m.noise_size or m.noise_update == self.updates:
+                continue
+            left = self._left(m, m in last)
+            size = halved(m.noise_size, lambda s, left=left: probe_cost(s) <= left) if m in last else (
+                m.noise_size if probe_cost(m.noise_size) <= left else 0)
+            if size:
+                sizes[m] = size
+                m.spent += probe_cost(size)
+        members = list(sizes)
+        curvature = [m for m in curvature if m in sizes and m.config.b_noise_samples]
         if not members:
             return
         t0 = time.perf_counter()
         n = self.data.n_train
         by_size: dict[int, list[_Member]] = {}
         for m in members:
-            by_size.setdefault(m.noise_size, []).append(m)
+            by_size.setdefault(sizes[m], []).append(m)
         for size, group in by_size.items():
             idx = self.probe_order[:size]
             sums = self.stepper.noise_sums(self.data.x_train[idx], self.data.y_train[idx],
@@ -538,6 +633,10 @@ class Loop:
         for m in members:
             m.probe_s += share
         for m in curvature:
+            cost = curvature_cost(m.noise.probe_size, m.config.b_noise_samples)
+            if cost > self._left(m, m in last):
+                continue
+            m.spent += cost
             t0 = time.perf_counter()
             idx = self.probe_order[:m.noise.probe_size]
             (m.curvature,) = self.stepper.curvature_noise(
@@ -546,14 +645,30 @@ class Loop:
             m.curvature_update, m.curvature_mark = self.updates, (self.updates, self.examples)
             m.curvature_s += time.perf_counter() - t0
 
-    def _measure_sharpness(self, members: list[_Member]) -> dict[_Member, float]:
-        """Sharpness of these members on the fixed sharpness probe, each timed to itself, each
-        Lanczos run warm-started from the member's last top Ritz vector."""
+    def _measure_sharpness(self, members: list[_Member], last: list[_Member]) -> dict[_Member, float]:
+        """Sharpness of these members on the fixed sharpness probe, within their measurement
+        budgets (those in `last` on a prefix of the probe halved to fit; Lanczos capped at the
+        steps that fit, at least SHARPNESS_MIN_ITERS), each timed to itself, each Lanczos run
+        warm-started from the member's last top Ritz vector."""
         out = {}
+        x, y = self.sharpness_probe
+        full = len(y)
         for m in members:
+            left = self._left(m, m in last)
+
+            def fits(size: int, left: float = left) -> bool:
+                return sharpness_cost(size, SHARPNESS_MIN_ITERS) <= left
+
+            size = halved(full, fits) if m in last else (full if fits(full) else 0)
+            if not size:
+                continue
+            iters = SHARPNESS_ITERS
+            if left < math.inf:  # the Lanczos steps that fit: (iters + 1) x one step's cost <= left
+                iters = min(iters, int(left // (HVP_OVERHEAD + HVP_PASSES * size)) - 1)
             t0 = time.perf_counter()
-            (est,) = self.stepper.sharpness(*self.sharpness_probe, [self.members.index(m)], [m.sharpness_vector])
+            (est,) = self.stepper.sharpness(x[:size], y[:size], [self.members.index(m)], [m.sharpness_vector], iters)
             out[m], m.sharpness_vector = est.eigenvalue, est.vector
+            m.spent += sharpness_cost(size, est.iterations)
             m.sharpness_s += time.perf_counter() - t0
         return out
 
@@ -573,7 +688,7 @@ class Loop:
         for m in reached:
             m.updates_to_target, m.examples_to_target, m.target_pending = self.updates, self.examples, False
             m.stop = m.config.stop_at_target
-        self._measure_noise(reached, reached)  # the noise scales where the target is first reached
+        self._measure_noise(reached, reached, reached)  # the noise scales where the target is first reached
         for m in reached:
             if m.noise_update == self.updates:
                 m.noise_at_target = (m.noise.simple, m.noise.simple_se)
@@ -590,21 +705,26 @@ class Loop:
         if not members:  # all diverged
             return
         # Validation and targets first: they decide whether training ends here.
-        val_eval, (validated, val_s) = self._validate(members)
+        val_eval = self._validate(members)  # not a measurement: its time is neither eval_s nor budgeted
         pending = [m for m in members if m.target_pending]
         if pending:
             self._check_targets(pending, [val_eval[m][1] for m in pending])
         ending = {m: m.stop or m.plan.total_updates == self.updates for m in members}
-        self._charge_eval(validated, val_s, ending)
+        last = [m for m in members if ending[m]]
         train_eval, example_losses = self._evaluate_train(members, ending)
         evaluated = {m: train_eval[m] + val_eval[m] for m in members}
         curvature = [m for m in members if self._curvature_due(m, epoch, ending[m])]
         self._measure_noise([m for m in members if self._noise_due(m, epoch, ending[m]) or m in curvature],
-                            curvature)
+                            curvature, last)
+        loss_noise_fits = set()  # the fixed-model loss noise of members ending here, where it fits
+        for m in last:
+            if LOSS_NOISE_COST <= self._left(m, True):
+                m.spent += LOSS_NOISE_COST
+                loss_noise_fits.add(m)
         sharp = {}
         if self.sharpness_probe is not None:
             every = members[0].config.sharpness_every
-            sharp = self._measure_sharpness([m for m in members if ending[m] or epoch % every == 0])
+            sharp = self._measure_sharpness([m for m in members if ending[m] or epoch % every == 0], last)
         step_losses = self._step_losses()
         n, batch_size = self.data.n_train, self.plan.batch_size
         short_last = self.examples - self.examples_before < len(self.losses) * batch_size
@@ -647,27 +767,24 @@ class Loop:
                 continue
             if ending[m]:
                 t0 = time.perf_counter()
-                self._measure_fixed_loss_noise(m, example_losses[m])
+                if m in loss_noise_fits:
+                    self._measure_fixed_loss_noise(m, example_losses[m])
                 self._evaluate_test(m)
                 m.eval_s += time.perf_counter() - t0
                 leaving[m] = self._result(m)
         self._leave(leaving)
 
-    def _validate(self, members: list[_Member],
-                  ) -> tuple[dict[_Member, tuple[float, float]], tuple[list[_Member], float]]:
+    def _validate(self, members: list[_Member]) -> dict[_Member, tuple[float, float]]:
         """(val loss, score) of these members: a target check's pass at this update count is
-        reused (one validation pass per update count), the others in one pass; and (the members
-        of that pass, its seconds)."""
+        reused (one validation pass per update count), the others in one pass."""
         at, cached = self.val_at
         out = {m: cached[m] for m in members if at == self.updates and m in cached}
         fresh = [m for m in members if m not in out]
-        if not fresh:
-            return out, ([], 0.0)
-        t0 = time.perf_counter()
-        evaluated = self._evaluate(fresh, self.data.x_val, self.data.y_val)
-        self.val_at = (self.updates, dict(zip(fresh, evaluated)))
-        out.update(zip(fresh, evaluated))
-        return out, (fresh, time.perf_counter() - t0)
+        if fresh:
+            evaluated = self._evaluate(fresh, self.data.x_val, self.data.y_val)
+            self.val_at = (self.updates, dict(zip(fresh, evaluated)))
+            out.update(zip(fresh, evaluated))
+        return out
 
     def _evaluate_train(self, members: list[_Member], ending: dict[_Member, bool],
                         ) -> tuple[dict[_Member, tuple[float, float]], dict[_Member, torch.Tensor]]:
@@ -678,21 +795,24 @@ class Loop:
         going = [m for m in members if not ending[m]]
         if going:
             out.update(zip(going, self._evaluate(going, self.x_eval, self.y_eval)))
-        ends = [m for m in members if ending[m]]
-        if ends:
+        by_size: dict[int, list[_Member]] = {}
+        full, test = len(self.y_eval), eval_cost(self.data.n_test)
+        for m in members:
+            if ending[m]:  # a prefix of the subset halved to fit the budget, never below MEASURE_FLOOR
+                room = self._left(m, True) + self.end_eval_cost - test
+                size = halved(full, lambda s, room=room: eval_cost(s) <= room) or min(MEASURE_FLOOR, full)
+                m.spent += eval_cost(size) + test
+                m.evaluated = True
+                by_size.setdefault(size, []).append(m)
+        for size, ends in by_size.items():
             t0 = time.perf_counter()
-            found = self.stepper.evaluate_examples(self.x_eval, self.y_eval, [self.members.index(m) for m in ends])
+            found = self.stepper.evaluate_examples(self.x_eval[:size], self.y_eval[:size],
+                                                   [self.members.index(m) for m in ends])
             for m, (loss, score, losses) in zip(ends, found):
                 out[m], examples[m] = (loss, score), losses
-            self._charge_eval(ends, time.perf_counter() - t0, ending)
+            for m in ends:
+                m.eval_s += (time.perf_counter() - t0) / len(ends)
         return out, examples
-
-    @staticmethod
-    def _charge_eval(members: list[_Member], seconds: float, ending: dict[_Member, bool]) -> None:
-        """An evaluation pass's time, split among `members`, to those whose training ends here."""
-        for m in members:
-            if ending[m]:
-                m.eval_s += seconds / len(members)
 
     def _measure_fixed_loss_noise(self, m: _Member, losses: torch.Tensor) -> None:
         """The loss-noise slope of this member's final weights over a grid of B, from the

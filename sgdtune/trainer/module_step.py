@@ -143,6 +143,8 @@ class ModuleStepper:
         self.optimizer = make_optimizer(model, config, lr)
         device = next(model.parameters(), torch.empty(0)).device
         self.precision = Precision(config.precision, device, config.tf32)
+        # fp32 arithmetic and weights: step's fast path, whose loss needs no cast
+        self.plain = self.precision.dtype is None and next(model.parameters(), torch.empty(0)).dtype == torch.float32
         self.order = torch.empty(0, dtype=torch.long)
 
     def begin_epoch(self, orders: list[torch.Tensor]) -> None:
@@ -153,6 +155,17 @@ class ModuleStepper:
         the update (a scalar tensor, no sync)."""
         model, optimizer, precision = self.model, self.optimizer, self.precision
         full = stop - start == x.shape[0]  # full batch: no gather of the whole set
+        if self.plain and stop - start <= STEP_CHUNK:  # fp32: a minimal loop's step, no wrapper on the hot path
+            if full:
+                xb, yb = x, y
+            else:
+                idx = self.order[start:stop]
+                xb, yb = x[idx], y[idx]
+            loss = self.loss_fn(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()  # fp32 already
         if stop - start > STEP_CHUNK:
             optimizer.zero_grad(set_to_none=True)
             loss = _backward_in_chunks(model, self.loss_fn, x, y, None if full else self.order[start:stop], precision)
@@ -190,8 +203,8 @@ class ModuleStepper:
                 for g in grad_sq]
 
     def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
-                  starts: list[torch.Tensor | None]) -> list[SharpnessEstimate]:
-        return [sharpness(self.model, self.loss_fn, x, y, iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL,
+                  starts: list[torch.Tensor | None], iters: int = SHARPNESS_ITERS) -> list[SharpnessEstimate]:
+        return [sharpness(self.model, self.loss_fn, x, y, iters=iters, tol=SHARPNESS_TOL,
                           seed=SHARPNESS_SEED, start=start) for start in starts]
 
     def keep(self, positions: list[int]) -> None:

@@ -87,8 +87,9 @@ class TrainResult:
     target_time_s: float = 0.0  # the target checks between epoch ends
     gpu: dict[str, float] | None = None  # NVML's gpu_util_mean_pct, gpu_mem_used_max_mb (timing.GpuMonitor)
     curvature_time_s: float = 0.0  # the B_noise measurements (not in probe_time_s nor compute_time_s)
-    # The evaluations at the end of training: its last train-subset and val passes, the test set
-    # and the fixed-model loss noise (which reads the train-subset pass's per-example losses).
+    # The evaluations at the end of training: its last train-subset pass, the test set and the
+    # fixed-model loss noise, which reads that pass's per-example losses (not the validation
+    # pass: part of training).
     eval_time_s: float = 0.0
     # The trained network at its final weights, on the training device (the caller's own
     # module for `train`; a copy of its slice for a stacked member). Not a metric.

@@ -409,10 +409,10 @@ class StackedMLP:
         return [ChunkSums(sizes_t, sum_sq[j], gram[j]) for j in range(k)]
 
     def sharpness(self, x: torch.Tensor, y: torch.Tensor, positions: list[int],
-                  starts: list[torch.Tensor | None]) -> list[SharpnessEstimate]:
+                  starts: list[torch.Tensor | None], iters: int = SHARPNESS_ITERS) -> list[SharpnessEstimate]:
         """science.sharpness.sharpness of each member at `positions`, loaded into an nn.Module
         (one Lanczos run per member: an epoch-end measurement, not a step), from its start."""
-        return [sharpness(self.load_into(self._template, position), F.cross_entropy, x, y, iters=SHARPNESS_ITERS,
+        return [sharpness(self.load_into(self._template, position), F.cross_entropy, x, y, iters=iters,
                           tol=SHARPNESS_TOL, seed=SHARPNESS_SEED, start=start)
                 for position, start in zip(positions, starts)]
 
