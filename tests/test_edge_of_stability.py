@@ -18,7 +18,7 @@ from conftest import EXPERIMENTS, run_cli
 from sgdtune.config import load_experiment
 from sgdtune.data import load_data
 from sgdtune.trainer import train
-from sgdtune.trainer.loop import loss_function, one_hot_mse
+from sgdtune.trainer.losses import loss_function, one_hot_mse
 
 SHORT = {"updates": 800, "sharpness_every": 100}
 CLI_SHORT = {"updates": 400, "sharpness_every": 100}

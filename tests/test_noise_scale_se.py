@@ -155,7 +155,7 @@ def _digits():
 def test_the_logged_noise_scale_is_noise_scale_estimate_on_the_same_probe_and_weights(probe_size):
     from sgdtune.model import ModelConfig, build_model
     from sgdtune.trainer import TrainConfig, fixed_subset, train
-    from sgdtune.trainer.loop import PROBE_CHUNKS
+    from sgdtune.trainer.budget import PROBE_CHUNKS
 
     data = _digits()
     n = data.n_train

@@ -58,7 +58,7 @@ class TrainConfig(BaseModel):
         description="epochs between gradient-noise measurements, >= 1 (at epoch ends; also at the end of "
                     "training and when a target is first reached; all within measure_share); 'auto' = as often "
                     "as keeps the "
-                    "measurement's modelled cost <= 5% of the steps' (PROBE_COST_SHARE in loop.py)",
+                    "measurement's modelled cost <= 5% of the steps' (PROBE_COST_SHARE in trainer/budget.py)",
     )
     probe_size: int | Literal["auto"] = Field(
         default="auto",
@@ -89,7 +89,7 @@ class TrainConfig(BaseModel):
         default=0.05,
         description="the most every measurement of a trial together may cost (noise probes, B_noise, sharpness, "
                     "the end-of-training train-subset and test evaluations, the fixed-model loss noise), as a "
-                    "share of its steps' cost so far, both modelled in example-equivalents (loop.py); a "
+                    "share of its steps' cost so far, both modelled in example-equivalents (trainer/budget.py); a "
                     "measurement the share does not cover is sized down or left out (docs/usage.md, "
                     "'Measurement budget'); 'all' = no cap: every scheduled measurement at full size",
     )

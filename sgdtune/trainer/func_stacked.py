@@ -49,7 +49,8 @@ from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_es
 from ..science.noise import ChunkSums, chunk_sums
 from ..science.sharpness import SharpnessEstimate, sharpness
 from .config import TrainConfig
-from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, loss_function
+from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL
+from .losses import loss_function
 from .module_step import evaluate_examples
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which make_optimizer uses

@@ -3,7 +3,7 @@
 Any model works here, the built-in MLP or a factory's: a step is autograd's backward and the
 optimizer's step, accumulated over chunks of STEP_CHUNK examples when the batch is larger,
 the noise probe is science.noise.chunk_sums and the sharpness science.sharpness.sharpness
-(docs/science.md, sections 3 and 7), on the task's loss (loop.loss_function).
+(docs/science.md, sections 3 and 7), on the task's loss (losses.loss_function).
 
 Layer: trainer (the one training loop; docs/architecture.md).
 """
@@ -23,7 +23,8 @@ from ..science.curvature_noise import CurvatureNoiseEstimate, curvature_noise_es
 from ..science.noise import ChunkSums, chunk_sums
 from ..science.sharpness import SharpnessEstimate, sharpness
 from .config import TrainConfig
-from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, Loop, loss_function
+from .loop import SHARPNESS_ITERS, SHARPNESS_SEED, SHARPNESS_TOL, Loop
+from .losses import loss_function
 from .results import EpochMetrics, TrainResult
 
 EVAL_CHUNK = 8192  # examples per forward pass when evaluating
