@@ -25,13 +25,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .datafactory import call_data_factory
 from .datafiles import as_targets, read_csv, read_npz
 from .datasets import linear_regression, load_digits, load_mnist1d, synthetic_classification, synthetic_parts
 from .errors import InputError
-from .factories import resolve_factory
+from .factories import ImportableFactory
 from .splits import MIN_VAL_EXAMPLES, min_examples, random_split, split_blocks, stratified_split
 
 
@@ -47,7 +47,7 @@ class DataConfig(BaseModel):
         "answer; csv, npz: your file (path, label; an .npz may hold images N x C x H x W or N x H x W); factory: "
         "your function (data.factory, which sets it)",
     )
-    factory: str | None = Field(
+    factory: ImportableFactory = Field(
         default=None,
         description='"pkg.module:function" giving the data: (x, y) arrays or tensors, ready splits {"train": (x, y), '
         '"val": (x, y)[, "test": ...]}, or a map-style torch.utils.data.Dataset; called once as function(seed=SEED) '
@@ -102,13 +102,6 @@ class DataConfig(BaseModel):
                                  f"got {values['dataset']!r}")
             values = {**values, "dataset": "factory"}
         return values
-
-    @field_validator("factory")
-    @classmethod
-    def _importable(cls, factory: str | None) -> str | None:
-        if factory is not None:
-            resolve_factory(factory)
-        return factory
 
     @model_validator(mode="after")
     def _file_sources_need_a_file(self) -> DataConfig:

@@ -19,6 +19,9 @@ import importlib
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 
 def on_import_path(folders: Iterable[str | Path]) -> None:
@@ -62,3 +65,14 @@ def import_root(spec: str) -> str | None:
     path = Path(file).resolve()
     depth = module_name.count(".") + (2 if path.name == "__init__.py" else 1)
     return str(path.parents[depth - 1])
+
+
+def importable(factory: str | None) -> str | None:
+    """A schema's check of a "pkg.module:function" field (data.factory, model.factory): it imports."""
+    if factory is not None:
+        resolve_factory(factory)
+    return factory
+
+
+# The type of a factory field: checked on validation, so a bad one is an InputError naming it.
+ImportableFactory = Annotated[str | None, AfterValidator(importable)]

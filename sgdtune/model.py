@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from .errors import InputError
-from .factories import resolve_factory
+from .factories import ImportableFactory, resolve_factory
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -41,7 +41,7 @@ class ModelConfig(BaseModel):
         "perfect square (digits: 64 = 8x8), else 1d (MNIST-1D: 40)")
     activation: Literal["relu", "tanh", "gelu"] = Field(
         default="relu", description="the nonlinearity after every hidden Linear layer and every convolution")
-    factory: str | None = Field(
+    factory: ImportableFactory = Field(
         default=None,
         description='"pkg.module:function", called as function(n_features, n_classes) -> nn.Module, its input '
         "(B, n_features) float32 (images flattened); imported when the experiment is read, from the experiment "
@@ -61,13 +61,6 @@ class ModelConfig(BaseModel):
         if not channels or any(c < 1 for c in channels):
             raise ValueError(f"must be one or more widths >= 1; got {list(channels)}")
         return channels
-
-    @field_validator("factory")
-    @classmethod
-    def _importable(cls, factory: str | None) -> str | None:
-        if factory is not None:
-            resolve_factory(factory)
-        return factory
 
 
 def describe_model(config: ModelConfig, n_features: int, n_classes: int,

@@ -105,7 +105,7 @@ def allowed(field: FieldInfo, checked: bool = False) -> str:
             rules.append(f"at most {meta.max_length} {unit}s")
         if getattr(meta, "pattern", None):
             rules.append(f"matches `{meta.pattern}`")
-    if checked:
+    if checked or any(type(meta).__name__ == "AfterValidator" for meta in field.metadata):  # Annotated checks
         rules.append("as the meaning says")
     return ", ".join(rules) or "any"
 
