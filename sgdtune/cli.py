@@ -258,7 +258,8 @@ def profile_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtu
     args = profile_parser(prog).parse_args(argv)
     with ctrl_c_deferred():
         from .config import load_experiment, parse_overrides
-    from .profile.measure import CACHE_FOLDER, DEFAULT_BUDGET_S, profile_study
+    from .profile.cache import CACHE_FOLDER
+    from .profile.measure import DEFAULT_BUDGET_S, profile_study
 
     budget = DEFAULT_BUDGET_S if args.budget is None else args.budget
     try:
@@ -286,7 +287,7 @@ def print_profile(profile: dict, name: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .profile.measure import sentences, table_rows
+    from .profile.words import sentences, table_rows
 
     cached = " (cached)" if profile["cached"] else ""
     table = Table(title=f"'{name}': one update of {profile['model']} on {profile['device']}",

@@ -13,6 +13,7 @@ from sgdtune.config import load_experiment
 from sgdtune.data import load_data
 from sgdtune.profile import measure as profile_mod
 from sgdtune.profile.measure import MEMORY_MARGIN, flat_up_to, profile_study
+from sgdtune.profile.words import sentences
 from sgdtune.report import build_report, open_runs, render_html
 from sgdtune.report.build import clean
 from sgdtune.store.stores import open_storage
@@ -85,7 +86,7 @@ def test_a_tiny_budget_times_fewer_batch_sizes_and_gives_the_reason_for_each_lef
     assert p["skipped"]["2"].startswith("time budget: about ") and "of 1e-06 s left" in p["skipped"]["2"]
     assert p["skipped"]["100"] == "time budget: larger than B = 2, which was not timed"
     assert p["largest_batch_size"] == p["flat_up_to"] == 1
-    words = profile_mod.sentences(p)
+    words = sentences(p)
     assert words[0].startswith("Only B = 1 was timed (") and words[0].endswith("no flat range measured.")
     assert any(s.startswith("Not timed: B = 2 (time budget") for s in words)
 
@@ -125,7 +126,7 @@ def test_a_memory_limit_caps_the_largest_batch_size_at_one_that_ran(small):
     assert p["peak_mem_mb"][-1] <= MEMORY_MARGIN * limit
     assert p["skipped"]["32"].startswith("memory: about ") and f"of the {limit:.4g} MiB available" in p["skipped"]["32"]
     assert set(p["skipped"]) == {"32", "64", "100"}
-    assert "fits in memory with a 20% margin is B = 24" in " ".join(profile_mod.sentences(p))
+    assert "fits in memory with a 20% margin is B = 24" in " ".join(sentences(p))
 
 
 def test_an_out_of_memory_error_ends_the_list_at_the_last_b_that_ran(small, monkeypatch):
@@ -144,7 +145,7 @@ def test_an_out_of_memory_error_ends_the_list_at_the_last_b_that_ran(small, monk
     assert p["batch_size"] == [1, 2, 3, 4, 8, 16, 24] and p["largest_batch_size"] == 24
     assert p["skipped"] == {"32": "out of memory on cpu", "64": "larger than B = 32, which ran out of memory",
                             "100": "larger than B = 32, which ran out of memory"}
-    assert "fits in memory with a 20% margin is B = 24" in " ".join(profile_mod.sentences(p))
+    assert "fits in memory with a 20% margin is B = 24" in " ".join(sentences(p))
 
 
 # -- the command ---------------------------------------------------------------------------------

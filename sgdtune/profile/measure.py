@@ -29,28 +29,29 @@ The two numbers the answer uses:
 A B larger than n_train is timed on rows of the training set repeated (a trial at such a B
 trains on the whole set, B = n): the profile is a fact of the device, not of the data.
 
-The result is cached as JSON in `<mlruns>/profiles/<key>.json`, the key a sha256 of what the
-numbers depend on (device, model, input shape, dtype, threads, optimizer, the B list and the
-budget; `key_sha256` in the profile), so that a resumed study does not time it again; a study
-whose stores are both elsewhere keeps no cache file and reuses the profile it recorded.
+The result is cached as JSON in `<mlruns>/profiles/<key>.json` (profile/cache.py), the key
+a sha256 of what the numbers depend on (device, model, input shape, dtype, threads, optimizer,
+the B list and the budget; `key_sha256` in the profile), so that a resumed study does not time
+it again; a study whose stores are both elsewhere keeps no cache file and reuses the profile it
+recorded. What the console and the report say of a profile is in profile/words.py.
 
-torch is imported inside the functions that measure: the words (`sentences`, `table_rows`)
-serve the report, which never loads torch, and `python -m sgdtune.profile --help` stays quick.
+torch is imported inside the functions that measure: the words import this module's rules
+(FLAT_FACTOR, MEMORY_MARGIN) for the report, which never loads torch, and
+`python -m sgdtune.profile --help` stays quick.
 
 Layer: profile (the device's hardware profile; docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .cache import cache_path, key_digest, read_cached, write_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +69,6 @@ MEMORY_MARGIN = 0.8  # a B fits when its peak memory is at most this share of th
 PROFILE_LR = 1e-3  # the time of an update does not depend on lr; a small one keeps the weights finite
 FLAT_RULE = (f"the largest B up to which every measured update takes at most {FLAT_FACTOR:g}x the median "
              "seconds per update of B = 1")
-CACHE_FOLDER = "profiles"  # under the study's mlruns folder
 # Every profile has these keys (docs/records.md); the report draws one that has them all.
 KEYS = ("device", "dtype", "threads", "model", "input_shape", "batch_size", "seconds_per_update",
         "seconds_per_update_iqr", "examples_per_second", "peak_mem_mb", "largest_batch_size", "flat_up_to",
@@ -120,114 +120,6 @@ def largest_fitting(batch_sizes: list[int], peaks: list[float | None], available
     fits = [b for b, p in zip(batch_sizes, peaks)
             if available_mb is None or p is None or p <= MEMORY_MARGIN * available_mb]
     return max(fits) if fits else batch_sizes[0]
-
-
-# -- words: the console and the report ----------------------------------------------------------
-
-
-def sentences(profile: dict) -> list[str]:
-    """The profile in plain sentences: the flat range, the largest B that fits, what was skipped."""
-    bs, secs = profile["batch_size"], profile["seconds_per_update"]
-    flat = profile["flat_up_to"]
-    at_flat = secs[bs.index(flat)]
-    out = []
-    if flat > bs[0]:
-        out.append(f"Up to B = {flat} a larger batch is almost free on {profile['device']}: one update takes "
-                   f"{at_flat * 1e3:.3g} ms against {secs[0] * 1e3:.3g} ms at B = 1 (within {FLAT_FACTOR:g}x), "
-                   f"so {flat}x the examples per update cost about as much time.")
-    elif len(bs) == 1:
-        out.append(f"Only B = 1 was timed ({secs[0] * 1e3:.3g} ms per update on {profile['device']}): "
-                   "no flat range measured.")
-    else:
-        out.append(f"No batch size is almost free on {profile['device']}: already B = {bs[1]} takes more than "
-                   f"{FLAT_FACTOR:g}x the {secs[0] * 1e3:.3g} ms of an update at B = 1.")
-    largest = profile["largest_batch_size"]
-    peak = profile["peak_mem_mb"][bs.index(largest)]
-    available = profile.get("memory_available_mb")
-    held = "" if peak is None else f" ({peak:.3g} MiB" + ("" if available is None else f" of {available:.4g} MiB "
-                                                          "available") + ")"
-    why_not = " ".join(profile["skipped"].values())
-    if "memory" in why_not:
-        out.append(f"The largest batch size that fits in memory with a {1 - MEMORY_MARGIN:.0%} margin is "
-                   f"B = {largest}{held}; larger ones were not timed.")
-    elif "time budget" in why_not:
-        out.append(f"The largest batch size timed within the {profile['budget_s']:g} s budget is B = {largest}{held}; "
-                   "larger ones may fit too.")
-    else:
-        out.append(f"Every batch size asked for fits in memory with a {1 - MEMORY_MARGIN:.0%} margin, up to "
-                   f"B = {largest}{held}.")
-    if profile["skipped"]:
-        reasons: dict[str, list[str]] = {}
-        for b, why in profile["skipped"].items():
-            reasons.setdefault(why, []).append(b)
-        out += [f"Not timed: B = {', '.join(b)} ({why})." for why, b in reasons.items()]
-    examples_per_s = profile["examples_per_second"]
-    best = max(range(len(bs)), key=lambda i: examples_per_s[i])
-    out.append(f"Throughput peaks at B = {bs[best]}: {examples_per_s[best]:.3g} examples/s "
-               f"({examples_per_s[best] / examples_per_s[0]:.3g}x that of B = 1).")
-    return out
-
-
-def table_rows(profile: dict) -> list[dict[str, str]]:
-    """One row of text per B that ran: B, threads, ms per update (median, IQR), examples/s, peak MiB."""
-    threads = profile.get("threads_per_batch_size") or [profile["threads"]] * len(profile["batch_size"])
-    return [{"B": str(b), "threads": str(t), "ms/update": f"{s * 1e3:.4g}", "IQR ms": f"{iqr * 1e3:.2g}",
-             "examples/s": f"{e:.4g}", "peak MiB": "" if m is None else f"{m:.3g}"}
-            for b, t, s, iqr, e, m in zip(profile["batch_size"], threads, profile["seconds_per_update"],
-                                          profile["seconds_per_update_iqr"], profile["examples_per_second"],
-                                          profile["peak_mem_mb"])]
-
-
-CSV_COLUMNS = ("batch_size", "threads", "seconds_per_update", "seconds_per_update_iqr", "examples_per_second",
-               "peak_mem_mb")
-
-
-def to_csv(profile: dict) -> str:
-    """The per-B table as CSV (full precision; an empty cell where no peak was measured)."""
-    threads = profile.get("threads_per_batch_size") or [profile["threads"]] * len(profile["batch_size"])
-    columns = {**{k: profile[k] for k in CSV_COLUMNS if k != "threads"}, "threads": threads}
-    lines = [",".join(CSV_COLUMNS)]
-    for i in range(len(profile["batch_size"])):
-        lines.append(",".join("" if columns[k][i] is None else repr(columns[k][i]) for k in CSV_COLUMNS))
-    return "\n".join(lines) + "\n"
-
-
-# -- the cache ---------------------------------------------------------------------------------
-
-
-def key_digest(key: dict[str, Any]) -> str:
-    """The cache key's name: the first 24 hex digits of the sha256 of its canonical JSON."""
-    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
-
-
-def cache_path(folder: str | Path, key: dict[str, Any]) -> Path:
-    """<folder>/<key_digest>.json."""
-    return Path(folder) / f"{key_digest(key)}.json"
-
-
-def read_cached(path: Path, key: dict[str, Any]) -> dict | None:
-    """The profile stored at `path` for this key, marked cached; None if absent or unreadable."""
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(stored, dict) or stored.get("key") != key or "profile" not in stored:
-        return None
-    return {**stored["profile"], "cached": True}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and os.replace, so a
-    reader (or a killed writer) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- measuring ---------------------------------------------------------------------------------

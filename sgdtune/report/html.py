@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 from ..profile.measure import KEYS as PROFILE_KEYS
-from ..profile.measure import sentences
+from ..profile.words import sentences
 from .figure_parts import interval_text
 from .figures import (
     fig_accuracy,

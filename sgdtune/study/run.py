@@ -163,7 +163,9 @@ def record_profile(study: optuna.Study, config: ExperimentConfig, data, mlruns: 
     profile_peak_mem_mb with step = B, and profile_flat_up_to and profile_largest_batch_size
     (docs/records.md). Cached in <mlruns>/profiles/ where a store of the study
     lives in <mlruns> (two remote stores: no folder is made here)."""
-    from ..profile.measure import CACHE_FOLDER, profile_study, to_csv
+    from ..profile.cache import CACHE_FOLDER
+    from ..profile.measure import profile_study
+    from ..profile.words import to_csv
 
     local = config.storage is None or (tracker is not None and config.tracking_uri is None)
     recorded = study.user_attrs.get("profile")
