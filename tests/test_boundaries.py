@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sgdtune"
-TRACKING_MODULES = {"sgdtune.store.tracking", "sgdtune.store.writer", "sgdtune.store.run_reader",
+TRACKING_MODULES = {"sgdtune.store.tracking", "sgdtune.store.writer_process", "sgdtune.store.run_reader",
                     "sgdtune.store.logged_models"}
 # Private names of Optuna and MLflow objects that sgdtune once reached for.
 FOREIGN_PRIVATE = {"_storage", "_trial_id", "_study_id", "_tracking_client", "_get_store"}

@@ -142,7 +142,7 @@ def test_prestart_is_taken_by_the_first_tracker(tmp_path):
 def test_run_creations_jump_the_queue_but_not_a_studys_open_or_close():
     from multiprocessing import Pipe
 
-    from sgdtune.store.writer import _in_order
+    from sgdtune.store.writer_process import _in_order
 
     receive, send = Pipe(duplex=False)
     sent = [("open", "cwd", "uri", "s", None),
