@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 from sgdtune.errors import InputError
 from sgdtune.names import check_name
 from sgdtune.report.write import report_folder
-from sgdtune.store.stores import open_storage, repair_journal
+from sgdtune.store.journal import repair_journal
+from sgdtune.store.stores import open_storage
 
 FAST = ["--no-progress", "--n-trials", "1", "--set", "search.epochs.low=1", "--set", "search.epochs.high=1"]
 
@@ -393,7 +394,7 @@ def test_a_refused_store_leaves_every_file_and_folder_as_it_was(case, fresh, one
 
 def test_a_database_with_another_store_s_tables_is_refused_before_it_is_opened(tmp_path):
     """The rule behind the refusals above, at the API: read-only, and naming whose tables they are."""
-    from sgdtune.store.stores import check_before_writing
+    from sgdtune.store.checks import check_before_writing
 
     db = tmp_path / "optuna.db"
     optuna.create_study(storage=f"sqlite:///{db}", study_name="x")

@@ -16,6 +16,6 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # A progress bar for one small artifact (the experiment file, the report) is noise.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # A tracking server that stops answering mid-study: an error within about a minute, not
-# MLflow's default of 7 retries of 120 s each (stores.probe_server refuses one down at start).
+# MLflow's default of 7 retries of 120 s each (checks.probe_server refuses one down at start).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")

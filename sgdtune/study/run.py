@@ -22,8 +22,9 @@ from ..redact import redact_url
 from ..saved import dataset_records, register_best
 from ..science.fits import study_metrics
 from ..search.strategy import best_value, n_claimed, n_finished, study_exists
+from ..store.checks import check_before_writing, check_tracking
 from ..store.startlock import study_lock
-from ..store.stores import MLRUNS, check_before_writing, check_tracking
+from ..store.stores import MLRUNS
 from ..store.tracking import default_artifact_location
 from ..store.writer import BackgroundTracker, RunRef
 from ..threads import core_share
