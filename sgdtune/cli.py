@@ -6,6 +6,9 @@ and turns bad input (`errors.InputError`, raised anywhere below) into one line o
 exit status 2. The modules behind a command are imported inside its main, so `--help` and
 the console script load nothing they don't need.
 
+One module of about 650 lines on purpose: the edge layer is every command's flags, help text and
+examples, one section per command, which a user reads as one manual; nothing imports it.
+
 Layer: edge (the command lines and the Python API; docs/architecture.md).
 """
 

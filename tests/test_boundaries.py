@@ -215,3 +215,16 @@ def test_the_layer_check_finds_an_import_that_runs_up():
     assert layer(tree) == "trainer"
     assert LAYERS.index("trainer") > LAYERS.index("store")  # trainer -> store would run up
     assert layer(ast.parse('"""No layer named."""\n')) is None
+
+
+LONG_MODULE = 420  # lines: a module longer than this says in its opening docstring why it is one module
+
+
+def test_a_module_over_about_400_lines_says_why_in_its_docstring():
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if text.count("\n") > LONG_MODULE and " lines" not in doc.replace("\n", " "):
+            unexplained.append(f"{path.relative_to(PACKAGE)}: {text.count(chr(10))} lines")
+    assert unexplained == []

@@ -2,6 +2,9 @@
 
 Pure functions over tensors and numbers; formulas and sources in docs/science.md.
 
+About 430 lines: the estimators of one quantity, the gradient noise scale (and the loss
+noise beside it), with their standard errors, read top to bottom with docs/science.md, section 3.
+
 Layer: science (the estimators; docs/architecture.md).
 """
 

@@ -13,6 +13,9 @@ one call when the trial ends: a short trial costs three writes (create, log, ter
 A study does not call Tracker itself: store/writer.py runs it in a separate process, so that none
 of this time is spent in the training process.
 
+About 480 lines: one concept, every write MLflow gets from a trial (the Tracker class, most of
+the module) with the store's URIs it writes to; reading and packaging live apart.
+
 Layer: store (the stores; the only MLflow code; docs/architecture.md).
 """
 

@@ -25,6 +25,9 @@ longer be the trial a study without replicates trains. Any replicate diverging f
 trial (the reason names it) and no later replicate is trained; the finished replicates'
 runs are FINISHED, the one in flight ends with the trial's state.
 
+About 430 lines: one trial's life, from its suggested values to COMPLETE, PRUNED or FAIL, is
+one path read top to bottom (Objective, TrialJob), with the replicates' mean beside it.
+
 Layer: study (one study from its experiment to its last trial; docs/architecture.md).
 """
 
