@@ -8,7 +8,7 @@ os.environ["DO_NOT_TRACK"] = "1"
 # runs a worker per core, and torch's default of a thread per core in each process makes the
 # threads wait on each other at every op (sgdtune/threads.py). Measured on 2 cores beside other
 # jobs: 800 full-batch updates of the edge-of-stability MLP took 30 s of CPU on 2 threads, 3 s on 1.
-# The tests of "auto" itself remove it (tests/test_scale.py).
+# The tests of "auto" itself remove it (tests/unit/test_threads.py).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import shutil  # noqa: E402

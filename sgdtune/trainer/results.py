@@ -82,7 +82,7 @@ class TrainResult:
     # (loss, score) on the held-out test set at the final weights (final_test_loss, final_test_acc
     # or final_test_r2); None without a test set. Evaluated once, never used for selection.
     test: tuple[float, float] | None = None
-    # Not in summary() (tests/test_study.py's TIMING set lists the volatile keys it may hold):
+    # Not in summary() (tests/e2e/test_study.py's TIMING set lists the volatile keys it may hold):
     sharpness_time_s: float = 0.0  # the sharpness measurements (not in probe_time_s nor compute_time_s)
     target_time_s: float = 0.0  # the target checks between epoch ends
     gpu: dict[str, float] | None = None  # NVML's gpu_util_mean_pct, gpu_mem_used_max_mb (timing.GpuMonitor)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port, run_cli
+from conftest import EXPERIMENTS, free_port, run_cli
 from optuna.trial import TrialState
 
 from sgdtune.errors import InputError
@@ -343,7 +343,7 @@ def listing(root: Path) -> dict[str, tuple[int, str]]:
 def one_study(tmp_path_factory) -> Path:
     """A folder holding one quick study of one trial (mlruns/optuna.journal, mlruns/mlflow.db)."""
     cwd = tmp_path_factory.mktemp("one_study")
-    shutil.copytree(Path(__file__).resolve().parent.parent / "experiments", cwd / "experiments")
+    shutil.copytree(EXPERIMENTS, cwd / "experiments")
     assert study(cwd).returncode == 0
     return cwd
 
@@ -418,7 +418,7 @@ def test_a_working_folder_named_with_url_characters_keeps_the_stores_inside_it(t
     from sgdtune.store.tracking import sqlite_path
 
     cwd = tmp_path / name
-    shutil.copytree(Path(__file__).resolve().parent.parent / "experiments", cwd / "experiments")
+    shutil.copytree(EXPERIMENTS, cwd / "experiments")
     done = study(cwd, "--report")
     assert done.returncode == 0, done.stderr
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no store beside the folder

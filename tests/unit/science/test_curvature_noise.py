@@ -3,7 +3,7 @@
 
 The exact reference: per-example gradients by a Python loop and the dense Hessian of the mean
 loss by double backward, in float64, on a small tanh MLP. The end-to-end known answer on linear
-regression through the CLI is in tests/test_regression.py.
+regression through the CLI is in tests/e2e/test_regression.py.
 """
 
 import math

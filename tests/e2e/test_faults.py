@@ -27,7 +27,6 @@ from optuna.trial import TrialState
 
 from sgdtune.search.strategy import counts_as_finished
 from sgdtune.store.stores import open_storage
-from sgdtune.study.reclaim import alive, process_identity, start_time
 
 STORAGE = "mlruns/optuna.journal"
 # Trials of a second or two (30 epochs of 90 updates, no noise or sharpness probes), so that a
@@ -342,19 +341,6 @@ def test_a_store_that_refuses_writes_stops_the_study_with_one_line_and_exit_2(wo
     assert "TypeError" not in line and "NoneType" not in line, line
     resume(workdir, args)
     check(workdir, "file size limit (a full disk), training process", before, 6)
-
-
-# -- the process identity behind reclaiming ----------------------------------------------------
-
-
-def test_a_process_is_alive_only_with_its_own_start_time():
-    me = process_identity()
-    assert me["pid"] == os.getpid() and alive(me["pid"], me["start"])
-    assert not alive(me["pid"], me["start"] + "0")  # the same pid, another process: a reused pid
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    started = start_time(child.pid)
-    child.wait()
-    assert started is not None and not alive(child.pid, started)
 
 
 # -- processes that start one study together, and --fresh beside a running study --------------

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import _pg_bin, free_port, require
+from conftest import ROOT, _pg_bin, free_port, require
 
 from sgdtune.reaper import Reaper
 
-TESTS = Path(__file__).resolve().parent
+TESTS = ROOT / "tests"  # the folder of conftest.py, which the parent below imports
 GONE_WITHIN_S = 60  # a deadline for polling, not a timing: the watchdog's grace is 10 s
 
 

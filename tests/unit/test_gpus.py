@@ -88,7 +88,7 @@ def test_asking_for_gpus_without_cuda_is_one_line_and_exit_2(workdir, flags, mes
 
 def test_on_a_cpu_a_trial_has_no_gpu_metrics_and_no_error():
     import torch
-    from test_train import cfg, make_data
+    from toy import cfg, make_data
 
     from sgdtune.timing import GpuMonitor
     from sgdtune.trainer import train

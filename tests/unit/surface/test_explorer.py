@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from sgdtune.cli import surface_main
 from sgdtune.surface import explorer as S
@@ -20,8 +21,6 @@ try:  # tests/ on sys.path (rootdir-relative imports) ...
     from browser import chromium, open_page, png_stats  # noqa: F401  (chromium is a fixture)
 except ImportError:  # ... or tests/ is a package
     from tests.browser import chromium, open_page, png_stats  # noqa: F401
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +93,8 @@ def test_shuffle_is_a_permutation() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "sgdtune.surface", *args], cwd=REPO, env=env,
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "sgdtune.surface", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

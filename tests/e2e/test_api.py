@@ -6,6 +6,11 @@ import sys
 
 from conftest import ROOT
 
+from sgdtune.config import load_experiment
+from sgdtune.search.strategy import open_study
+from sgdtune.store.stores import locations, open_storage
+from sgdtune.study.identity import canonical_json
+
 
 def readme_api_block() -> str:
     text = (ROOT / "docs/usage.md").read_text()
@@ -48,3 +53,12 @@ def test_a_diverged_trial_run_through_the_api_prints_one_line_not_a_traceback(wo
     failed = [line for line in err.splitlines() if "Trial 0 failed" in line]
     assert len(failed) == 1 and "diverged" in failed[0].lower()
     assert "Traceback" not in err and "failed with value None" not in err
+
+
+def test_the_readme_api_example_runs_beside_an_earlier_quick_study(workdir):
+    quick = load_experiment("experiments/quick.toml")
+    study = open_study(quick, open_storage(locations(quick)[0]))
+    study.set_user_attr("config_json", canonical_json(quick))  # `python -m sgdtune.study quick.toml` ran here
+    code = "import sgdtune.trainer, sgdtune.study\n" + readme_api_block()
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]

@@ -3,7 +3,7 @@ the trial `train` would run alone, for a CNN factory model as for the built-in M
 
 import pytest
 import torch
-from test_batched import TOL, assert_same_trial, cfg, make_data
+from test_stacked import TOL, assert_same_trial, cfg, make_data
 from torch import nn
 
 from sgdtune.data import Dataset

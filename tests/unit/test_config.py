@@ -1,5 +1,7 @@
 """The experiment schema: shipped files load, overrides apply, rules give clear messages."""
 
+import re
+
 import pytest
 from conftest import EXPERIMENTS
 
@@ -82,3 +84,16 @@ def test_set_values_are_parsed_as_toml_so_a_number_stays_a_number_and_a_quoted_o
     assert (config.n_trials, config.model.hidden, config.train.momentum) == (24, (4, 2), 0.0)
     with pytest.raises(InputError, match="n_trials: must be a whole number, written without quotes; got '24'"):
         load_experiment(path, **parse_overrides(['n_trials="24"']))
+
+
+@pytest.mark.parametrize("sets,message", [
+    ({"search.epochs.stratify": True}, "stratify needs a log range holding at least 2 powers of two"),
+    ({"search.lr.stratify": True}, "works for one parameter with sampler tpe | random | gp; got ['batch_size', 'lr']"),
+    ({"search.batch_size.low": 600}, "stratify needs a log range holding at least 2 powers of two"),
+    ({"sampler.name": "cmaes"}, "search.batch_size.stratify: works for one parameter with sampler tpe | random | gp"),
+])
+def test_bad_stratify_settings_are_input_errors(sets, message):
+    from sgdtune.config import load_experiment
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_experiment(EXPERIMENTS / "batch_tradeoff.toml", **sets)

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import re
 import shlex
 import shutil
 
@@ -19,10 +18,8 @@ from sgdtune.cli import report_main, study_main
 from sgdtune.errors import InputError
 from sgdtune.science.fits import (
     binomial_se,
-    critical_batch_intervals,
     fit_steps_to_target,
     loglog_slope,
-    loglog_slope_interval,
     study_metrics,
 )
 from sgdtune.search.strategy import derive_seed
@@ -310,25 +307,6 @@ def test_a_loss_noise_slope_needs_batch_sizes_spanning_a_factor_4():
     assert "loss_noise_slope" not in study_metrics(narrow.get_trials(), N_TRAIN)
 
 
-def test_the_bootstrap_interval_of_b_crit_holds_the_true_value_and_is_seeded():
-    s_min, b_crit = 200.0, 100.0
-    b = 8 * 2 ** np.arange(8)  # 8 ... 1024
-
-    def noisy(seed):
-        return s_min * (1 + b_crit / b) * np.exp(np.random.default_rng(seed).normal(0, 0.05, b.size))
-
-    ci = critical_batch_intervals(b, noisy(0))
-    assert ci["b_crit"].low < b_crit < ci["b_crit"].high
-    assert ci["s_min"].low < s_min < ci["s_min"].high
-    assert ci["b_crit"].high / ci["b_crit"].low < 1.5  # 5% noise on 8 points: a tight interval
-    assert critical_batch_intervals(b, noisy(0)) == ci  # seeded: the same data, the same interval
-    assert critical_batch_intervals(b, noisy(0), seed=1) != ci
-    # over independent data sets it covers the truth most of the time (nominal 95%; a case bootstrap
-    # of 8 points runs a little below that: 19 of these 20)
-    covered = [c.low <= b_crit <= c.high for c in (critical_batch_intervals(b, noisy(k))["b_crit"] for k in range(20))]
-    assert sum(covered) >= 15
-
-
 def test_the_report_prints_the_b_crit_interval():
     rng = np.random.default_rng(3)
     study = synthetic_study(lambda b: 200 * (1 + 128 / b) * np.exp(rng.normal(0, 0.05)), n=7)
@@ -343,20 +321,6 @@ def test_the_report_prints_the_b_crit_interval():
     assert report["grad_noise"]["critical_batch_size"]["ci_low"] == ci["ci_low"]
     page = report_mod.render_html(json.loads(report_mod.to_json(report)))
     assert f"95% CI {ci['ci_low']:.3g} to {ci['ci_high']:.3g}" in page
-
-
-def test_a_slope_interval_is_the_percentile_of_resampled_slopes():
-    x = np.array([8, 16, 32, 64, 128, 256], float)
-    y = x ** -0.5 * np.array(WOBBLE[:6])
-    ci = loglog_slope_interval(x, y)
-    assert ci.low < loglog_slope(x, y) < ci.high and ci.resamples == 1000
-    rng, slopes = np.random.default_rng(0), []  # by hand: 1,000 resamples of the 6 points, seed 0
-    for _ in range(1000):
-        idx = rng.integers(0, 6, 6)
-        if np.unique(x[idx]).size >= 2:
-            slopes.append(np.polyfit(np.log(x[idx]), np.log(y[idx]), 1)[0])
-    assert ci.failed == 1000 - len(slopes)
-    assert (ci.low, ci.high) == pytest.approx(tuple(np.quantile(slopes, [0.025, 0.975], method="inverted_cdf")))
 
 
 def test_binomial_standard_errors_of_val_acc():
@@ -591,7 +555,6 @@ def test_a_store_without_the_parent_run_is_bad_input_naming_the_flag(tmp_path):
     assert report_mod.open_runs(synthetic_study(), uri) is None  # a study run with --no-tracking
 
 
-
 # -- per octave of B, trends only where they hold, readable plots ------------------------------------------
 
 
@@ -798,86 +761,3 @@ def test_batch_size_is_a_colour_scale_not_a_legend_entry_per_trial():
     fig = fig_learning_curves(lc)
     assert fig.layout.showlegend is False
     assert sum(bool(t.marker.showscale) for t in fig.data) == 1
-
-
-def test_the_stratified_sampler_cycles_octaves_and_leaves_the_rest_to_the_base_sampler():
-    from sgdtune.config import ParamRange
-    from sgdtune.search.space import StratifiedSampler, powers_of_two, suggest
-
-    rng = ParamRange(low=8, high=1024, log=True, stratify=True)
-    assert powers_of_two(rng) == [8, 16, 32, 64, 128, 256, 512, 1024]
-    assert powers_of_two(ParamRange(low=6, high=100, log=True)) == [8, 16, 32, 64]
-    search = {"batch_size": rng, "lr": ParamRange(low=0.001, high=0.3, log=True)}
-    study = optuna.create_study(sampler=StratifiedSampler(optuna.samplers.RandomSampler(seed=3), "batch_size",
-                                                          powers_of_two(rng)))
-    study.optimize(lambda t: suggest(t, search)["lr"], n_trials=20)
-    assert [t.params["batch_size"] for t in study.trials] == [8, 16, 32, 64, 128, 256, 512, 1024] * 2 + [8, 16, 32,
-                                                                                                          64]
-    plain = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))  # the base sampler alone, lr only
-    plain.optimize(lambda t: t.suggest_float("lr", 0.001, 0.3, log=True), n_trials=20)
-    assert [t.params["lr"] for t in study.trials] == [t.params["lr"] for t in plain.trials]
-
-
-def test_the_stratified_study_conditions_sampler_and_pruner_on_the_batch_size():
-    from sgdtune.config import load_experiment
-    from sgdtune.search.space import stratum_study
-    from sgdtune.search.strategy import make_pruner, make_sampler
-
-    config = load_experiment(EXPERIMENTS / "batch_tradeoff.toml")
-    assert config.search["batch_size"].stratify
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(config, 0), pruner=make_pruner(config))
-    # trials 0-7 complete, one per B: val_acc after epoch 5 falls with B (fewer updates)
-    for _ in range(8):
-        trial = study.ask()
-        b = suggest_b(trial)
-        for epoch in range(1, 6):
-            trial.report(1.0 - b / 2048 * epoch / 5, epoch)
-        study.tell(trial, 1.0 - b / 2048)
-    assert [t.params["batch_size"] for t in study.trials] == [8, 16, 32, 64, 128, 256, 512, 1024]
-    view = stratum_study(study, "batch_size", 1024)  # a copy: its own trial numbers
-    assert [(t.params["batch_size"], t.value) for t in view.trials] == [(1024, 0.5)]
-    # trial 15 is at B = 1024: as good as the earlier B = 1024 trial, far below the median over all B
-    for _ in range(8):
-        trial = study.ask()
-        b = suggest_b(trial)
-        for epoch in range(1, 5):
-            trial.report(1.0 - b / 2048 * epoch / 5, epoch)
-        pruned = trial.should_prune()
-        study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(trial, 1.0 - b / 2048)
-    assert study.trials[15].params["batch_size"] == 1024 and study.trials[15].state == TrialState.COMPLETE
-    assert optuna.pruners.MedianPruner(n_warmup_steps=3).prune(study, study.trials[15])  # a plain median would
-    # the median within B = 1024 alone, without the spared first 2 complete trials (strategy.CoverFirst)
-    from sgdtune.search.space import StratifiedPruner
-    within = StratifiedPruner(optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=3), "batch_size")
-    assert not within.prune(study, study.trials[15])
-
-
-def suggest_b(trial) -> int:
-    from sgdtune.config import load_experiment
-    from sgdtune.search.space import suggest
-
-    return suggest(trial, load_experiment(EXPERIMENTS / "batch_tradeoff.toml").search)["batch_size"]
-
-
-@pytest.mark.parametrize("sets,message", [
-    ({"search.epochs.stratify": True}, "stratify needs a log range holding at least 2 powers of two"),
-    ({"search.lr.stratify": True}, "works for one parameter with sampler tpe | random | gp; got ['batch_size', 'lr']"),
-    ({"search.batch_size.low": 600}, "stratify needs a log range holding at least 2 powers of two"),
-    ({"sampler.name": "cmaes"}, "search.batch_size.stratify: works for one parameter with sampler tpe | random | gp"),
-])
-def test_bad_stratify_settings_are_input_errors(sets, message):
-    from sgdtune.config import load_experiment
-
-    with pytest.raises(InputError, match=re.escape(message)):
-        load_experiment(EXPERIMENTS / "batch_tradeoff.toml", **sets)
-
-
-def test_stacked_cohorts_refuse_a_stratified_batch_size():
-    from sgdtune.config import load_experiment
-    from sgdtune.study.session import RunOptions
-
-    config = load_experiment(EXPERIMENTS / "batch_tradeoff.toml")
-    with pytest.raises(InputError, match=re.escape("--batch-trials: cannot be combined with "
-                                                   "search.batch_size.stratify")):
-        RunOptions.check(config, batch_trials=4)
-    RunOptions.check(config, batch_trials=1)  # one trial at a time: fine

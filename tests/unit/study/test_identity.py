@@ -4,8 +4,6 @@ the two ways on. Real CLI, journal storage and MLflow store, on a study of tiny 
 
 import json
 import re
-import subprocess
-import sys
 
 import optuna
 import pytest
@@ -230,14 +228,3 @@ def test_diff_names_dotted_keys_and_counts_a_field_added_since_as_its_default(tm
         "train.epochs: (none) -> 1",
         'search.epochs: {"low": 1.0, "high": 2.0, "log": false, "step": null, "choices": null, '
         '"stratify": false} -> (none)']
-
-
-def test_the_readme_api_example_runs_beside_an_earlier_quick_study(workdir):
-    from test_api import readme_api_block
-
-    quick = load_experiment("experiments/quick.toml")
-    study = open_study(quick, open_storage(locations(quick)[0]))
-    study.set_user_attr("config_json", canonical_json(quick))  # `python -m sgdtune.study quick.toml` ran here
-    code = "import sgdtune.trainer, sgdtune.study\n" + readme_api_block()
-    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]

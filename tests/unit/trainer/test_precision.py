@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 from conftest import EXPERIMENTS, run_cli
-from test_train import cfg, make_data
 from torch import nn
+from toy import cfg, make_data
 
 from sgdtune.config import load_experiment
 from sgdtune.errors import InputError

@@ -22,7 +22,7 @@ metrics were measured at. At those weights, in NumPy float64 over the whole trai
 The logged `final_grad_noise_scale` must be within 10% of that B_simple, `final_sharpness`
 within 2% of that eigenvalue, `final_b_noise` and `final_eps_max` within 1% of theirs (the
 model's 11 parameters are fewer than the default 32 Hutchinson samples, so tr(H Sigma) is
-computed exactly, in float32: 1% is float32 rounding with room; tests/test_curvature_noise.py
+computed exactly, in float32: 1% is float32 rounding with room; tests/unit/science/test_curvature_noise.py
 holds the Hutchinson path to its own known answers), at the default probe settings (the training set, 800 examples,
 is below both default probe sizes, so each probe is the whole set). The experiment keeps
 B_simple / n under 5%: an estimator that subtracts tr(Sigma)/b from |G|^2 without the

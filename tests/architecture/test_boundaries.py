@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "sgdtune"
+from conftest import ROOT
+
+PACKAGE = ROOT / "sgdtune"
 TRACKING_MODULES = {"sgdtune.store.tracking", "sgdtune.store.writer_process", "sgdtune.store.run_reader",
                     "sgdtune.store.logged_models"}
 # Private names of Optuna and MLflow objects that sgdtune once reached for.

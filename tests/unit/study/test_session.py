@@ -5,6 +5,7 @@ written; a worker process gets the checked options and does not check them again
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 from conftest import EXPERIMENTS
@@ -77,3 +78,14 @@ def test_a_worker_gets_the_checked_options_as_they_were_checked(monkeypatch):
     spec = pickle.loads(pickle.dumps(WorkerSpec(config, options, parent_run_id=None)))  # as spawn sends it
     assert spec.options == options and spec.options.heartbeat == 30
     assert calls == []  # unpickled, not checked again
+
+
+def test_stacked_cohorts_refuse_a_stratified_batch_size():
+    from sgdtune.config import load_experiment
+    from sgdtune.study.session import RunOptions
+
+    config = load_experiment(EXPERIMENTS / "batch_tradeoff.toml")
+    with pytest.raises(InputError, match=re.escape("--batch-trials: cannot be combined with "
+                                                   "search.batch_size.stratify")):
+        RunOptions.check(config, batch_trials=4)
+    RunOptions.check(config, batch_trials=1)  # one trial at a time: fine
