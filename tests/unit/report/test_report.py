@@ -439,34 +439,6 @@ def test_the_noise_scale_is_called_b_simple_never_a_critical_batch_and_is_flagge
     assert not fitted["b_simple"]["above_n_train"]
 
 
-def test_sharpness_is_held_against_2_1_plus_m_under_momentum_not_under_adam_and_weight_decay_is_said():
-    from sgdtune.report.noise_sections import sharpness_section
-
-    def row(n, optimizer, lr, k):
-        return {"number": n, "batch_size": 4096, "lr": lr, "n_train": 2048, "optimizer": optimizer, "momentum": 0.9,
-                "weight_decay": 1e-3, "summary": {"final_sharpness": k, "final_lr_sharpness": lr * k}}
-
-    sh, _ = sharpness_section([row(0, "sgd", 0.1, 30.0), row(1, "adam", 0.01, 500.0)], N_TRAIN)
-    assert sh["stability_limit"] == [pytest.approx(3.8), None]
-    assert sh["lr_sharpness_to_limit"] == [pytest.approx(3.0 / 3.8), None]  # 3.0 is inside 3.8, not above 2
-    assert sh["full_batch"]["number"] == [0] and sh["full_batch"]["edge"] == [pytest.approx(38.0)]
-    assert sh["full_batch"]["ratio_to_edge"] == [pytest.approx(30 / 38)]
-    assert "Adam" in sh["adam"] and sh["final_sharpness_with_decay"] == [pytest.approx(30.001), pytest.approx(500.001)]
-    text = " ".join(summary_sentences_of(sh))
-    assert "0.79 times the edge of stability 2(1 + m)/lr" in text and "data loss only" in text
-
-
-def summary_sentences_of(sharpness: dict) -> list[str]:
-    """The report's sentences for a sharpness section alone (one complete trial around it)."""
-    from sgdtune.report.summary import summary_sentences
-
-    row = {"number": 0, "batch_size": 4096, "lr": 0.1, "budget": "epochs", "budget_size": 3,
-           "summary": {"final_val_acc": 0.9, "final_gen_gap": 0.0}}
-    report = {"study": {"trials_by_state": {"COMPLETE": 1}, "objectives": ["val_acc"]}, "sharpness": sharpness,
-              "accuracy": {"number": [0], "final_val_acc_se": [None], "final_val_acc_se_source": [None]}}
-    return summary_sentences(report, [row])
-
-
 def test_error_bars_bounds_and_sharpness_draw_in_headless_chromium(chromium, tmp_path):
     report = report_mod.build_report(synthetic_study(lambda b: 200 * (1 + 128 / b), n=8, n_val=500,
                                                      extra=new_metrics))
@@ -492,15 +464,6 @@ def test_steps_plot_and_a_report_without_mlflow_draw_in_headless_chromium(chromi
     # no MLflow: no learning curves; no timings: no compute or Pareto plot
     assert [d[0] for d in drawn] == ["plot-accuracy", "plot-loss-noise", "plot-grad-noise", "plot-steps",
                                      "plot-history", "plot-importance"]
-
-
-@pytest.mark.parametrize("acc,time,front", [
-    ([0.8, 0.9, 0.7, 0.95], [1.0, 2.0, 0.5, 4.0], [2, 0, 1, 3]),
-    ([0.9, 0.8], [1.0, 2.0], [0]),  # slower and worse: dominated
-    ([0.9, 0.9], [1.0, 1.0], [0]),  # a tie adds nothing
-])
-def test_pareto_front_keeps_trials_no_other_beats_on_both(acc, time, front):
-    assert report_mod.pareto_front(np.array(acc), np.array(time)).tolist() == front
 
 
 # -- the command line ---------------------------------------------------------------------------------------
@@ -640,25 +603,6 @@ def test_no_trend_line_or_claim_on_trendless_points():
     assert not two["trend"] and "2 octaves of B with a complete trial; a trend needs at least 3" in two["skipped"]
 
 
-def test_the_trend_interval_covers_a_known_slope_in_95_percent_of_simulated_sweeps():
-    """200 simulated studies: 8 octaves with 1, 1, 2, 2, 3, 4, 5, 6 complete trials (as pruning leaves
-    them), val_acc = 0.9 + slope x log2(B / 8) + an lr effect N(0, 0.02) per trial, scored on 360
-    validation examples. A line through the best trial per octave with a bootstrap interval covered the
-    slope in 25% of 60 such studies (a best of 6 sits higher than a best of 1); this interval: 97%."""
-    from sgdtune.report.sections import octave_trend
-
-    rng = np.random.default_rng(20)
-    sizes = np.repeat(2 ** np.arange(3, 11), [1, 1, 2, 2, 3, 4, 5, 6])
-    covered = []
-    for slope in np.linspace(-0.02, 0.01, 200):
-        p = np.clip(0.9 + slope * (np.log2(sizes) - 3) + rng.normal(0, 0.02, sizes.size), 0.01, 0.999)
-        rows = [{"number": i, "batch_size": int(b), "n_val": 360, "summary": {"final_val_acc": a}}
-                for i, (b, a) in enumerate(zip(sizes, rng.binomial(360, p) / 360))]
-        ci = octave_trend(rows)["ci"]
-        covered.append(ci["ci_low"] <= slope <= ci["ci_high"])
-    assert 0.90 <= np.mean(covered) <= 0.99
-
-
 def test_the_neighbouring_octaves_sentence_gives_a_verdict():
     steep = report_mod.build_report(study_of(CONTINUOUS))["summary"]
     assert ("Best val_acc between neighbouring octaves of B (3 steps): 3 steps beyond noise (2 SE), B = 9 -> 16: "
@@ -739,25 +683,3 @@ def test_pareto_importances_point_toward_high_val_acc_without_a_warning():
         single, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     assert imp["ped_anova"] == pytest.approx(dict(toward_high), rel=1e-9)
     assert max(imp["ped_anova"], key=imp["ped_anova"].get) == "x"
-
-
-def test_batch_size_is_a_colour_scale_not_a_legend_entry_per_trial():
-    from sgdtune.report.figures import fig_grad_noise, fig_learning_curves
-
-    sizes = [8 * 2 ** (i % 8) for i in range(20)]
-    gn = {"critical_batch_size": {"value": 100.0, "source": "test"},
-          "curves": [{"number": i, "batch_size": b, "epoch": [1, 2, 3], "grad_noise_scale": [50.0, 80.0, 90.0 + i]}
-                     for i, b in enumerate(sizes)],
-          "final": {"number": list(range(20)), "batch_size": sizes, "grad_noise_scale": [90.0 + i for i in range(20)],
-                    "grad_noise_scale_se": [1.0] * 20, "lower_bound": [False] * 20}}
-    fig = fig_grad_noise(gn)
-    legend = [t.name for t in fig.data if t.showlegend is not False]
-    assert len(legend) == 2  # the final values and the critical batch size; the 20 curves read off the colour bar
-    bars = [t.marker.colorbar for t in fig.data if t.marker and t.marker.showscale]
-    assert len(bars) == 1 and bars[0].title.text == "B" and list(bars[0].ticktext) == [str(b) for b in sorted(set(
-        sizes))]
-    lc = {"trials": [{"number": i, "batch_size": b, "lr": 0.01, "epoch": [1, 2], "val_acc": [0.5, 0.6],
-                      "updates": [10, 20]} for i, b in enumerate(sizes[:8])]}
-    fig = fig_learning_curves(lc)
-    assert fig.layout.showlegend is False
-    assert sum(bool(t.marker.showscale) for t in fig.data) == 1
