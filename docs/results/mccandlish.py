@@ -15,7 +15,7 @@ seeds, which would favour the luckiest seed), and the median B_noise over the sa
 a 95% percentile bootstrap over those trials, stratified by batch size (1,000 resamples, seed 0).
 
 Written: docs/results/mccandlish.json (the figures, the commands, each run's wall seconds) and
-docs/results/mccandlish.txt (the table as printed); tests/test_readme_figures.py checks the README's
+docs/results/mccandlish.txt (the table as printed); tests/architecture/test_readme_figures.py checks the README's
 table against the .json.
 """
 

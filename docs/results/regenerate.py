@@ -8,7 +8,7 @@ in a fresh temporary directory holding a copy of experiments/ (so no earlier stu
 nothing is written into the checkout), then:
 
 - `reports/<study>/report.json` is kept as `docs/results/<name>.json`: every figure the README, docs/results.md and
-  docs/science.md quote is read from these files (tests/test_readme_figures.py checks the text
+  docs/science.md quote is read from these files (tests/architecture/test_readme_figures.py checks the text
   against them). Timings, memory and MLflow ids sit under its `volatile` key; the rest comes out the
   same on a rerun with the same seed (docs/usage.md, "Reports and the UIs"), apart from the seconds in
   `recommendation` and `time_to_accuracy`, which rest on measured step times.
