@@ -23,7 +23,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
     sklearn.datasets.load_digits reads the same file, but importing scikit-learn (and SciPy
     with it) takes 1.5 s, three times the rest of the start-up besides torch; finding the
-    package's folder imports nothing. tests/test_data.py holds the two equal.
+    package's folder imports nothing. tests/unit/test_data.py holds the two equal.
     """
     import gzip
     from importlib.util import find_spec
