@@ -11,6 +11,13 @@ os.environ["DO_NOT_TRACK"] = "1"
 # The tests of "auto" itself remove it (tests/unit/test_threads.py).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import signal  # noqa: E402
+
+# A suite started in the background by a shell without job control inherits SIGINT ignored,
+# and an ignored signal stays ignored across exec: the processes of the Ctrl-C tests would
+# never see theirs. A handler here is reset to the default in every process the tests start.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -116,7 +123,6 @@ def write_experiment(path: Path, text: str) -> Path:
 # -- real services on loopback, started by the tests ----------------------------------------
 
 import glob  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
