@@ -113,6 +113,19 @@ def halved(full: int, fits: Callable[[int], bool], floor: int = MEASURE_FLOOR) -
     return size
 
 
+def sized(full: int, fits: Callable[[int], bool], shrink: bool) -> int:
+    """A measurement's size: with `shrink` (at a member's end or target) halved to fit (`halved`),
+    else the full size if it fits, or 0 (left out)."""
+    return halved(full, fits, MEASURE_FLOOR if shrink else full)
+
+
+def sharpness_iters(probe_size: int, left: float, most: int) -> int:
+    """The Lanczos steps (at most `most`) whose `sharpness_cost` on `probe_size` examples fits in `left`."""
+    if left == math.inf:
+        return most
+    return min(most, int(left // sharpness_cost(probe_size, 0)) - 1)
+
+
 def step_cost(updates: int, examples: int) -> float:
     """Modelled cost of `updates` steps over `examples` examples, in example-equivalents."""
     return updates * STEP_OVERHEAD + examples

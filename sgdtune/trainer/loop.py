@@ -81,8 +81,6 @@ from ..science.noise import (
 from ..science.sharpness import SharpnessEstimate
 from ..timing import GpuMonitor, StepTimer, peak_memory_mb, reset_peak_memory
 from .budget import (
-    HVP_OVERHEAD,
-    HVP_PASSES,
     LOSS_NOISE_COST,
     MEASURE_FLOOR,
     PROBE_CHUNKS,
@@ -94,6 +92,8 @@ from .budget import (
     halved,
     probe_cost,
     sharpness_cost,
+    sharpness_iters,
+    sized,
     step_cost,
 )
 from .config import BatchPlan, TrainConfig, lr_at
@@ -494,8 +494,7 @@ class Loop:
             if not m.noise_size or m.noise_update == self.updates:
                 continue
             left = self._left(m, m in last)
-            size = halved(m.noise_size, lambda s, left=left: probe_cost(s) <= left) if m in last else (
-                m.noise_size if probe_cost(m.noise_size) <= left else 0)
+            size = sized(m.noise_size, lambda s, left=left: probe_cost(s) <= left, m in last)
             if size:
                 sizes[m] = size
                 m.spent += probe_cost(size)
@@ -547,12 +546,10 @@ class Loop:
             def fits(size: int, left: float = left) -> bool:
                 return sharpness_cost(size, SHARPNESS_MIN_ITERS) <= left
 
-            size = halved(full, fits) if m in last else (full if fits(full) else 0)
+            size = sized(full, fits, m in last)
             if not size:
                 continue
-            iters = SHARPNESS_ITERS
-            if left < math.inf:  # the Lanczos steps that fit: (iters + 1) x one step's cost <= left
-                iters = min(iters, int(left // (HVP_OVERHEAD + HVP_PASSES * size)) - 1)
+            iters = sharpness_iters(size, left, SHARPNESS_ITERS)
             t0 = time.perf_counter()
             (est,) = self.stepper.sharpness(x[:size], y[:size], [self.members.index(m)], [m.sharpness_vector], iters)
             out[m], m.sharpness_vector = est.eigenvalue, est.vector
