@@ -14,7 +14,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import EXIT_SIGINT, EXIT_SIGTERM
 
@@ -72,12 +72,23 @@ def signals_ignored_by_children(*signums: int) -> Iterator[None]:
 
 @dataclass
 class Held:
-    """What `interrupts_held` caught: the first signal that arrived in its block, if any."""
+    """Ctrl-C and SIGTERM held back since `hold_interrupts`: the first that arrived, if any, and
+    the handlers to put back."""
 
     signum: int | None = None
+    previous: dict = field(default_factory=dict)  # signal number -> the handler before the hold
+
+    def release(self) -> None:
+        """End the hold: the handlers from before it are back (a second call does nothing). A
+        held signal stays held until `deliver`."""
+        previous, self.previous = self.previous, {}
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
     def deliver(self) -> None:
-        """Act on the held signal now, as its handler would have (Terminated, KeyboardInterrupt)."""
+        """End the hold and act on the held signal now, as its handler would have
+        (Terminated, KeyboardInterrupt)."""
+        self.release()
         signum, self.signum = self.signum, None
         if signum is None:
             return
@@ -88,28 +99,34 @@ class Held:
             signal.raise_signal(signum)
 
 
-@contextmanager
-def interrupts_held() -> Iterator[Held]:
-    """Ctrl-C and SIGTERM arriving in the block are held, not raised, so that the block (a
-    trial's end, written to MLflow and then told to Optuna) is never cut in half: an interrupt
-    there would leave a trained trial FAIL without its reason. The caller delivers the held
-    signal (`Held.deliver`) where stopping is safe. Main thread only (elsewhere: a no-op,
-    since signals reach the main thread alone)."""
+def hold_interrupts() -> Held:
+    """From now until `Held.release` or `Held.deliver`, Ctrl-C and SIGTERM are held, not raised,
+    so that what runs meanwhile (a trial's end, written to MLflow and then told to Optuna) is
+    never cut in half: an interrupt there would leave a trained trial FAIL without its reason,
+    and one inside Optuna's own `tell` breaks Optuna (an UnboundLocalError in
+    optuna.study._optimize._run_trial, which catches Exception there, not KeyboardInterrupt).
+    Main thread only (elsewhere: a no-op, since signals reach the main thread alone)."""
     held = Held()
     if threading.current_thread() is not threading.main_thread():
-        yield held
-        return
+        return held
 
     def hold(signum, frame):
         if held.signum is None:
             held.signum = signum
 
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    held.previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    return held
+
+
+@contextmanager
+def interrupts_held() -> Iterator[Held]:
+    """`hold_interrupts` for the block: the handlers are back when it ends, and the caller
+    delivers the held signal (`Held.deliver`) where stopping is safe."""
+    held = hold_interrupts()
     try:
         yield held
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        held.release()
 
 
 def describe(interrupt: BaseException) -> str:

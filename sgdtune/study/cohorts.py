@@ -35,15 +35,18 @@ def run_trials(study: optuna.Study, objective: Objective, n_trials: int, config:
 def optimize(study: optuna.Study, objective: Objective, n_trials: int, config: ExperimentConfig) -> None:
     """Up to n_trials more trials, one by one; stops early once the study has
     config.n_trials finished."""
-    study.optimize(
-        objective,
-        n_trials=n_trials,
-        timeout=config.timeout_s,
-        catch=(Diverged, Surplus),  # a diverged trial is finished (FAIL); a surplus one stops the study below
-        # Ctrl-C or SIGTERM while a trial was ending was held (study/trial.py): it stops the study
-        # now that Optuna has the trial's state.
-        callbacks=[lambda study, trial: objective.held.deliver(), _stop_when_done(config.n_trials)],
-    )
+    try:
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=config.timeout_s,
+            catch=(Diverged, Surplus),  # a diverged trial is finished (FAIL); a surplus one stops the study below
+            # Ctrl-C or SIGTERM from a trial's end to Optuna's tell was held (study/trial.py): it
+            # stops the study now that Optuna has the trial's state.
+            callbacks=[lambda study, trial: objective.held.deliver(), _stop_when_done(config.n_trials)],
+        )
+    finally:  # Optuna runs no callback after an error it does not catch: the hold ends here
+        objective.held.release()
 
 
 def _stop_when_done(n_trials: int):

@@ -45,7 +45,7 @@ from optuna.trial import TrialState
 from ..config import ExperimentConfig
 from ..data import Dataset
 from ..errors import Surplus
-from ..interrupts import Held, describe, interrupts_held
+from ..interrupts import Held, describe, hold_interrupts
 from ..model import build_model, describe_model
 from ..saved import EXAMPLE_ROWS, architecture_of, dataset_records, keep_decision, model_spec, write_network
 from ..search.space import suggest
@@ -287,7 +287,7 @@ class Objective:
     cores: int | None = None  # CPUs this process may use (its share under --workers); None: the machine's
     threads: ThreadChooser = field(init=False)
     weights: int = field(init=False)  # the model's parameters: a step's work is batch size x weights
-    held: Held = field(init=False, default_factory=Held)  # an interrupt that came as the last trial ended
+    held: Held = field(init=False, default_factory=Held)  # interrupts held from a trial's end to Optuna's tell
 
     def __post_init__(self) -> None:
         self.threads = ThreadChooser(self.config.threads, self.cores)
@@ -317,14 +317,14 @@ class Objective:
         try:
             result = job.train(self.data)
         except BaseException as e:
-            with interrupts_held() as held:
-                job.finish(e)
-            if not isinstance(e, KeyboardInterrupt):  # else it stops the study anyway
-                self.held = held
+            # Held until Optuna has told the trial: released, and delivered unless an interrupt
+            # already stops the study, by cohorts.optimize.
+            self.held = hold_interrupts()
+            job.finish(e)
             _release_frames(e)
             raise  # Optuna maps it as finish() did
-        with interrupts_held() as self.held:  # delivered once Optuna has the trial (cohorts.optimize)
-            job.finish(result)
+        self.held = hold_interrupts()  # likewise
+        job.finish(result)
         return job.values
 
     def begin(self, trial: optuna.Trial) -> TrialJob:
