@@ -148,7 +148,7 @@ def study_main(argv: Sequence[str] | None = None, prog: str = "python -m sgdtune
     if not args.no_tracking:
         # MLflow's writer process starts its 1-2 s of imports now, on another core, while
         # this one imports torch below (store/writer.py); after parsing, so `--help` starts nothing.
-        from .store.writer import prestart
+        from .store.writer_child import prestart
 
         prestart()
     given = list(argv) if argv is not None else sys.argv[1:]

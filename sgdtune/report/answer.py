@@ -15,6 +15,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from ..store.piped_reads import PipedReader
 from ..store.run_reader import RunReader, RunRecord
 from .inputs import as_number, complete_rows, trial_rows
 from .noise_sections import steps_section
@@ -170,7 +171,7 @@ def study_answer(study: optuna.Study, tracking_uri: str | None, goal: str | None
     runs: dict[int, RunRecord] = {}
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
     if tracking_uri and parent_id:
-        reader = RunReader(tracking_uri)
+        reader = PipedReader(tracking_uri)  # through the writer process, which has MLflow imported
         parent = reader.find_run(parent_id)
         runs = reader.child_runs(parent) if parent else {}
     objectives = study.user_attrs.get("objectives", ["val_acc"])

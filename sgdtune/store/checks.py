@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..redact import redact
+from .piped_reads import PipedReader
 from .run_reader import holds_run
 from .tracking import sqlite_path
 
@@ -140,7 +141,7 @@ def check_tracking(tracking_uri: str, storage: optuna.storages.BaseStorage, stud
                              f"{redact(tracking_uri)!r} (it {e.rule})") from None
     recorded = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == study_name), {})
     parent = recorded.get("mlflow_parent_run_id")
-    if parent and not holds_run(tracking_uri, parent):
+    if parent and not holds_run(tracking_uri, parent, PipedReader):  # the writer process has MLflow imported
         at = recorded.get("tracking_uri")
         where = f" (it recorded {at!r})" if at and at != redact(tracking_uri) else ""
         raise InputError(

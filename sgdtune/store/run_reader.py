@@ -26,14 +26,15 @@ def store_exists(tracking_uri: str) -> bool:
     return path is None or path.is_file()
 
 
-def holds_run(tracking_uri: str, run_id: str) -> bool:
+def holds_run(tracking_uri: str, run_id: str, reader=None) -> bool:
     """Whether the store holds the run; False for a missing or empty (0-byte) SQLite file,
-    which is not opened: MLflow would create its tables in it."""
+    which is not opened: MLflow would create its tables in it. `reader`: the class that reads
+    (RunReader, or store/piped_reads.py's PipedReader)."""
     path = sqlite_path(tracking_uri)
     if path is not None:
         if not path.is_file() or path.stat().st_size == 0:
             return False
-    return RunReader(tracking_uri).find_run(run_id) is not None
+    return (reader or RunReader)(tracking_uri).find_run(run_id) is not None
 
 
 DATABASE_FAILED = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "BAD_REQUEST")  # the store's codes for a SQL error

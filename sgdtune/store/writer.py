@@ -10,8 +10,9 @@ call that creates a run returns a `RunRef` whose `.id` waits for the reply (run 
 ahead of other waiting writes, so by the time a trial ends its id is usually there).
 
 The child (store/writer_process.py: what runs in it) imports MLflow as soon as it starts;
-the CLI starts it before importing torch (`prestart`), so the two imports overlap. One child
-serves the studies of a process one after another (`close` hands it back).
+the CLI starts it before importing torch (store/writer_child.py's `prestart`), so the two
+imports overlap. One child serves the studies of a process one after another (`close` hands
+it back as the spare).
 
 Faults. A write that fails in the child (a full disk) is raised in the training process at
 its next call, even one that does not wait (the trial in training fails at its next epoch,
@@ -28,19 +29,16 @@ Layer: store (the stores; the only MLflow code; docs/architecture.md).
 
 from __future__ import annotations
 
-import atexit
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 from ..errors import InputError, TrackingError, WriterGone
 from ..redact import redact_url
+from .writer_child import keep_as_spare, take_spare
 
-PIPE_BYTES = 1 << 20  # room for ~2,000 queued epochs before a send would wait for the child
 ENDS = ("end_trial_run", "end_parent_run")  # made directly when the writer process has died
 
 
@@ -61,73 +59,14 @@ class RunRef:
         return self.owner.run_id(self.key, wait=False) is not None
 
 
-class _Child:
-    """The writer process and the two ends of its pipes."""
-
-    def __init__(self) -> None:
-        cmd_r, cmd_w = os.pipe()
-        reply_r, reply_w = os.pipe()
-        _widen(cmd_w)
-        _widen(reply_w)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sgdtune.store.writer_process", str(cmd_r), str(reply_w)],
-            pass_fds=(cmd_r, reply_w),
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # a terminal's Ctrl-C is not the writer's, even while it starts up
-        )
-        os.close(cmd_r)
-        os.close(reply_w)
-        self.commands = Connection(cmd_w, readable=False)
-        self.replies = Connection(reply_r, writable=False)
-
-    def stop(self, wait: bool = True) -> None:
-        """Close the pipe (the child finishes what it has, then exits); wait for it if `wait`."""
-        self.commands.close()
-        if wait:
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.replies.close()
-
-
-def _widen(fd: int) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    except (ImportError, AttributeError, OSError):
-        pass  # not Linux, or over the system's limit: the default 64 KiB pipe works too
-
-
-_spare: _Child | None = None  # a started child with no study: prestart's, or a closed tracker's
-
-
-def prestart() -> None:
-    """Start the writer process now, so that its imports overlap the caller's."""
-    global _spare
-    if _spare is None:
-        _spare = _Child()
-
-
-@atexit.register
-def _stop_spare() -> None:
-    """At exit: the spare child has made every write; closing its pipe lets it go."""
-    global _spare
-    if _spare is not None:
-        _spare.stop(wait=False)
-        _spare = None
-
-
 class BackgroundTracker:
     """tracking.Tracker's writes, made by the writer process. Methods return at once; errors
     are raised at the next call that waits (`RunRef.id`, `experiment_id`, `close`): an
     InputError when the store cannot be opened, else a TrackingError."""
 
     def __init__(self, tracking_uri: str, study_name: str, artifact_location: str | None = None):
-        global _spare
         self.tracking_uri, self.study_name = tracking_uri, study_name
-        self._child, _spare = (_spare or _Child()), None
+        self._child = take_spare()
         self._ids: dict[int, str] = {}
         self._errors: list[str] = []  # write errors not yet raised (each is raised once)
         self._cause: str | None = None  # the first write error: later ones are often its consequences
@@ -148,6 +87,12 @@ class BackgroundTracker:
 
     def start_parent_run(self, tags: dict[str, str], params: dict[str, object], replace: bool = False) -> RunRef:
         return self._call("start_parent_run", tags, params, replace, creates_run=("parent",))
+
+    def describe_run(self, run: RunRef | str, tags: dict[str, str], metrics: dict[str, float]) -> None:
+        self._call("describe_run", run, tags, metrics)
+
+    def save_view(self, budget: str) -> None:
+        self._call("save_view", budget)
 
     def log_artifact(self, run: RunRef | str, path, artifact_path: str | None = None) -> None:
         self._call("log_artifact", run, os.path.abspath(path), artifact_path)
@@ -227,7 +172,6 @@ class BackgroundTracker:
 
     def close(self) -> None:
         """Wait until every write is made; the child is kept for the next study."""
-        global _spare
         if self._closed:
             return
         if self._gone is None:
@@ -255,10 +199,7 @@ class BackgroundTracker:
             self._child.stop(wait=False)
             self._raise_errors()
             return
-        if _spare is None:
-            _spare = self._child
-        else:
-            self._child.stop()
+        keep_as_spare(self._child)
         self._raise_errors()
 
     # -- the pipe -----------------------------------------------------------------------------

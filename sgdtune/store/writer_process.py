@@ -37,6 +37,7 @@ def serve(commands: Connection, replies: Connection) -> None:
     niced = False
     tracker: Tracker | None = None
     ids: dict[int, str] = {}
+    readers: dict[str, object] = {}  # tracking URI -> its RunReader, made at the first read
     try:
         for kind, *rest in _in_order(commands):
             if kind == "open":
@@ -50,6 +51,10 @@ def serve(commands: Connection, replies: Connection) -> None:
                 if not niced:  # from here on, background work: training goes first on busy cores
                     os.nice(NICENESS)
                     niced = True
+            elif kind == "read":  # store/piped_reads.py: a RunReader's read, after every write sent before it
+                if tracker is not None:
+                    reply.guarded(tracker.flush)
+                reply.send_read(*_read(readers, *rest))
             elif kind == "close":
                 if tracker is not None:
                     reply.guarded(tracker.flush)
@@ -96,6 +101,23 @@ def _in_order(commands: Connection):
         yield waiting.pop(creates)
 
 
+def _read(readers: dict, cwd: str, tracking_uri: str, method: str, args: tuple) -> tuple[bool, object]:
+    """(True, RunReader(tracking_uri).method(*args)), or (False, None) when it fails: the
+    reading process then makes the read itself, to raise RunReader's own error."""
+    from .piped_reads import READS
+    from .run_reader import RunReader
+
+    try:
+        if method not in READS:
+            return False, None
+        os.chdir(cwd)
+        if tracking_uri not in readers:
+            readers[tracking_uri] = RunReader(tracking_uri)
+        return True, getattr(readers[tracking_uri], method)(*args)
+    except Exception:  # noqa: BLE001 - made again by the reading process, which raises it
+        return False, None
+
+
 def _open(cwd: str, *tracker_args):
     from .tracking import Tracker
 
@@ -118,6 +140,13 @@ class _Replies:
             self.conn.send(message)
         except OSError:  # BrokenPipeError: nobody is listening any more
             self.conn = None
+
+    def send_read(self, ok: bool, value) -> None:
+        """A read's reply; (False, None) when its value cannot be pickled."""
+        try:
+            self.send("read", ok, value)
+        except Exception:  # noqa: BLE001 - pickling: the reading process makes the read itself
+            self.send("read", False, None)
 
     def guarded(self, fn, *args):
         """fn(*args), or None with its error reported."""

@@ -246,14 +246,15 @@ def print_recommendation(study: optuna.Study, tracking_uri: str | None, goal: st
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
     if tracking_uri and parent_id:
         from ..report.write import record_recommendation
-        from ..store.tracking import Tracker
+        from ..store.writer import BackgroundTracker
 
-        tracker = Tracker(tracking_uri, study.study_name)
+        tracker = BackgroundTracker(tracking_uri, study.study_name)  # the study's writer process, kept as the spare
         record_recommendation(tracker, parent_id, recommendation)
         budget = next((b for t in study.get_trials(deepcopy=False) for b in ("epochs", "updates", "examples")
                        if b in t.params), None)
         if budget:  # the saved view's parallel-coordinates chart, on the budget this study searched
             tracker.save_view(budget)
+        tracker.close()  # every write made (errors raised here)
     for line in lines(recommendation):
         print(line)
     return recommendation

@@ -15,7 +15,7 @@ from conftest import EXPERIMENTS, ROOT
 
 from sgdtune.cli import report_main
 
-HEAVY = ("torch", "optuna", "mlflow", "sgdtune.store.writer")  # sgdtune.store.writer: the prestart of MLflow's writer
+HEAVY = ("torch", "optuna", "mlflow", "sgdtune.store.writer_child")  # writer_child: the prestart of the writer
 # Runs `python -m MODULE ARGS...` as runpy does for -m, then prints the exit status and every
 # module loaded, so a test sees what `--help` imported.
 PROBE = """

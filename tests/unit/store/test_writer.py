@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from sgdtune.errors import InputError, TrackingError
 from sgdtune.store import writer as writer
+from sgdtune.store import writer_child
 from sgdtune.store.tracking import default_tracking_uri
 from sgdtune.store.writer import BackgroundTracker
 
@@ -130,13 +131,13 @@ def _alive(pid: int) -> bool:
 
 
 def test_prestart_is_taken_by_the_first_tracker(tmp_path):
-    writer._stop_spare()
-    writer.prestart()
-    started = writer._spare
+    writer_child.drop_spare()
+    writer_child.prestart()
+    started = writer_child._spare
     tracker = BackgroundTracker(default_tracking_uri(tmp_path / "mlruns"), "s")
-    assert tracker._child is started and writer._spare is None
+    assert tracker._child is started and writer_child._spare is None
     tracker.close()
-    assert writer._spare is started  # handed back for the next study
+    assert writer_child._spare is started  # handed back for the next study
 
 
 def test_run_creations_jump_the_queue_but_not_a_studys_open_or_close():
