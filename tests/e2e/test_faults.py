@@ -32,8 +32,9 @@ STORAGE = "mlruns/optuna.journal"
 # Trials of a second or two (30 epochs of 90 updates, no noise or sharpness probes), so that a
 # signal can land inside one; lr continuous, so that two trials never share a parameter set
 # by chance. One thread per process: on a busy machine torch's spinning threads cost 5x more.
+# No device profile: no fault here is about it, and each new study would time it.
 TRIALS = ["--set", "search.epochs={choices=[30]}", "--set", "search.batch_size={choices=[16]}",
-          "--set", "train.probe_size=0", "--set", "train.sharpness_every=0", "--no-progress"]
+          "--set", "train.probe_size=0", "--set", "train.sharpness_every=0", "--no-progress", "--no-profile"]
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -307,6 +308,10 @@ def test_kill_9_of_a_worker_is_replaced_and_the_study_completes(workdir):
     assert proc.returncode == 0, err
     t = trials()[victim.number]
     assert t.state == TrialState.FAIL and "died (signal SIGKILL)" in t.user_attrs["fail_reason"]
+    retry = [r for r in trials() if r.user_attrs.get("retry_of") == victim.number]
+    assert len(retry) == 1 and retry[0].params == t.params and retry[0].state == TrialState.COMPLETE
+    run = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_run(t.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "died (signal SIGKILL)" in run.data.tags["sgdtune.fail_reason"]
     check(workdir, "kill -9, a worker, mid-trial", before, 3)
 
 
@@ -348,7 +353,7 @@ def test_a_store_that_refuses_writes_stops_the_study_with_one_line_and_exit_2(wo
 # Trials of a fraction of a second: what is counted here is the start, not the training.
 SHORT = ["--set", "search.epochs={choices=[2]}", "--set", "search.batch_size={choices=[64, 256]}",
          "--set", "train.probe_size=0", "--set", "train.sharpness_every=0", "--set", "keep_models=0",
-         "--no-progress"]
+         "--no-progress", "--no-profile"]
 
 
 def start_together(cwd: Path, name: str, configs: list[list[str]], storage: str, n_trials: int,

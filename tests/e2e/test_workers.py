@@ -17,12 +17,12 @@ from optuna.trial import TrialState
 from sgdtune.store.stores import open_storage
 from sgdtune.study.workers import split
 
-SHORT = ["--set", "search.epochs.low=1", "--set", "search.epochs.high=2", "--no-progress"]
+SHORT = ["--set", "search.epochs.low=1", "--set", "search.epochs.high=2", "--no-progress", "--no-profile"]
 # Trials of several seconds even on a fast machine (100 epochs of 90 updates), so that a
 # signal lands in the middle of one: at 20 epochs a warm trial took under a second, and a
 # study could end before the test saw a trial running.
 LONG = ["--set", "search.epochs={choices=[100]}", "--set", "search.batch_size={choices=[16]}",
-        "--set", "search.lr={choices=[0.02, 0.03, 0.04]}", "--no-progress"]
+        "--set", "search.lr={choices=[0.02, 0.03, 0.04]}", "--no-progress", "--no-profile"]
 
 
 def load(storage: str, name: str = "quick") -> optuna.Study:
@@ -125,24 +125,6 @@ def test_workers_on_postgresql_and_an_mlflow_server_never_leak_the_password(work
     assert not (workdir / "mlruns").exists()  # both stores are remote
 
 
-def test_kill_9_of_a_worker_fails_its_trial_ends_its_run_and_the_study_completes(workdir):
-    proc = start(workdir, "experiments/quick.toml", "--n-trials", "4", "--workers", "2", *LONG)
-    victim = wait_for_running_trial("mlruns/optuna.journal", proc)
-    os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-
-    study = load("mlruns/optuna.journal")
-    killed = study.trials[victim.number]
-    assert killed.state == TrialState.FAIL
-    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4
-    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
-    assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
-    run = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_run(killed.user_attrs["mlflow_run_id"])
-    assert run.info.status == "FAILED"
-    assert "died (signal SIGKILL)" in run.data.tags["sgdtune.fail_reason"]
-
-
 @pytest.mark.postgres
 def test_with_heartbeats_a_killed_workers_trial_is_failed_and_run_again_by_another(workdir, postgres, mlflow_server):
     storage = postgres("optuna_heartbeat")
@@ -181,7 +163,8 @@ def test_with_heartbeats_a_killed_workers_trial_is_failed_and_run_again_by_anoth
 
 
 def test_ctrl_c_fails_the_running_trial_cleanly_and_the_study_resumes(workdir):
-    args = ["experiments/quick.toml", "--n-trials", "2", *LONG]
+    # 30 epochs, as in tests/e2e/test_faults.py: one process, whose trial the poll sees within 0.2 s
+    args = ["experiments/quick.toml", "--n-trials", "2", "--set", "search.epochs={choices=[30]}", *LONG[2:]]
     proc = start(workdir, *args)
     victim = wait_for_running_trial("mlruns/optuna.journal", proc, min_complete=1)
     os.killpg(proc.pid, signal.SIGINT)
