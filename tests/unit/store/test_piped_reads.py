@@ -4,6 +4,7 @@ training process never imports MLflow."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import EXPERIMENTS
@@ -84,3 +85,24 @@ def test_a_damaged_store_raises_run_readers_own_error_through_the_pipe(tmp_path,
     assert str(piped.value) == str(here.value)
     assert "--tracking-uri" in str(piped.value)
     assert writer_child.spare_child() is not None  # a failed read leaves the spare in place
+
+
+# The study command stopped by bad input, in a process that says which writer process it had.
+BAD_INPUT_THEN_SAY = """
+import sys
+from sgdtune.cli import study_main
+from sgdtune.store import writer_child
+code = study_main(sys.argv[1:])
+print("writer pid:", writer_child.spare_child().proc.pid, "exit:", code)
+"""
+
+
+def test_a_command_stopped_by_bad_input_leaves_no_writer_process_behind(tmp_path):
+    """The CLI starts the writer before it checks the stores (its imports overlap torch's); a
+    command refused at the check leaves no writer finishing 1-2 s of MLflow imports after it."""
+    done = subprocess.run([sys.executable, "-c", BAD_INPUT_THEN_SAY, str(EXPERIMENTS / "quick.toml"),
+                           "--tracking-uri", f"sqlite:///{tmp_path}", "--no-progress"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    pid = int(done.stdout.split("writer pid:")[1].split()[0])
+    assert "exit: 2" in done.stdout and "--tracking-uri" in done.stderr
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped as the command exited
