@@ -69,7 +69,8 @@ def trials(storage: str = STORAGE) -> list[optuna.trial.FrozenTrial]:
 
 
 def wait_for(proc: subprocess.Popen, pick, timeout_s: float = 180):
-    """pick(trials) once it returns something (polled every 50 ms)."""
+    """pick(trials) once it returns something (polled every 0.1 s: a read of the journal costs
+    about 13 ms of CPU on a busy machine, and the trials here last a second or more)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -77,7 +78,7 @@ def wait_for(proc: subprocess.Popen, pick, timeout_s: float = 180):
         got = pick(trials())
         if got:
             return got
-        time.sleep(0.05)
+        time.sleep(0.1)
     raise TimeoutError("nothing to pick")
 
 
@@ -274,6 +275,9 @@ def worker_pids(ts) -> set[int]:
 
 
 def test_sigterm_and_kill_9_of_the_supervisor_leave_no_worker_running(workdir):
+    """SIGTERM of the `--workers` supervisor, then kill -9 of the supervisor of the start that
+    resumes it (with two trials more); the start after that completes the study, and nothing
+    either fault ended is lost."""
     args = command(4, "--workers", "2")
     proc = start(workdir, args)
     wait_for(proc, lambda ts: len([t for t in ts if running([t])]) == 2)
@@ -282,19 +286,18 @@ def test_sigterm_and_kill_9_of_the_supervisor_leave_no_worker_running(workdir):
     assert proc.returncode == 143, err
     one_line(err, "interrupted (SIGTERM)")
     assert all(gone(pid, 5) for pid in worker_pids(trials()))
-    before = finished(trials())
-    resume(workdir, args)
-    check(workdir, "SIGTERM, --workers supervisor, mid-trial", before, 4)
+    after_sigterm = finished(trials())
 
     args = command(6, "--workers", "2")
     proc = start(workdir, args)
-    wait_for(proc, lambda ts: len(finished(ts)) > len(before) and running(ts, with_run=True))
+    wait_for(proc, lambda ts: len(finished(ts)) > len(after_sigterm) and running(ts, with_run=True))
     os.kill(proc.pid, signal.SIGKILL)  # nothing forwarded: the workers see their parent go
     proc.communicate(timeout=60)
     pids = worker_pids(trials())
     assert all(gone(pid) for pid in pids), "a worker outlived its supervisor"
     before = finished(trials())
     resume(workdir, args)
+    check(workdir, "SIGTERM, --workers supervisor, mid-trial", after_sigterm, 6)
     check(workdir, "kill -9, --workers supervisor, mid-trial", before, 6)
 
 
@@ -309,7 +312,8 @@ def test_kill_9_of_a_worker_is_replaced_and_the_study_completes(workdir):
     t = trials()[victim.number]
     assert t.state == TrialState.FAIL and "died (signal SIGKILL)" in t.user_attrs["fail_reason"]
     retry = [r for r in trials() if r.user_attrs.get("retry_of") == victim.number]
-    assert len(retry) == 1 and retry[0].params == t.params and retry[0].state == TrialState.COMPLETE
+    # its parameters run again to their end (COMPLETE, or FAIL as diverged: lr reaches 0.2 here)
+    assert len(retry) == 1 and retry[0].params == t.params and counts_as_finished(retry[0])
     run = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_run(t.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and "died (signal SIGKILL)" in run.data.tags["sgdtune.fail_reason"]
     check(workdir, "kill -9, a worker, mid-trial", before, 3)
