@@ -19,8 +19,6 @@ from typing import Any
 from . import writer_child
 from .run_reader import RunReader, RunRecord
 
-READS = ("find_run", "child_runs", "metric_history", "read_artifact")  # what the writer process answers
-
 
 class PipedReader:
     """RunReader's reads that the study command makes, through the spare writer process."""

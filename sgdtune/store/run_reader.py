@@ -9,6 +9,7 @@ Layer: store (the stores; the only MLflow code; docs/architecture.md).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def store_exists(tracking_uri: str) -> bool:
     return path is None or path.is_file()
 
 
-def holds_run(tracking_uri: str, run_id: str, reader=None) -> bool:
+def holds_run(tracking_uri: str, run_id: str, reader: Callable[[str], RunReader] | None = None) -> bool:
     """Whether the store holds the run; False for a missing or empty (0-byte) SQLite file,
     which is not opened: MLflow would create its tables in it. `reader`: the class that reads
     (RunReader, or store/piped_reads.py's PipedReader)."""

@@ -27,6 +27,7 @@ from ..redact import mask_output
 # where the cores are busy, training goes first (its timings are what the runs report) and
 # the writes catch up when it waits; with a core to spare, it makes no difference.
 NICENESS = 10
+READS = ("find_run", "child_runs", "metric_history", "read_artifact")  # the reads it makes (store/piped_reads.py)
 
 
 def serve(commands: Connection, replies: Connection) -> None:
@@ -37,7 +38,7 @@ def serve(commands: Connection, replies: Connection) -> None:
     niced = False
     tracker: Tracker | None = None
     ids: dict[int, str] = {}
-    readers: dict[str, object] = {}  # tracking URI -> its RunReader, made at the first read
+    readers: dict[tuple[str, str], object] = {}  # (cwd, tracking URI) -> its RunReader, made at the first read
     try:
         for kind, *rest in _in_order(commands):
             if kind == "open":
@@ -102,18 +103,18 @@ def _in_order(commands: Connection):
 
 
 def _read(readers: dict, cwd: str, tracking_uri: str, method: str, args: tuple) -> tuple[bool, object]:
-    """(True, RunReader(tracking_uri).method(*args)), or (False, None) when it fails: the
-    reading process then makes the read itself, to raise RunReader's own error."""
-    from .piped_reads import READS
+    """(True, RunReader(tracking_uri).method(*args)), or (False, None) when it fails or is not
+    one of READS: the reading process then makes the read itself, to raise RunReader's own error."""
     from .run_reader import RunReader
 
     try:
         if method not in READS:
             return False, None
         os.chdir(cwd)
-        if tracking_uri not in readers:
-            readers[tracking_uri] = RunReader(tracking_uri)
-        return True, getattr(readers[tracking_uri], method)(*args)
+        key = (cwd, tracking_uri)  # a relative path in the URI means the reader's folder
+        if key not in readers:
+            readers[key] = RunReader(tracking_uri)
+        return True, getattr(readers[key], method)(*args)
     except Exception:  # noqa: BLE001 - made again by the reading process, which raises it
         return False, None
 
